@@ -1,0 +1,42 @@
+"""``metanode keys``: create and inspect Ed25519 identity files."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from node.errors import UserError
+from node.keys import Identity, KeyFileError
+
+
+@click.group()
+def keys() -> None:
+    """Create and inspect Ed25519 identity key files."""
+
+
+@keys.command("init")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Key file to create (mode 0600).")
+def keys_init(out: str) -> None:
+    """Create a new Ed25519 key file; refuses to overwrite an existing one."""
+    identity = Identity.generate()
+    try:
+        identity.write(out)
+    except KeyFileError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    click.echo(f"wrote {out}\npeer id: {identity.peer_id}")
+
+
+@keys.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_show(path: str, as_json: bool) -> None:
+    """Print the libp2p peer id and public key of a key file."""
+    try:
+        identity = Identity.load(path)
+    except KeyFileError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    if as_json:
+        click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()}))
+    else:
+        click.echo(f"peer id:    {identity.peer_id}\npublic key: {identity.public_key.hex()}")
