@@ -28,7 +28,7 @@ _LAZY_COMMANDS = {
     "genesis": "node.consensus.commands:genesis",
     "analytics": "node.services.commands:analytics",
     "mesh": "node.services.commands:mesh",
-    "testnet": "testnet_commands:testnet",
+    "testnet": "node.testnet.commands:testnet",
     "demo": "node.services.commands:demo",
 }
 
@@ -68,13 +68,28 @@ def cli() -> None:
     """metanode: verifiable multi-party analytics over a BFT peer-to-peer network."""
 
 
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError inside ``exc``, also when trio wrapped it in exception groups."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI, turning user errors into one line and an exit code."""
     try:
         return cli.main(args=argv, prog_name="metanode", standalone_mode=False)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    except (UserError, BaseExceptionGroup) as exc:
+        error = _user_error(exc)
+        if error is None:
+            raise
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

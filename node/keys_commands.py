@@ -17,9 +17,16 @@ def keys() -> None:
 
 @keys.command("init")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Key file to create (mode 0600).")
-def keys_init(out: str) -> None:
+@click.option(
+    "--insecure-dev-label",
+    default=None,
+    metavar="LABEL",
+    help="Derive the key from a public LABEL instead of randomness. INSECURE: anyone can "
+    "derive it. Only for the shipped example configs and local testnets.",
+)
+def keys_init(out: str, insecure_dev_label: str | None) -> None:
     """Create a new Ed25519 key file; refuses to overwrite an existing one."""
-    identity = Identity.generate()
+    identity = Identity.from_label(insecure_dev_label) if insecure_dev_label else Identity.generate()
     try:
         identity.write(out)
     except KeyFileError as exc:

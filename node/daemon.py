@@ -1,0 +1,180 @@
+"""The metanode daemon: composes the roles a config selects under one trio nursery.
+
+Start-up order: lock the data directory, load the identity, build the
+hardened host, register RPC methods, listen, start peer management, then
+each role's service. Everything runs in one nursery; SIGINT or SIGTERM
+cancels it, and the host closes every socket on the way out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import structlog
+import trio
+
+from node import __version__
+from node.config import NodeConfig
+from node.errors import UserError
+from node.keys import Identity
+from node.p2p.host import build_host, running_host
+from node.p2p.jsonrpc import CallContext, Dispatcher, Registry
+from node.p2p.peers import PeerManager
+from node.p2p.rpc import RPC_PROTOCOL, RpcServer
+
+log = structlog.get_logger("metanode.daemon")
+
+SHUTDOWN_GRACE_S = 4.0
+LOCK_NAME = "daemon.lock"
+
+
+class DataDirLocked(UserError):
+    exit_code = 2
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory, held for the daemon's life."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DataDirLocked(
+                f"data directory {self.path.parent} is in use by a running daemon (pid {holder}); "
+                "stop it first or use another data_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+@dataclass
+class Service:
+    """A role's long-running part: started in the daemon's nursery after the host is up."""
+
+    name: str
+    run: Callable[..., Awaitable[None]]  # async def run(*, task_status)
+    status: Callable[[], dict[str, Any]] = field(default=lambda: {})
+
+
+class Daemon:
+    """One node: host, RPC, peers and role services."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.identity = Identity.load(config.identity_key)
+        self.registry = Registry()
+        self.services: list[Service] = []
+        self.started_at = time.monotonic()
+        self.host: Any = None
+        self.peers: PeerManager | None = None
+        self.rpc_server: RpcServer | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._register_core_methods()
+
+    # -- RPC methods of every node ------------------------------------------
+    def _register_core_methods(self) -> None:
+        self.registry.register("node_status", self._node_status, {}, "Identity, version, roles, uptime and listen addresses of this node.")
+        self.registry.register("net_peers", self._net_peers, {}, "Connected peers: id, direction, address, keepalive latency.")
+
+    async def _node_status(self, ctx: CallContext) -> dict[str, Any]:
+        return {
+            "peer_id": self.identity.peer_id,
+            "public_key": self.identity.public_key.hex(),
+            "version": __version__,
+            "moniker": self.config.moniker,
+            "roles": self.config.roles,
+            "services": {s.name: s.status() for s in self.services},
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "listen_addrs": self.listen_addrs(),
+            "peers": len(self.peers.peers) if self.peers else 0,
+        }
+
+    async def _net_peers(self, ctx: CallContext) -> list[dict[str, Any]]:
+        return self.peers.snapshot() if self.peers else []
+
+    def listen_addrs(self) -> list[str]:
+        """Dialable addresses with this node's /p2p/ id."""
+        if self.host is None:
+            return []
+        return [str(a) for a in self.host.get_addrs()]
+
+    def stop(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    # -- lifecycle -----------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (or :meth:`stop`). ``task_status.started(self)`` once serving."""
+        cfg = self.config
+        lock = DataDirLock(cfg.data_dir)
+        lock.acquire()
+        try:
+            net, limits = cfg.network, cfg.limits
+            self.host = build_host(self.identity, max_connections=limits["max_peers"])
+            dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"])
+            self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"])
+            self.host.set_stream_handler(RPC_PROTOCOL, self.rpc_server.handle_stream)
+            self.peers = PeerManager(
+                self.host,
+                persistent_peers=[multiaddr.Multiaddr(a) for a in net["persistent_peers"]],
+                keepalive_interval=net["keepalive_interval"],
+                keepalive_timeout=net["keepalive_timeout"],
+                dial_timeout=net["dial_timeout"],
+                backoff_base=net["redial_backoff_base"],
+                backoff_cap=net["redial_backoff_cap"],
+            )
+            listen = [multiaddr.Multiaddr(a) for a in net["listen"]]
+            with trio.CancelScope() as self._cancel:
+                try:
+                    async with running_host(self.host, listen):
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(self.peers.run)
+                            for service in self.services:
+                                await nursery.start(service.run)
+                            log.info("daemon started", peer_id=self.identity.peer_id, listen=self.listen_addrs(), roles=cfg.roles)
+                            task_status.started(self)
+                except OSError as exc:
+                    raise UserError(f"{cfg.path}: [network] listen: {exc.strerror or exc}", exit_code=2) from None
+        finally:
+            lock.release()
+            log.info("daemon stopped", peer_id=self.identity.peer_id)
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run ``daemon``; SIGINT/SIGTERM stop it within the shutdown grace period."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("shutting down", signal=signal.Signals(signum).name)
+                    daemon.stop()
+                    # Hard deadline: whatever still runs after the grace period is cancelled.
+                    nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+                    return
+
+            nursery.start_soon(watch)
+            await daemon.run()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,233 @@
+"""JSON-RPC 2.0 message handling, independent of any transport.
+
+:class:`Dispatcher` turns one received message (a request, a notification
+or a batch, as bytes) into the bytes to send back, or None when the
+specification says nothing is returned. It follows the specification
+(https://www.jsonrpc.org/specification) to the letter: error codes -32700,
+-32600, -32601, -32602 and -32603; ``id`` must be a string, a number or
+null; a notification gets no response, even when it fails; an empty batch
+is one Invalid Request error; a batch of notifications returns nothing.
+
+Methods are registered with a JSON Schema for their named parameters
+(positional arrays are mapped onto the schema's properties in order). A
+bad parameter is named in the error's ``data``. Handlers raise
+:class:`RpcError` for application errors with a stable code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import trio
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Implementation-defined server errors (-32000..-32099).
+REQUEST_TIMEOUT = -32001
+RATE_LIMITED = -32002
+UNAUTHORIZED = -32003
+
+_MAX_BATCH = 100
+
+
+class RpcError(Exception):
+    """An error to return to the caller: code, message and optional data."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about its caller."""
+
+    peer_id: str  # the authenticated libp2p peer id of the caller
+    notify: Callable[[str, Any], Awaitable[None]] | None = None  # push a notification on the same stream
+    nursery: trio.Nursery | None = None  # lives as long as the caller's stream
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Method:
+    name: str
+    handler: Handler
+    params: dict[str, Any]  # JSON Schema of the named parameters (an object schema)
+    description: str = ""
+    timeout: float | None = None  # overrides the server's default deadline
+    _validator: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        schema = {"type": "object", "properties": {}, "additionalProperties": False, **self.params}
+        self.params = schema
+        jsonschema.Draft202012Validator.check_schema(schema)
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    def bind(self, params: Any) -> dict[str, Any]:
+        """Validate request params; map positional arrays to named ones."""
+        if params is None:
+            params = {}
+        elif isinstance(params, list):
+            names = list(self.params["properties"])
+            if len(params) > len(names):
+                raise RpcError(INVALID_PARAMS, "Invalid params", {"reason": f"{self.name} takes at most {len(names)} positional parameters"})
+            params = dict(zip(names, params))
+        errors = sorted(self._validator.iter_errors(params), key=lambda e: list(e.path))
+        if errors:
+            err = errors[0]
+            where = ".".join(str(p) for p in err.path)
+            if err.validator == "additionalProperties":
+                extra = sorted(set(params) - set(self.params["properties"]))
+                raise RpcError(INVALID_PARAMS, "Invalid params", {"param": extra[0] if extra else where, "reason": "unknown parameter"})
+            if err.validator == "required":
+                missing = [r for r in err.validator_value if r not in params]
+                raise RpcError(INVALID_PARAMS, "Invalid params", {"param": missing[0] if missing else where, "reason": "missing required parameter"})
+            raise RpcError(INVALID_PARAMS, "Invalid params", {"param": where or "params", "reason": err.message})
+        return params
+
+
+class Registry:
+    """The methods a node serves; each role adds its own."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+        self.register("rpc_methods", self._rpc_methods, {}, "List every method with its parameter schema.")
+
+    def register(self, name: str, handler: Handler, params: dict[str, Any] | None = None, description: str = "", *, timeout: float | None = None) -> None:
+        if name in self._methods:
+            raise ValueError(f"RPC method {name} registered twice")
+        if name.startswith("rpc.") or "_" not in name:
+            raise ValueError(f"RPC method {name!r} must be namespace_method")
+        self._methods[name] = Method(name, handler, params or {}, description, timeout)
+
+    def get(self, name: str) -> Method | None:
+        return self._methods.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._methods)
+
+    async def _rpc_methods(self, ctx: CallContext) -> list[dict[str, Any]]:
+        return [
+            {"name": m.name, "description": m.description, "params": m.params}
+            for m in sorted(self._methods.values(), key=lambda m: m.name)
+        ]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity. Raises ValueError."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def dump_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _error(id_: Any, error: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": error.to_json(), "id": id_}
+
+
+class Dispatcher:
+    """Answers JSON-RPC messages by calling registered methods."""
+
+    def __init__(self, registry: Registry, *, default_timeout: float = 30.0, on_call: Callable[[str, bool], None] | None = None) -> None:
+        self.registry = registry
+        self.default_timeout = default_timeout
+        self.on_call = on_call  # metrics hook: (method, ok)
+
+    async def handle(self, data: bytes, ctx: CallContext) -> bytes | None:
+        """Bytes of one received message in; bytes of the response (or None) out."""
+        try:
+            message = parse_json(data)
+        except ValueError as exc:
+            return dump_json(_error(None, RpcError(PARSE_ERROR, "Parse error", {"reason": str(exc)})))
+        if isinstance(message, list):
+            if not message:
+                return dump_json(_error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": "empty batch"})))
+            if len(message) > _MAX_BATCH:
+                return dump_json(_error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": f"batch of more than {_MAX_BATCH} calls"})))
+            responses = [await self.handle_one(item, ctx) for item in message]
+            answered = [r for r in responses if r is not None]
+            return dump_json(answered) if answered else None
+        response = await self.handle_one(message, ctx)
+        return None if response is None else dump_json(response)
+
+    async def handle_one(self, request: Any, ctx: CallContext) -> dict[str, Any] | None:
+        if not isinstance(request, dict):
+            return _error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": "a request must be a JSON object"}))
+        is_notification = "id" not in request
+        id_ = request.get("id")
+        problem = self._invalid_request(request)
+        if problem is not None:
+            # An invalid request is answered even without an id: the
+            # sender cannot have meant it as a well-formed notification.
+            return _error(id_ if _valid_id(id_) else None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": problem}))
+        method = self.registry.get(request["method"])
+        try:
+            if method is None:
+                raise RpcError(METHOD_NOT_FOUND, "Method not found", {"method": request["method"]})
+            params = method.bind(request.get("params"))
+            timeout = method.timeout or self.default_timeout
+            with trio.fail_after(timeout):
+                result = await method.handler(ctx, **params)
+            outcome: dict[str, Any] = {"jsonrpc": "2.0", "result": result, "id": id_}
+            dump_json(outcome)  # a result that is not JSON is our bug: report it, don't drop the stream
+            ok = True
+        except RpcError as exc:
+            outcome, ok = _error(id_, exc), False
+        except trio.TooSlowError:
+            outcome, ok = _error(id_, RpcError(REQUEST_TIMEOUT, "Request timed out", {"method": request["method"], "timeout_s": timeout})), False
+        except Exception as exc:  # a handler bug must not take the stream or daemon down
+            outcome, ok = _error(id_, RpcError(INTERNAL_ERROR, "Internal error", {"reason": f"{type(exc).__name__}: {exc}"})), False
+        if self.on_call is not None:
+            self.on_call(request["method"], ok)
+        return None if is_notification else outcome
+
+    @staticmethod
+    def _invalid_request(request: dict[str, Any]) -> str | None:
+        if request.get("jsonrpc") != "2.0":
+            return 'member "jsonrpc" must be exactly "2.0"'
+        if not isinstance(request.get("method"), str):
+            return 'member "method" must be a string'
+        if "params" in request and not isinstance(request["params"], (list, dict)):
+            return 'member "params" must be an array or an object'
+        if "id" in request and not _valid_id(request["id"]):
+            return 'member "id" must be a string, a number or null'
+        extra = set(request) - {"jsonrpc", "method", "params", "id"}
+        if extra:
+            return f"unknown member(s) {sorted(extra)}"
+        return None

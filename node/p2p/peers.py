@@ -1,0 +1,246 @@
+"""Peer management: keepalive on every connection, persistent-peer redial.
+
+py-libp2p has no keepalive: a peer frozen with SIGSTOP leaves reads blocked
+forever, and it does not redial peers once they are lost. Here every
+connection gets a ping loop on ``/metanode/ping/1.0.0`` (one long-lived
+stream, a frame echoed back within ``keepalive_timeout``); a connection that
+misses it is closed, so a dead peer is detected within
+``keepalive_interval + keepalive_timeout``. Each persistent peer has a task
+that redials it with capped exponential backoff for the daemon's whole
+life, including after every peer was lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import structlog
+import trio
+from libp2p.abc import INotifee
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from node.p2p.framing import FramedStream, FrameError
+
+PING_PROTOCOL = "/metanode/ping/1.0.0"
+PING_SIZE = 8
+
+log = structlog.get_logger("metanode.peers")
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Delay before redial number ``attempt`` (0-based): base * 2**attempt, capped."""
+    return min(cap, base * (2 ** min(attempt, 62)))
+
+
+@dataclass
+class PeerState:
+    peer_id: str
+    direction: str
+    remote_addr: str
+    connected_at: float
+    latency_ms: float | None = None
+    persistent: bool = False
+
+
+class _ConnectionEvents(INotifee):
+    """Forwards libp2p connection events into the peer manager's channel."""
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[str, Any]]) -> None:
+        self._send = send
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        self._push(("connected", conn))
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._push(("disconnected", conn))
+
+    def _push(self, event: tuple[str, Any]) -> None:
+        try:
+            self._send.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
+class PeerManager:
+    """Keeps connections alive and persistent peers connected."""
+
+    def __init__(
+        self,
+        host: Any,
+        *,
+        persistent_peers: list[multiaddr.Multiaddr] = (),  # type: ignore[assignment]
+        keepalive_interval: float = 5.0,
+        keepalive_timeout: float = 10.0,
+        dial_timeout: float = 5.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.persistent = [info_from_p2p_addr(a) for a in persistent_peers]
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.dial_timeout = dial_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.peers: dict[str, PeerState] = {}
+        self.dial_attempts: dict[str, int] = {}
+        self.keepalive_failures = 0
+        self._changed = trio.Event()
+        host.set_stream_handler(PING_PROTOCOL, self._handle_ping)
+
+    # -- public ------------------------------------------------------------
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Connected peers for ``net_peers``."""
+        now = time.monotonic()
+        persistent_ids = {p.peer_id.to_base58() for p in self.persistent}
+        return [
+            {
+                "peer_id": s.peer_id,
+                "direction": s.direction,
+                "address": s.remote_addr,
+                "latency_ms": None if s.latency_ms is None else round(s.latency_ms, 3),
+                "connected_s": round(now - s.connected_at, 3),
+                "persistent": s.peer_id in persistent_ids,
+            }
+            for s in sorted(self.peers.values(), key=lambda s: s.peer_id)
+        ]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[tuple[str, Any]](math.inf)
+        notifee = _ConnectionEvents(send)
+        self.host.get_network().register_notifee(notifee)
+        try:
+            async with trio.open_nursery() as nursery:
+                for info in self.persistent:
+                    nursery.start_soon(self._maintain, info)
+                task_status.started()
+                async for kind, conn in receive:
+                    if kind == "connected":
+                        self._on_connected(conn)
+                        nursery.start_soon(self._keepalive, conn)
+                    else:
+                        self._on_disconnected(conn)
+        finally:
+            self.host.get_network().remove_notifee(notifee)
+
+    # -- connection tracking -----------------------------------------------
+    def _on_connected(self, conn: Any) -> None:
+        peer_id = conn.muxed_conn.peer_id.to_base58()
+        raw = getattr(conn, "direction", None)
+        direction = getattr(raw, "name", str(raw)).lower()
+        try:
+            addrs = conn.get_transport_addresses()
+            remote = str(addrs[0]) if addrs else ""
+        except Exception:
+            remote = ""
+        self.peers[peer_id] = PeerState(peer_id, direction, remote, time.monotonic())
+        self._notify_change()
+        log.debug("peer connected", peer=peer_id, direction=direction)
+
+    def _on_disconnected(self, conn: Any) -> None:
+        peer_id = conn.muxed_conn.peer_id.to_base58()
+        if not self.host.get_network().get_connections(conn.muxed_conn.peer_id):
+            self.peers.pop(peer_id, None)
+        self._notify_change()
+        log.debug("peer disconnected", peer=peer_id)
+
+    def _notify_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _is_connected(self, peer_id: ID) -> bool:
+        return any(not c.is_closed for c in self.host.get_network().get_connections(peer_id))
+
+    # -- keepalive ---------------------------------------------------------
+    async def _handle_ping(self, stream: Any) -> None:
+        framed = FramedStream(stream, max_size=PING_SIZE)
+        try:
+            while (frame := await framed.read_frame()) is not None:
+                await framed.write_frame(frame)
+        except FrameError:
+            await framed.reset()
+            return
+        except Exception:
+            return
+        await framed.close()
+
+    async def _keepalive(self, conn: Any) -> None:
+        """Ping over ``conn`` until it closes; close it if a ping goes unanswered."""
+        peer = conn.muxed_conn.peer_id
+        framed: FramedStream | None = None
+        try:
+            while not conn.is_closed:
+                with trio.move_on_after(self.keepalive_interval):
+                    await conn.event_closed.wait()
+                    return
+                with trio.fail_after(self.keepalive_timeout):
+                    if framed is None:
+                        framed = FramedStream(await self.host.new_stream(peer, [PING_PROTOCOL]), max_size=PING_SIZE)
+                    nonce = os.urandom(PING_SIZE)
+                    started = time.perf_counter()
+                    await framed.write_frame(nonce)
+                    if await framed.read_frame() != nonce:
+                        raise FrameError("ping answered with the wrong bytes")
+                state = self.peers.get(peer.to_base58())
+                if state is not None:
+                    elapsed = (time.perf_counter() - started) * 1000
+                    state.latency_ms = elapsed if state.latency_ms is None else 0.8 * state.latency_ms + 0.2 * elapsed
+        except Exception as exc:  # TooSlowError, stream errors, framing: the link is not healthy
+            if conn.is_closed:
+                return
+            self.keepalive_failures += 1
+            log.warning("peer unresponsive; closing connection", peer=peer.to_base58(), reason=type(exc).__name__)
+            with trio.move_on_after(2):
+                await conn.close()
+        finally:
+            if framed is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await framed.close()
+
+    # -- persistent peers --------------------------------------------------
+    async def _maintain(self, info: Any) -> None:
+        """Keep one persistent peer connected, forever."""
+        key = info.peer_id.to_base58()
+        attempt = 0
+        while True:
+            if self._is_connected(info.peer_id):
+                attempt = 0
+                changed = self._changed
+                if self._is_connected(info.peer_id):
+                    await changed.wait()
+                continue
+            self.dial_attempts[key] = self.dial_attempts.get(key, 0) + 1
+            try:
+                # libp2p blocks a peer for 60 s after a failed dial; our
+                # backoff replaces that policy.
+                self.host.get_network().unblock_peer(info.peer_id)
+                with trio.fail_after(self.dial_timeout):
+                    await self.host.connect(info)
+                attempt = 0
+                log.info("connected to persistent peer", peer=key)
+                continue
+            except Exception as exc:
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+                delay *= random.uniform(0.5, 1.0)  # spread redials of restarted clusters
+                attempt += 1
+                log.debug("dial failed", peer=key, attempt=attempt, retry_in_s=round(delay, 2), reason=str(exc)[:200])
+                await trio.sleep(delay)
