@@ -10,7 +10,8 @@ tests/p2p/:
 3. inbound accept dies after 250 connections (each handler holds an
    inbound-limiter slot until the *swarm* ends) -> :class:`HardenedSwarm`
    holds the slot only while *its own* connection lives;
-9. sockets left open on exit    -> :func:`running_host` always ``close()``s;
+9. sockets left open on exit    -> :func:`running_host` always ``close()``s,
+   and outer cancellation reaches libp2p only through that close;
 6. a failed dial is retried 4 times and then blocked for 60 s -> one
    attempt per dial; node/p2p/peers.py retries with capped backoff;
 10. auto-connector redials peers we dropped -> replaced by a no-op: peer
@@ -35,7 +36,6 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
 from libp2p.network.config import ConnectionConfig, RetryConfig
-from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.swarm import Swarm
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -44,73 +44,13 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.keys import Identity
 from node.logging import route_libp2p_logs
+from node.p2p.swarm import HardenedSwarm, NoAutoConnector
 
 route_libp2p_logs()
 
 DEFAULT_MAX_CONNECTIONS = 512
 DIAL_TIMEOUT_S = 5.0
-
-
-class HardenedSwarm(Swarm):
-    """A Swarm whose inbound handler lives exactly as long as its connection.
-
-    Upstream keeps every accepted connection's handler task (and its
-    inbound-limiter slot) alive until the whole swarm stops, so a daemon
-    stops accepting after ``max_connections - min_connections`` inbound
-    connections in its lifetime and leaks a task per connection.
-    """
-
-    async def _do_handle_inbound_connection(self, read_write_closer: Any, maddr: Any, failure_event: Any) -> None:
-        remote_maddr = self._build_remote_multiaddr(read_write_closer)
-        if remote_maddr is not None and not await self.connection_gate.is_allowed(remote_maddr):
-            await _close_quietly(read_write_closer)
-            return
-        raw_conn = RawConnection(read_write_closer, False)
-        try:
-            muxed_conn = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
-        except Exception:
-            # Handshake failures (garbage, plaintext dialers, timeouts) are
-            # expected from hostile or confused peers: drop this one only.
-            await _close_quietly(raw_conn)
-            return
-        swarm_conn = next(
-            (c for c in self.connections.get(muxed_conn.peer_id, []) if c.muxed_conn is muxed_conn),
-            None,
-        )
-        if swarm_conn is None:  # rejected at registration (limits)
-            await _close_quietly(muxed_conn)
-            return
-        await swarm_conn.event_closed.wait()
-
-    def _schedule_auto_connect(self) -> None:
-        """Never dial peers on our behalf: node/p2p/peers.py decides whom to dial."""
-
-
-class _NoAutoConnector:
-    """Stands in for libp2p's AutoConnector, which dials every peer in the
-    peerstore whenever connections fall below the watermarks' midpoint, so
-    dropped peers come back on their own and ``disconnect()`` never sticks."""
-
-    _is_connecting = False
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def run_background_task(self, nursery: Any) -> None:
-        pass
-
-    async def maybe_connect(self) -> None:
-        pass
-
-
-async def _close_quietly(closable: Any) -> None:
-    try:
-        await closable.close()
-    except Exception:
-        pass
+CLOSE_TIMEOUT_S = 5.0
 
 
 def libp2p_key_pair(identity: Identity) -> Any:
@@ -137,7 +77,7 @@ def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECT
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
-        muxer_opt={YAMUX_ID: Yamux},
+        muxer_opt={YAMUX_ID: Yamux},  # HardenedSwarm.add_conn applies BpciYamux
         connection_config=config,
         enable_mDNS=False,
         enable_upnp=False,
@@ -146,7 +86,7 @@ def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECT
     if type(swarm) is not Swarm:  # the pin guarantees this; fail loudly if not
         raise RuntimeError(f"unexpected libp2p network type {type(swarm).__name__}")
     swarm.__class__ = HardenedSwarm
-    swarm.auto_connector = _NoAutoConnector()
+    swarm.auto_connector = NoAutoConnector()
     # Redial policy (capped backoff, no 60 s negative cache) is ours:
     # node/p2p/peers.py. One attempt per dial here.
     swarm.retry_config = RetryConfig(max_retries=0)
@@ -181,15 +121,33 @@ def check_port_free(addr: multiaddr.Multiaddr) -> None:
 async def running_host(
     host: IHost, listen_addrs: Sequence[multiaddr.Multiaddr]
 ) -> AsyncIterator[IHost]:
-    """Run ``host`` listening on ``listen_addrs``; close every socket on exit."""
+    """Run ``host`` listening on ``listen_addrs``; close every socket on exit.
+
+    libp2p's own tasks run in a nursery inside ``host.run()``. If the
+    caller's cancellation reached them directly, the swarm's cleanup would
+    close connections in an already-cancelled scope and leave their sockets
+    in CLOSE-WAIT. So the host runs in a shielded task of its own, and the
+    only way it stops is through ``host.close()``, bounded by a deadline.
+    """
     for addr in listen_addrs:
         check_port_free(addr)
-    try:
-        async with host.run(listen_addrs=list(listen_addrs)):
-            if listen_addrs and not host.get_addrs():
-                raise OSError(f"could not listen on {', '.join(map(str, listen_addrs))}")
-            yield host
-    finally:
+    stop = trio.Event()
+
+    async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(5):
-                await host.close()
+            async with host.run(listen_addrs=list(listen_addrs)):
+                try:
+                    if listen_addrs and not host.get_addrs():
+                        raise OSError(f"could not listen on {', '.join(map(str, listen_addrs))}")
+                    task_status.started()
+                    await stop.wait()
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await host.close()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve)
+        try:
+            yield host
+        finally:
+            stop.set()

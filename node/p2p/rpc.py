@@ -60,33 +60,36 @@ class RpcServer:
             await send(dump_json({"jsonrpc": "2.0", "method": method, "params": params}))
 
         slots = trio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
-        try:
-            async with trio.open_nursery() as nursery:
-                ctx = CallContext(peer_id=peer_id, notify=notify, nursery=nursery)
+        violation: FrameError | None = None
+        async with trio.open_nursery() as nursery:
+            ctx = CallContext(peer_id=peer_id, notify=notify, nursery=nursery)
 
-                async def serve(frame: bytes) -> None:
-                    try:
-                        response = await self._answer(frame, ctx)
-                        if response is not None:
-                            await send(response)
-                    except (StreamError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
-                        nursery.cancel_scope.cancel()
-                    finally:
-                        slots.release()
+            async def serve(frame: bytes) -> None:
+                try:
+                    response = await self._answer(frame, ctx)
+                    if response is not None:
+                        await send(response)
+                except (StreamError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    nursery.cancel_scope.cancel()  # the caller is gone
+                finally:
+                    slots.release()
 
-                while True:
-                    frame = await framed.read_frame()
-                    if frame is None:
-                        break  # clean close by the caller: finish what is in flight
+            try:
+                while (frame := await framed.read_frame()) is not None:
                     await slots.acquire()
                     nursery.start_soon(serve, frame)
-        except FrameError as exc:
+                # Clean close by the caller: finish what is in flight.
+            except FrameError as exc:
+                violation = exc
+                nursery.cancel_scope.cancel()
+            except StreamError:
+                nursery.cancel_scope.cancel()  # peer went away mid-stream
+                return
+        if violation is not None:
             self.framing_errors += 1
-            log.info("rpc stream reset", peer=peer_id, reason=str(exc))
+            log.info("rpc stream reset", peer=peer_id, reason=str(violation))
             await framed.reset()
             return
-        except StreamError:
-            return  # peer went away mid-stream
         await framed.close()
 
     async def _answer(self, frame: bytes, ctx: CallContext) -> bytes | None:
