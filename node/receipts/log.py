@@ -1,0 +1,265 @@
+"""The global append-only receipt log, stored in the node's DuckDB database.
+
+The log's leaves are receipt ids, hashed as RFC 9162 leaves. Instead of the
+leaves alone, the log stores the hash of every complete (perfect) subtree as
+it forms: the row ``(level, idx, hash)`` (keyed by ``node``, which packs
+level and idx) covers leaves ``[idx * 2**level, (idx + 1) * 2**level)``;
+level-0 rows are the leaves and carry the receipt id. About two rows per
+leaf buy this: the root at any past size, an inclusion proof
+and a consistency proof each read O(log n) rows in a single query, and an
+append reads only the current frontier (at most 64 rows).
+
+The Merkle planning is pure (``node.receipts.merkle``); this class only
+reads and writes rows. Transactions belong to the caller. ``append`` and
+``store`` each write with exactly one statement, so in autocommit mode each write is atomic on its own, and
+inside the caller's transaction (a block being applied) it commits or rolls
+back with everything else. One writer per database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from node.codec import to_hex
+from node.receipts.envelope import Receipt
+from node.receipts.merkle import (
+    Subtree,
+    append_subtrees,
+    assemble_proof,
+    consistency_ranges,
+    fold_subtrees,
+    inclusion_ranges,
+    leaf_hash,
+    perfect_subtrees,
+    proof_subtrees,
+)
+
+# A subtree's row key packs (level, idx) into one BIGINT so that a proof's
+# rows come back through the primary-key index in one IN-list query
+# (measured: a composite key made DuckDB scan the table). Leaves (level 0)
+# have key == index. Logs are limited to 2**56 leaves.
+_LEVEL_SHIFT = 56
+_MAX_LEAVES = 1 << _LEVEL_SHIFT
+_LOOKUP_CHUNK = 1000
+
+_SCHEMA = (
+    f"""
+    CREATE TABLE IF NOT EXISTS receipt_log_nodes (
+        node BIGINT PRIMARY KEY,
+        hash BLOB NOT NULL,
+        receipt_id BLOB UNIQUE,
+        level UTINYINT AS (node >> {_LEVEL_SHIFT}),
+        idx BIGINT AS (node & ((1::BIGINT << {_LEVEL_SHIFT}) - 1))
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS receipt_envelopes (
+        id BLOB PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        issuer VARCHAR NOT NULL,
+        height BIGINT NOT NULL,
+        subject BLOB NOT NULL,
+        prev BLOB,
+        envelope BLOB NOT NULL
+    )
+    """,
+)
+
+
+def _key(level: int, index: int) -> int:
+    return (level << _LEVEL_SHIFT) | index
+
+
+class LogError(ValueError):
+    """A request the log cannot satisfy: a size or index beyond it, a
+    duplicate or malformed receipt id. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class LogHead:
+    """The log's size and root after some batch: what a block header seals."""
+
+    size: int
+    root: bytes
+
+
+class ReceiptLog:
+    """The receipt Merkle log and the receipt envelopes, on ``conn``.
+
+    Creates its ``receipt_*`` tables if missing. Typical use, per block::
+
+        head = log.append_receipts(receipts_of_block)   # -> LogHead(size, root)
+        proof = log.inclusion_proof(log.index_of(rid), head.size)
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self._conn = conn
+        for statement in _SCHEMA:
+            conn.execute(statement)
+
+    # -- reading ----------------------------------------------------------
+    def size(self) -> int:
+        """Number of receipt ids in the log."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]
+        ).fetchone()
+        return int(row[0])
+
+    def head(self) -> LogHead:
+        """Current size and root."""
+        size = self.size()
+        return LogHead(size, self.root_at(size))
+
+    def root_at(self, size: int) -> bytes:
+        """Root of the log when it held ``size`` leaves (0 <= size <= current)."""
+        size = self._check_count(size, "size")
+        pieces = perfect_subtrees(0, size)
+        extra = [Subtree(0, size - 1)] if size else []
+        hashes = self._read(pieces + extra, size)
+        return fold_subtrees([hashes[p] for p in pieces])
+
+    def leaf(self, index: int) -> bytes:
+        """The receipt id at ``index``."""
+        index = self._check_count(index, "index")
+        row = self._conn.execute(
+            "SELECT receipt_id FROM receipt_log_nodes WHERE node = ?", [_key(0, index)]
+        ).fetchone()
+        if row is None:
+            raise LogError(f"index {index} is beyond the log")
+        return bytes(row[0])
+
+    def index_of(self, receipt_id: bytes) -> int | None:
+        """Position of a receipt id in the log, or None if it is not there."""
+        row = self._conn.execute(
+            "SELECT node FROM receipt_log_nodes WHERE receipt_id = ?", [_check_id(receipt_id)]
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def envelope(self, receipt_id: bytes) -> bytes | None:
+        """The stored envelope of a receipt, or None."""
+        row = self._conn.execute(
+            "SELECT envelope FROM receipt_envelopes WHERE id = ?", [_check_id(receipt_id)]
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of leaf ``index`` in the log at ``size``."""
+        index = self._check_count(index, "index")
+        size = self._check_count(size, "size")
+        if index >= size:
+            raise LogError(f"index {index} is not below size {size}")
+        ranges = inclusion_ranges(index, size)
+        return assemble_proof(ranges, self._read(proof_subtrees(ranges) + [Subtree(0, size - 1)], size))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """RFC 9162 consistency proof from the log at ``size1`` to ``size2``."""
+        size1 = self._check_count(size1, "size1")
+        size2 = self._check_count(size2, "size2")
+        if size1 > size2:
+            raise LogError(f"size1 {size1} is larger than size2 {size2}")
+        ranges = consistency_ranges(size1, size2)
+        extra = [Subtree(0, size2 - 1)] if size2 else []
+        return assemble_proof(ranges, self._read(proof_subtrees(ranges) + extra, size2))
+
+    # -- writing ----------------------------------------------------------
+    def append(self, receipt_ids: Sequence[bytes]) -> LogHead:
+        """Append a batch of receipt ids (one block's worth); returns the
+        head after it. Rejects (LogError, nothing written) an id that is
+        malformed, repeated in the batch, or already in the log."""
+        ids = [_check_id(rid) for rid in receipt_ids]
+        if len(set(ids)) != len(ids):
+            raise LogError("the batch repeats a receipt id")
+        size = self.size()
+        frontier_coords = perfect_subtrees(0, size)
+        frontier = self._read(frontier_coords, size)
+        if not ids:
+            return LogHead(size, fold_subtrees([frontier[c] for c in frontier_coords]))
+        if size + len(ids) > _MAX_LEAVES:
+            raise LogError(f"the log cannot hold more than {_MAX_LEAVES} receipts")
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            present = self._conn.execute(
+                f"SELECT receipt_id FROM receipt_log_nodes WHERE receipt_id IN ({_placeholders(len(chunk))})",
+                chunk,
+            ).fetchone()
+            if present is not None:
+                raise LogError(f"receipt {to_hex(bytes(present[0]))} is already in the log")
+        formed, new_frontier = append_subtrees(
+            size, [frontier[c] for c in frontier_coords], [leaf_hash(rid) for rid in ids]
+        )
+        leaf_ids = iter(ids)  # formed lists each leaf before the nodes it completes
+        self._conn.execute(
+            "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",
+            [
+                [_key(n.level, n.index) for n in formed],
+                [n.hash for n in formed],
+                [next(leaf_ids) if n.level == 0 else None for n in formed],
+            ],
+        )
+        return LogHead(size + len(ids), fold_subtrees(new_frontier))
+
+    def store(self, receipts: Iterable[Receipt]) -> None:
+        """Store receipt envelopes by id (already-stored ones are kept as is).
+        The receipts should have been verified by the caller."""
+        unique = {r.id: r for r in receipts}
+        if not unique:
+            return
+        rows = list(unique.values())
+        self._conn.execute(
+            "INSERT OR IGNORE INTO receipt_envelopes "
+            "SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
+            [
+                [r.id for r in rows],
+                [r.kind for r in rows],
+                [r.issuer_node for r in rows],
+                [r.height for r in rows],
+                [r.subject for r in rows],
+                [r.prev for r in rows],
+                [r.envelope for r in rows],
+            ],
+        )
+
+    def append_receipts(self, receipts: Sequence[Receipt]) -> LogHead:
+        """Store the envelopes, then append their ids. Run it inside the
+        caller's transaction to make both atomic; without one, a crash in
+        between leaves only stored envelopes, which is harmless."""
+        receipts = list(receipts)
+        ids = [r.id for r in receipts]
+        if len(set(ids)) != len(ids):
+            raise LogError("the batch repeats a receipt id")
+        self.store(receipts)
+        return self.append(ids)
+
+    # -- internals --------------------------------------------------------
+    def _check_count(self, value: int, what: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise LogError(f"{what} must be a non-negative integer, got {value!r}")
+        return value
+
+    def _read(self, coords: Sequence[Subtree], size: int) -> dict[Subtree, bytes]:
+        """Hashes of the given subtrees in one query; LogError if the log
+        is smaller than ``size`` (some subtree has not formed yet)."""
+        if not coords:
+            return {}
+        keys = sorted({_key(c.level, c.index) for c in coords})
+        rows = self._conn.execute(
+            f"SELECT node, hash FROM receipt_log_nodes WHERE node IN ({_placeholders(len(keys))})", keys
+        ).fetchall()
+        mask = _MAX_LEAVES - 1
+        found = {Subtree(key >> _LEVEL_SHIFT, key & mask): bytes(digest) for key, digest in rows}
+        if len(found) != len(set(coords)):
+            raise LogError(f"size {size} is beyond the log")
+        return found
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _check_id(receipt_id: object) -> bytes:
+    if not isinstance(receipt_id, bytes) or len(receipt_id) != 32:
+        raise LogError("a receipt id is 32 bytes")
+    return receipt_id

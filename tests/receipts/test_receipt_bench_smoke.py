@@ -1,0 +1,30 @@
+"""bench/receipts.py --smoke runs and prints every row of its table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "receipts.py"
+
+
+def test_bench_smoke_prints_the_table(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("metanode_bench_receipts", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    assert module.main(["--smoke"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [line.split("  ")[0] for line in out[2:]]
+    assert names == [
+        "Ed25519 verify (PyNaCl, baseline)",
+        "receipt envelope verify",
+        "inclusion proof verify",
+        "inclusion proof from DuckDB",
+        "log append (DuckDB)",
+    ]
+    assert out[2].split()[-1] == "1.00"  # the baseline compared with itself
