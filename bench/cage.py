@@ -1,0 +1,91 @@
+"""Cage overhead: the same queries in-process on DuckDB and through the cage.
+
+    .venv/bin/python bench/cage.py [--runs N] [--policy processing]
+
+The baseline runs each query on one long-lived in-process DuckDB connection
+(threads=1, as in the cage) and fetches every row. The cage runs the same
+SQL as a job through a started CagePool (fork, all confinement layers,
+DuckDB sandbox, canonical result, witness). Overhead = cage - baseline,
+per job, as medians. Goal: under 25 ms per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.cage.job import JobSpec  # noqa: E402
+from node.cage.pool import CagePool  # noqa: E402
+
+QUERIES = {
+    "small": ("sales_small", "SELECT region, count(*) AS n, sum(amount) AS total FROM sales GROUP BY region"),
+    "medium": ("sales_medium", "SELECT region, product, count(*) AS n, sum(amount) AS total, avg(amount) AS mean "
+               "FROM sales GROUP BY region, product"),
+}
+ROWS = {"sales_small": 1_000, "sales_medium": 200_000}
+
+
+def make_inputs(directory: Path) -> dict[str, Path]:
+    """Deterministic CSV inputs: 1k rows (small) and 200k rows (medium)."""
+    con = duckdb.connect(config={"threads": 1})
+    paths = {}
+    for name, rows in ROWS.items():
+        path = directory / f"{name}.csv"
+        con.execute(
+            f"COPY (SELECT i AS id, 'r' || (i % 7) AS region, 'p' || (i % 50) AS product, "
+            f"((i * 7919) % 10007) / 100.0 AS amount FROM range({rows}) t(i)) TO '{path}' (HEADER)"
+        )
+        paths[name] = path
+    con.close()
+    return paths
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--policy", default="processing")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="metanode-bench-cage-") as tmp:
+        inputs = make_inputs(Path(tmp))
+        baseline = duckdb.connect(config={"threads": 1})
+        with CagePool() as pool:
+            print(f"host layers: {', '.join(sorted(pool.capabilities.layers))}; "
+                  f"duckdb {pool.versions['duckdb']}, python {pool.versions['python']}; runs={args.runs}")
+            print(f"{'query':<8} {'in-process ms':>14} {'cage ms':>9} {'overhead ms':>12} {'cage child cpu ms':>18}")
+            for label, (input_name, sql) in QUERIES.items():
+                path = str(inputs[input_name])
+                in_process_sql = sql.replace("FROM sales", f"FROM read_csv('{path}')")
+                job = JobSpec(kind="sql", policy=args.policy, inputs={"sales": path}, sql=sql,
+                              seed=b"bench", clock=1_700_000_000)
+                pool.run(job)  # first run pays nothing special, but keep both sides warm
+                baseline.execute(in_process_sql).fetchall()
+                base_times, cage_times, child_cpu = [], [], []
+                for _ in range(args.runs):
+                    start = time.perf_counter()
+                    baseline.execute(in_process_sql).fetchall()
+                    base_times.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    outcome = pool.run(job)
+                    cage_times.append(time.perf_counter() - start)
+                    if not outcome.ok:
+                        raise SystemExit(f"cage job failed: {outcome.status}: {outcome.detail}")
+                    child_cpu.append(outcome.observed["cpu_us"] / 1e6)
+                base, cage = median_ms(base_times), median_ms(cage_times)
+                print(f"{label:<8} {base:>14.2f} {cage:>9.2f} {cage - base:>12.2f} {median_ms(child_cpu):>18.2f}")
+        print("goal: overhead under 25 ms per job")
+
+
+if __name__ == "__main__":
+    main()
