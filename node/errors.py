@@ -29,3 +29,11 @@ class UnreachableError(UserError):
     """A node could not be reached (dial failed, timed out, refused)."""
 
     exit_code = EXIT_UNREACHABLE
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """The one leaf of nested exception groups (trio wraps errors raised in
+    nursery bodies), or ``exc`` itself when there are several or none."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -89,3 +89,86 @@ async def running_daemon(config_path: Path, setup: Any = None) -> AsyncIterator[
             yield daemon
         finally:
             daemon.stop()
+
+
+# -- process-level helpers ----------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+METANODE = [sys.executable, "-m", "node"]
+
+
+def run_cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``metanode ARGS`` to completion, capturing its output."""
+    return subprocess.run([*METANODE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+class DaemonProcess:
+    """A real ``metanode daemon start`` process."""
+
+    def __init__(self, config: Path, *extra: str, log_path: Path | None = None) -> None:
+        self.config = config
+        self.log_path = log_path or config.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*METANODE, "daemon", "start", "--config", str(config), *extra],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "DaemonProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def rpc_json(node: str, method: str, params: object = None, timeout: float = 30) -> object:
+    """Call a node through the real CLI and return the parsed result."""
+    args = ["rpc", method] + ([json.dumps(params)] if params is not None else []) + ["--node", node]
+    done = run_cli(*args, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"metanode rpc {method} exited {done.returncode}: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the node may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+def node_addr(port: int, name: str) -> str:
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{Identity.from_label(f'test-node-{name}').peer_id}"

@@ -10,7 +10,7 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.errors import UnreachableError, UserError
+from node.errors import UnreachableError, UserError, sole_exception
 from node.keys import Identity
 from node.p2p.framing import DEFAULT_MAX_FRAME
 from node.p2p.host import build_host, running_host
@@ -57,9 +57,13 @@ async def connect_to_node(
 
 
 async def call_node(addr: str, method: str, params: Any = None, *, timeout: float = 30.0) -> Any:
-    """One call to one node."""
-    async with connect_to_node(addr, timeout=min(timeout, 10.0)) as client:
-        return await client.call(method, params, timeout=timeout)
+    """One call to one node. Raises the error itself (RpcCallError,
+    UnreachableError...), not the nursery exception groups around it."""
+    try:
+        async with connect_to_node(addr, timeout=min(timeout, 10.0)) as client:
+            return await client.call(method, params, timeout=timeout)
+    except BaseExceptionGroup as group:
+        raise sole_exception(group) from None
 
 
 def _short(exc: BaseException) -> str:

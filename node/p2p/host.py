@@ -109,6 +109,9 @@ def check_port_free(addr: multiaddr.Multiaddr) -> None:
     if port == 0:
         return
     probe = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR ignores TIME_WAIT leftovers of a previous run (a restart
+    # must work) but still fails on a port someone is listening on.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((ip, port))
     except OSError as exc:
