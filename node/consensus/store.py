@@ -1,0 +1,364 @@
+"""The chain store: committed blocks, transactions, nonces and head in DuckDB.
+
+The store does not parse blocks. The consensus layer hands it each final
+block as plain values (height, hash, parent hash, timestamp, proposer, the encoded
+block and its encoded transactions); the store only decodes transactions
+(its own format, :mod:`node.consensus.tx`) to index them and to track each
+sender's next nonce.
+
+Appending a block is one DuckDB transaction: after a crash at any point the
+store reopens at the last block whose append returned, or at most the one
+being appended, never part of one. Tables (all prefixed ``chain_``):
+
+* ``chain_blocks``  height, hash, parent_hash, timestamp_ms, proposer, tx_count, block
+* ``chain_txs``     hash, height, idx, sender, nonce, type, tx
+* ``chain_nonces``  sender, next_nonce
+* ``chain_head``    one row: height, hash
+* ``chain_meta``    key/value: schema version, chain id, genesis hash
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from node.codec import to_hex
+from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
+from node.db import transaction
+
+SCHEMA_VERSION = 1
+MAX_TIME = 2**63 - 1
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chain_meta (
+        key VARCHAR PRIMARY KEY, value BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_blocks (
+        height UBIGINT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, parent_hash BLOB NOT NULL,
+        timestamp_ms BIGINT NOT NULL, proposer BLOB NOT NULL, tx_count INTEGER NOT NULL,
+        block BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_txs (
+        hash BLOB PRIMARY KEY, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
+        sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_nonces (
+        sender BLOB PRIMARY KEY, next_nonce UBIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chain_head (
+        id INTEGER PRIMARY KEY CHECK (id = 0), height UBIGINT NOT NULL, hash BLOB NOT NULL)""",
+)
+
+_BLOCK_COLUMNS = "height, hash, parent_hash, timestamp_ms, proposer, tx_count, block"
+
+
+class StoreError(Exception):
+    """A block cannot be appended (wrong height or parent, bad or repeated
+    transaction, out-of-order nonce) or the stored chain is inconsistent.
+    Nothing is written when it is raised."""
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    height: int
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    height: int
+    hash: bytes
+    parent_hash: bytes
+    timestamp_ms: int  # the block time from its header
+    proposer: bytes
+    tx_count: int
+    block: bytes  # the encoded block exactly as handed to append_block
+
+
+@dataclass(frozen=True)
+class StoredTx:
+    hash: bytes
+    height: int
+    index: int  # position in its block
+    tx: bytes  # the encoded transaction
+
+
+class ChainStore:
+    """Committed chain data in the node's DuckDB connection (single writer).
+
+    ``first_height`` is the height the first appended block must have (1 when
+    the genesis header is not itself stored) and ``first_parent``, if given,
+    the parent hash it must carry (the genesis header's hash). Creates its
+    tables if missing and checks, on open, that the head agrees with the blocks.
+    """
+
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        first_height: int = 1,
+        first_parent: bytes | None = None,
+    ) -> None:
+        if first_height < 0:
+            raise ValueError("first_height must be >= 0")
+        self._conn = conn
+        self.first_height = first_height
+        self.first_parent = first_parent
+        with transaction(conn):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            version = self._meta("schema_version")
+            if version is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
+            elif version != str(SCHEMA_VERSION).encode():
+                raise StoreError(
+                    f"chain store schema version {version.decode(errors='replace')} is not "
+                    f"{SCHEMA_VERSION}; this data directory was written by another metanode version"
+                )
+        self._head = self._load_head()
+        # Every sender's next nonce, in memory: the mempool asks on every
+        # admission from a new sender, and a DuckDB point query (~0.5-1 ms)
+        # costs more than the signature check. One entry per sender that ever
+        # had a transaction committed (each paid for with block space).
+        self._nonces: dict[bytes, int] = {
+            bytes(sender): int(nonce)
+            for sender, nonce in conn.execute("SELECT sender, next_nonce FROM chain_nonces").fetchall()
+        }
+
+    # -- chain identity -------------------------------------------------------
+    def bind_chain(self, chain_id: str, genesis_hash: bytes) -> None:
+        """Record which chain this database holds, or check it is the same one.
+
+        Raises StoreError when the database already belongs to another chain
+        id or genesis, so a node never mixes two chains in one data directory.
+        """
+        with transaction(self._conn):
+            stored_id, stored_genesis = self._meta("chain_id"), self._meta("genesis_hash")
+            if stored_id is None and stored_genesis is None:
+                self._set_meta("chain_id", chain_id.encode())
+                self._set_meta("genesis_hash", bytes(genesis_hash))
+                return
+        if stored_id != chain_id.encode() or stored_genesis != bytes(genesis_hash):
+            raise StoreError(
+                f"this database holds chain {stored_id.decode(errors='replace') if stored_id else '?'}"
+                f" with genesis {to_hex(stored_genesis) if stored_genesis else '?'}, not chain "
+                f"{chain_id} with genesis {to_hex(genesis_hash)}; use another data directory"
+            )
+
+    def chain_identity(self) -> tuple[str, bytes] | None:
+        """(chain id, genesis hash) recorded by :meth:`bind_chain`, if any."""
+        stored_id, stored_genesis = self._meta("chain_id"), self._meta("genesis_hash")
+        if stored_id is None or stored_genesis is None:
+            return None
+        return stored_id.decode(), stored_genesis
+
+    # -- writing --------------------------------------------------------------
+    def append_block(
+        self,
+        *,
+        height: int,
+        block_hash: bytes,
+        parent_hash: bytes,
+        timestamp_ms: int,
+        proposer: bytes,
+        block: bytes,
+        txs: Sequence[bytes],
+    ) -> ChainHead:
+        """Append a final block atomically and make it the head.
+
+        ``height`` must be head + 1 (``first_height`` on an empty store) and
+        ``parent_hash`` the head's hash (``first_parent``, if set, on an empty
+        store); ``txs`` are the block's encoded transactions in block order,
+        each with its sender's next nonce. ``block`` is stored as given and
+        never parsed. All checks run before anything is written; StoreError
+        names the problem (DuckDB errors during the write roll it back whole).
+        """
+        head = self._head
+        expected = self.first_height if head is None else head.height + 1
+        if type(height) is not int or height != expected:
+            raise StoreError(f"block height {height!r} does not follow the head: expected {expected}")
+        if not isinstance(block_hash, bytes) or len(block_hash) != 32:
+            raise StoreError(f"block {height}: block_hash must be 32 bytes")
+        if not isinstance(parent_hash, bytes) or len(parent_hash) != 32:
+            raise StoreError(f"block {height}: parent_hash must be 32 bytes")
+        want_parent = self.first_parent if head is None else head.hash
+        if want_parent is not None and parent_hash != want_parent:
+            raise StoreError(
+                f"block {height}: parent {to_hex(parent_hash)} is not "
+                f"{'the head' if head else 'the genesis'} {to_hex(want_parent)}"
+            )
+        if type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_TIME:
+            raise StoreError(
+                f"block {height}: timestamp_ms {timestamp_ms!r} is not an integer in 0..2**63-1"
+            )
+        if not isinstance(proposer, bytes) or not isinstance(block, bytes):
+            raise StoreError(f"block {height}: proposer and block must be bytes")
+        if self.block_by_hash(block_hash) is not None:
+            raise StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored")
+        decoded = self._decode_block_txs(height, txs)
+        nonces = self._check_nonces(height, decoded)
+
+        with transaction(self._conn) as conn:
+            conn.execute(
+                f"INSERT INTO chain_blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (height, block_hash, parent_hash, timestamp_ms, proposer, len(decoded), block),
+            )
+            if decoded:
+                # One statement for all rows: DuckDB's executemany is ~50x slower.
+                conn.execute(
+                    "INSERT INTO chain_txs SELECT unnest($1), $2, unnest($3), unnest($4), "
+                    "unnest($5), unnest($6), unnest($7)",
+                    [
+                        [tx.hash for tx in decoded], height, list(range(len(decoded))),
+                        [tx.sender for tx in decoded], [tx.nonce for tx in decoded],
+                        [tx.type for tx in decoded], [tx.encoded for tx in decoded],
+                    ],
+                )
+                senders = sorted(nonces)
+                conn.execute(
+                    "INSERT INTO chain_nonces SELECT unnest($1), unnest($2) "
+                    "ON CONFLICT (sender) DO UPDATE SET next_nonce = excluded.next_nonce",
+                    [senders, [nonces[s] for s in senders]],
+                )
+            conn.execute(
+                "INSERT INTO chain_head VALUES (0, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET height = excluded.height, hash = excluded.hash",
+                (height, block_hash),
+            )
+        self._head = ChainHead(height, block_hash)
+        self._nonces.update(nonces)  # only once the transaction has committed
+        return self._head
+
+    def _decode_block_txs(self, height: int, txs: Sequence[bytes]) -> list[Transaction]:
+        decoded: list[Transaction] = []
+        seen: set[bytes] = set()
+        for index, raw in enumerate(txs):
+            try:
+                tx = decode_tx(raw)
+            except TxError as exc:
+                raise StoreError(f"block {height} tx {index}: {exc.message}") from None
+            if tx.hash in seen:
+                raise StoreError(f"block {height} tx {index}: {to_hex(tx.hash)} appears twice")
+            seen.add(tx.hash)
+            decoded.append(tx)
+        if decoded:
+            hashes = [tx.hash for tx in decoded]
+            row = self._conn.execute(
+                "SELECT hash, height FROM chain_txs WHERE list_contains($1, hash) LIMIT 1", [hashes]
+            ).fetchone()
+            if row is not None:
+                raise StoreError(
+                    f"block {height}: transaction {to_hex(row[0])} is already in block {row[1]}"
+                )
+        return decoded
+
+    def _check_nonces(self, height: int, decoded: list[Transaction]) -> dict[bytes, int]:
+        expected: dict[bytes, int] = {}
+        for index, tx in enumerate(decoded):
+            want = expected.get(tx.sender)
+            if want is None:
+                want = self._nonces.get(tx.sender, 0)
+            if tx.nonce != want:
+                raise StoreError(
+                    f"block {height} tx {index}: nonce {tx.nonce} of sender "
+                    f"{to_hex(tx.sender)} is not the next nonce {want}"
+                )
+            expected[tx.sender] = want + 1
+        return next_nonces_after(decoded)
+
+    # -- queries --------------------------------------------------------------
+    def head(self) -> ChainHead | None:
+        """The last appended block, or None for an empty chain."""
+        return self._head
+
+    def block_by_height(self, height: int) -> StoredBlock | None:
+        if type(height) is not int or height < 0:
+            return None
+        row = self._conn.execute(
+            f"SELECT {_BLOCK_COLUMNS} FROM chain_blocks WHERE height = ?", (height,)
+        ).fetchone()
+        return _block(row)
+
+    def block_by_hash(self, block_hash: bytes) -> StoredBlock | None:
+        row = self._conn.execute(
+            f"SELECT {_BLOCK_COLUMNS} FROM chain_blocks WHERE hash = ?", (bytes(block_hash),)
+        ).fetchone()
+        return _block(row)
+
+    def blocks_range(self, start: int, limit: int, *, max_bytes: int | None = None) -> list[StoredBlock]:
+        """Up to ``limit`` consecutive blocks from height ``start`` (for sync).
+
+        With ``max_bytes``, stops before the encoded blocks would exceed it,
+        but always returns at least one block if ``start`` exists, so a
+        syncing peer always makes progress.
+        """
+        if type(start) is not int or type(limit) is not int or start < 0 or limit <= 0:
+            return []
+        rows = self._conn.execute(
+            f"SELECT {_BLOCK_COLUMNS} FROM chain_blocks WHERE height >= ? AND height < ? "
+            "ORDER BY height",
+            (start, start + limit),
+        ).fetchall()
+        blocks: list[StoredBlock] = []
+        used = 0
+        for row in rows:
+            block = _block(row)
+            assert block is not None
+            if max_bytes is not None and blocks and used + len(block.block) > max_bytes:
+                break
+            used += len(block.block)
+            blocks.append(block)
+        return blocks
+
+    def block_txs(self, height: int) -> list[bytes]:
+        """The encoded transactions of block ``height`` in block order."""
+        rows = self._conn.execute(
+            "SELECT tx FROM chain_txs WHERE height = ? ORDER BY idx", (height,)
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def tx_by_hash(self, tx_hash_: bytes) -> StoredTx | None:
+        """A committed transaction with its block height and index."""
+        row = self._conn.execute(
+            "SELECT hash, height, idx, tx FROM chain_txs WHERE hash = ?", (bytes(tx_hash_),)
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredTx(bytes(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+
+    def next_nonce(self, sender: bytes) -> int:
+        """The nonce the sender's next transaction must carry (0 if none committed).
+        Served from memory; cheap enough to pass as the mempool's ``committed_nonce``."""
+        return self._nonces.get(bytes(sender), 0)
+
+    # -- internals ------------------------------------------------------------
+    def _load_head(self) -> ChainHead | None:
+        head_row = self._conn.execute("SELECT height, hash FROM chain_head").fetchone()
+        top = self._conn.execute(
+            "SELECT height, hash FROM chain_blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if head_row is None and top is None:
+            return None
+        if head_row is None or top is None or (int(head_row[0]), bytes(head_row[1])) != (
+            int(top[0]), bytes(top[1])
+        ):
+            raise StoreError(
+                f"chain store is inconsistent: head row {head_row!r} does not match the "
+                f"highest block {top[0] if top else None}"
+            )
+        return ChainHead(int(top[0]), bytes(top[1]))
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM chain_meta WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def _set_meta(self, key: str, value: bytes) -> None:
+        self._conn.execute("INSERT INTO chain_meta VALUES (?, ?)", (key, value))
+
+
+def _block(row: tuple | None) -> StoredBlock | None:
+    if row is None:
+        return None
+    height, hash_, parent, timestamp_ms, proposer, tx_count, block = row
+    return StoredBlock(
+        int(height), bytes(hash_), bytes(parent), int(timestamp_ms), bytes(proposer),
+        int(tx_count), bytes(block),
+    )

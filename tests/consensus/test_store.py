@@ -1,0 +1,237 @@
+"""Chain store: appends, refusals that write nothing, atomicity, reopening, queries."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from node.codec import hash_tagged
+from node.consensus.store import ChainHead, ChainStore, StoreError
+from node.consensus.tx import sign_tx
+from node.db import open_node_db
+from node.keys import Identity
+
+CHAIN = "testnet-1"
+ALICE, BOB = Identity.from_label("alice"), Identity.from_label("bob")
+GENESIS = hash_tagged("test/genesis", b"")
+
+
+def tx(who=ALICE, nonce=0, size=0):
+    return sign_tx(who, chain_id=CHAIN, nonce=nonce, tx_type="noop",
+                   payload={"n": nonce, "pad": b"p" * size}).encoded
+
+
+def block_fields(height, parent, txs):
+    """What the consensus layer hands the store (the 'block' bytes are opaque to it)."""
+    block = b"block:" + height.to_bytes(8, "big") + parent + b"".join(txs)
+    return dict(height=height, block_hash=hash_tagged("test/block", block), parent_hash=parent,
+                timestamp_ms=1_700_000_000_000 + height,
+                proposer=ALICE.public_key, block=block, txs=txs)
+
+
+def append(store, txs, **overrides):
+    head = store.head()
+    height = store.first_height if head is None else head.height + 1
+    parent = GENESIS if head is None else head.hash
+    fields = block_fields(height, parent, txs) | overrides
+    store.append_block(**fields)
+    return fields
+
+
+def counts(conn):
+    return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                 for t in ("chain_blocks", "chain_txs", "chain_nonces", "chain_head"))
+
+
+@pytest.fixture
+def conn():
+    connection = duckdb.connect(":memory:")
+    yield connection
+    connection.close()
+
+
+def test_empty_store(conn):
+    store = ChainStore(conn)
+    assert store.head() is None
+    assert store.block_by_height(1) is None and store.block_by_hash(GENESIS) is None
+    assert store.tx_by_hash(b"\x00" * 32) is None
+    assert store.next_nonce(ALICE.public_key) == 0
+    assert store.blocks_range(0, 10) == [] and store.block_txs(1) == []
+
+
+def test_append_and_query_everything(conn):
+    store = ChainStore(conn)
+    b1_txs = [tx(ALICE, 0), tx(BOB, 0), tx(ALICE, 1)]
+    b1 = append(store, b1_txs)
+    b2 = append(store, [])
+    b3 = append(store, [tx(BOB, 1)])
+    assert store.head() == ChainHead(3, b3["block_hash"])
+
+    got = store.block_by_height(1)
+    assert (got.height, got.hash, got.parent_hash, got.timestamp_ms, got.proposer, got.tx_count,
+            got.block) == (
+        1, b1["block_hash"], GENESIS, b1["timestamp_ms"], ALICE.public_key, 3, b1["block"])
+    assert store.block_by_hash(b2["block_hash"]) == store.block_by_height(2)
+    assert store.block_by_height(2).parent_hash == b1["block_hash"]
+    assert store.block_by_height(4) is None and store.block_by_height(-1) is None
+
+    assert store.block_txs(1) == b1_txs and store.block_txs(2) == []
+    found = store.tx_by_hash(hash_tagged("metanode/tx/v1", b1_txs[2]))
+    assert (found.height, found.index, found.tx) == (1, 2, b1_txs[2])
+    assert store.tx_by_hash(hash_tagged("metanode/tx/v1", b3["txs"][0])).height == 3
+
+    assert store.next_nonce(ALICE.public_key) == 2
+    assert store.next_nonce(BOB.public_key) == 2
+    assert conn.execute("SELECT next_nonce FROM chain_nonces WHERE sender = ?",
+                        (ALICE.public_key,)).fetchone() == (2,)
+    assert store.next_nonce(Identity.from_label("nobody").public_key) == 0
+
+
+def test_blocks_range_for_sync(conn):
+    store = ChainStore(conn)
+    sizes = []
+    for n in range(5):
+        fields = append(store, [tx(ALICE, n, size=100 * n)])
+        sizes.append(len(fields["block"]))
+    assert [b.height for b in store.blocks_range(2, 2)] == [2, 3]
+    assert [b.height for b in store.blocks_range(4, 100)] == [4, 5]
+    assert store.blocks_range(6, 10) == [] and store.blocks_range(1, 0) == []
+    assert [b.height for b in store.blocks_range(1, 5, max_bytes=sizes[0] + sizes[1])] == [1, 2]
+    # A block larger than max_bytes still comes alone, so sync always progresses.
+    assert [b.height for b in store.blocks_range(5, 5, max_bytes=1)] == [5]
+
+
+def test_first_block_must_follow_the_genesis_when_told(conn):
+    store = ChainStore(conn, first_parent=GENESIS)
+    with pytest.raises(StoreError, match="is not the genesis"):
+        store.append_block(**block_fields(1, b"\x09" * 32, []))
+    assert store.head() is None
+    store.append_block(**block_fields(1, GENESIS, []))
+    assert store.head().height == 1
+
+
+def test_first_height_is_configurable(conn):
+    store = ChainStore(conn, first_height=0)
+    with pytest.raises(StoreError, match="expected 0"):
+        store.append_block(**block_fields(1, GENESIS, []))
+    store.append_block(**block_fields(0, b"\x00" * 32, []))
+    assert store.head().height == 0
+
+
+# -- refusals write nothing ------------------------------------------------------
+
+def _bad_appends(store):
+    head = store.head()
+    good = block_fields(head.height + 1, head.hash, [tx(ALICE, 1)])
+    return [
+        (good | {"height": head.height + 2}, "does not follow the head"),
+        (good | {"height": head.height}, "does not follow the head"),
+        (good | {"height": True}, "does not follow the head"),
+        (good | {"parent_hash": b"\x07" * 32}, "is not the head"),
+        (good | {"parent_hash": b"\x07"}, "parent_hash must be 32 bytes"),
+        (good | {"block_hash": b"\x07" * 31}, "block_hash must be 32 bytes"),
+        (good | {"block_hash": head.hash}, "already stored"),
+        (good | {"timestamp_ms": -1}, "timestamp_ms"),
+        (good | {"proposer": "alice"}, "must be bytes"),
+        (good | {"txs": [b"\x00garbage"]}, "tx 0: transaction is not canonical CBOR"),
+        (good | {"txs": [tx(ALICE, 1), tx(ALICE, 1)]}, "appears twice"),
+        (good | {"txs": [tx(ALICE, 0)]}, "is already in block 1"),
+        (good | {"txs": [tx(ALICE, 2)]}, "is not the next nonce 1"),
+        (good | {"txs": [tx(BOB, 0), tx(BOB, 2)]}, "tx 1: nonce 2"),
+        (good | {"txs": [tx(ALICE, 1), tx(ALICE, 1, size=1)]}, "tx 1: nonce 1"),
+    ]
+
+
+def test_refused_appends_leave_the_store_unchanged(conn):
+    store = ChainStore(conn)
+    append(store, [tx(ALICE, 0)])
+    before = (store.head(), counts(conn), store.next_nonce(ALICE.public_key))
+    for fields, words in _bad_appends(store):
+        with pytest.raises(StoreError, match=words):
+            store.append_block(**fields)
+        assert (store.head(), counts(conn), store.next_nonce(ALICE.public_key)) == before
+    append(store, [tx(ALICE, 1)])  # and the store still takes the right block
+    assert store.head().height == 2
+
+
+class FailingConnection:
+    """A DuckDB connection whose disk 'fails' at one statement (fault injection)."""
+
+    def __init__(self, conn, fail_on):
+        self._conn, self.fail_on, self.armed = conn, fail_on, False
+
+    def execute(self, sql, *params):
+        if self.armed and self.fail_on in sql:
+            self.armed = False
+            raise duckdb.IOException("injected: disk full")
+        return self._conn.execute(sql, *params)
+
+
+@pytest.mark.parametrize("fail_on", ["INSERT INTO chain_txs", "INSERT INTO chain_nonces",
+                                     "INSERT INTO chain_head", "COMMIT"])
+def test_a_failure_inside_the_append_rolls_back_all_of_it(conn, fail_on):
+    faulty = FailingConnection(conn, fail_on)
+    store = ChainStore(faulty)
+    append(store, [tx(ALICE, 0)])
+    before = (store.head(), counts(conn))
+    faulty.armed = True
+    with pytest.raises(duckdb.IOException, match="injected"):
+        append(store, [tx(ALICE, 1), tx(BOB, 0)])
+    assert (store.head(), counts(conn)) == before
+    assert store.next_nonce(ALICE.public_key) == 1 and store.next_nonce(BOB.public_key) == 0
+    assert store.block_by_height(2) is None
+    append(store, [tx(ALICE, 1), tx(BOB, 0)])  # the retry succeeds
+    assert ChainStore(conn).head() == store.head()
+
+
+# -- reopening ---------------------------------------------------------------------
+
+def test_reopen_resumes_at_the_head(tmp_path):
+    conn = open_node_db(tmp_path)
+    store = ChainStore(conn)
+    for n in range(3):
+        append(store, [tx(ALICE, n)])
+    head = store.head()
+    conn.close()
+    conn = open_node_db(tmp_path)
+    again = ChainStore(conn)
+    assert again.head() == head
+    assert again.next_nonce(ALICE.public_key) == 3
+    append(again, [tx(ALICE, 3)])
+    conn.close()
+
+
+def test_open_detects_a_head_that_disagrees_with_the_blocks(conn):
+    store = ChainStore(conn)
+    append(store, [])
+    append(store, [])
+    conn.execute("DELETE FROM chain_blocks WHERE height = 2")
+    with pytest.raises(StoreError, match="inconsistent"):
+        ChainStore(conn)
+
+
+def test_tables_coexist_with_other_packages(conn):
+    conn.execute("CREATE TABLE receipts_log (idx UBIGINT, leaf BLOB)")
+    store = ChainStore(conn)
+    append(store, [])
+    ChainStore(conn)  # creating the tables again is harmless
+    assert conn.execute("SELECT count(*) FROM receipts_log").fetchone() == (0,)
+
+
+def test_schema_version_mismatch_is_refused(conn):
+    ChainStore(conn)
+    conn.execute("UPDATE chain_meta SET value = '99'::BLOB WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        ChainStore(conn)
+
+
+def test_bind_chain_records_and_then_checks_the_chain(conn):
+    store = ChainStore(conn)
+    assert store.chain_identity() is None
+    store.bind_chain(CHAIN, GENESIS)
+    store.bind_chain(CHAIN, GENESIS)
+    assert ChainStore(conn).chain_identity() == (CHAIN, GENESIS)
+    with pytest.raises(StoreError, match="holds chain testnet-1"):
+        store.bind_chain("other", GENESIS)
+    with pytest.raises(StoreError, match="another data directory"):
+        store.bind_chain(CHAIN, b"\x01" * 32)
