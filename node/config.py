@@ -112,6 +112,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "level": Field(str, "info", _one_of(LOG_LEVELS)),
         "format": Field(str, "console", _one_of(LOG_FORMATS)),
     },
+    "cage": {
+        "service_policy": Field(str, "auto", doc='policy confining the daemon itself: "auto" (processing if the node has that role, else gateway), a policy name, or "none"'),
+        "policies_file": Field(str, "", doc="cage policy file; empty means the shipped config/policies.toml"),
+    },
     "debug": {
         "enable_debug_rpc": Field(bool, False, doc="expose debug_* RPC methods (tests only)"),
     },
@@ -129,6 +133,7 @@ class NodeConfig:
     network: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
+    cage: dict[str, Any] = field(default_factory=dict)
     debug: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -199,6 +204,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
         network=net,
         limits=values["limits"],
         log=values["log"],
+        cage={**values["cage"], "policies_file": (base / values["cage"]["policies_file"]).resolve() if values["cage"]["policies_file"] else None},
         debug=values["debug"],
         raw=values,
     )

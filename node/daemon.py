@@ -23,16 +23,18 @@ import trio
 
 from node import __version__
 from node.config import NodeConfig
+from node.daemon_confinement import confine_daemon
 from node.errors import UserError
 from node.keys import Identity
 from node.p2p.host import build_host, running_host
-from node.p2p.jsonrpc import CallContext, Dispatcher, Registry
+from node.p2p.jsonrpc import CallContext, Dispatcher, Registry, RpcError
 from node.p2p.peers import PeerManager
 from node.p2p.rpc import RPC_PROTOCOL, RpcServer
 
 log = structlog.get_logger("metanode.daemon")
 
 SHUTDOWN_GRACE_S = 4.0
+DEBUG_OS_ERROR = 1900
 LOCK_NAME = "daemon.lock"
 
 
@@ -90,8 +92,11 @@ class Daemon:
         self.host: Any = None
         self.peers: PeerManager | None = None
         self.rpc_server: RpcServer | None = None
+        self.confinement: dict[str, Any] | None = None
         self._cancel: trio.CancelScope | None = None
         self._register_core_methods()
+        if config.debug["enable_debug_rpc"]:
+            register_debug_methods(self.registry)
 
     # -- RPC methods of every node ------------------------------------------
     def _register_core_methods(self) -> None:
@@ -109,6 +114,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "listen_addrs": self.listen_addrs(),
             "peers": len(self.peers.peers) if self.peers else 0,
+            "cage": self.confinement,
         }
 
     async def _net_peers(self, ctx: CallContext) -> list[dict[str, Any]]:
@@ -131,6 +137,8 @@ class Daemon:
         lock = DataDirLock(cfg.data_dir)
         lock.acquire()
         try:
+            # Before any thread starts or any peer byte is parsed.
+            self.confinement = confine_daemon(cfg)
             net, limits = cfg.network, cfg.limits
             self.host = build_host(self.identity, max_connections=limits["max_peers"])
             dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"])
@@ -160,6 +168,40 @@ class Daemon:
         finally:
             lock.release()
             log.info("daemon stopped", peer_id=self.identity.peer_id)
+
+
+def register_debug_methods(registry: Registry) -> None:
+    """debug_* methods, only when [debug] enable_debug_rpc is set: they let a
+    test act as a compromised parser would, to prove the confinement holds."""
+
+    async def read_file(ctx: CallContext, path: str) -> dict[str, Any]:
+        try:
+            with open(path, "rb") as handle:
+                return {"bytes": len(handle.read())}
+        except OSError as exc:
+            raise RpcError(DEBUG_OS_ERROR, "os error", {"errno": exc.errno, "reason": exc.strerror}) from None
+
+    async def write_file(ctx: CallContext, path: str) -> dict[str, Any]:
+        try:
+            with open(path, "wb") as handle:
+                handle.write(b"written by debug_write_file\n")
+            return {"written": path}
+        except OSError as exc:
+            raise RpcError(DEBUG_OS_ERROR, "os error", {"errno": exc.errno, "reason": exc.strerror}) from None
+
+    async def exec_program(ctx: CallContext, argv: list[str]) -> dict[str, Any]:
+        import subprocess
+
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=10)
+            return {"returncode": done.returncode}
+        except OSError as exc:
+            raise RpcError(DEBUG_OS_ERROR, "os error", {"errno": exc.errno, "reason": exc.strerror}) from None
+
+    path_param = {"properties": {"path": {"type": "string"}}, "required": ["path"]}
+    registry.register("debug_read_file", read_file, path_param, "DEBUG: read a file as the daemon.")
+    registry.register("debug_write_file", write_file, path_param, "DEBUG: create a file as the daemon.")
+    registry.register("debug_exec", exec_program, {"properties": {"argv": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, "required": ["argv"]}, "DEBUG: run a program as the daemon.")
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

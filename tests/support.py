@@ -39,9 +39,15 @@ def write_node_config(
     identity: Identity | None = None,
     network: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    service_policy: str | None = "none",
+    debug_rpc: bool = False,
     extra: str = "",
 ) -> Path:
-    """Write a key and a config for node ``name``; return the config path."""
+    """Write a key and a config for node ``name``; return the config path.
+
+    ``service_policy`` None keeps the daemon's default (confined under its
+    roles' policy); in-process daemons must stay unconfined, or the test
+    process itself would be confined."""
     directory.mkdir(parents=True, exist_ok=True)
     identity = identity or Identity.from_label(f"test-node-{name}")
     key = directory / f"{name}.key"
@@ -69,6 +75,10 @@ def write_node_config(
     ]
     if limits:
         lines += ["", "[limits]", *(f"{k} = {_toml_value(v)}" for k, v in limits.items())]
+    if service_policy is not None:
+        lines += ["", "[cage]", f'service_policy = "{service_policy}"']
+    if debug_rpc:
+        lines += ["", "[debug]", "enable_debug_rpc = true"]
     path = directory / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
