@@ -8,6 +8,7 @@ and why; tests/p2p/ fails if any of them stops applying.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from typing import Any
 
@@ -15,14 +16,25 @@ import trio
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.swarm import Swarm
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import (
     GO_AWAY_NORMAL,
+    HEADER_SIZE,
+    TYPE_DATA,
     TYPE_GO_AWAY,
     YAMUX_HEADER_FORMAT,
     Yamux,
+    YamuxStream,
 )
 
 log = logging.getLogger("metanode.p2p.swarm")
+
+# go-yamux semantics for window updates: one update per half window
+# consumed. py-libp2p defaults to also sending one after every read, which
+# doubles the frames of request/response traffic (each small message is
+# answered by a WINDOW_UPDATE). Upstream reads this switch from the
+# environment on every call; an operator's explicit setting wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
 class HardenedSwarm(Swarm):
@@ -122,8 +134,103 @@ class BpciSwarmConn(SwarmConn):
         await self._notify_disconnected()
 
 
+# Noise carries at most 65,535 bytes per message, 16 of them the AEAD tag:
+# a yamux frame (12-byte header + payload) that fits is sent as one message
+# instead of being split in two.
+NOISE_MAX_PLAINTEXT = 65535 - 16
+FRAME_PAYLOAD = NOISE_MAX_PLAINTEXT - HEADER_SIZE
+WINDOW_WAIT_S = 5.0
+
+
+class BpciYamuxStream(YamuxStream):
+    """A yamux stream whose writer sleeps until the send window grows.
+
+    Upstream polls every 10 ms while the window is exhausted, which caps one
+    stream at roughly a window (256 KiB) per 10 ms. Here window updates and
+    close/reset wake the writer at once.
+    """
+
+    @classmethod
+    def adopt(cls, stream: YamuxStream) -> None:
+        state = stream.__dict__
+        send_window, closed = state.pop("send_window"), state.pop("closed")
+        stream.__class__ = cls
+        state["_wake"] = trio.Event()
+        state["_send_window"], state["_closed"] = send_window, closed
+
+    def _wake_writer(self) -> None:
+        wake = self.__dict__.get("_wake")
+        if wake is not None:
+            wake.set()
+            self.__dict__["_wake"] = trio.Event()
+
+    @property  # type: ignore[override]
+    def send_window(self) -> int:
+        return self._send_window
+
+    @send_window.setter
+    def send_window(self, value: int) -> None:
+        grew = value > self.__dict__.get("_send_window", 0)
+        self.__dict__["_send_window"] = value
+        if grew:
+            self._wake_writer()
+
+    @property  # type: ignore[override]
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self.__dict__["_closed"] = value
+        if value:
+            self._wake_writer()
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        total, sent = len(view), 0
+        while sent < total:
+            frame = None
+            async with self.rw_lock.write_lock():
+                if self.send_closed:
+                    raise MuxedStreamError("Stream is closed for sending")
+                async with self.window_lock:
+                    if self.closed:
+                        raise MuxedStreamError("Stream is closed")
+                    if self.send_window > 0:
+                        size = min(self.send_window, FRAME_PAYLOAD, total - sent)
+                        self.send_window -= size
+                        header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, size)
+                        frame = header + view[sent : sent + size]
+                    else:
+                        wake = self._wake
+            if frame is None:
+                with trio.move_on_after(WINDOW_WAIT_S) as scope:
+                    await wake.wait()
+                if scope.cancelled_caught:
+                    raise MuxedStreamError(f"Timed out waiting for window update after {WINDOW_WAIT_S:g} seconds.")
+                continue
+            await self.conn._write_frame(frame)
+            sent += len(frame) - HEADER_SIZE
+
+
 class BpciYamux(Yamux):
-    """Yamux whose close does not end in a fixed 100 ms sleep."""
+    """Yamux with BpciYamuxStream streams and a close without a fixed 100 ms sleep.
+
+    Upstream constructs YamuxStream directly, so streams are adopted as
+    they are opened or accepted, before anyone writes to them.
+    """
+
+    async def open_stream(self) -> Any:
+        stream = await super().open_stream()
+        if type(stream) is YamuxStream:
+            BpciYamuxStream.adopt(stream)
+        return stream
+
+    async def accept_stream(self) -> Any:
+        stream = await super().accept_stream()
+        if type(stream) is YamuxStream:
+            BpciYamuxStream.adopt(stream)
+        return stream
 
     async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
         async with self.streams_lock:
