@@ -29,7 +29,7 @@ _LAZY_COMMANDS = {
     "analytics": "node.services.commands:analytics",
     "mesh": "node.services.commands:mesh",
     "testnet": "node.testnet.commands:testnet",
-    "demo": "node.services.commands:demo",
+    "demo": "node.demo:demo",
 }
 
 

@@ -72,3 +72,11 @@ def route_libp2p_logs() -> None:
 
 def _identity(logger: object, name: str, event: dict) -> dict:  # type: ignore[type-arg]
     return event
+
+
+def configure_client_logging() -> None:
+    """For short client commands: our own errors are reported once, as one
+    line; libp2p's account of a failed dial would only repeat them."""
+    configure_logging("error")
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL + 1)
+    _state["level"] = logging.CRITICAL + 1

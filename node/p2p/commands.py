@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import click
@@ -27,13 +26,11 @@ def rpc(method: str, params: str | None, node_addr: str, timeout: float) -> None
             raise UserError(f"PARAMS is not valid JSON: {exc}", exit_code=2) from None
         if not isinstance(parsed, (list, dict)):
             raise UserError("PARAMS must be a JSON array or object", exit_code=2)
-    from node.logging import configure_logging
+    from node.logging import configure_client_logging
     from node.p2p.client import call_node
     from node.p2p.rpc import RpcCallError
 
-    # A failed dial is reported once, by us; libp2p's own account is noise here.
-    configure_logging("error")
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    configure_client_logging()
 
     try:
         result = trio.run(lambda: call_node(node_addr, method, parsed, timeout=timeout))

@@ -1,0 +1,91 @@
+"""Start and stop testnet nodes as real background daemon processes (pid files, logs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from node.testnet.layout import read_manifest
+
+
+def pid_file(directory: Path, name: str) -> Path:
+    return directory / f"{name}.pid"
+
+
+def log_file(directory: Path, name: str) -> Path:
+    return directory / f"{name}.log"
+
+
+def running_pid(directory: Path, name: str) -> int | None:
+    try:
+        pid = int(pid_file(directory, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def start_node(directory: Path, name: str, config: str) -> int:
+    """Start one node in the background (own session); returns its pid."""
+    existing = running_pid(directory, name)
+    if existing is not None:
+        return existing
+    log = open(log_file(directory, name), "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "daemon", "start", "--config", str(directory / config)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    log.close()
+    pid_file(directory, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def up(directory: Path) -> dict[str, int]:
+    return {str(n["name"]): start_node(directory, str(n["name"]), str(n["config"])) for n in read_manifest(directory)}
+
+
+def down(directory: Path, *, timeout: float = 10.0) -> dict[str, str]:
+    """SIGTERM every node, then SIGKILL what is still alive after ``timeout``."""
+    outcome: dict[str, str] = {}
+    pids = {}
+    for node in read_manifest(directory):
+        name = str(node["name"])
+        pid = running_pid(directory, name)
+        if pid is None:
+            outcome[name] = "not running"
+            continue
+        os.kill(pid, signal.SIGCONT)  # a paused node must be able to handle SIGTERM
+        os.kill(pid, signal.SIGTERM)
+        pids[name] = pid
+    deadline = time.monotonic() + timeout
+    for name, pid in pids.items():
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            outcome[name] = "killed"
+        else:
+            outcome[name] = "stopped"
+        pid_file(directory, name).unlink(missing_ok=True)
+    return outcome
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
