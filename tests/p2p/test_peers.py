@@ -1,0 +1,41 @@
+"""Persistent peers: redialled with capped exponential backoff, for the daemon's whole life."""
+
+from __future__ import annotations
+
+import trio
+
+from node.p2p.peers import backoff_delay
+from tests.support import free_port, node_addr, running_daemon, write_node_config
+
+
+def test_backoff_doubles_then_caps():
+    delays = [backoff_delay(attempt, 0.5, 30.0) for attempt in range(10)]
+    assert delays[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert all(d == 30.0 for d in delays[6:])
+    assert backoff_delay(10_000, 0.5, 30.0) == 30.0  # no overflow after a long outage
+
+
+async def test_redial_after_every_peer_was_lost(node_dir):
+    port_b = free_port()
+    cfg_b = write_node_config(node_dir, "b", port=port_b)
+    cfg_a = write_node_config(node_dir, "a", peers=[node_addr(port_b, "b")], network={"redial_backoff_base": 0.1, "redial_backoff_cap": 0.8})
+    b_id = node_addr(port_b, "b").rsplit("/", 1)[1]
+    async with running_daemon(cfg_a) as a:
+        for _ in range(2):  # lose the only peer twice: redial must survive repeated outages
+            async with running_daemon(cfg_b):
+                with trio.fail_after(30):
+                    while b_id not in a.peers.peers:
+                        await trio.sleep(0.05)
+            with trio.fail_after(30):
+                while a.peers.peers:  # a now has no peer at all
+                    await trio.sleep(0.05)
+            attempts_before = a.peers.dial_attempts.get(b_id, 0)
+            await trio.sleep(3.0)
+            failed_dials = a.peers.dial_attempts[b_id] - attempts_before
+            # Capped backoff (0.1 s doubling to 0.8 s, jittered down to half): it keeps
+            # trying, but neither spins nor gives up.
+            assert 3 <= failed_dials <= 3.0 / (0.1 * 0.5) + 1, failed_dials
+        async with running_daemon(cfg_b):
+            with trio.fail_after(30):
+                while b_id not in a.peers.peers:
+                    await trio.sleep(0.05)
