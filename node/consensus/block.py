@@ -1,0 +1,367 @@
+"""Block headers, blocks, commit seals, and verifying a finalised block.
+
+Encoding (deterministic CBOR via ``node.codec``)::
+
+    block  = {"header": header, "txs": [bytes...], "commit_round": int,
+              "seals": [[validator_key(32), signature(64)], ...]}
+    header = {"chain_id", "height", "parent_hash", "timestamp_ms", "proposer",
+              "round", "tx_root", "tx_count", "receipts_size",
+              "receipts_root", "validators_hash"}
+
+* ``header_hash = hash_value("metanode/block/v1", header)`` names a block.
+* A transaction is opaque bytes here; its id is :func:`tx_hash`
+  (``hash_tagged("metanode/tx/v1", tx_bytes)``) and ``tx_root`` is the
+  RFC 9162 Merkle root whose leaves are those 32-byte tx hashes.
+* ``round`` is the round in which the block was *created* (and ``proposer``
+  the proposer of that round); a block re-proposed in a later round keeps its
+  header, so its hash, unchanged. ``commit_round`` is the round whose commit
+  quorum finalised it: a commit seal is the validator's signature, tag
+  ``metanode/seal/v1``, over ``encode({"block": header_hash, "round":
+  commit_round})``, so seals from different rounds never mix (QBFT's
+  ``hashBlockForCommitSeal`` binds the round the same way).
+* A proposal carries the block unsealed (``commit_round`` 0, no seals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.codec import CodecError, decode, encode, hash_tagged, hash_value
+from node.consensus.genesis import Genesis
+from node.consensus.validators import ValidatorSet
+from node.keys import verify
+from node.receipts.merkle import merkle_root
+
+BLOCK_TAG = "metanode/block/v1"
+TX_TAG = "metanode/tx/v1"
+SEAL_TAG = "metanode/seal/v1"
+HASH_SIZE = 32
+KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+MAX_ROUND = 2**32 - 1
+MAX_UINT63 = 2**63 - 1
+ZERO_HASH = bytes(32)
+EMPTY_ROOT = merkle_root([])  # RFC 9162 root of the empty tree: sha256(b"")
+# Encoded header + CBOR framing + up to 256 seals; added to the payload limit.
+_ENCODING_OVERHEAD = 64 * 1024
+
+Verifier = Callable[[bytes, str, bytes, bytes], bool]
+
+
+class BlockError(ValueError):
+    """A block or header is malformed or fails verification; says which field."""
+
+
+def tx_hash(tx: bytes) -> bytes:
+    """The id of a transaction: ``hash_tagged("metanode/tx/v1", tx_bytes)``.
+
+    The consensus core treats transactions as opaque bytes; the mempool, the
+    chain store and receipts must all name a transaction by this hash.
+    """
+    return hash_tagged(TX_TAG, tx)
+
+
+def transactions_root(txs: Sequence[bytes]) -> bytes:
+    """RFC 9162 Merkle root over the transactions' hashes (leaf data = tx hash)."""
+    return merkle_root([tx_hash(tx) for tx in txs])
+
+
+def seal_message(header_hash: bytes, commit_round: int) -> bytes:
+    """The bytes a commit seal signs (under tag ``metanode/seal/v1``)."""
+    return encode({"block": header_hash, "round": commit_round})
+
+
+def max_encoded_block_size(genesis: Genesis) -> int:
+    """Upper bound on an encoded block under this genesis' limits."""
+    limits = genesis.limits
+    return limits.max_block_bytes + 9 * limits.max_txs_per_block + _ENCODING_OVERHEAD
+
+
+_HEADER_FIELDS: dict[str, tuple[type, int, int]] = {
+    # name -> (type, min, max) for ints, (bytes, exact size, _) for bytes
+    "chain_id": (str, 1, 64),
+    "height": (int, 0, MAX_UINT63),
+    "parent_hash": (bytes, HASH_SIZE, 0),
+    "timestamp_ms": (int, 0, MAX_UINT63),
+    "proposer": (bytes, KEY_SIZE, 0),
+    "round": (int, 0, MAX_ROUND),
+    "tx_root": (bytes, HASH_SIZE, 0),
+    "tx_count": (int, 0, MAX_UINT63),
+    "receipts_size": (int, 0, MAX_UINT63),
+    "receipts_root": (bytes, HASH_SIZE, 0),
+    "validators_hash": (bytes, HASH_SIZE, 0),
+}
+
+
+def _check_field(where: str, name: str, value: Any, spec: tuple[type, int, int]) -> None:
+    kind, low, high = spec
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BlockError(f"{where}.{name}: expected an integer in [{low}, {high}], got {value!r}")
+    elif kind is bytes:
+        if not isinstance(value, bytes) or len(value) != low:
+            raise BlockError(f"{where}.{name}: expected {low} bytes")
+    elif not isinstance(value, str) or not low <= len(value) <= high:
+        raise BlockError(f"{where}.{name}: expected a string of {low}-{high} characters")
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """A block header; ``hash`` is the block's id."""
+
+    chain_id: str
+    height: int
+    parent_hash: bytes
+    timestamp_ms: int
+    proposer: bytes
+    round: int
+    tx_root: bytes
+    tx_count: int
+    receipts_size: int
+    receipts_root: bytes
+    validators_hash: bytes
+
+    def __post_init__(self) -> None:
+        for name, spec in _HEADER_FIELDS.items():
+            _check_field("header", name, getattr(self, name), spec)
+
+    def to_value(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _HEADER_FIELDS}
+
+    @classmethod
+    def from_value(cls, value: Any) -> "BlockHeader":
+        """Build from a decoded map, naming the first bad or missing field."""
+        if not isinstance(value, dict):
+            raise BlockError("header: expected a map")
+        if set(value) != set(_HEADER_FIELDS):
+            missing = sorted(set(_HEADER_FIELDS) - set(value))
+            extra = sorted(set(value) - set(_HEADER_FIELDS))
+            raise BlockError(f"header: missing fields {missing}, unknown fields {extra}")
+        return cls(**value)
+
+    @property
+    def hash(self) -> bytes:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash_value(BLOCK_TAG, self.to_value())
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+
+@dataclass(frozen=True)
+class Block:
+    """A header, its transactions (opaque bytes) and its commit seals."""
+
+    header: BlockHeader
+    transactions: tuple[bytes, ...]
+    commit_round: int = 0
+    seals: tuple[tuple[bytes, bytes], ...] = field(default=())
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def with_seals(self, commit_round: int, seals: Sequence[tuple[bytes, bytes]]) -> "Block":
+        """This block finalised in ``commit_round`` with ``seals`` (sorted by key)."""
+        return Block(self.header, self.transactions, commit_round, tuple(sorted(seals)))
+
+    def unsealed(self) -> "Block":
+        return Block(self.header, self.transactions)
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "header": self.header.to_value(),
+            "txs": list(self.transactions),
+            "commit_round": self.commit_round,
+            "seals": [[key, sig] for key, sig in self.seals],
+        }
+
+    def encode(self) -> bytes:
+        cached = self.__dict__.get("_encoded")
+        if cached is None:
+            cached = encode(self.to_value())
+            object.__setattr__(self, "_encoded", cached)
+        return cached
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_size: int | None = None) -> "Block":
+        """Decode and check every field's type and size (not the seals' validity:
+        that needs the parent and validator set, see :func:`verify_block`)."""
+        try:
+            value = decode(data, max_size=max_size)
+        except CodecError as exc:
+            raise BlockError(f"block: {exc}") from None
+        if not isinstance(value, dict) or set(value) != {"header", "txs", "commit_round", "seals"}:
+            raise BlockError("block: expected a map with header, txs, commit_round, seals")
+        header = BlockHeader.from_value(value["header"])
+        txs = value["txs"]
+        if not isinstance(txs, list) or not all(isinstance(tx, bytes) and tx for tx in txs):
+            raise BlockError("block.txs: expected a list of non-empty byte strings")
+        _check_field("block", "commit_round", value["commit_round"], (int, 0, MAX_ROUND))
+        seals = value["seals"]
+        if not isinstance(seals, list):
+            raise BlockError("block.seals: expected a list")
+        parsed: list[tuple[bytes, bytes]] = []
+        for i, seal in enumerate(seals):
+            if (
+                not isinstance(seal, list)
+                or len(seal) != 2
+                or not isinstance(seal[0], bytes)
+                or len(seal[0]) != KEY_SIZE
+                or not isinstance(seal[1], bytes)
+                or len(seal[1]) != SIGNATURE_SIZE
+            ):
+                raise BlockError(f"block.seals[{i}]: expected [32-byte key, 64-byte signature]")
+            parsed.append((seal[0], seal[1]))
+        if parsed != sorted(parsed) or len({key for key, _ in parsed}) != len(parsed):
+            raise BlockError("block.seals: must be sorted by validator key, one per validator")
+        block = cls(header, tuple(txs), value["commit_round"], tuple(parsed))
+        object.__setattr__(block, "_encoded", bytes(data))
+        return block
+
+
+def genesis_header(genesis: Genesis) -> BlockHeader:
+    """The height-0 header every chain starts from. It has no proposer (all
+    zeros) and no seals: it is trusted because it is derived from the genesis
+    file, whose hash is its ``parent_hash``."""
+    return BlockHeader(
+        chain_id=genesis.chain_id,
+        height=0,
+        parent_hash=genesis.hash,
+        timestamp_ms=genesis.genesis_time_ms,
+        proposer=bytes(KEY_SIZE),
+        round=0,
+        tx_root=EMPTY_ROOT,
+        tx_count=0,
+        receipts_size=0,
+        receipts_root=EMPTY_ROOT,
+        validators_hash=genesis.validator_set.hash,
+    )
+
+
+def build_block(
+    genesis: Genesis,
+    parent: BlockHeader,
+    proposer: bytes,
+    round_number: int,
+    transactions: Sequence[bytes],
+    timestamp_ms: int,
+    *,
+    receipts_size: int = 0,
+    receipts_root: bytes = EMPTY_ROOT,
+) -> Block:
+    """An unsealed child of ``parent``; the timestamp is raised to the earliest
+    allowed if it is below it. Raises BlockError if the result breaks a rule."""
+    txs = tuple(bytes(tx) for tx in transactions)
+    header = BlockHeader(
+        chain_id=genesis.chain_id,
+        height=parent.height + 1,
+        parent_hash=parent.hash,
+        timestamp_ms=max(timestamp_ms, earliest_timestamp(parent, genesis)),
+        proposer=proposer,
+        round=round_number,
+        tx_root=transactions_root(txs),
+        tx_count=len(txs),
+        receipts_size=receipts_size,
+        receipts_root=receipts_root,
+        validators_hash=genesis.validator_set.hash,
+    )
+    block = Block(header, txs)
+    check_block_contents(block, parent, genesis.validator_set, genesis)
+    return block
+
+
+def earliest_timestamp(parent: BlockHeader, genesis: Genesis) -> int:
+    """The least timestamp a child of ``parent`` may carry."""
+    return parent.timestamp_ms + max(1, genesis.block_period_ms)
+
+
+def check_block_contents(
+    block: Block,
+    parent: BlockHeader,
+    validators: ValidatorSet,
+    genesis: Genesis,
+    *,
+    now_ms: int | None = None,
+) -> None:
+    """Every rule of a block except its seals: chain, height, parent link,
+    timestamp (>= parent + block period, and at most the drift ahead of
+    ``now_ms`` when given), proposer of the header's round, validator set,
+    transaction count, size, duplicates and root. Raises BlockError."""
+    header = block.header
+    if header.chain_id != genesis.chain_id:
+        raise BlockError(f"header.chain_id: expected {genesis.chain_id!r}, got {header.chain_id!r}")
+    if header.height != parent.height + 1:
+        raise BlockError(f"header.height: expected {parent.height + 1}, got {header.height}")
+    if header.parent_hash != parent.hash:
+        raise BlockError("header.parent_hash: does not match the parent block")
+    least = earliest_timestamp(parent, genesis)
+    if header.timestamp_ms < least:
+        raise BlockError(f"header.timestamp_ms: {header.timestamp_ms} is before the earliest allowed {least}")
+    if now_ms is not None and header.timestamp_ms > now_ms + genesis.limits.max_timestamp_drift_ms:
+        raise BlockError(
+            f"header.timestamp_ms: {header.timestamp_ms} is more than "
+            f"{genesis.limits.max_timestamp_drift_ms} ms ahead of local time {now_ms}"
+        )
+    expected = validators.proposer(parent.proposer, header.round)
+    if header.proposer != expected:
+        raise BlockError(f"header.proposer: not the proposer of round {header.round}")
+    if header.validators_hash != validators.hash:
+        raise BlockError("header.validators_hash: does not match the validator set")
+    txs = block.transactions
+    if header.tx_count != len(txs):
+        raise BlockError(f"header.tx_count: {header.tx_count} but the block holds {len(txs)}")
+    if len(txs) > genesis.limits.max_txs_per_block:
+        raise BlockError(f"block.txs: {len(txs)} exceeds max_txs_per_block {genesis.limits.max_txs_per_block}")
+    payload = sum(len(tx) for tx in txs)
+    if payload > genesis.limits.max_block_bytes:
+        raise BlockError(f"block.txs: {payload} bytes exceed max_block_bytes {genesis.limits.max_block_bytes}")
+    hashes = [tx_hash(tx) for tx in txs]
+    if len(set(hashes)) != len(hashes):
+        raise BlockError("block.txs: a transaction appears twice")
+    if merkle_root(hashes) != header.tx_root:
+        raise BlockError("header.tx_root: does not match the transactions")
+
+
+def verify_seals(
+    block: Block, validators: ValidatorSet, *, verifier: Verifier = verify
+) -> None:
+    """At least a quorum of distinct validators' valid seals for the block's
+    header hash and commit round. Raises BlockError."""
+    if block.commit_round < block.header.round:
+        raise BlockError(
+            f"block.commit_round: {block.commit_round} is before the block's round {block.header.round}"
+        )
+    message = seal_message(block.hash, block.commit_round)
+    valid = 0
+    for key, signature in block.seals:
+        if key not in validators:
+            raise BlockError(f"block.seals: {key.hex()[:16]}... is not a validator")
+        if not verifier(key, SEAL_TAG, message, signature):
+            raise BlockError(f"block.seals: bad seal from {key.hex()[:16]}...")
+        valid += 1
+    if valid < validators.quorum:
+        raise BlockError(f"block.seals: {valid} seals, a quorum is {validators.quorum}")
+
+
+def verify_block(
+    block: Block,
+    parent: BlockHeader,
+    validators: ValidatorSet,
+    genesis: Genesis,
+    *,
+    now_ms: int | None = None,
+    verifier: Verifier = verify,
+) -> bytes:
+    """Verify a finalised block against its parent header and the validator set
+    of its height: what followers and block sync run on every block. Pure.
+    Returns the block hash; raises BlockError naming the first failed rule."""
+    check_block_contents(block, parent, validators, genesis, now_ms=now_ms)
+    verify_seals(block, validators, verifier=verifier)
+    return block.hash

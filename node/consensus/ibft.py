@@ -1,0 +1,473 @@
+"""The IBFT 2.0 (QBFT) consensus core: sans-I/O, events in, outputs out.
+
+Driving it (a shell, or the simulator)::
+
+    core = IbftCore(genesis, identity, tip_header, safety=store.load(),
+                    validate_block=app_check)
+    outputs = core.start(now_ms)
+    # then, forever, feed it what happens and carry out what it returns:
+    outputs = core.on_message(wire_bytes, now_ms)      # a consensus message
+    outputs = core.tick(now_ms)                        # at/after SetTimer's deadline
+    outputs = core.propose(h, r, txs, timestamp_ms, now_ms)  # answer to NeedProposal
+    outputs = core.on_block(block, now_ms)             # a finalised block (sync/announce)
+
+Outputs (``node.consensus.outputs``) must be carried out in order; a Persist
+must be durable before anything after it is sent. The core reads no clock,
+does no I/O and draws no randomness: the same inputs give the same outputs.
+
+Rules are QBFT's (``/work/shared/notes/ibft.md``, Dafny ``node.dfy``).
+Deviations worth naming: the proposer also broadcasts a PREPARE for its own
+proposal (so a prepare certificate is always a quorum of PREPAREs); a block
+re-proposed in a later round keeps its header (seals bind the commit round
+instead, see block.py); a quorum of same-round COMMITs for a known block
+finalises it even after we left that round; and a round timeout moves past
+round r >= 1 only once a quorum (counting us) has been seen in round r or
+later; otherwise the core holds r and resends what it signed in it. With
+capped timers, validators that drift apart by whole rounds would otherwise
+stay apart for ever (each advancing one round per capped timeout).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from node.consensus import messages as m
+from node.consensus.block import (
+    EMPTY_ROOT,
+    SEAL_TAG,
+    Block,
+    BlockError,
+    BlockHeader,
+    Verifier,
+    build_block,
+    earliest_timestamp,
+    max_encoded_block_size,
+    seal_message,
+    verify_block,
+)
+from node.consensus.buffer import FutureBuffer
+from node.consensus.genesis import Genesis
+from node.consensus.ibft_checks import CoreChecks
+from node.consensus.ibft_sending import CoreSending
+from node.consensus.outputs import (
+    Broadcast,
+    Finalized,
+    NeedSync,
+    Output,
+    RoundStarted,
+    SetTimer,
+)
+from node.consensus.safety import SafetyState
+from node.consensus.validators import ValidatorSet
+from node.keys import Identity, verify
+
+BlockValidator = Callable[[BlockHeader, Sequence[bytes]], bool]
+
+FUTURE_HEIGHTS = 2  # messages for heights h+1..h+2 are buffered, further ones dropped
+FUTURE_PER_SENDER = 16  # buffered future-height messages per validator (and 2 blocks' bytes)
+ROUND_WINDOW = 16  # PREPAREs/COMMITs for rounds beyond current+16 are dropped
+COMMIT_ROUNDS_PER_SENDER = 3  # commit rounds remembered per validator
+_BLOCKS_MAX = 32
+
+
+def accept_all(header: BlockHeader, transactions: Sequence[bytes]) -> bool:
+    """Default application check: every block's transactions are acceptable."""
+    return True
+
+
+class IbftCore(CoreChecks, CoreSending):
+    """One validator's (or observer's) IBFT state machine. See the module doc."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        identity: Identity | None,
+        tip: BlockHeader,
+        *,
+        safety: SafetyState | None = None,
+        validate_block: BlockValidator = accept_all,
+        verifier: Verifier = verify,
+    ) -> None:
+        self.genesis = genesis
+        self.validators: ValidatorSet = genesis.validator_set
+        self.identity = identity
+        self.key = identity.public_key if identity is not None else None
+        self.is_validator = self.key is not None and self.key in self.validators
+        self.tip = tip
+        self.counters: Counter[str] = Counter()
+        self._validate_block = validate_block
+        self._verifier = verifier
+        self._max_block = max_encoded_block_size(genesis)
+        self._max_message = m.max_message_size(self._max_block)
+        self._safety = safety if safety is not None else SafetyState(height=0)
+        self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self._future = FutureBuffer(FUTURE_PER_SENDER, 2 * self._max_block)
+        self._ahead: dict[bytes, int] = {}
+        self._now = 0
+        self._timer_emitted: int | None = None
+        self._reset_height(tip.height + 1)
+
+    # -- public inputs -----------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    @property
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [d for d in (self._round_deadline, self._propose_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def start(self, now_ms: int) -> list[Output]:
+        """Begin at the height after ``tip``, resuming the persisted round."""
+        self._now = now_ms
+        out: list[Output] = []
+        saved = self._safety
+        if saved.height == self._height:
+            self._round = saved.round
+            if saved.prepared_round is not None and saved.prepared_block is not None:
+                block = Block.decode(saved.prepared_block, max_size=self._max_block)
+                cert = tuple(m.parse_signed(list(p)) for p in saved.prepared_certificate)
+                self._prepared = (saved.prepared_round, block, cert)
+                self._blocks[block.hash] = block
+            reason = "restart"
+        else:
+            reason = "new-height"
+        self._begin_round(out, reason)
+        if saved.height > self._height:
+            # We signed at a height our chain does not reach: the store lost
+            # blocks. The watermark keeps us from signing; ask for them.
+            out.append(NeedSync(self._height, ()))
+        return self._finish(out)
+
+    def tick(self, now_ms: int) -> list[Output]:
+        """Fire whatever deadline has passed (round timeout, block period)."""
+        self._now = now_ms
+        out: list[Output] = []
+        if self._propose_deadline is not None and now_ms >= self._propose_deadline:
+            self._propose_deadline = None
+            self._request_proposal(out)
+        if self._round_deadline is not None and now_ms >= self._round_deadline:
+            self.counters["round_timeouts"] += 1
+            ahead = sorted(k for k, h in self._ahead.items() if h > self._height)
+            if ahead:
+                out.append(NeedSync(self._height, tuple(ahead)))
+            if self._round == 0 or self._quorum_at_or_past(self._round):
+                self._enter_round(self._round + 1, "timeout", out)
+            else:
+                # Too few validators have reached this round: moving on alone
+                # would only widen the gap (with capped timers, for ever). Hold
+                # the round and resend what we signed in it, so that peers who
+                # lost it can catch up.
+                self.counters["round_timeouts_held"] += 1
+                self._round_deadline = now_ms + self.genesis.round_timeout_ms(self._round)
+                if self._sent_this_round:
+                    for data, kind in self._sent_this_round:
+                        out.append(Broadcast(data, kind, self._height, self._round))
+                else:
+                    self._resend_last_signed(out)
+        return self._finish(out)
+
+    def on_message(self, data: bytes, now_ms: int) -> list[Output]:
+        """Handle one consensus message from the network."""
+        self._now = now_ms
+        out: list[Output] = []
+        try:
+            message = m.decode_message(data, max_size=self._max_message, max_block_size=self._max_block)
+        except m.MessageError:
+            self.counters["dropped_malformed"] += 1
+            return []
+        self._handle(message, out)
+        return self._finish(out)
+
+    def on_block(self, block: Block, now_ms: int) -> list[Output]:
+        """A finalised block from block sync or a peer's announcement."""
+        self._now = now_ms
+        out: list[Output] = []
+        if block.height < self._height:
+            self.counters["block_old"] += 1
+            return []
+        if block.height > self._height:
+            self.counters["block_gap"] += 1
+            return [NeedSync(self._height, ())]
+        try:
+            verify_block(block, self.tip, self.validators, self.genesis, verifier=self._cached_verify)
+        except BlockError:
+            self.counters["block_invalid"] += 1
+            return []
+        self.counters["blocks_synced"] += 1
+        self._finalize(block, out)
+        return self._finish(out)
+
+    def propose(
+        self, height: int, round_number: int, transactions: Sequence[bytes], timestamp_ms: int,
+        now_ms: int, *, receipts_size: int = 0, receipts_root: bytes | None = None,
+    ) -> list[Output]:
+        """Answer a NeedProposal with the block's content. A stale answer (the
+        core has moved on) is ignored. Raises BlockError if the content breaks
+        the genesis limits."""
+        self._now = now_ms
+        out: list[Output] = []
+        if (height, round_number) != self._awaiting or not self.is_validator:
+            self.counters["proposal_stale"] += 1
+            return []
+        self._awaiting = None
+        justification = self._round_change_justification() if round_number > 0 else None
+        if round_number > 0 and justification is None:
+            self.counters["proposal_stale"] += 1
+            return []
+        if justification is not None and justification[1] is not None:
+            # A prepared block turned up meanwhile: it must be re-proposed.
+            self._send_proposal(justification[1][1], justification, out)
+            return self._finish(out)
+        block = build_block(
+            self.genesis, self.tip, self.key, round_number, transactions, timestamp_ms,
+            receipts_size=receipts_size, receipts_root=EMPTY_ROOT if receipts_root is None else receipts_root,
+        )
+        self._send_proposal(block, justification, out)
+        return self._finish(out)
+
+    # -- height and round bookkeeping ------------------------------------------
+    def _reset_height(self, height: int) -> None:
+        self._height = height
+        self._round = 0
+        self._accepted: tuple[int, bytes] | None = None  # (round, digest) accepted this round
+        self._prepared: tuple[int, Block, tuple[m.Signed, ...]] | None = None
+        self._commit_sent_round: int | None = None
+        self._proposal_sent_round: int | None = None
+        self._prepares: dict[int, dict[bytes, m.Signed]] = {}
+        self._prepare_count: Counter[tuple[int, bytes]] = Counter()  # O(1) quorum checks
+        self._commits: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
+        self._commit_rounds: dict[bytes, list[tuple[int, bytes]]] = {}
+        self._round_changes: dict[bytes, m.Message] = {}
+        self._seen_round: dict[bytes, int] = {}  # highest round each validator was seen in
+        self._sent_this_round: list[tuple[bytes, str]] = []  # to resend when holding a round
+        self._blocks: dict[bytes, Block] = {}
+        self._app_ok: dict[bytes, bool] = {}
+        self._round_deadline: int | None = None
+        self._propose_deadline: int | None = None
+        self._awaiting: tuple[int, int] | None = None
+        self._sync_requested = False
+
+    def _begin_round(self, out: list[Output], reason: str) -> None:
+        self._round_deadline = self._now + self.genesis.round_timeout_ms(self._round)
+        self._propose_deadline = None
+        self._awaiting = None
+        out.append(RoundStarted(self._height, self._round, reason))
+        if self._round == 0 and self._is_proposer(0) and not self._signed_at(0, m.STEP[m.PROPOSAL]):
+            self._propose_deadline = max(self._now, earliest_timestamp(self.tip, self.genesis))
+        self._try_propose_new_round(out)
+
+    def _enter_round(self, round_number: int, reason: str, out: list[Output], send_rc: bool = True) -> None:
+        self._round = round_number
+        self._accepted = None
+        self._sent_this_round = []
+        for stale in [r for r in self._prepares if r < round_number]:
+            del self._prepares[stale]
+        for stale in [k for k in self._prepare_count if k[0] < round_number]:
+            del self._prepare_count[stale]
+        if send_rc:
+            self._send_round_change(out)
+        self._begin_round(out, reason)
+
+    def _finalize(self, block: Block, out: list[Output]) -> None:
+        out.append(Finalized(block))
+        self.tip = block.header
+        self._reset_height(block.height + 1)
+        for key in [k for k, h in self._ahead.items() if h <= self._height]:
+            del self._ahead[key]
+        self._begin_round(out, "new-height")
+        for message in self._future.take(self._height):
+            if message.signed.height == self._height:  # may have moved on meanwhile
+                self._handle(message, out)
+
+    def _finish(self, out: list[Output]) -> list[Output]:
+        deadline = self.next_deadline_ms
+        if deadline is not None and deadline != self._timer_emitted:
+            self._timer_emitted = deadline
+            out.append(SetTimer(deadline))
+        return out
+
+    def _quorum_at_or_past(self, round_number: int) -> bool:
+        """A quorum of validators (counting us) has been seen at this round or later."""
+        seen = sum(1 for key, r in self._seen_round.items() if r >= round_number and key != self.key)
+        return seen + (1 if self.is_validator else 0) >= self.validators.quorum
+
+    def _is_proposer(self, round_number: int) -> bool:
+        return self.is_validator and self.validators.proposer(self.tip.proposer, round_number) == self.key
+
+    # -- message dispatch ------------------------------------------------------------
+    def _handle(self, message: m.Message, out: list[Output]) -> None:
+        s = message.signed
+        if s.sender not in self.validators:
+            self.counters["dropped_non_validator"] += 1
+            return
+        if s.height < self._height:
+            self.counters["dropped_old_height"] += 1
+            return
+        if not self._verify(s):
+            self.counters["dropped_bad_signature"] += 1
+            return
+        if s.height > self._height:
+            if self._ahead.get(s.sender, 0) < s.height:
+                self._ahead[s.sender] = s.height
+            if s.height > self._height + FUTURE_HEIGHTS:
+                self.counters["dropped_far_future_height"] += 1
+            elif self._future.add(message):
+                self.counters["buffered_future"] += 1
+            else:
+                self.counters["dropped_future_buffer_full"] += 1
+            return
+        if self._seen_round.get(s.sender, -1) < s.round:
+            self._seen_round[s.sender] = s.round
+        if s.kind == m.PROPOSAL:
+            self._on_proposal(message, out)
+        elif s.kind == m.PREPARE:
+            self._on_prepare(s, out)
+        elif s.kind == m.COMMIT:
+            self._on_commit(s, out)
+        else:
+            self._on_round_change(message, out)
+
+    def _on_proposal(self, message: m.Message, out: list[Output]) -> None:
+        s, block = message.signed, message.block
+        r = s.round
+        if r < self._round or (r == self._round and self._accepted is not None):
+            self.counters["dropped_old_round" if r < self._round else "duplicate"] += 1
+            return
+        if s.sender != self.validators.proposer(self.tip.proposer, r):
+            self.counters["dropped_wrong_proposer"] += 1
+            return
+        if block is None or block.hash != s.digest or not self._justified(message):
+            self.counters["dropped_invalid_proposal"] += 1
+            return
+        if r > self._round:
+            self._enter_round(r, "proposal", out, send_rc=False)
+        self._accepted = (r, s.digest)
+        self._remember_block(block)
+        height = self._height
+        self._sign_and_send(m.prepare_payload(height, r, s.digest), out)
+        if self._height == height:
+            self._check_prepares(out)
+        if self._height == height:
+            self._commits_for_known_block(s.digest, out)
+
+    def _on_prepare(self, s: m.Signed, out: list[Output]) -> None:
+        if s.round < self._round:
+            self.counters["dropped_old_round"] += 1
+            return
+        if s.round > self._round + ROUND_WINDOW:
+            self.counters["dropped_far_future_round"] += 1
+            return
+        votes = self._prepares.setdefault(s.round, {})
+        previous = votes.get(s.sender)
+        if previous is not None:
+            self.counters["duplicate" if previous.payload == s.payload else "equivocation"] += 1
+            return
+        votes[s.sender] = s
+        self._prepare_count[(s.round, s.digest)] += 1
+        if s.round == self._round:
+            self._check_prepares(out)
+
+    def _check_prepares(self, out: list[Output]) -> None:
+        if self._accepted is None or self._commit_sent_round == self._round:
+            return
+        round_number, digest = self._accepted
+        if self._prepare_count[(round_number, digest)] < self.validators.quorum:
+            return
+        votes = [p for p in self._prepares.get(round_number, {}).values() if p.digest == digest]
+        certificate = tuple(sorted(votes, key=lambda p: p.sender)[: self.validators.quorum])
+        self._prepared = (round_number, self._blocks[digest], certificate)
+        self._commit_sent_round = round_number
+        if self.is_validator:
+            sealed = seal_message(digest, round_number)
+            seal = self.identity.sign(SEAL_TAG, sealed)
+            self._verified[(self.key, SEAL_TAG.encode() + sealed, seal)] = True
+            self._sign_and_send(m.commit_payload(self._height, round_number, digest, seal), out)
+
+    def _on_commit(self, s: m.Signed, out: list[Output]) -> None:
+        if s.round > self._round + ROUND_WINDOW:
+            self.counters["dropped_far_future_round"] += 1
+            return
+        key = (s.round, s.digest)
+        votes = self._commits.get(key, {})
+        if s.sender in votes:
+            self.counters["duplicate"] += 1
+            return
+        if not self._cached_verify(s.sender, SEAL_TAG, seal_message(s.digest, s.round), s.seal):
+            self.counters["dropped_bad_seal"] += 1
+            return
+        remembered = self._commit_rounds.setdefault(s.sender, [])
+        if any(r == s.round for r, _ in remembered):
+            self.counters["equivocation"] += 1
+            return
+        remembered.append(key)
+        if len(remembered) > COMMIT_ROUNDS_PER_SENDER:
+            remembered.sort()
+            evicted = remembered.pop(0)
+            self._commits.get(evicted, {}).pop(s.sender, None)
+            if evicted == key:
+                return
+        self._commits.setdefault(key, {})[s.sender] = s.seal
+        self._check_commits(key, out)
+
+    def _check_commits(self, key: tuple[int, bytes], out: list[Output]) -> None:
+        seals = self._commits.get(key, {})
+        if len(seals) < self.validators.quorum:
+            return
+        round_number, digest = key
+        block = self._blocks.get(digest)
+        if block is None:
+            if not self._sync_requested:
+                self._sync_requested = True
+                out.append(NeedSync(self._height, tuple(sorted(seals))))
+            return
+        self._finalize(block.with_seals(round_number, list(seals.items())), out)
+
+    def _commits_for_known_block(self, digest: bytes, out: list[Output]) -> None:
+        """A block just became known: commits may already be waiting for it."""
+        height = self._height
+        for key in [k for k in self._commits if k[1] == digest]:
+            if self._height != height:
+                return
+            self._check_commits(key, out)
+
+    def _on_round_change(self, message: m.Message, out: list[Output]) -> None:
+        s = message.signed
+        if s.round < self._round:
+            self.counters["dropped_old_round"] += 1
+            return
+        previous = self._round_changes.get(s.sender)
+        if previous is not None and previous.signed.round >= s.round:
+            self.counters["duplicate" if previous.signed.payload == s.payload else "dropped_old_round"] += 1
+            return
+        if not self._valid_round_change(message):
+            self.counters["dropped_invalid_round_change"] += 1
+            return
+        self._round_changes[s.sender] = message
+        if message.block is not None:
+            self._remember_block(message.block)
+            height = self._height
+            self._commits_for_known_block(message.block.hash, out)
+            if self._height != height:
+                return
+        # f+1 validators are past our round: at least one honest one is, so skip
+        # to the highest round that f+1 of them have reached.
+        ahead = sorted((rc.signed.round for rc in self._round_changes.values() if rc.signed.round > self._round), reverse=True)
+        if len(ahead) > self.validators.f:
+            self.counters["round_skips"] += 1
+            self._enter_round(ahead[self.validators.f], "round-change", out)
+        elif s.round == self._round:
+            self._try_propose_new_round(out)
+
+    def _remember_block(self, block: Block) -> None:
+        if len(self._blocks) >= _BLOCKS_MAX:
+            keep = {d for d in (self._accepted[1] if self._accepted else None,) if d}
+            if self._prepared is not None:
+                keep.add(self._prepared[1].hash)
+            self._blocks = {d: b for d, b in self._blocks.items() if d in keep}
+        self._blocks[block.hash] = block

@@ -1,0 +1,313 @@
+"""The simulated world: processes running IbftCore, a seeded network, faults.
+
+Discrete-event: a heap of (time, sequence, event). Nothing sleeps; virtual
+time jumps to the next event. Every process keeps only what it persisted
+(its Persist outputs and its Finalized blocks) across a crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.consensus import messages as m
+from node.consensus.block import Block, BlockHeader, SEAL_TAG, genesis_header, seal_message, transactions_root
+from node.consensus.genesis import Genesis, Limits
+from node.consensus.ibft import IbftCore
+from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
+from node.consensus.safety import SafetyState
+from node.consensus.sim.scenario import Scenario
+from node.keys import Identity, verify
+
+GENESIS_TIME_MS = 1_767_225_600_000
+ADMITTED = b"ok/"  # the simulated application admits only transactions with this prefix
+
+
+class InvariantViolation(AssertionError):
+    """A safety property broke; the message says which and where."""
+
+
+def admitted(header: BlockHeader, transactions: Any) -> bool:
+    return all(tx.startswith(ADMITTED) for tx in transactions)
+
+
+class MemoVerifier:
+    """Ed25519 verification memoised for the whole run: a pure function of its
+    arguments, so sharing results between simulated nodes changes nothing but
+    speed (the cores still call it for every signature they check)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[bytes, str, bytes, bytes], bool] = {}
+
+    def __call__(self, key: bytes, tag: str, message: bytes, signature: bytes) -> bool:
+        entry = (key, tag, message, signature)
+        hit = self._memo.get(entry)
+        if hit is None:
+            hit = self._memo[entry] = verify(key, tag, message, signature)
+        return hit
+
+
+@dataclass
+class Process:
+    pid: int
+    identity: Identity
+    behaviour: str  # "honest", "silent", "equivocate", "shared-key"
+    skew_ms: int
+    core: IbftCore | None = None
+    safety: SafetyState | None = None  # durable
+    chain: list[Block] = field(default_factory=list)  # durable, chain[i] is height i+1
+    timer: int | None = None  # global time of the pending tick
+    epoch: int = 0  # bumps at every crash so stale events are ignored
+    torn_crash: bool = False
+    tx_counter: int = 0
+
+    @property
+    def correct(self) -> bool:
+        return self.behaviour == "honest"
+
+    @property
+    def height(self) -> int:
+        return len(self.chain)
+
+
+class World:
+    def __init__(self, scenario: Scenario, *, amnesia: bool = False) -> None:
+        self.scenario = scenario
+        # amnesia: restart without the persisted safety state, as a broken shell
+        # would; only the checker's own tests use it (it must then fail).
+        self.amnesia = amnesia
+        self.rng = random.Random(f"metanode-sim-run/{scenario.seed}/{scenario.n}/{','.join(scenario.faults)}")
+        self.identities = [Identity.from_label(f"sim-validator-{i}") for i in range(scenario.n)]
+        self.genesis = Genesis(
+            chain_id="metanode-sim",
+            genesis_time_ms=GENESIS_TIME_MS,
+            validators=tuple(i.public_key for i in self.identities),
+            block_period_ms=500,
+            round_timeout_base_ms=1_000,
+            round_timeout_cap_ms=8_000,
+            limits=Limits(max_block_bytes=1 << 20, max_txs_per_block=64, max_timestamp_drift_ms=1_000),
+        )
+        self.genesis_header = genesis_header(self.genesis)
+        self.verifier = MemoVerifier()
+        self.now = 0
+        self._queue: list[tuple[int, int, str, Any]] = []
+        self._seq = 0
+        self.processes: list[Process] = []
+        for i in range(scenario.n):
+            behaviour = scenario.byzantine.get(i, "honest")
+            self.processes.append(Process(i, self.identities[i], behaviour, scenario.skew_ms[i]))
+        twin = scenario.twin_of
+        if twin is not None:
+            self.processes.append(Process(scenario.n, self.identities[twin], "shared-key", scenario.skew_ms[scenario.n]))
+        self.signed: dict[tuple[bytes, int, int, str], bytes] = {}  # correct processes' signatures
+        self.round_starts = 0
+        self.messages_sent = 0
+
+    # -- event queue ----------------------------------------------------------------
+    def schedule(self, at: int, kind: str, data: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (max(at, self.now), self._seq, kind, data))
+
+    def run_until(self, until: int, stop: Any = None) -> None:
+        while self._queue and self._queue[0][0] <= until:
+            at, _, kind, data = heapq.heappop(self._queue)
+            self.now = at
+            getattr(self, "_ev_" + kind)(*data)
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, until)
+
+    # -- processes ----------------------------------------------------------------------
+    def local(self, proc: Process) -> int:
+        return GENESIS_TIME_MS + self.now + proc.skew_ms
+
+    def boot(self, proc: Process) -> None:
+        tip = proc.chain[-1].header if proc.chain else self.genesis_header
+        proc.core = IbftCore(
+            self.genesis, proc.identity, tip, safety=None if self.amnesia else proc.safety,
+            validate_block=admitted, verifier=self.verifier,
+        )
+        self.carry_out(proc, proc.core.start(self.local(proc)))
+
+    def crash(self, proc: Process) -> None:
+        proc.core = None
+        proc.timer = None
+        proc.epoch += 1
+        proc.torn_crash = False
+
+    def _ev_start(self, pid: int) -> None:
+        proc = self.processes[pid]
+        if proc.behaviour != "silent":
+            self.boot(proc)
+
+    def _ev_crash(self, pid: int, torn: bool, epoch: int | None = None) -> None:
+        proc = self.processes[pid]
+        if proc.core is None or (epoch is not None and epoch != proc.epoch):
+            return
+        if torn:
+            proc.torn_crash = True  # crash inside the next batch of outputs
+            self.schedule(self.now + 300, "crash", (pid, False, proc.epoch))
+        else:
+            self.crash(proc)
+
+    def _ev_restart(self, pid: int) -> None:
+        proc = self.processes[pid]
+        if proc.core is not None and proc.torn_crash:
+            self.crash(proc)  # the torn crash had no batch to tear yet
+        if proc.core is None:
+            self.boot(proc)
+
+    def _ev_tick(self, pid: int, epoch: int, at: int) -> None:
+        proc = self.processes[pid]
+        if proc.core is None or proc.epoch != epoch or proc.timer != at:
+            return
+        proc.timer = None
+        self.carry_out(proc, proc.core.tick(self.local(proc)))
+
+    def _ev_deliver(self, pid: int, data: bytes) -> None:
+        proc = self.processes[pid]
+        if proc.core is not None:
+            self.carry_out(proc, proc.core.on_message(data, self.local(proc)))
+
+    def _ev_block(self, pid: int, block: Block) -> None:
+        proc = self.processes[pid]
+        if proc.core is not None:
+            self.carry_out(proc, proc.core.on_block(block, self.local(proc)))
+
+    # -- carrying out outputs -------------------------------------------------------------
+    def carry_out(self, proc: Process, outputs: list) -> None:
+        work = deque(outputs)
+        cut = self.rng.randint(0, len(work)) if proc.torn_crash and work else None
+        done = 0
+        while work:
+            if cut is not None and done == cut:
+                self.crash(proc)
+                return
+            out = work.popleft()
+            done += 1
+            if isinstance(out, Persist):
+                proc.safety = out.state
+            elif isinstance(out, Broadcast):
+                self.record_signature(proc, out.message)
+                for data, targets in self.tamper(proc, out):
+                    for dst in targets:
+                        self.send(proc.pid, dst, data)
+            elif isinstance(out, SetTimer):
+                at = max(self.now, out.deadline_ms - GENESIS_TIME_MS - proc.skew_ms)
+                proc.timer = at
+                self.schedule(at, "tick", (proc.pid, proc.epoch, at))
+            elif isinstance(out, NeedProposal):
+                work.extend(self.answer_proposal(proc, out))
+            elif isinstance(out, Finalized):
+                if out.block.height != proc.height + 1:
+                    raise InvariantViolation(f"process {proc.pid} finalised height {out.block.height} after {proc.height}")
+                proc.chain.append(out.block)
+                for dst in self.others(proc.pid):
+                    self.send_block(proc.pid, dst, out.block)
+            elif isinstance(out, NeedSync):
+                self.sync(proc, out)
+            elif isinstance(out, RoundStarted):
+                self.round_starts += 1
+        if cut is not None and done == cut:
+            self.crash(proc)
+
+    def answer_proposal(self, proc: Process, need: NeedProposal) -> list:
+        txs = []
+        for _ in range(self.rng.randint(0, 4)):
+            proc.tx_counter += 1
+            txs.append(b"ok/%d/%d" % (proc.pid, proc.tx_counter))
+        timestamp = max(self.local(proc), need.earliest_timestamp_ms)
+        return proc.core.propose(need.height, need.round, txs, timestamp, self.local(proc))
+
+    def others(self, pid: int) -> list[int]:
+        return [p.pid for p in self.processes if p.pid != pid]
+
+    def record_signature(self, proc: Process, data: bytes) -> None:
+        """No correct process ever signs two different payloads for one
+        (height, round, kind): checked on every message it sends."""
+        if not proc.correct:
+            return
+        signed = m.decode_message(data, max_size=1 << 24, max_block_size=1 << 24).signed
+        key = (signed.sender, signed.height, signed.round, signed.kind)
+        previous = self.signed.setdefault(key, signed.payload)
+        if previous != signed.payload:
+            raise InvariantViolation(
+                f"process {proc.pid} signed two different {signed.kind} messages at "
+                f"height {signed.height} round {signed.round}"
+            )
+
+    # -- the network ----------------------------------------------------------------------
+    def connected(self, a: int, b: int) -> bool:
+        for part in self.scenario.partitions:
+            if part.start_ms <= self.now < part.end_ms and ((a in part.side) != (b in part.side)):
+                return False
+        return True
+
+    def delay(self) -> int:
+        return self.rng.randint(1, self.scenario.max_delay_ms)
+
+    def send(self, src: int, dst: int, data: bytes) -> None:
+        self.messages_sent += 1
+        if not self.connected(src, dst):
+            return
+        faulty = self.now < self.scenario.heal_ms
+        if faulty and self.scenario.drop_rate and self.rng.random() < self.scenario.drop_rate:
+            return
+        self.schedule(self.now + self.delay(), "deliver", (dst, data))
+        if faulty and self.scenario.dup_rate and self.rng.random() < self.scenario.dup_rate:
+            self.schedule(self.now + self.delay(), "deliver", (dst, data))
+
+    def send_block(self, src: int, dst: int, block: Block) -> None:
+        if self.connected(src, dst) and not (
+            self.now < self.scenario.heal_ms and self.scenario.drop_rate and self.rng.random() < self.scenario.drop_rate
+        ):
+            self.schedule(self.now + self.delay(), "block", (dst, block))
+
+    def sync(self, proc: Process, need: NeedSync) -> None:
+        """Block sync: ask one peer (a validator seen ahead, else anyone) for
+        the blocks from ``need.height`` on; they arrive in order."""
+        keys = set(need.peers)
+        candidates = [p for p in self.processes if p.pid != proc.pid and (not keys or p.identity.public_key in keys)]
+        candidates = [p for p in candidates if p.core is not None and p.height >= need.height and self.connected(proc.pid, p.pid)]
+        if not candidates:
+            return
+        peer = self.rng.choice(candidates)
+        at = self.now + 2 * self.delay()
+        for block in peer.chain[need.height - 1 : need.height + 15]:
+            self.schedule(at, "block", (proc.pid, block))
+
+    # -- Byzantine behaviour -----------------------------------------------------------------
+    def tamper(self, proc: Process, out: Broadcast) -> list[tuple[bytes, list[int]]]:
+        """What a process actually sends for one Broadcast."""
+        targets = self.others(proc.pid)
+        if proc.behaviour != "equivocate":
+            return [(out.message, targets)]
+        message = m.decode_message(out.message, max_size=1 << 24, max_block_size=1 << 24)
+        self.rng.shuffle(targets)
+        half = len(targets) // 2
+        s = message.signed
+        if s.kind == m.PROPOSAL and message.block is not None:
+            alt = self.conflicting_block(message.block)
+            fields = m.proposal_payload(s.height, s.round, alt.hash)
+            forged = m.Message(m.sign_payload(proc.identity, fields), alt, message.round_changes, message.prepares)
+            return [(out.message, targets[:half]), (forged.encode(), targets[half:])]
+        if s.kind in (m.PREPARE, m.COMMIT) and self.rng.random() < 0.5:
+            other = self.rng.randbytes(32)
+            if s.kind == m.PREPARE:
+                fields = m.prepare_payload(s.height, s.round, other)
+            else:
+                seal = proc.identity.sign(SEAL_TAG, seal_message(other, s.round))
+                fields = m.commit_payload(s.height, s.round, other, seal)
+            forged = m.Message(m.sign_payload(proc.identity, fields))
+            return [(out.message, targets[:half]), (forged.encode(), targets[half:])]
+        return [(out.message, targets)]
+
+    def conflicting_block(self, block: Block) -> Block:
+        """Same height and parent, other transactions; sometimes inadmissible."""
+        prefix = ADMITTED if self.rng.random() < 0.5 else b"bad/"
+        txs = block.transactions + (prefix + self.rng.randbytes(8).hex().encode(),)
+        header = BlockHeader(**{**block.header.to_value(), "tx_root": transactions_root(txs), "tx_count": len(txs)})
+        return Block(header, txs)

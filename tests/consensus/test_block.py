@@ -1,0 +1,143 @@
+"""Block format: tx hashes, encode/decode, and verify_block's every rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.codec import decode, encode, hash_tagged
+from node.consensus.block import (
+    SEAL_TAG,
+    Block,
+    BlockError,
+    BlockHeader,
+    build_block,
+    genesis_header,
+    seal_message,
+    transactions_root,
+    tx_hash,
+    verify_block,
+)
+from node.receipts.merkle import merkle_root
+
+
+@pytest.fixture
+def chain(ibft):
+    ids = ibft.make_identities(4)
+    genesis = ibft.make_genesis(ids)
+    vset = genesis.validator_set
+    by_key = {i.public_key: i for i in ids}
+    parent = genesis_header(genesis)
+    proposer = vset.proposer(parent.proposer, 0)
+    block = build_block(genesis, parent, proposer, 0, [b"a", b"b", b"c"], ibft.T0 + 1000)
+
+    def seal(b: Block, signers, commit_round=0) -> Block:
+        message = seal_message(b.hash, commit_round)
+        return b.with_seals(commit_round, [(k, by_key[k].sign(SEAL_TAG, message)) for k in signers])
+
+    return genesis, vset, parent, block, seal, by_key
+
+
+def test_tx_hash_and_root():
+    assert tx_hash(b"x") == hash_tagged("metanode/tx/v1", b"x")
+    assert transactions_root([b"x", b"y"]) == merkle_root([tx_hash(b"x"), tx_hash(b"y")])
+
+
+def test_round_trip_is_byte_identical(chain):
+    genesis, vset, parent, block, seal, _ = chain
+    sealed = seal(block, vset.keys[:3])
+    data = sealed.encode()
+    again = Block.decode(data)
+    assert again == sealed and again.encode() == data and again.hash == block.hash
+    assert verify_block(again, parent, vset, genesis) == block.hash
+
+
+def test_header_hash_covers_every_field(chain):
+    block = chain[3]
+    for name, value in block.header.to_value().items():
+        changed = dict(block.header.to_value())
+        changed[name] = value + 1 if isinstance(value, int) else (value + "x" if isinstance(value, str) else bytes(32) if value != bytes(32) else b"\x01" * 32)
+        assert BlockHeader(**changed).hash != block.hash, name
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda v: v["header"].pop("round"), "missing fields ['round']"),
+        (lambda v: v["header"].update(parent_hash=b"short"), "header.parent_hash: expected 32 bytes"),
+        (lambda v: v["header"].update(height=-1), "header.height"),
+        (lambda v: v.update(txs=[b""]), "block.txs"),
+        (lambda v: v.update(seals=[[b"k" * 32, b"s" * 10]]), "block.seals[0]"),
+        (lambda v: v.update(seals=[[b"\x02" * 32, b"s" * 64], [b"\x01" * 32, b"s" * 64]]), "sorted by validator key"),
+        (lambda v: v.update(extra=1), "expected a map with header"),
+    ],
+)
+def test_decode_rejects_malformed(chain, mutate, message):
+    value = decode(chain[3].encode())
+    mutate(value)
+    with pytest.raises(BlockError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Block.decode(encode(value))
+
+
+def test_decode_rejects_non_canonical_and_oversize(chain):
+    data = chain[3].encode()
+    with pytest.raises(BlockError, match="trailing|canonical|malformed"):
+        Block.decode(data + b"\x00")
+    with pytest.raises(BlockError, match="exceeds the limit"):
+        Block.decode(data, max_size=len(data) - 1)
+
+
+def test_verify_needs_a_quorum_of_valid_seals(chain):
+    genesis, vset, parent, block, seal, by_key = chain
+    with pytest.raises(BlockError, match="2 seals, a quorum is 3"):
+        verify_block(seal(block, vset.keys[:2]), parent, vset, genesis)
+    bad = seal(block, vset.keys[:3])
+    forged = bad.with_seals(0, [(k, s if i else bytes(64)) for i, (k, s) in enumerate(bad.seals)])
+    with pytest.raises(BlockError, match="bad seal"):
+        verify_block(forged, parent, vset, genesis)
+    # seals made for another round do not count for this one
+    other_round = seal(block, vset.keys[:3], commit_round=1)
+    moved = block.with_seals(2, other_round.seals)
+    with pytest.raises(BlockError, match="bad seal"):
+        verify_block(moved, parent, vset, genesis)
+    outsider = bytes(32)
+    with pytest.raises(BlockError, match="not a validator"):
+        verify_block(block.with_seals(0, list(seal(block, vset.keys[:3]).seals) + [(outsider, bytes(64))]), parent, vset, genesis)
+
+
+def test_verify_checks_parent_timestamp_proposer_and_contents(chain, ibft):
+    genesis, vset, parent, block, seal, _ = chain
+    keys = vset.keys[:3]
+
+    def remade(**header_changes):
+        value = {**block.header.to_value(), **header_changes}
+        return seal(Block(BlockHeader(**value), block.transactions), keys)
+
+    cases = {
+        "header.parent_hash": remade(parent_hash=bytes(32)),
+        "header.height": remade(height=2),
+        "header.timestamp_ms": remade(timestamp_ms=parent.timestamp_ms + 999),
+        "header.proposer": remade(proposer=vset.proposer(parent.proposer, 1)),
+        "header.tx_root": remade(tx_root=bytes(32)),
+        "header.tx_count": remade(tx_count=2),
+        "header.chain_id": remade(chain_id="other"),
+        "header.validators_hash": remade(validators_hash=bytes(32)),
+    }
+    for field_name, bad in cases.items():
+        with pytest.raises(BlockError, match=field_name):
+            verify_block(bad, parent, vset, genesis)
+    dup = Block(BlockHeader(**{**block.header.to_value(), "tx_root": transactions_root([b"a", b"a"]), "tx_count": 2}), (b"a", b"a"))
+    with pytest.raises(BlockError, match="appears twice"):
+        verify_block(seal(dup, keys), parent, vset, genesis)
+    with pytest.raises(BlockError, match="ahead of local time"):
+        verify_block(seal(block, keys), parent, vset, genesis, now_ms=block.header.timestamp_ms - 10_000)
+
+
+def test_build_block_enforces_limits(chain):
+    genesis, vset, parent, block, _, _ = chain
+    proposer = vset.proposer(parent.proposer, 0)
+    with pytest.raises(BlockError, match="max_txs_per_block"):
+        build_block(genesis, parent, proposer, 0, [b"%d" % i for i in range(101)], 0)
+    with pytest.raises(BlockError, match="max_block_bytes"):
+        build_block(genesis, parent, proposer, 0, [b"x" * (1 << 20), b"y"], 0)
+    early = build_block(genesis, parent, proposer, 0, [], 0)
+    assert early.header.timestamp_ms == parent.timestamp_ms + genesis.block_period_ms
