@@ -112,6 +112,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "level": Field(str, "info", _one_of(LOG_LEVELS)),
         "format": Field(str, "console", _one_of(LOG_FORMATS)),
     },
+    "consensus": {
+        "genesis": Field(str, "", doc="genesis file of the chain this node follows; empty: no chain (transport only)"),
+        "mempool_max_txs": Field(int, 10_000, lambda v: None if 1 <= v <= 1_000_000 else "between 1 and 1000000"),
+        "mempool_max_bytes": Field(int, 64 * 1024 * 1024, lambda v: None if 1024 <= v <= 4 * 1024**3 else "between 1024 and 4294967296"),
+    },
     "cage": {
         "service_policy": Field(str, "auto", doc='policy confining the daemon itself: "auto" (processing if the node has that role, else gateway), a policy name, or "none"'),
         "policies_file": Field(str, "", doc="cage policy file; empty means the shipped config/policies.toml"),
@@ -133,6 +138,7 @@ class NodeConfig:
     network: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
+    consensus: dict[str, Any] = field(default_factory=dict)
     cage: dict[str, Any] = field(default_factory=dict)
     debug: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -204,6 +210,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
         network=net,
         limits=values["limits"],
         log=values["log"],
+        consensus={**values["consensus"], "genesis": (base / values["consensus"]["genesis"]).resolve() if values["consensus"]["genesis"] else None},
         cage={**values["cage"], "policies_file": (base / values["cage"]["policies_file"]).resolve() if values["cage"]["policies_file"] else None},
         debug=values["debug"],
         raw=values,
@@ -230,4 +237,6 @@ def load_config(path: str | Path) -> NodeConfig:
         Identity.load(config.identity_key)
     except KeyFileError as exc:
         raise ConfigError(f"{path}: [node] identity_key: {exc}") from None
+    if "validator" in config.roles and config.consensus["genesis"] is None:
+        raise ConfigError(f"{path}: [consensus] genesis is required for a node with the validator role")
     return config

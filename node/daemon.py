@@ -23,6 +23,7 @@ import trio
 
 from node import __version__
 from node.config import NodeConfig
+from node.consensus.genesis import load_genesis
 from node.daemon_confinement import confine_daemon
 from node.errors import UserError
 from node.keys import Identity
@@ -86,6 +87,10 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.identity = Identity.load(config.identity_key)
+        # Read before confinement: the genesis file lives outside the data dir.
+        self.genesis = load_genesis(config.consensus["genesis"]) if config.consensus["genesis"] else None
+        self.chain: Any = None
+        self.db: Any = None
         self.registry = Registry()
         self.services: list[Service] = []
         self.started_at = time.monotonic()
@@ -141,6 +146,8 @@ class Daemon:
             self.confinement = confine_daemon(cfg)
             net, limits = cfg.network, cfg.limits
             self.host = build_host(self.identity, max_connections=limits["max_peers"])
+            if self.genesis is not None:
+                self._add_chain()
             dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"])
             self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"])
             self.host.set_stream_handler(RPC_PROTOCOL, self.rpc_server.handle_stream)
@@ -166,8 +173,29 @@ class Daemon:
                 except OSError as exc:
                     raise UserError(f"{cfg.path}: [network] listen: {exc.strerror or exc}", exit_code=2) from None
         finally:
+            if self.db is not None:
+                self.db.close()
             lock.release()
             log.info("daemon stopped", peer_id=self.identity.peer_id)
+
+    def _add_chain(self) -> None:
+        """Every node with a genesis follows the chain; validators also vote."""
+        from node.consensus.mempool import MempoolConfig
+        from node.consensus.rpc import register_chain_methods
+        from node.consensus.service import ConsensusService
+        from node.consensus.tx import TxTypeRegistry
+        from node.db import open_node_db
+
+        cfg = self.config
+        self.db = open_node_db(cfg.data_dir)
+        self.chain = ConsensusService(
+            host=self.host, identity=self.identity, genesis=self.genesis, conn=self.db,
+            data_dir=cfg.data_dir, registry=TxTypeRegistry.with_builtins(),
+            mempool_config=MempoolConfig(max_txs=cfg.consensus["mempool_max_txs"], max_bytes=cfg.consensus["mempool_max_bytes"]),
+            max_frame=cfg.limits["max_frame_bytes"],
+        )
+        register_chain_methods(self.registry, self.chain)
+        self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
 
 
 def register_debug_methods(registry: Registry) -> None:

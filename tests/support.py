@@ -41,6 +41,7 @@ def write_node_config(
     limits: dict[str, Any] | None = None,
     service_policy: str | None = "none",
     debug_rpc: bool = False,
+    genesis: Path | None = None,
     extra: str = "",
 ) -> Path:
     """Write a key and a config for node ``name``; return the config path.
@@ -75,6 +76,8 @@ def write_node_config(
     ]
     if limits:
         lines += ["", "[limits]", *(f"{k} = {_toml_value(v)}" for k, v in limits.items())]
+    if genesis is not None:
+        lines += ["", "[consensus]", f'genesis = "{genesis}"']
     if service_policy is not None:
         lines += ["", "[cage]", f'service_policy = "{service_policy}"']
     if debug_rpc:

@@ -22,7 +22,7 @@ def call_error(addr: str, method: str, params: dict) -> dict:
     return json.loads(done.stderr)
 
 
-@pytest.mark.parametrize("roles, policy", [(["validator"], "gateway"), (["processing", "storage"], "processing")])
+@pytest.mark.parametrize("roles, policy", [(["gateway"], "gateway"), (["processing", "storage"], "processing")])
 def test_daemon_cannot_leave_its_data_dir_or_exec(tmp_path, roles, policy):
     port = free_port()
     secret = tmp_path / "other-node.key"

@@ -1,4 +1,5 @@
-"""Plan and write a local testnet: one key and one config per node, full mesh of persistent peers.
+"""Plan and write a local testnet: one key and one config per node, a genesis
+file naming the validators, and a full mesh of persistent peers.
 
 Planning is pure (a seed gives the same keys, names and ports every time);
 writing puts the plan on disk with keys at mode 0600.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.consensus.genesis import Genesis
 from node.errors import UserError
 from node.keys import Identity
 
 MANIFEST = "testnet.json"
+GENESIS = "genesis.toml"
 
 
 @dataclass(frozen=True)
@@ -82,17 +86,33 @@ keepalive_timeout = 4.0
 redial_backoff_base = 0.2
 redial_backoff_cap = 5.0
 
+[consensus]
+genesis = "genesis.toml"
+
 [log]
 format = "{log_format}"
 """
 
 
-def write_testnet(directory: Path, plans: list[NodePlan]) -> Path:
-    """Write keys, configs and a manifest; refuses a directory that holds a testnet."""
+def testnet_genesis(plans: list[NodePlan], *, chain_id: str = "metanode-testnet", genesis_time_ms: int | None = None, block_period_ms: int = 500) -> Genesis:
+    """Local timings: short block period and round timeouts, so a lost proposer costs seconds."""
+    return Genesis(
+        chain_id=chain_id,
+        genesis_time_ms=genesis_time_ms if genesis_time_ms is not None else time.time_ns() // 1_000_000,
+        validators=tuple(p.identity.public_key for p in plans if "validator" in p.roles),
+        block_period_ms=block_period_ms,
+        round_timeout_base_ms=2_000,
+        round_timeout_cap_ms=16_000,
+    )
+
+
+def write_testnet(directory: Path, plans: list[NodePlan], genesis: Genesis | None = None) -> Path:
+    """Write keys, configs, the genesis file and a manifest; refuses a directory that holds a testnet."""
     directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / MANIFEST
     if manifest.exists():
         raise UserError(f"{directory} already holds a testnet ({MANIFEST}); choose another --dir", exit_code=2)
+    (genesis or testnet_genesis(plans)).write(directory / GENESIS)
     for plan in plans:
         plan.identity.write(directory / f"{plan.name}.key")
         peers = [p for p in plans if p is not plan]

@@ -22,11 +22,11 @@ from tests.support import running_daemon, write_node_config
 
 
 async def test_node_status_and_net_peers(node_dir):
-    async with running_daemon(write_node_config(node_dir, "a", roles=["validator"])) as daemon:
+    async with running_daemon(write_node_config(node_dir, "a", roles=["scheduler"])) as daemon:
         async with connect_to_node(daemon.listen_addrs()[0]) as client:
             status = await client.call("node_status")
             assert status["peer_id"] == daemon.identity.peer_id
-            assert status["roles"] == ["validator"]
+            assert status["roles"] == ["scheduler"]
             assert status["listen_addrs"] == daemon.listen_addrs()
             assert status["uptime_s"] >= 0 and status["version"]
             peers = await client.call("net_peers")

@@ -1,0 +1,178 @@
+"""JSON-RPC methods of the chain: transactions, blocks, mempool, consensus state, subscriptions."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import trio
+
+from node.consensus.block import Block, tx_hash
+from node.consensus.service import BlockSummary, ConsensusService
+from node.consensus.tx import TxError, TxErrorCode, decode_tx
+from node.keys import peer_id_from_public_key
+from node.p2p.jsonrpc import INVALID_PARAMS, CallContext, Registry, RpcError
+
+# Stable application error codes (clients match on them; never renumber).
+TX_REJECTED_CODES = {
+    TxErrorCode.MALFORMED: 1001,
+    TxErrorCode.TOO_LARGE: 1002,
+    TxErrorCode.WRONG_CHAIN: 1003,
+    TxErrorCode.BAD_SIGNATURE: 1004,
+    TxErrorCode.UNKNOWN_TYPE: 1005,
+    TxErrorCode.INVALID_PAYLOAD: 1006,
+    TxErrorCode.BAD_NONCE: 1007,
+    TxErrorCode.DUPLICATE: 1008,
+    TxErrorCode.SENDER_LIMIT: 1009,
+    TxErrorCode.MEMPOOL_FULL: 1010,
+}
+TX_COMMIT_TIMEOUT = 1020
+NOT_FOUND = 1404
+
+_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_subscription_ids = itertools.count(1)
+
+
+def _hex_bytes(text: str, name: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, "Invalid params", {"param": name, "reason": "not hex"}) from None
+
+
+def summary_json(s: BlockSummary) -> dict[str, Any]:
+    return {
+        "height": s.height, "hash": s.hash.hex(), "round": s.round, "commit_round": s.commit_round,
+        "timestamp_ms": s.timestamp_ms, "tx_count": s.tx_count, "proposer": s.proposer.hex(),
+    }
+
+
+def block_json(block: Block, *, include_txs: bool) -> dict[str, Any]:
+    h = block.header
+    out: dict[str, Any] = {
+        "height": h.height, "hash": block.hash.hex(), "parent_hash": h.parent_hash.hex(),
+        "chain_id": h.chain_id, "timestamp_ms": h.timestamp_ms, "proposer": h.proposer.hex(),
+        "round": h.round, "commit_round": block.commit_round, "tx_root": h.tx_root.hex(),
+        "tx_count": h.tx_count, "receipts_size": h.receipts_size, "receipts_root": h.receipts_root.hex(),
+        "validators_hash": h.validators_hash.hex(),
+        "seals": [{"validator": k.hex(), "signature": s.hex()} for k, s in block.seals],
+        "tx_hashes": [tx_hash(t).hex() for t in block.transactions],
+    }
+    if include_txs:
+        out["transactions"] = [t.hex() for t in block.transactions]
+    return out
+
+
+def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
+    async def tx_submit(ctx: CallContext, tx: str, mode: str = "sync", timeout: float = 30.0) -> dict[str, Any]:
+        raw = _hex_bytes(tx, "tx")
+        digest = tx_hash(raw)
+        if mode == "async":
+            chain.submit(raw)
+            return {"hash": digest.hex(), "status": "submitted"}
+        if mode == "commit":
+            stored = chain.store.tx_by_hash(digest)
+            if stored is not None:
+                return {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
+            committed = chain.commit_event(digest)
+        admission = chain.submit(raw)
+        if not admission.accepted and admission.code is not TxErrorCode.DUPLICATE:
+            raise RpcError(TX_REJECTED_CODES[admission.code], "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+        if mode == "sync":
+            if not admission.accepted:
+                raise RpcError(TX_REJECTED_CODES[admission.code], "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+            return {"hash": digest.hex(), "status": "pending"}
+        with trio.move_on_after(timeout):
+            await committed.wait()
+        stored = chain.store.tx_by_hash(digest)
+        if stored is None:
+            chain.forget_waiter(digest)
+            raise RpcError(TX_COMMIT_TIMEOUT, "not committed within the timeout", {"hash": digest.hex(), "timeout_s": timeout, "status": "pending" if digest in chain.mempool else "dropped"})
+        return {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
+
+    async def tx_get(ctx: CallContext, hash: str) -> dict[str, Any]:
+        digest = _hex_bytes(hash, "hash")
+        stored = chain.store.tx_by_hash(digest)
+        if stored is not None:
+            raw, where = stored.tx, {"status": "committed", "height": stored.height, "index": stored.index}
+        elif (pending := chain.mempool.get(digest)) is not None:
+            raw, where = pending, {"status": "pending"}
+        else:
+            raise RpcError(NOT_FOUND, "transaction not found", {"hash": hash})
+        tx = decode_tx(raw)
+        return {"hash": hash, **where, "sender": tx.sender.hex(), "nonce": tx.nonce, "type": tx.type, "size": tx.size, "tx": raw.hex()}
+
+    async def chain_head(ctx: CallContext) -> dict[str, Any]:
+        header = chain.tip_header()
+        return {"height": header.height, "hash": header.hash.hex(), "timestamp_ms": header.timestamp_ms,
+                "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash.hex()}
+
+    async def chain_block(ctx: CallContext, height: int | None = None, hash: str | None = None, include_txs: bool = False) -> dict[str, Any]:
+        if (height is None) == (hash is None):
+            raise RpcError(INVALID_PARAMS, "Invalid params", {"param": "height", "reason": "give exactly one of height or hash"})
+        stored = chain.store.block_by_height(height) if height is not None else chain.store.block_by_hash(_hex_bytes(hash, "hash"))  # type: ignore[arg-type]
+        if stored is None:
+            raise RpcError(NOT_FOUND, "block not found", {"height": height, "hash": hash})
+        return block_json(Block.decode(stored.block), include_txs=include_txs)
+
+    async def chain_nonce(ctx: CallContext, sender: str) -> dict[str, Any]:
+        key = _hex_bytes(sender, "sender")
+        committed = chain.store.next_nonce(key)
+        pending = [t.nonce for t in chain.mempool.pending(key)]
+        return {"sender": sender, "committed_next": committed, "pending_next": max([committed - 1, *pending]) + 1}
+
+    async def mempool_status(ctx: CallContext) -> dict[str, Any]:
+        cfg = chain.mempool.config
+        return {"count": len(chain.mempool), "bytes": chain.mempool.size_bytes, "max_count": cfg.max_txs, "max_bytes": cfg.max_bytes}
+
+    async def consensus_state(ctx: CallContext) -> dict[str, Any]:
+        core = chain.core
+        proposer = chain.proposer_for(core.round)
+        return {
+            "height": core.height, "round": core.round, "started": chain.started,
+            "validator": chain.is_validator,
+            "proposer": proposer.hex(), "proposer_peer_id": peer_id_from_public_key(proposer),
+            "recent_blocks": [{"height": s.height, "commit_round": s.commit_round, "tx_count": s.tx_count} for s in chain.recent],
+            "counters": dict(core.counters), "inbox_dropped": chain.dropped_inbox,
+        }
+
+    async def validators_list(ctx: CallContext) -> list[dict[str, Any]]:
+        connected = {p.to_base58() for p in chain.links.connected_peers()} if chain.links else set()
+        next_proposer = chain.proposer_for(chain.core.round)
+        return [
+            {"public_key": key.hex(), "peer_id": peer_id_from_public_key(key),
+             "connected": peer_id_from_public_key(key) in connected, "proposer": key == next_proposer}
+            for key in chain.genesis.validators
+        ]
+
+    async def chain_subscribe(ctx: CallContext) -> dict[str, Any]:
+        if ctx.notify is None or ctx.nursery is None:
+            raise RpcError(INVALID_PARAMS, "subscriptions need a stream", {})
+        subscription = next(_subscription_ids)
+        receive = chain.subscribe()
+
+        async def forward() -> None:
+            async with receive:
+                async for summary in receive:
+                    await ctx.notify("chain_newBlock", {"subscription": subscription, "block": summary_json(summary)})
+
+        ctx.nursery.start_soon(forward)
+        return {"subscription": subscription}
+
+    tx_schema = {
+        "properties": {
+            "tx": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 2 * 65536},
+            "mode": {"enum": ["async", "sync", "commit"]},
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        },
+        "required": ["tx"],
+    }
+    registry.register("tx_submit", tx_submit, tx_schema, "Submit a signed transaction; mode async (queued), sync (admitted) or commit (included in a block).", timeout=660)
+    registry.register("tx_get", tx_get, {"properties": {"hash": _HEX32}, "required": ["hash"]}, "A committed or pending transaction by hash.")
+    registry.register("chain_head", chain_head, {}, "The latest finalised block.")
+    registry.register("chain_block", chain_block, {"properties": {"height": {"type": "integer", "minimum": 0}, "hash": _HEX32, "include_txs": {"type": "boolean"}}}, "A finalised block by height or hash.")
+    registry.register("chain_nonce", chain_nonce, {"properties": {"sender": _HEX32}, "required": ["sender"]}, "A sender's next nonce (committed and with pending transactions).")
+    registry.register("mempool_status", mempool_status, {}, "Pending transactions and limits.")
+    registry.register("consensus_state", consensus_state, {}, "Height, round, proposer, rounds of recent blocks, counters.")
+    registry.register("validators_list", validators_list, {}, "The validator set with peer ids and connection state.")
+    registry.register("chain_subscribe", chain_subscribe, {}, "Stream chain_newBlock notifications on this RPC stream.")

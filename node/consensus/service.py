@@ -1,0 +1,373 @@
+"""The consensus shell: drives the IBFT core, the mempool and the chain store from the network.
+
+One actor task owns the core. Everything that reaches it (a peer's
+consensus message, a synced block, a timer tick) goes through one bounded
+inbox, and its outputs are carried out strictly in order: a Persist is
+fsynced before the Broadcast that follows it, a Finalized block is stored
+before anything after it. Peers get messages through per-peer links with
+their own queues (node/p2p/links.py), so one slow peer cannot stall the
+actor. Protocols:
+
+* ``/metanode/ibft/1.0.0``: consensus messages (frames);
+* ``/metanode/tx/1.0.0``: transaction gossip (one transaction per frame);
+* ``/metanode/sync/1.0.0``: a request ``{"from", "limit"}`` answered by
+  finalised blocks, one per frame.
+
+A node that is behind (new, restarted, partitioned) syncs before its core
+starts, and again whenever the core says validators are ahead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from libp2p.peer.id import ID
+
+from node.codec import CodecError, decode, encode
+from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
+from node.consensus.genesis import Genesis
+from node.consensus.ibft import IbftCore
+from node.consensus.mempool import Admission, Mempool, MempoolConfig
+from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted, SetTimer
+from node.consensus.safety import SafetyStore
+from node.consensus.store import ChainStore
+from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
+from node.keys import Identity, peer_id_from_public_key
+from node.p2p.framing import FramedStream, FrameError
+from node.p2p.links import PeerLinks
+
+IBFT_PROTOCOL = "/metanode/ibft/1.0.0"
+TX_PROTOCOL = "/metanode/tx/1.0.0"
+SYNC_PROTOCOL = "/metanode/sync/1.0.0"
+SAFETY_FILE = "consensus-safety.cbor"
+
+INBOX_SIZE = 4096
+SYNC_BATCH = 64
+SYNC_TIMEOUT_S = 10.0
+STARTUP_PEER_WAIT_S = 3.0
+RECENT_BLOCKS = 64
+
+log = structlog.get_logger("metanode.consensus")
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: block timestamps are compared across validators."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class BlockSummary:
+    height: int
+    hash: bytes
+    round: int
+    commit_round: int
+    timestamp_ms: int
+    tx_count: int
+    proposer: bytes
+
+
+class ConsensusService:
+    """Chain follower on every node; IBFT validator when the node's key is in the set."""
+
+    def __init__(
+        self,
+        *,
+        host: Any,
+        identity: Identity,
+        genesis: Genesis,
+        conn: Any,
+        data_dir: Path,
+        registry: TxTypeRegistry,
+        mempool_config: MempoolConfig = MempoolConfig(),
+        max_frame: int,
+        validate_block: Callable[[BlockHeader, Sequence[bytes]], bool] | None = None,
+    ) -> None:
+        self.host = host
+        self.genesis = genesis
+        self.registry = registry
+        self.max_frame = max_frame
+        self.store = ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
+        self.store.bind_chain(genesis.chain_id, genesis.hash)
+        self.signatures = SignatureCache()
+        self.mempool = Mempool(
+            chain_id=genesis.chain_id, registry=registry, committed_nonce=self.store.next_nonce,
+            config=mempool_config, signatures=self.signatures,
+        )
+        self.safety = SafetyStore(data_dir / SAFETY_FILE)
+        self.is_validator = identity.public_key in genesis.validator_set
+        self._app_validate = validate_block
+        self.core = IbftCore(
+            genesis, identity if self.is_validator else None, self.tip_header(),
+            safety=self.safety.load(), validate_block=self._validate_block,
+        )
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
+        self._timer_deadline: int | None = None
+        self._timer_changed = trio.Event()
+        self._committed: dict[bytes, trio.Event] = {}
+        self._subscribers: list[trio.MemorySendChannel[BlockSummary]] = []
+        self._syncing = False
+        self.links: PeerLinks | None = None
+        self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
+        self.dropped_inbox = 0
+        self.started = False
+        self.on_finalized: list[Callable[[Block], None]] = []
+
+    # -- chain views ------------------------------------------------------------
+    def tip_header(self) -> BlockHeader:
+        head = self.store.head()
+        if head is None:
+            return genesis_header(self.genesis)
+        stored = self.store.block_by_height(head.height)
+        assert stored is not None
+        return Block.decode(stored.block).header
+
+    def proposer_for(self, round_number: int) -> bytes:
+        return self.genesis.validator_set.proposer(self.core.tip.proposer, round_number)
+
+    # -- lifecycle --------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.host.set_stream_handler(IBFT_PROTOCOL, self._handle_ibft)
+        self.host.set_stream_handler(TX_PROTOCOL, self._handle_tx)
+        self.host.set_stream_handler(SYNC_PROTOCOL, self._handle_sync)
+        async with trio.open_nursery() as nursery:
+            self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame)
+            self._nursery = nursery
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+            await self._catch_up_before_voting()
+            self.started = True
+            self._apply(self.core.start(now_ms()))
+            log.info("consensus started", height=self.core.height, validator=self.is_validator, validators=len(self.genesis.validators))
+            async for kind, payload in self._inbox:
+                self._handle_event(kind, payload)
+
+    async def _catch_up_before_voting(self) -> None:
+        """A restarted validator must not propose or vote for heights the
+        network has finalised: sync from peers first."""
+        with trio.move_on_after(STARTUP_PEER_WAIT_S):
+            while not self.links.connected_peers():  # type: ignore[union-attr]
+                await trio.sleep(0.05)
+        for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
+            while True:
+                fetched = await self._sync_batch(peer, self.core.height, feed=self._feed_block)
+                if not fetched:
+                    break
+
+    # -- the actor ----------------------------------------------------------------
+    def _post(self, kind: str, payload: Any = None) -> None:
+        try:
+            self._inbox_send.send_nowait((kind, payload))
+        except trio.WouldBlock:
+            self.dropped_inbox += 1  # IBFT recovers from lost messages; a stalled actor would not
+
+    def _handle_event(self, kind: str, payload: Any) -> None:
+        now = now_ms()
+        if kind == "message":
+            self._apply(self.core.on_message(payload, now))
+        elif kind == "block":
+            self._feed_block(payload)
+        elif kind == "tick":
+            self._apply(self.core.tick(now))
+
+    def _feed_block(self, block: Block) -> None:
+        self._apply(self.core.on_block(block, now_ms()))
+
+    def _apply(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Persist):
+                self.safety.save(output.state)  # durable (fsync) before what follows
+            elif isinstance(output, Broadcast):
+                self.links.broadcast(IBFT_PROTOCOL, output.message)  # type: ignore[union-attr]
+            elif isinstance(output, SetTimer):
+                self._set_timer(output.deadline_ms)
+            elif isinstance(output, NeedProposal):
+                self._propose(output)
+            elif isinstance(output, Finalized):
+                self._commit(output.block)
+            elif isinstance(output, NeedSync):
+                self._start_sync(output)
+            elif isinstance(output, RoundStarted) and output.round > 0:
+                log.info("round change", height=output.height, round=output.round, reason=output.reason)
+
+    def _propose(self, need: NeedProposal) -> None:
+        limits = self.genesis.limits
+        txs = self.mempool.reap(limits.max_block_bytes // 2, limits.max_txs_per_block)
+        now = now_ms()
+        try:
+            outputs = self.core.propose(need.height, need.round, txs, max(now, need.earliest_timestamp_ms), now)
+        except BlockError as exc:
+            log.error("proposal refused by the block limits; proposing an empty block", reason=str(exc))
+            outputs = self.core.propose(need.height, need.round, [], max(now, need.earliest_timestamp_ms), now)
+        self._apply(outputs)
+
+    def _validate_block(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
+        try:
+            check_block_txs(txs, chain_id=self.genesis.chain_id, registry=self.registry,
+                            committed_nonce=self.store.next_nonce, signatures=self.signatures)
+        except TxError as exc:
+            log.warning("proposed block refused", height=header.height, reason=str(exc))
+            return False
+        return self._app_validate is None or self._app_validate(header, txs)
+
+    def _commit(self, block: Block) -> None:
+        header = block.header
+        self.store.append_block(
+            height=header.height, block_hash=block.hash, parent_hash=header.parent_hash,
+            timestamp_ms=header.timestamp_ms, proposer=header.proposer, block=block.encode(),
+            txs=list(block.transactions),
+        )
+        self.mempool.on_commit(header.height, block.transactions)
+        summary = BlockSummary(header.height, block.hash, header.round, block.commit_round,
+                               header.timestamp_ms, len(block.transactions), header.proposer)
+        self.recent.append(summary)
+        for tx in block.transactions:
+            waiter = self._committed.pop(tx_hash(tx), None)
+            if waiter is not None:
+                waiter.set()
+        for callback in self.on_finalized:
+            callback(block)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(summary)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)  # a subscriber that cannot keep up is dropped
+
+    # -- timer --------------------------------------------------------------------
+    def _set_timer(self, deadline_ms: int) -> None:
+        self._timer_deadline = deadline_ms
+        self._timer_changed.set()
+        self._timer_changed = trio.Event()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline, changed = self._timer_deadline, self._timer_changed
+            if deadline is None:
+                await changed.wait()
+                continue
+            delay = (deadline - now_ms()) / 1000
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await changed.wait()
+                if changed.is_set():
+                    continue
+            if self._timer_deadline == deadline:
+                self._timer_deadline = None
+                self._post("tick")
+
+    # -- inbound protocols ------------------------------------------------------------
+    async def _handle_ibft(self, stream: Any) -> None:
+        framed = FramedStream(stream, self.max_frame)
+        try:
+            while (frame := await framed.read_frame()) is not None:
+                self._post("message", frame)
+        except FrameError:
+            await framed.reset()
+        except Exception:
+            pass
+
+    async def _handle_tx(self, stream: Any) -> None:
+        source = stream.muxed_conn.peer_id
+        framed = FramedStream(stream, self.max_frame)
+        try:
+            while (frame := await framed.read_frame()) is not None:
+                self.submit(frame, source=source)
+        except FrameError:
+            await framed.reset()
+        except Exception:
+            pass
+
+    async def _handle_sync(self, stream: Any) -> None:
+        framed = FramedStream(stream, self.max_frame)
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                request = decode(await framed.read_frame() or b"", max_size=256)
+                if not isinstance(request, dict) or set(request) != {"from", "limit"} or not all(
+                    isinstance(request[k], int) and not isinstance(request[k], bool) for k in request
+                ):
+                    raise CodecError('sync request must be {"from": int, "limit": int}')
+                start, limit = request["from"], max(1, min(request["limit"], SYNC_BATCH))
+                if start >= 1:
+                    for stored in self.store.blocks_range(start, limit, max_bytes=self.max_frame * 4):
+                        await framed.write_frame(stored.block)
+            await framed.close()
+        except (CodecError, FrameError):
+            await framed.reset()
+        except Exception:
+            pass
+
+    # -- block sync (client) -----------------------------------------------------------
+    def _start_sync(self, need: NeedSync) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        self._nursery.start_soon(self._sync_task, need)
+
+    async def _sync_task(self, need: NeedSync) -> None:
+        try:
+            connected = {p.to_base58(): p for p in self.links.connected_peers()}  # type: ignore[union-attr]
+            preferred = [connected[pid] for pid in (peer_id_from_public_key(k) for k in need.peers) if pid in connected]
+            peers = preferred + [p for p in connected.values() if p not in preferred]
+            height = need.height
+            for peer in peers:
+                while True:
+                    blocks: list[Block] = []
+                    fetched = await self._sync_batch(peer, height, feed=blocks.append)
+                    for block in blocks:
+                        self._post("block", block)
+                    if not fetched:
+                        break
+                    height += fetched
+                if height > need.height:
+                    break
+        finally:
+            self._syncing = False
+
+    async def _sync_batch(self, peer: ID, start: int, *, feed: Callable[[Block], None]) -> int:
+        """Ask ``peer`` for blocks from ``start``; feed each decoded block. Returns how many came."""
+        count = 0
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                framed = FramedStream(await self.host.new_stream(peer, [SYNC_PROTOCOL]), self.max_frame)
+                await framed.write_frame(encode({"from": start, "limit": SYNC_BATCH}))
+                while (frame := await framed.read_frame()) is not None:
+                    block = Block.decode(frame, max_size=self.max_frame)
+                    if block.height != start + count:
+                        break  # not what we asked for: stop trusting this answer
+                    feed(block)
+                    count += 1
+                await framed.close()
+        except Exception as exc:  # a bad or absent peer: try another
+            log.debug("sync from peer failed", peer=peer.to_base58(), reason=str(exc)[:200])
+        return count
+
+    # -- transactions -------------------------------------------------------------------
+    def submit(self, tx_bytes: bytes, *, source: ID | None = None) -> Admission:
+        """Admit a transaction and gossip it on; the admission says why not."""
+        admission = self.mempool.add(tx_bytes)
+        if admission.accepted:
+            self.links.broadcast(TX_PROTOCOL, tx_bytes, exclude=source)  # type: ignore[union-attr]
+        return admission
+
+    def commit_event(self, tx_hash_: bytes) -> trio.Event:
+        """An event set when ``tx_hash_`` is finalised."""
+        event = self._committed.get(tx_hash_)
+        if event is None:
+            event = self._committed[tx_hash_] = trio.Event()
+        return event
+
+    def forget_waiter(self, tx_hash_: bytes) -> None:
+        event = self._committed.get(tx_hash_)
+        if event is not None and not event.is_set():
+            self._committed.pop(tx_hash_, None)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[BlockSummary]:
+        send, receive = trio.open_memory_channel[BlockSummary](256)
+        self._subscribers.append(send)
+        return receive

@@ -1,0 +1,103 @@
+"""Outbound gossip links: one stream and one bounded queue per (peer, protocol).
+
+A protocol that pushes messages to many peers (consensus, transaction
+gossip) must never wait on its slowest peer. Each link has its own task and
+queue; when a queue is full the message is dropped and counted (consensus
+and gossip recover from drops; a blocked actor would not). Peers that do
+not speak a protocol (RPC clients, say) are remembered and skipped until
+they reconnect.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import structlog
+import trio
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
+
+from node.p2p.framing import DEFAULT_MAX_FRAME, FramedStream
+
+log = structlog.get_logger("metanode.links")
+
+OPEN_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 10.0
+
+
+class PeerLinks:
+    """Send frames to peers over long-lived streams, never blocking the caller."""
+
+    def __init__(self, host: Any, nursery: trio.Nursery, *, queue_size: int = 512, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.host = host
+        self.nursery = nursery
+        self.queue_size = queue_size
+        self.max_frame = max_frame
+        self._links: dict[tuple[str, str], tuple[int, trio.MemorySendChannel[bytes]]] = {}
+        self._next_link_id = 0
+        self._unsupported: dict[tuple[str, str], Any] = {}  # -> the connection that refused
+        self.counters: Counter[str] = Counter()
+
+    def connected_peers(self) -> list[Any]:
+        network = self.host.get_network()
+        return [peer for peer, conns in network.connections.items() if any(not c.is_closed for c in conns)]
+
+    def send(self, peer: Any, protocol: str, payload: bytes) -> bool:
+        """Queue ``payload`` for ``peer``; False if it was dropped."""
+        key = (peer.to_base58(), protocol)
+        refused_on = self._unsupported.get(key)
+        if refused_on is not None:
+            if not refused_on.is_closed:
+                return False
+            del self._unsupported[key]  # a new connection: ask again
+        link = self._links.get(key)
+        if link is None:
+            self._next_link_id += 1
+            channel, receive = trio.open_memory_channel[bytes](self.queue_size)
+            link = self._links[key] = (self._next_link_id, channel)
+            self.nursery.start_soon(self._run_link, peer, protocol, receive, key, self._next_link_id)
+        channel = link[1]
+        try:
+            channel.send_nowait(payload)
+            return True
+        except trio.WouldBlock:
+            self.counters[f"dropped_full:{protocol}"] += 1
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._links.pop(key, None)
+            return False
+
+    def broadcast(self, protocol: str, payload: bytes, *, exclude: Any = None) -> int:
+        sent = 0
+        for peer in self.connected_peers():
+            if exclude is not None and peer == exclude:
+                continue
+            sent += self.send(peer, protocol, payload)
+        return sent
+
+    async def _run_link(self, peer: Any, protocol: str, receive: trio.MemoryReceiveChannel[bytes], key: tuple[str, str], link_id: int) -> None:
+        framed: FramedStream | None = None
+        try:
+            with trio.fail_after(OPEN_TIMEOUT_S):
+                stream = await self.host.new_stream(peer, [protocol])
+            framed = FramedStream(stream, self.max_frame)
+            async for payload in receive:
+                with trio.fail_after(WRITE_TIMEOUT_S):
+                    await framed.write_frame(payload)
+                self.counters[f"sent:{protocol}"] += 1
+        except Exception as exc:
+            if framed is None and isinstance(exc.__cause__, MultiselectClientError):
+                # The peer answered "na": it does not speak this protocol
+                # (an RPC client, say). Ask again only on a new connection.
+                conns = self.host.get_network().get_connections(peer)
+                if conns:
+                    self._unsupported[key] = conns[0]
+            self.counters[f"link_failed:{protocol}"] += 1
+            log.debug("gossip link closed", peer=key[0], protocol=protocol, reason=str(exc)[:200])
+        finally:
+            if self._links.get(key, (None,))[0] == link_id:
+                del self._links[key]
+            receive.close()
+            if framed is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await framed.close()
