@@ -25,11 +25,7 @@ def running_pid(directory: Path, name: str) -> int | None:
         pid = int(pid_file(directory, name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if _alive(pid) else None
 
 
 def start_node(directory: Path, name: str, config: str) -> int:
@@ -78,14 +74,20 @@ def down(directory: Path, *, timeout: float = 10.0) -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. A dead child of ours is reaped; a zombie
+    (dead, not yet reaped by its parent) counts as dead."""
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         if finished == pid:
             return False
     except ChildProcessError:
-        pass  # not our child: fall back to signal 0
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
