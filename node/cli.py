@@ -8,6 +8,7 @@ not pay for importing libp2p or DuckDB.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 

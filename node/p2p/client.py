@@ -14,6 +14,7 @@ from node.errors import UnreachableError, UserError, sole_exception
 from node.keys import Identity
 from node.p2p.framing import DEFAULT_MAX_FRAME
 from node.p2p.host import build_host, running_host
+from node.p2p.peers import PING_PROTOCOL, answer_pings
 from node.p2p.rpc import RpcClient, open_rpc_client
 
 
@@ -41,6 +42,7 @@ async def connect_to_node(
     maddr = parse_node_addr(addr) if isinstance(addr, str) else addr
     info = info_from_p2p_addr(maddr)
     host = build_host(identity or Identity.generate(), max_connections=8)
+    host.set_stream_handler(PING_PROTOCOL, answer_pings)  # the node's keepalive pings clients too
     async with running_host(host, []):
         try:
             with trio.fail_after(timeout):

@@ -42,8 +42,18 @@ class PeerLinks:
         network = self.host.get_network()
         return [peer for peer, conns in network.connections.items() if any(not c.is_closed for c in conns)]
 
+    def speaks(self, peer: Any, protocol: str) -> bool:
+        """False when the peer's identify record lists its protocols without this one."""
+        try:
+            advertised = self.host.get_peerstore().get_protocols(peer)
+        except Exception:
+            return True  # not identified yet: try, and learn from the answer
+        return not advertised or protocol in advertised
+
     def send(self, peer: Any, protocol: str, payload: bytes) -> bool:
         """Queue ``payload`` for ``peer``; False if it was dropped."""
+        if not self.speaks(peer, protocol):
+            return False
         key = (peer.to_base58(), protocol)
         refused_on = self._unsupported.get(key)
         if refused_on is not None:

@@ -25,6 +25,7 @@ import trio
 from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from node.p2p.framing import FramedStream, FrameError
 
@@ -47,6 +48,21 @@ class PeerState:
     connected_at: float
     latency_ms: float | None = None
     persistent: bool = False
+
+
+async def answer_pings(stream: Any) -> None:
+    """Echo keepalive pings. Every metanode host serves this, clients included,
+    so a node can tell a live client from a dead one."""
+    framed = FramedStream(stream, max_size=PING_SIZE)
+    try:
+        while (frame := await framed.read_frame()) is not None:
+            await framed.write_frame(frame)
+    except FrameError:
+        await framed.reset()
+        return
+    except Exception:
+        return
+    await framed.close()
 
 
 class _ConnectionEvents(INotifee):
@@ -105,7 +121,7 @@ class PeerManager:
         self.dial_attempts: dict[str, int] = {}
         self.keepalive_failures = 0
         self._changed = trio.Event()
-        host.set_stream_handler(PING_PROTOCOL, self._handle_ping)
+        host.set_stream_handler(PING_PROTOCOL, answer_pings)
 
     # -- public ------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
@@ -171,18 +187,6 @@ class PeerManager:
         return any(not c.is_closed for c in self.host.get_network().get_connections(peer_id))
 
     # -- keepalive ---------------------------------------------------------
-    async def _handle_ping(self, stream: Any) -> None:
-        framed = FramedStream(stream, max_size=PING_SIZE)
-        try:
-            while (frame := await framed.read_frame()) is not None:
-                await framed.write_frame(frame)
-        except FrameError:
-            await framed.reset()
-            return
-        except Exception:
-            return
-        await framed.close()
-
     async def _keepalive(self, conn: Any) -> None:
         """Ping over ``conn`` until it closes; close it if a ping goes unanswered."""
         peer = conn.muxed_conn.peer_id
@@ -206,6 +210,11 @@ class PeerManager:
                     state.latency_ms = elapsed if state.latency_ms is None else 0.8 * state.latency_ms + 0.2 * elapsed
         except Exception as exc:  # TooSlowError, stream errors, framing: the link is not healthy
             if conn.is_closed:
+                return
+            if framed is None and isinstance(exc.__cause__, MultiselectClientError):
+                # Not a metanode peer (it does not speak the ping protocol):
+                # nothing to check its liveness with; max_peers bounds such peers.
+                log.debug("peer does not answer keepalive pings", peer=peer.to_base58())
                 return
             self.keepalive_failures += 1
             log.warning("peer unresponsive; closing connection", peer=peer.to_base58(), reason=type(exc).__name__)

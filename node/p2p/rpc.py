@@ -188,6 +188,29 @@ class RpcClient:
             raise RpcCallError(response["error"])
         return response.get("result")
 
+    async def call_batch(self, calls: list[tuple[str, Any]], *, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Send ``calls`` (method, params) as one JSON-RPC batch frame; return
+        each raw response object (``result`` or ``error``), in call order."""
+        ids = [next(self._ids) for _ in calls]
+        request = [
+            {"jsonrpc": "2.0", "method": method, "id": request_id, **({"params": params} if params is not None else {})}
+            for request_id, (method, params) in zip(ids, calls)
+        ]
+        waiters = {request_id: (trio.Event(), []) for request_id in ids}
+        self._waiting.update(waiters)
+        try:
+            with trio.fail_after(timeout):
+                async with self._write_lock:
+                    await self._framed.write_frame(dump_json(request))
+                for event, _ in waiters.values():
+                    await event.wait()
+        finally:
+            for request_id in ids:
+                self._waiting.pop(request_id, None)
+        if any(not box for _, box in waiters.values()):
+            raise ConnectionError(self._closed_reason or "stream closed")
+        return [waiters[request_id][1][0] for request_id in ids]
+
     async def send_raw(self, payload: bytes) -> None:
         """Write a raw frame (for tests of hostile input)."""
         async with self._write_lock:
