@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import os
 import statistics
 import sys
@@ -73,6 +74,7 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
     committed: dict[bytes, float] = {}
     rounds: list[int] = []
     rejected = 0
+    reasons: Counter[str] = Counter()
     load_done = trio.Event()
 
     async def watch(client) -> None:  # type: ignore[no-untyped-def]
@@ -102,6 +104,9 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
                 submitted[tx_hash(t)] = sent_at
             answers = await client.call_batch([("tx_submit", {"tx": t.hex()}) for t in batch])
             rejected += sum(1 for a in answers if "error" in a)
+            for a in answers:
+                if "error" in a:
+                    reasons[a["error"].get("data", {}).get("reason", "?")] += 1
 
     batches = [txs[i:i + BATCH] for i in range(0, len(txs), BATCH)]
     per_node = [batches[i::len(addresses)] for i in range(len(addresses))]
@@ -129,6 +134,7 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
         "p99_ms": sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan"),
         "rounds_per_height": (sum(r + 1 for r in rounds) / len(rounds)) if rounds else float("nan"),
         "blocks_with_txs": len(rounds),
+        "rejections": dict(reasons),
     }
 
 

@@ -8,10 +8,12 @@ before anything after it. Peers get messages through per-peer links with
 their own queues (node/p2p/links.py), so one slow peer cannot stall the
 actor. Protocols:
 
-* ``/metanode/ibft/1.0.0``: consensus messages (frames);
-* ``/metanode/tx/1.0.0``: transaction gossip (one transaction per frame);
+* ``/metanode/ibft/1.0.0``: consensus messages;
+* ``/metanode/tx/1.0.0``: transaction gossip;
 * ``/metanode/sync/1.0.0``: a request ``{"from", "limit"}`` answered by
   finalised blocks, one per frame.
+
+On the first two, each frame is a CBOR array of messages (node/p2p/links.py).
 
 A node that is behind (new, restarted, partitioned) syncs before its core
 starts, and again whenever the core says validators are ahead.
@@ -41,7 +43,7 @@ from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
 from node.keys import Identity, peer_id_from_public_key
 from node.p2p.framing import FramedStream, FrameError
-from node.p2p.links import PeerLinks
+from node.p2p.links import PeerLinks, read_batch
 
 IBFT_PROTOCOL = "/metanode/ibft/1.0.0"
 TX_PROTOCOL = "/metanode/tx/1.0.0"
@@ -266,7 +268,8 @@ class ConsensusService:
         framed = FramedStream(stream, self.max_frame)
         try:
             while (frame := await framed.read_frame()) is not None:
-                self._post("message", frame)
+                for message in read_batch(frame, max_size=self.max_frame):
+                    self._post("message", message)
         except FrameError:
             await framed.reset()
         except Exception:
@@ -277,7 +280,8 @@ class ConsensusService:
         framed = FramedStream(stream, self.max_frame)
         try:
             while (frame := await framed.read_frame()) is not None:
-                self.submit(frame, source=source)
+                for tx in read_batch(frame, max_size=self.max_frame):
+                    self.submit(tx, source=source)
         except FrameError:
             await framed.reset()
         except Exception:

@@ -26,5 +26,8 @@ def test_bench_smoke_prints_the_table(capsys: pytest.CaptureFixture[str], monkey
         "inclusion proof verify",
         "inclusion proof from DuckDB",
         "log append (DuckDB)",
+        "bundle verify (headers cached)",
+        "bundle verify (cold)",
+        "bundle build (DuckDB)",
     ]
     assert out[2].split()[-1] == "1.00"  # the baseline compared with itself
