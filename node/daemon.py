@@ -182,19 +182,30 @@ class Daemon:
         """Every node with a genesis follows the chain; validators also vote."""
         from node.consensus.mempool import MempoolConfig
         from node.consensus.rpc import register_chain_methods
+        from node.consensus.block import genesis_header
         from node.consensus.service import ConsensusService
+        from node.consensus.store import ChainStore
         from node.consensus.tx import TxTypeRegistry
         from node.db import open_node_db
 
+        from node.receipts.rpc import register_receipt_methods
+        from node.services.chain_app import ChainApplication
+
         cfg = self.config
         self.db = open_node_db(cfg.data_dir)
+        registry = TxTypeRegistry.with_builtins()
+        store = ChainStore(self.db, first_height=1, first_parent=genesis_header(self.genesis).hash)
+        self.app = ChainApplication(self.db, store)
+        self.app.register(registry)
+        self.app.catch_up()
         self.chain = ConsensusService(
-            host=self.host, identity=self.identity, genesis=self.genesis, conn=self.db,
-            data_dir=cfg.data_dir, registry=TxTypeRegistry.with_builtins(),
+            host=self.host, identity=self.identity, genesis=self.genesis, conn=self.db, store=store, app=self.app,
+            data_dir=cfg.data_dir, registry=registry,
             mempool_config=MempoolConfig(max_txs=cfg.consensus["mempool_max_txs"], max_bytes=cfg.consensus["mempool_max_bytes"]),
             max_frame=cfg.limits["max_frame_bytes"],
         )
         register_chain_methods(self.registry, self.chain)
+        register_receipt_methods(self.registry, self.app.receipts, store, self.genesis)
         self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
 
 

@@ -86,16 +86,20 @@ class ConsensusService:
         genesis: Genesis,
         conn: Any,
         data_dir: Path,
+        store: ChainStore | None = None,
         registry: TxTypeRegistry,
         mempool_config: MempoolConfig = MempoolConfig(),
         max_frame: int,
-        validate_block: Callable[[BlockHeader, Sequence[bytes]], bool] | None = None,
+        app: Any = None,
     ) -> None:
+        """``app`` gives the chain its meaning (node/services/chain_app.py):
+        ``receipts_head_after(txs)``, ``header_matches(header, txs)`` and
+        ``on_finalized(block)``. Without one, blocks carry an empty receipt log."""
         self.host = host
         self.genesis = genesis
         self.registry = registry
         self.max_frame = max_frame
-        self.store = ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
+        self.store = store or ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
         self.store.bind_chain(genesis.chain_id, genesis.hash)
         self.signatures = SignatureCache()
         self.mempool = Mempool(
@@ -104,7 +108,7 @@ class ConsensusService:
         )
         self.safety = SafetyStore(data_dir / SAFETY_FILE)
         self.is_validator = identity.public_key in genesis.validator_set
-        self._app_validate = validate_block
+        self.app = app
         self.core = IbftCore(
             genesis, identity if self.is_validator else None, self.tip_header(),
             safety=self.safety.load(), validate_block=self._validate_block,
@@ -202,12 +206,19 @@ class ConsensusService:
         limits = self.genesis.limits
         txs = self.mempool.reap(limits.max_block_bytes // 2, limits.max_txs_per_block)
         now = now_ms()
+        timestamp = max(now, need.earliest_timestamp_ms)
         try:
-            outputs = self.core.propose(need.height, need.round, txs, max(now, need.earliest_timestamp_ms), now)
+            outputs = self.core.propose(need.height, need.round, txs, timestamp, now, **self._receipts_fields(txs))
         except BlockError as exc:
             log.error("proposal refused by the block limits; proposing an empty block", reason=str(exc))
-            outputs = self.core.propose(need.height, need.round, [], max(now, need.earliest_timestamp_ms), now)
+            outputs = self.core.propose(need.height, need.round, [], timestamp, now, **self._receipts_fields([]))
         self._apply(outputs)
+
+    def _receipts_fields(self, txs: Sequence[bytes]) -> dict[str, Any]:
+        if self.app is None:
+            return {}
+        head = self.app.receipts_head_after(txs)
+        return {"receipts_size": head.size, "receipts_root": head.root}
 
     def _validate_block(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
         try:
@@ -216,7 +227,7 @@ class ConsensusService:
         except TxError as exc:
             log.warning("proposed block refused", height=header.height, reason=str(exc))
             return False
-        return self._app_validate is None or self._app_validate(header, txs)
+        return self.app is None or self.app.header_matches(header, txs)
 
     def _commit(self, block: Block) -> None:
         header = block.header
@@ -225,6 +236,8 @@ class ConsensusService:
             timestamp_ms=header.timestamp_ms, proposer=header.proposer, block=block.encode(),
             txs=list(block.transactions),
         )
+        if self.app is not None:
+            self.app.on_finalized(block)
         self.mempool.on_commit(header.height, block.transactions)
         summary = BlockSummary(header.height, block.hash, header.round, block.commit_round,
                                header.timestamp_ms, len(block.transactions), header.proposer)

@@ -165,18 +165,26 @@ class ReceiptLog:
         return assemble_proof(ranges, self._read(proof_subtrees(ranges) + extra, size2))
 
     # -- writing ----------------------------------------------------------
-    def append(self, receipt_ids: Sequence[bytes]) -> LogHead:
-        """Append a batch of receipt ids (one block's worth); returns the
-        head after it. Rejects (LogError, nothing written) an id that is
-        malformed, repeated in the batch, or already in the log."""
+    def head_after(self, receipt_ids: Sequence[bytes]) -> LogHead:
+        """The head :meth:`append` would produce for ``receipt_ids``, writing
+        nothing (a proposer puts it in the block header before the block is
+        final). Same checks as :meth:`append`."""
+        ids, size, frontier = self._prepare(receipt_ids)
+        if not ids:
+            return LogHead(size, fold_subtrees(frontier))
+        _, new_frontier = append_subtrees(size, frontier, [leaf_hash(rid) for rid in ids])
+        return LogHead(size + len(ids), fold_subtrees(new_frontier))
+
+    def _prepare(self, receipt_ids: Sequence[bytes]) -> tuple[list[bytes], int, list[bytes]]:
         ids = [_check_id(rid) for rid in receipt_ids]
         if len(set(ids)) != len(ids):
             raise LogError("the batch repeats a receipt id")
         size = self.size()
-        frontier_coords = perfect_subtrees(0, size)
-        frontier = self._read(frontier_coords, size)
+        coords = perfect_subtrees(0, size)
+        hashes = self._read(coords, size)
+        frontier = [hashes[c] for c in coords]
         if not ids:
-            return LogHead(size, fold_subtrees([frontier[c] for c in frontier_coords]))
+            return ids, size, frontier
         if size + len(ids) > _MAX_LEAVES:
             raise LogError(f"the log cannot hold more than {_MAX_LEAVES} receipts")
         for start in range(0, len(ids), _LOOKUP_CHUNK):
@@ -187,9 +195,16 @@ class ReceiptLog:
             ).fetchone()
             if present is not None:
                 raise LogError(f"receipt {to_hex(bytes(present[0]))} is already in the log")
-        formed, new_frontier = append_subtrees(
-            size, [frontier[c] for c in frontier_coords], [leaf_hash(rid) for rid in ids]
-        )
+        return ids, size, frontier
+
+    def append(self, receipt_ids: Sequence[bytes]) -> LogHead:
+        """Append a batch of receipt ids (one block's worth); returns the
+        head after it. Rejects (LogError, nothing written) an id that is
+        malformed, repeated in the batch, or already in the log."""
+        ids, size, frontier = self._prepare(receipt_ids)
+        if not ids:
+            return LogHead(size, fold_subtrees(frontier))
+        formed, new_frontier = append_subtrees(size, frontier, [leaf_hash(rid) for rid in ids])
         leaf_ids = iter(ids)  # formed lists each leaf before the nodes it completes
         self._conn.execute(
             "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",

@@ -1,0 +1,45 @@
+"""JSON-RPC methods of the receipt log: get, inclusion proof, consistency proof, bundle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.consensus.genesis import Genesis
+from node.consensus.store import ChainStore
+from node.p2p.jsonrpc import CallContext, Registry, RpcError
+from node.receipts import api
+from node.receipts.blocks import ChainStoreBlocks
+from node.receipts.log import ReceiptLog
+
+# Stable application error codes, by the query error's own stable code.
+QUERY_ERROR_CODES = {api.BAD_PARAM: 1101, api.NOT_FOUND: 1404, api.NOT_SEALED: 1102, api.INCONSISTENT: 1103}
+
+_ID = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_SIZE = {"type": "integer", "minimum": 0}
+
+
+def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainStore, genesis: Genesis) -> None:
+    blocks = ChainStoreBlocks(store)
+
+    def answer(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except api.ReceiptQueryError as exc:
+            raise RpcError(QUERY_ERROR_CODES.get(exc.code, 1100), exc.message, {"reason": exc.code, **exc.data}) from None
+
+    async def receipt_get(ctx: CallContext, id: str) -> dict[str, Any]:
+        return answer(api.receipt_get, log, id)
+
+    async def receipt_proof(ctx: CallContext, id: str, size: int | None = None) -> dict[str, Any]:
+        return answer(api.receipt_proof, log, blocks, id, size=size)
+
+    async def receipt_consistency(ctx: CallContext, size1: int, size2: int) -> dict[str, Any]:
+        return answer(api.receipt_consistency, log, size1, size2)
+
+    async def receipt_bundle(ctx: CallContext, id: str) -> dict[str, Any]:
+        return answer(api.receipt_bundle, log, blocks, genesis, id)
+
+    registry.register("receipt_get", receipt_get, {"properties": {"id": _ID}, "required": ["id"]}, "A receipt envelope and its place in the log.")
+    registry.register("receipt_proof", receipt_proof, {"properties": {"id": _ID, "size": _SIZE}, "required": ["id"]}, "Inclusion proof to the sealing block's root (or to the log at size).")
+    registry.register("receipt_consistency", receipt_consistency, {"properties": {"size1": _SIZE, "size2": _SIZE}, "required": ["size1", "size2"]}, "Consistency proof between two log sizes.")
+    registry.register("receipt_bundle", receipt_bundle, {"properties": {"id": _ID}, "required": ["id"]}, "Everything needed to verify a receipt offline (metanode receipt verify).")

@@ -1,0 +1,115 @@
+"""What the chain means: transaction types, receipts sealed into headers, state on finalise.
+
+This is where consensus and the services meet (DESIGN.md). The consensus
+shell asks it three things:
+
+* before proposing: the receipt log's size and root after this block's
+  transactions (they go into the header, so a quorum seals them: the header
+  is the log's signed tree head);
+* when validating a proposal: the same computation, compared with the header;
+* when a block is final: append its receipts to the log, then apply it to
+  the chain state machine.
+
+The receipts a block adds are the envelopes its transactions carry
+(``job.result`` and ``receipts.batch``), in transaction order, skipping ids
+the log already holds. That set depends only on the transactions and the
+log, so proposer and validators compute it identically before the block is
+final; whether the state machine accepts a result is a separate, recorded
+decision (``state_rejections``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from node.consensus.block import Block, BlockHeader
+from node.consensus.store import ChainStore
+from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
+from node.db import transaction
+from node.receipts.envelope import Receipt
+from node.receipts.log import LogHead, ReceiptLog
+from node.services.state import DEFAULT_RULES, StateMachine, catch_up, parse_payload, register_tx_types
+
+log = structlog.get_logger("metanode.chain")
+
+
+class ChainApplication:
+    def __init__(self, conn: Any, store: ChainStore, rules: Any = DEFAULT_RULES) -> None:
+        self.conn = conn
+        self.store = store
+        self.rules = rules
+        self.receipts = ReceiptLog(conn)
+        self.state = StateMachine(conn, rules=rules)
+
+    def register(self, registry: TxTypeRegistry) -> None:
+        register_tx_types(registry, self.rules)
+
+    # -- receipts carried by a block -----------------------------------------------
+    def receipts_in(self, txs: Sequence[bytes]) -> list[Receipt]:
+        """Receipt envelopes carried by ``txs`` (already validated), in order, new ones only."""
+        found: dict[bytes, Receipt] = {}
+        for raw in txs:
+            tx = decode_tx(raw)
+            for receipt in self._carried(tx):
+                if receipt.id not in found and self.receipts.index_of(receipt.id) is None:
+                    found[receipt.id] = receipt
+        return list(found.values())
+
+    def _carried(self, tx: Transaction) -> Sequence[Receipt]:
+        if tx.type == "job.result":
+            return [parse_payload(tx, self.rules).receipt]  # type: ignore[union-attr]
+        if tx.type == "receipts.batch":
+            return parse_payload(tx, self.rules).receipts  # type: ignore[union-attr]
+        return []
+
+    def receipts_head_after(self, txs: Sequence[bytes]) -> LogHead:
+        return self.receipts.head_after([r.id for r in self.receipts_in(txs)])
+
+    def header_matches(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
+        head = self.receipts_head_after(txs)
+        if (header.receipts_size, header.receipts_root) != (head.size, head.root):
+            log.warning("proposal carries a wrong receipt log head", height=header.height,
+                        claimed=header.receipts_size, expected=head.size)
+            return False
+        return True
+
+    # -- finalised blocks ---------------------------------------------------------------
+    def on_finalized(self, block: Block) -> None:
+        self._append_receipts(block)
+        self.state.apply_block(
+            block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions]
+        )
+
+    def _append_receipts(self, block: Block) -> None:
+        new = self.receipts_in(block.transactions)
+        with transaction(self.conn):
+            self.receipts.store(new)
+            head = self.receipts.append([r.id for r in new])
+        if (head.size, head.root) != (block.header.receipts_size, block.header.receipts_root):
+            # The quorum sealed a head this node does not reproduce: its log
+            # has diverged, and serving proofs from it would be wrong.
+            raise RuntimeError(f"receipt log diverged at height {block.height}: "
+                               f"local size {head.size}, sealed size {block.header.receipts_size}")
+
+    def catch_up(self) -> None:
+        """After a crash between storing a block and applying it: bring the
+        receipt log and the state up to the stored chain."""
+        head = self.store.head()
+        if head is None:
+            return
+        missing = []
+        height = head.height
+        while height >= 1:
+            block = Block.decode(self.store.block_by_height(height).block)  # type: ignore[union-attr]
+            if block.header.receipts_size <= self.receipts.size():
+                break
+            missing.append(block)
+            height -= 1
+        for block in reversed(missing):
+            self._append_receipts(block)
+        applied = catch_up(self.state, self.store)
+        if missing or applied:
+            log.info("caught up after restart", receipt_blocks=len(missing), state_blocks=applied)
