@@ -44,11 +44,12 @@ def assert_no_fork(addresses: list[str], up_to: int) -> None:
 
 def test_four_validators_survive_crashes_without_forking(tmp_path):
     directory = tmp_path / "net"
-    plans = layout.plan_testnet(4, seed="chain-process")
+    plans = layout.plan_testnet(4, non_validators=1, seed="chain-process")
     layout.write_testnet(directory, plans)
     addr = {p.name: p.address for p in plans}
     processes.up(directory)
     try:
+        follower = addr.pop("node4")  # not a validator: follows and verifies the chain
         wait_until(lambda: all(height(a) >= 2 for a in addr.values()), 90, what="all four validators finalising")
 
         # Transactions sent to different nodes all commit.
@@ -98,7 +99,9 @@ def test_four_validators_survive_crashes_without_forking(tmp_path):
         processes.start_node(directory, "node3", "node3.toml")
         top = min(height(a) for a in live3)
         wait_until(lambda: height(addr["node3"]) >= top, 120, what="node3 to catch up again")
-        assert_no_fork(list(addr.values()), top)
+        wait_until(lambda: height(follower) >= top, 60, what="the follower to keep up")
+        assert_no_fork([*addr.values(), follower], top)
+        assert not rpc(follower, "consensus_state")["validator"]
         state = rpc(addr["node0"], "consensus_state")
         assert state["validator"] and state["height"] > top
     finally:
