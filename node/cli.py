@@ -25,7 +25,6 @@ _LAZY_COMMANDS = {
     "cage": "node.cage.commands:cage",
     "receipt": "node.receipts.commands:receipt",
     "audit": "node.receipts.commands:audit",
-    "chain": "node.consensus.commands:chain",
     "genesis": "node.consensus.commands:genesis",
     "analytics": "node.services.commands:analytics",
     "mesh": "node.services.commands:mesh",

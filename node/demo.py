@@ -1,8 +1,9 @@
 """``metanode demo``: the main job, from nothing to a working cluster.
 
-Today: a local two-node cluster of real daemon processes that find each
-other over BPCI (Noise + yamux), answered over JSON-RPC on p2p. Later
-issues grow this into the full analytics demo.
+Today: a local cluster of real validator daemons that find each other over
+BPCI (Noise + yamux), finalise blocks with IBFT, commit a signed transaction
+sent to one node, agree on it block for block, and answer JSON-RPC over
+p2p throughout. Later issues grow this into the full analytics demo.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from node.errors import UserError
 
 
 @click.command()
-@click.option("--nodes", default=2, show_default=True, type=click.IntRange(2, 16))
+@click.option("--nodes", default=4, show_default=True, type=click.IntRange(1, 16))
 @click.option("--keep", is_flag=True, help="Leave the testnet running and print how to explore it.")
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path), help="Testnet directory (default: a temporary one).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the cluster to form.")
@@ -37,9 +38,9 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
     directory = directory or Path(tempfile.mkdtemp(prefix="metanode-demo-"))
     plans = layout.plan_testnet(nodes, validator_roles=("validator", "scheduler", "gateway", "processing", "storage"))
     layout.write_testnet(directory, plans)
-    click.echo(f"[1/3] wrote a {nodes}-node testnet to {directory}")
+    click.echo(f"[1/4] wrote a {nodes}-validator testnet to {directory} (keys, configs, genesis)")
     processes.up(directory)
-    click.echo(f"[2/3] started {nodes} daemons; waiting for them to find each other over BPCI")
+    click.echo(f"[2/4] started {nodes} daemons; waiting for them to find each other over BPCI")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -51,7 +52,7 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
             if time.monotonic() > deadline:
                 raise UserError(f"the cluster did not form within {timeout:g} s; logs are in {directory}")
             time.sleep(0.5)
-        click.echo("[3/3] every node answers JSON-RPC over p2p:\n")
+        click.echo("[3/4] every node answers JSON-RPC over p2p:\n")
         for plan in plans:
             health = trio.run(node_health, plan.address)
             assert health is not None
@@ -63,6 +64,8 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
                 click.echo(f"    peer {peer['peer_id']} {peer['direction']:8} keepalive rtt {latency}")
             cage = status.get("cage") or {}
             click.echo(f"    confined under policy {cage.get('policy')!r}: {', '.join(cage.get('layers', []))}\n")
+        click.echo("[4/4] IBFT consensus: a signed transaction sent to the last node, committed by all")
+        trio.run(_show_consensus, [p.address for p in plans])
     finally:
         if not keep:
             processes.down(directory)
@@ -75,4 +78,34 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
                    f"  metanode testnet logs --dir {directory} node0\n"
                    f"  metanode testnet down --dir {directory}")
     else:
-        click.echo("demo complete: cluster formed, every node answered, all daemons stopped.")
+        click.echo("demo complete: cluster formed, transaction final on every node, all daemons stopped.")
+
+
+async def _show_consensus(addresses: list[str]) -> None:
+    import trio
+
+    from node.consensus.tx import sign_tx
+    from node.keys import Identity
+    from node.p2p.client import call_node
+    from node.testnet.layout import CHAIN_ID
+
+    with trio.fail_after(60):
+        while (await call_node(addresses[0], "chain_head"))["height"] < 1:
+            await trio.sleep(0.2)
+    client = Identity.generate()
+    tx = sign_tx(client, chain_id=CHAIN_ID, nonce=0, tx_type="noop", payload={"hello": "metanode"})
+    started = time.perf_counter()
+    done = await call_node(addresses[-1], "tx_submit", {"tx": tx.encoded.hex(), "mode": "commit", "timeout": 30}, timeout=40)
+    elapsed = time.perf_counter() - started
+    click.echo(f"  $ metanode rpc tx_submit '{{\"tx\": \"...\", \"mode\": \"commit\"}}' --node {addresses[-1]}")
+    click.echo(f"    tx {done['hash'][:16]}... final in block {done['height']} after {elapsed * 1000:.0f} ms")
+    hashes = set()
+    for address in addresses:
+        block = await call_node(address, "chain_block", {"height": done["height"]})
+        hashes.add(block["hash"])
+    seals = len(block["seals"])
+    click.echo(f"    block {done['height']} has {seals} commit seals; all {len(addresses)} nodes hold the same block {next(iter(hashes))[:16]}...")
+    if len(hashes) != 1:
+        raise UserError(f"nodes disagree on block {done['height']}: {sorted(hashes)}")
+    state = await call_node(addresses[0], "consensus_state")
+    click.echo(f"    chain height {state['height']}, round {state['round']}, next proposer {state['proposer_peer_id']}\n")

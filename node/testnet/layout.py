@@ -19,6 +19,7 @@ from node.keys import Identity
 
 MANIFEST = "testnet.json"
 GENESIS = "genesis.toml"
+CHAIN_ID = "metanode-testnet"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ format = "{log_format}"
 """
 
 
-def testnet_genesis(plans: list[NodePlan], *, chain_id: str = "metanode-testnet", genesis_time_ms: int | None = None, block_period_ms: int = 500) -> Genesis:
+def testnet_genesis(plans: list[NodePlan], *, chain_id: str = CHAIN_ID, genesis_time_ms: int | None = None, block_period_ms: int = 500) -> Genesis:
     """Local timings: short block period and round timeouts, so a lost proposer costs seconds."""
     return Genesis(
         chain_id=chain_id,
