@@ -117,6 +117,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "mempool_max_txs": Field(int, 10_000, lambda v: None if 1 <= v <= 1_000_000 else "between 1 and 1000000"),
         "mempool_max_bytes": Field(int, 64 * 1024 * 1024, lambda v: None if 1024 <= v <= 4 * 1024**3 else "between 1024 and 4294967296"),
     },
+    "services": {
+        "processing_capacity": Field(int, 2, lambda v: None if 1 <= v <= 64 else "between 1 and 64", "jobs weight this node declares on chain (processing role)"),
+        "gateway_jobs_per_minute": Field((int, float), 120.0, _positive, "job submissions per tenant per minute"),
+        "gateway_tenants": Field(list, [], doc="tenant public keys (64 hex) allowed on this gateway; empty: open registration"),
+    },
     "cage": {
         "service_policy": Field(str, "auto", doc='policy confining the daemon itself: "auto" (processing if the node has that role, else gateway), a policy name, or "none"'),
         "policies_file": Field(str, "", doc="cage policy file; empty means the shipped config/policies.toml"),
@@ -139,6 +144,7 @@ class NodeConfig:
     limits: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
     consensus: dict[str, Any] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
     cage: dict[str, Any] = field(default_factory=dict)
     debug: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -199,6 +205,9 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
     net = values["network"]
     if net["keepalive_timeout"] < 0.1 or net["keepalive_interval"] < 0.1:
         raise ConfigError(f"{where}: [network] keepalive_interval and keepalive_timeout must be at least 0.1 s")
+    for i, tenant in enumerate(values["services"]["gateway_tenants"]):
+        if not isinstance(tenant, str) or len(tenant) != 64 or any(c not in "0123456789abcdef" for c in tenant):
+            raise ConfigError(f"{where}: [services] gateway_tenants[{i}]: expected a public key of 64 lowercase hex characters, got {tenant!r}")
     if net["redial_backoff_cap"] < net["redial_backoff_base"]:
         raise ConfigError(f"{where}: [network] redial_backoff_cap: expected at least redial_backoff_base")
     return NodeConfig(
@@ -210,6 +219,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
         network=net,
         limits=values["limits"],
         log=values["log"],
+        services=values["services"],
         consensus={**values["consensus"], "genesis": (base / values["consensus"]["genesis"]).resolve() if values["consensus"]["genesis"] else None},
         cage={**values["cage"], "policies_file": (base / values["cage"]["policies_file"]).resolve() if values["cage"]["policies_file"] else None},
         debug=values["debug"],

@@ -178,6 +178,25 @@ class Daemon:
             lock.release()
             log.info("daemon stopped", peer_id=self.identity.peer_id)
 
+    def _add_services(self) -> None:
+        """Role services that live on the chain: registration and the gateway."""
+        from node.services.gateway import Gateway
+        from node.services.node_txs import NodeTransactions
+        from node.services.registrar import Registrar
+
+        cfg, services = self.config, self.config.services
+        node_txs = NodeTransactions(self.identity, self.chain)
+        if cfg.roles:
+            registrar = Registrar(node_txs=node_txs, chain=self.chain, app=self.app, roles=cfg.roles,
+                                  capacity=services["processing_capacity"], moniker=cfg.moniker or self.identity.peer_id[-8:])
+            self.services.append(Service("registrar", registrar.run, lambda: {"registered": registrar.registered}))
+        if "gateway" in cfg.roles:
+            gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, conn=self.db, node_txs=node_txs,
+                              jobs_per_minute=services["gateway_jobs_per_minute"],
+                              allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
+            gateway.register(self.registry)
+            self.services.append(Service("gateway", gateway.run, lambda: {"pending_receipts": len(gateway._pending_receipts)}))
+
     def _add_chain(self) -> None:
         """Every node with a genesis follows the chain; validators also vote."""
         from node.consensus.mempool import MempoolConfig
@@ -206,6 +225,7 @@ class Daemon:
         )
         register_chain_methods(self.registry, self.chain)
         register_receipt_methods(self.registry, self.app.receipts, store, self.genesis)
+        self._add_services()
         self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
 
 

@@ -161,6 +161,8 @@ class ConsensusService:
             while not self.links.connected_peers():  # type: ignore[union-attr]
                 await trio.sleep(0.05)
         for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
+            if not self.links.speaks(peer, SYNC_PROTOCOL):  # type: ignore[union-attr]
+                continue
             while True:
                 fetched = await self._sync_batch(peer, self.core.height, feed=self._feed_block)
                 if not fetched:
@@ -330,7 +332,7 @@ class ConsensusService:
         try:
             connected = {p.to_base58(): p for p in self.links.connected_peers()}  # type: ignore[union-attr]
             preferred = [connected[pid] for pid in (peer_id_from_public_key(k) for k in need.peers) if pid in connected]
-            peers = preferred + [p for p in connected.values() if p not in preferred]
+            peers = preferred + [p for p in connected.values() if p not in preferred and self.links.speaks(p, SYNC_PROTOCOL)]  # type: ignore[union-attr]
             height = need.height
             for peer in peers:
                 while True:

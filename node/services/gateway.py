@@ -1,0 +1,147 @@
+"""The gateway role: the client-facing analytics API over JSON-RPC on p2p.
+
+Tenants are authenticated by the connection: a client connects with its
+tenant key as its libp2p identity (Noise proves it holds the key), so the
+caller's peer id *is* the tenant. A tenant sees only its own jobs and
+datasets. Every accepted call yields an ``api.call`` receipt signed by the
+gateway; receipts are batched into ``receipts.batch`` transactions, so they
+enter the chain's receipt log and can be verified offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import structlog
+import trio
+
+from node.consensus.tx import TxError, decode_tx
+from node.keys import public_key_from_peer_id
+from node.p2p.jsonrpc import CallContext, Registry, RpcError
+from node.p2p.ratelimit import TokenBuckets
+from node.receipts.chain import ReceiptIssuer
+from node.services.node_txs import NodeTransactions
+
+log = structlog.get_logger("metanode.gateway")
+
+UNAUTHORIZED_TENANT = 1301
+QUOTA_EXCEEDED = 1302
+WRONG_TX = 1303
+STATE_REFUSED = 1304
+JOB_NOT_FOUND = 1404
+REJECTED = 1310
+
+_ISSUER_TABLE = "CREATE TABLE IF NOT EXISTS gateway_issuer (issuer BLOB PRIMARY KEY, prev_id BLOB)"
+BATCH_INTERVAL_S = 1.0
+
+
+class Gateway:
+    def __init__(self, *, identity: Any, chain: Any, app: Any, conn: Any, node_txs: NodeTransactions,
+                 jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None) -> None:
+        self.identity = identity
+        self.chain = chain
+        self.app = app
+        self.conn = conn
+        self.node_txs = node_txs
+        self.allowed = set(allowed_tenants) if allowed_tenants else None  # None: open registration
+        self.jobs_quota = TokenBuckets(jobs_per_minute / 60.0, max(1.0, jobs_per_minute / 6))
+        conn.execute(_ISSUER_TABLE)
+        row = conn.execute("SELECT prev_id FROM gateway_issuer WHERE issuer = ?", [identity.public_key]).fetchone()
+        self.issuer = ReceiptIssuer(identity, prev_id=bytes(row[0]) if row and row[0] is not None else None)
+        self._pending_receipts: list[bytes] = []
+
+    # -- tenants and receipts -----------------------------------------------------------
+    def tenant(self, ctx: CallContext) -> bytes:
+        key = public_key_from_peer_id(ctx.peer_id)
+        if self.allowed is not None and key not in self.allowed:
+            raise RpcError(UNAUTHORIZED_TENANT, "tenant not allowed on this gateway", {"tenant": key.hex()})
+        return key
+
+    def receipt(self, method: str, tenant: bytes, request: bytes, outcome: str, code: int, response: bytes) -> str:
+        """Issue an api.call receipt for an accepted call and queue it for the chain."""
+        r = self.issuer.issue("api.call", height=self.chain.core.tip.height, subject=hashlib.sha256(request).digest(),
+                              fields={"method": method, "tenant": tenant, "outcome": outcome, "code": code,
+                                      "response": hashlib.sha256(response).digest()})
+        self.conn.execute("INSERT OR REPLACE INTO gateway_issuer VALUES (?, ?)", [self.identity.public_key, r.id])
+        self._pending_receipts.append(r.envelope)
+        return r.id.hex()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Submit queued receipts as receipts.batch transactions, once per interval."""
+        task_status.started()
+        limit = self.app.rules.max_batch_receipts
+        while True:
+            await trio.sleep(BATCH_INTERVAL_S)
+            while self._pending_receipts and self.chain.started:
+                batch = self._pending_receipts[:limit]
+                if not self.node_txs.submit("receipts.batch", {"receipts": batch}).accepted:
+                    break  # mempool busy: try again next interval
+                del self._pending_receipts[:limit]
+
+    # -- RPC ------------------------------------------------------------------------------
+    def register(self, registry: Registry) -> None:
+        tx_param = {"properties": {"tx": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 2 * 65536}}, "required": ["tx"]}
+        job_param = {"properties": {"job_id": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}, "required": ["job_id"]}
+        registry.register("analytics_submit", self._submit, tx_param, "Submit a job.submit transaction signed by the tenant (the caller).")
+        registry.register("analytics_cancel", self._cancel, tx_param, "Submit a job.cancel transaction signed by the tenant.")
+        registry.register("analytics_status", self._status, job_param, "A job of the caller: state, reason, assignments, results, verdict.")
+        registry.register("analytics_list", self._list, {"properties": {
+            "state": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+            "before": {"type": "integer"}}}, "The caller's jobs, newest first (page with before = previous next).")
+        registry.register("analytics_health", self._health, {}, "Cluster health: validators, height, processing nodes, queue depth.")
+
+    async def _submit_signed(self, ctx: CallContext, raw_hex: str, tx_type: str, method: str) -> tuple[bytes, str]:
+        tenant = self.tenant(ctx)
+        raw = bytes.fromhex(raw_hex)
+        try:
+            tx = decode_tx(raw)
+        except TxError as exc:
+            raise RpcError(WRONG_TX, "not a transaction", {"reason": str(exc)}) from None
+        if tx.type != tx_type or tx.sender != tenant:
+            raise RpcError(WRONG_TX, f"expected a {tx_type} transaction signed by the caller", {"type": tx.type, "signed_by_caller": tx.sender == tenant})
+        refused = self.app.state.check_tx_against_state(tx)
+        if refused is not None:
+            raise RpcError(STATE_REFUSED, "refused by the chain state", {"reason": refused})
+        admission = self.chain.submit(raw)
+        if not admission.accepted:
+            raise RpcError(REJECTED, "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+        receipt_id = self.receipt(method, tenant, raw, "accepted", 0, tx.hash)
+        return tx.hash, receipt_id
+
+    async def _submit(self, ctx: CallContext, tx: str) -> dict[str, Any]:
+        tenant = self.tenant(ctx)
+        wait = self.jobs_quota.take(tenant.hex(), trio.current_time())
+        if wait:
+            raise RpcError(QUOTA_EXCEEDED, "job quota exceeded", {"retry_after_s": round(wait, 3)})
+        job_id, receipt_id = await self._submit_signed(ctx, tx, "job.submit", "analytics_submit")
+        return {"job_id": job_id.hex(), "receipt_id": receipt_id, "status": "submitted"}
+
+    async def _cancel(self, ctx: CallContext, tx: str) -> dict[str, Any]:
+        tx_hash, receipt_id = await self._submit_signed(ctx, tx, "job.cancel", "analytics_cancel")
+        return {"tx": tx_hash.hex(), "receipt_id": receipt_id}
+
+    async def _status(self, ctx: CallContext, job_id: str) -> dict[str, Any]:
+        tenant = self.tenant(ctx)
+        job = self.app.state.job(bytes.fromhex(job_id))
+        # Another tenant's job is reported exactly like a missing one.
+        if job is None or job.get("tenant") != tenant.hex():
+            raise RpcError(JOB_NOT_FOUND, "job not found", {"job_id": job_id})
+        return job
+
+    async def _list(self, ctx: CallContext, state: str | None = None, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        tenant = self.tenant(ctx)
+        try:
+            return self.app.state.jobs_by_tenant(tenant, limit=limit, before=before, state=state)
+        except ValueError as exc:
+            raise RpcError(-32602, "Invalid params", {"param": "state" if "state" in str(exc) else "before", "reason": str(exc)}) from None
+
+    async def _health(self, ctx: CallContext) -> dict[str, Any]:
+        nodes = self.app.state.nodes()
+        return {
+            "height": self.chain.core.tip.height,
+            "validators": len(self.chain.genesis.validators),
+            "processing_nodes": len(nodes),
+            "healthy_processing_nodes": sum(1 for n in nodes if n.get("healthy")),
+            "queue": self.app.state.queue_depth(),
+        }
