@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.rates import Row, render, timed  # noqa: E402
 
 import nacl.signing  # noqa: E402
 
@@ -58,19 +59,6 @@ class Sizes:
         return cls(senders=5, per_sender=4, block_txs=10, blocks=2, min_seconds=0.05)
 
 
-@dataclass(frozen=True)
-class Row:
-    name: str
-    unit: str
-    ops: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds
-
-
 class Fixture:
     """Signed transactions (a realistic ~200-byte noop payload), built once."""
 
@@ -102,26 +90,20 @@ def _repeat(min_seconds: float, run: Callable[[], tuple[int, float]]) -> tuple[i
     return ops, seconds
 
 
-def _timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
-
-
 # -- measurements ------------------------------------------------------------
 def ed25519_baseline(fx: Fixture) -> Row:
     items = [(nacl.signing.VerifyKey(t.sender), TX_SIGN_TAG.encode() + b"\x00" + t.signing_bytes(),
               t.signature) for t in fx.txs]
 
     def run() -> tuple[int, float]:
-        return len(items), _timed(lambda: [key.verify(msg, sig) for key, msg, sig in items])
+        return len(items), timed(lambda: [key.verify(msg, sig) for key, msg, sig in items])
 
     return Row("Ed25519 verify (PyNaCl, baseline)", "verifies", *_repeat(fx.sizes.min_seconds, run))
 
 
 def decode_only(fx: Fixture) -> Row:
     def run() -> tuple[int, float]:
-        return len(fx.encoded), _timed(lambda: [decode_tx(b) for b in fx.encoded])
+        return len(fx.encoded), timed(lambda: [decode_tx(b) for b in fx.encoded])
 
     return Row("decode_tx", "txs", *_repeat(fx.sizes.min_seconds, run), "CBOR + canonical check + fields")
 
@@ -129,7 +111,7 @@ def decode_only(fx: Fixture) -> Row:
 def admit_fresh(fx: Fixture) -> Row:
     def run() -> tuple[int, float]:
         pool = fx.pool()
-        return len(fx.encoded), _timed(lambda: [pool.add(b) for b in fx.encoded])
+        return len(fx.encoded), timed(lambda: [pool.add(b) for b in fx.encoded])
 
     ops, seconds = _repeat(fx.sizes.min_seconds, run)
     return Row("mempool admit (new txs)", "txs", ops, seconds, "one signature verify each")
@@ -143,7 +125,7 @@ def admit_warm(fx: Fixture) -> Row:
 
     def run() -> tuple[int, float]:
         pool = fx.pool(cache)
-        return len(fx.encoded), _timed(lambda: [pool.add(b) for b in fx.encoded])
+        return len(fx.encoded), timed(lambda: [pool.add(b) for b in fx.encoded])
 
     ops, seconds = _repeat(fx.sizes.min_seconds, run)
     return Row("mempool admit (signature cached)", "txs", ops, seconds, "e.g. re-admission, shared cache")
@@ -155,7 +137,7 @@ def admit_duplicate(fx: Fixture) -> Row:
         pool.add(b)
 
     def run() -> tuple[int, float]:
-        return len(fx.encoded), _timed(lambda: [pool.add(b) for b in fx.encoded])
+        return len(fx.encoded), timed(lambda: [pool.add(b) for b in fx.encoded])
 
     ops, seconds = _repeat(fx.sizes.min_seconds, run)
     return Row("mempool reject duplicate", "txs", ops, seconds, "gossip echoes: hash lookup only")
@@ -168,7 +150,7 @@ def reap(fx: Fixture) -> Row:
     count = fx.sizes.block_txs
 
     def run() -> tuple[int, float]:
-        return count, _timed(lambda: pool.reap(10**9, count))
+        return count, timed(lambda: pool.reap(10**9, count))
 
     ops, seconds = _repeat(fx.sizes.min_seconds, run)
     return Row("mempool reap", "txs", ops, seconds, f"{count:,} of {len(pool):,} pending, round-robin")
@@ -186,7 +168,7 @@ def commit(fx: Fixture) -> Row:
         while len(pool):  # commit block after block until the pool drains
             block = pool.reap(10**9, count)
             height += 1
-            seconds += _timed(lambda: pool.on_commit(height, block))
+            seconds += timed(lambda: pool.on_commit(height, block))
             ops += len(block)
         return ops, seconds
 
@@ -210,7 +192,7 @@ def store_append(fx: Fixture) -> Row:
                 break
             block = b"bench-block" + height.to_bytes(8, "big") + b"".join(txs)
             block_hash = hash_tagged("bench/block", block)
-            seconds += _timed(lambda: store.append_block(
+            seconds += timed(lambda: store.append_block(
                 height=height, block_hash=block_hash, parent_hash=parent, timestamp_ms=height,
                 proposer=bytes(32), block=block, txs=txs))
             pool.on_commit(height, txs)
@@ -218,7 +200,7 @@ def store_append(fx: Fixture) -> Row:
         lookups = [t.hash for t in fx.txs[:200]]
         lookup_ops, lookup_seconds = _repeat(
             fx.sizes.min_seconds / 2,
-            lambda: (len(lookups), _timed(lambda: [store.tx_by_hash(h) for h in lookups])))
+            lambda: (len(lookups), timed(lambda: [store.tx_by_hash(h) for h in lookups])))
         conn.close()
     return [
         Row("store append_block (DuckDB file)", "txs", ops, seconds,
@@ -230,18 +212,6 @@ def store_append(fx: Fixture) -> Row:
 MEASUREMENTS: list[Callable[[Fixture], Row | list[Row]]] = [
     ed25519_baseline, decode_only, admit_fresh, admit_warm, admit_duplicate, reap, commit, store_append,
 ]
-
-
-def render(rows: list[Row], baseline: Row) -> str:
-    header = ("measurement", "ops", "seconds", "rate/s", "us/op", "x Ed25519 verify", "note")
-    lines = [
-        (r.name, f"{r.ops:,}", f"{r.seconds:.2f}", f"{r.rate:,.0f} {r.unit}", f"{1e6 / r.rate:,.1f}",
-         f"{r.rate / baseline.rate:.2f}", r.note)
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.rates import Row, render, timed  # noqa: E402
+
 import duckdb  # noqa: E402
 import nacl.signing  # noqa: E402
 
@@ -60,19 +62,6 @@ class Sizes:
         return cls(receipts=20, log_size=300, proofs=20, min_seconds=0.05, bundle_blocks=2, receipts_per_block=5)
 
 
-@dataclass(frozen=True)
-class Row:
-    name: str
-    unit: str
-    ops: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds
-
-
 class Fixture:
     """Inputs shared by measurements, built once (outside the timings)."""
 
@@ -101,7 +90,7 @@ class Fixture:
         self.conn.execute("SET threads = 1")
         self.log = ReceiptLog(self.conn)
         self.log_ids = [digest(f"receipt {i}") for i in range(sizes.log_size)]
-        self.append_seconds = _time(lambda: self._fill_log())
+        self.append_seconds = timed(lambda: self._fill_log())
         self.head = self.log.head()
         self.bundle_build_seconds, self.bundles, self.genesis = self._bundle_chain()
 
@@ -118,19 +107,13 @@ class Fixture:
             chain.add_block(receipts[start : start + per_block])
         source = chain.block_source()
         bundles: list[bytes] = []
-        seconds = _time(lambda: bundles.extend(build_bundle(r.id, chain.log, source, genesis) for r in receipts))
+        seconds = timed(lambda: bundles.extend(build_bundle(r.id, chain.log, source, genesis) for r in receipts))
         return seconds, bundles, genesis
 
     def _fill_log(self) -> None:
         batch = 1_000
         for start in range(0, len(self.log_ids), batch):
             self.log.append(self.log_ids[start : start + batch])
-
-
-def _time(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 def _rate(name: str, unit: str, items: list, check: Callable[[object], object], min_seconds: float) -> Row:
@@ -239,25 +222,6 @@ MEASUREMENTS: list[Callable[[Fixture], Row]] = [
     bundle_verify_cold,
     bundle_build,
 ]
-
-
-def render(rows: list[Row], baseline: Row) -> str:
-    header = ("measurement", "ops", "seconds", "rate/s", "us/op", "x Ed25519 verify", "note")
-    lines = [
-        (
-            r.name,
-            f"{r.ops:,}",
-            f"{r.seconds:.2f}",
-            f"{r.rate:,.0f} {r.unit}",
-            f"{1e6 / r.rate:,.1f}",
-            f"{r.rate / baseline.rate:.2f}",
-            r.note,
-        )
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 
 def main(argv: list[str] | None = None) -> int:

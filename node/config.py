@@ -50,26 +50,23 @@ def _multiaddr_problem(text: str, *, need_peer_id: bool) -> str | None:
     return None
 
 
-def _listen_addrs(value: list[Any]) -> str | None:
-    if not value:
-        return "at least one listen multiaddr"
-    for item in value:
-        if not isinstance(item, str):
-            return "a list of multiaddr strings"
-        problem = _multiaddr_problem(item, need_peer_id=False)
-        if problem:
-            return f"{problem}; got {item!r}"
-    return None
+def _multiaddr_list(*, need_peer_id: bool, at_least_one: bool) -> Callable[[list[Any]], str | None]:
+    def check(value: list[Any]) -> str | None:
+        if at_least_one and not value:
+            return "at least one listen multiaddr"
+        for item in value:
+            if not isinstance(item, str):
+                return "a list of multiaddr strings"
+            problem = _multiaddr_problem(item, need_peer_id=need_peer_id)
+            if problem:
+                return f"{problem}; got {item!r}"
+        return None
+
+    return check
 
 
-def _peer_addrs(value: list[Any]) -> str | None:
-    for item in value:
-        if not isinstance(item, str):
-            return "a list of multiaddr strings"
-        problem = _multiaddr_problem(item, need_peer_id=True)
-        if problem:
-            return f"{problem}; got {item!r}"
-    return None
+_listen_addrs = _multiaddr_list(need_peer_id=False, at_least_one=True)
+_peer_addrs = _multiaddr_list(need_peer_id=True, at_least_one=False)
 
 
 def _roles(value: list[Any]) -> str | None:
