@@ -181,17 +181,19 @@ class Daemon:
     def _add_services(self) -> None:
         """Role services that live on the chain: registration and the gateway."""
         from node.services.gateway import Gateway
+        from node.services.issuer import NodeIssuer
         from node.services.node_txs import NodeTransactions
         from node.services.registrar import Registrar
 
         cfg, services = self.config, self.config.services
         node_txs = NodeTransactions(self.identity, self.chain)
+        issuer = NodeIssuer(self.db, self.identity)
         if cfg.roles:
             registrar = Registrar(node_txs=node_txs, chain=self.chain, app=self.app, roles=cfg.roles,
                                   capacity=services["processing_capacity"], moniker=cfg.moniker or self.identity.peer_id[-8:])
             self.services.append(Service("registrar", registrar.run, lambda: {"registered": registrar.registered}))
         if "gateway" in cfg.roles:
-            gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, conn=self.db, node_txs=node_txs,
+            gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, issuer=issuer, node_txs=node_txs,
                               jobs_per_minute=services["gateway_jobs_per_minute"],
                               allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
             gateway.register(self.registry)

@@ -20,7 +20,7 @@ from node.consensus.tx import TxError, decode_tx
 from node.keys import public_key_from_peer_id
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
-from node.receipts.chain import ReceiptIssuer
+from node.services.issuer import NodeIssuer
 from node.services.node_txs import NodeTransactions
 
 log = structlog.get_logger("metanode.gateway")
@@ -32,23 +32,19 @@ STATE_REFUSED = 1304
 JOB_NOT_FOUND = 1404
 REJECTED = 1310
 
-_ISSUER_TABLE = "CREATE TABLE IF NOT EXISTS gateway_issuer (issuer BLOB PRIMARY KEY, prev_id BLOB)"
 BATCH_INTERVAL_S = 1.0
 
 
 class Gateway:
-    def __init__(self, *, identity: Any, chain: Any, app: Any, conn: Any, node_txs: NodeTransactions,
+    def __init__(self, *, identity: Any, chain: Any, app: Any, issuer: NodeIssuer, node_txs: NodeTransactions,
                  jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None) -> None:
         self.identity = identity
         self.chain = chain
         self.app = app
-        self.conn = conn
+        self.issuer = issuer
         self.node_txs = node_txs
         self.allowed = set(allowed_tenants) if allowed_tenants else None  # None: open registration
         self.jobs_quota = TokenBuckets(jobs_per_minute / 60.0, max(1.0, jobs_per_minute / 6))
-        conn.execute(_ISSUER_TABLE)
-        row = conn.execute("SELECT prev_id FROM gateway_issuer WHERE issuer = ?", [identity.public_key]).fetchone()
-        self.issuer = ReceiptIssuer(identity, prev_id=bytes(row[0]) if row and row[0] is not None else None)
         self._pending_receipts: list[bytes] = []
 
     # -- tenants and receipts -----------------------------------------------------------
@@ -63,7 +59,6 @@ class Gateway:
         r = self.issuer.issue("api.call", height=self.chain.core.tip.height, subject=hashlib.sha256(request).digest(),
                               fields={"method": method, "tenant": tenant, "outcome": outcome, "code": code,
                                       "response": hashlib.sha256(response).digest()})
-        self.conn.execute("INSERT OR REPLACE INTO gateway_issuer VALUES (?, ?)", [self.identity.public_key, r.id])
         self._pending_receipts.append(r.envelope)
         return r.id.hex()
 

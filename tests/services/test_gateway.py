@@ -29,7 +29,7 @@ def node_config(node_dir):
     return write_node_config(node_dir, "g", roles=["validator", "gateway", "processing"], genesis=genesis)
 
 
-async def wait_for(predicate, seconds=20):
+async def wait_for(predicate, seconds=60):
     with trio.fail_after(seconds):
         while not (value := await predicate()):
             await trio.sleep(0.1)
