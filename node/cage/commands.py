@@ -78,6 +78,8 @@ def _print_outcome(outcome: JobOutcome) -> None:
             click.echo("\t".join(display_cell(kind, cell) for kind, cell in zip(kinds, row)))
         if len(table["rows"]) > MAX_ROWS_SHOWN:
             click.echo(f"... {len(table['rows']) - MAX_ROWS_SHOWN} more rows")
+        ordering = "as the query's ORDER BY" if table["order"] == "query" else "canonical (no ORDER BY)"
+        click.echo(f"row order: {ordering}")
     for denial in outcome.denials:
         click.echo(f"denied: {denial['op']} {denial['target']} ({denial['layer']})")
     if outcome.result_digest is not None:

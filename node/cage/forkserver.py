@@ -1,5 +1,5 @@
 """The fork server: imports Python, DuckDB and the registered functions
-once, then forks one fresh confined child per job and supervises it.
+once, then forks one fresh child per job and supervises it.
 
 Started by :class:`node.cage.pool.CagePool` as
 ``python -s -P -m node.cage.forkserver`` with the scrubbed cage
@@ -7,6 +7,11 @@ environment. It speaks frames on stdin/stdout: a ``hello`` first (host
 capabilities, versions, worker digest), then one ``outcome`` per ``job``.
 It stays single-threaded (DuckDB is opened with no background threads) so
 that forking it is safe and each child confines a single thread.
+
+The child for the next job is forked as soon as the previous outcome is
+sent (a "spare", see :mod:`node.cage.spare`): forking and warming up a
+child happen while no job waits. The spare receives its job over a pipe
+and only then confines itself, fresh, for that job; it runs one job.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import duckdb
 
 from node.cage import layers as L
 from node.cage.functions import get_function, registered_functions
-from node.cage.job import CAGE_ENVIRONMENT, read_frame, split_frames, write_frame
+from node.cage.job import CAGE_ENVIRONMENT, encode_frame, read_frame, split_frames, write_frame
 from node.cage.policy import Policy, missing_layers, policy_from_value
 from node.cage.results import result_digest
 from node.cage.witness import (
@@ -44,7 +49,8 @@ from node.cage.witness import (
     witness_digest,
     worker_digest,
 )
-from node.cage.worker import _realpath, job_filter, run_child
+from node.cage.spare import rehearse, spare_child
+from node.cage.worker import _realpath, job_filter
 
 try:  # loaded here, once: importing it runs find_library, which a confined child cannot
     import pyseccomp  # noqa: F401
@@ -52,7 +58,36 @@ except (ImportError, OSError):  # the probe then reports seccomp as unavailable
     pass
 
 PR_SET_CHILD_SUBREAPER = 36
-_SIGNAL_STATUS = {signal.SIGSYS: "killed", signal.SIGXCPU: "cpu_limit"}
+WARM_UP_ROWS = 200
+STOP_GRACE_SECONDS = 1.0
+
+
+class _Spare:
+    """A forked child waiting for its job: its pid, the pipe its job frame
+    goes down, and the pipe its reports come up."""
+
+    def __init__(self, pid: int, job_fd: int, report_fd: int) -> None:
+        self.pid, self.job_fd, self.report_fd = pid, job_fd, report_fd
+
+
+def _write_before(fd: int, data: bytes, deadline: float) -> bool:
+    """Write all of ``data`` to a pipe unless ``deadline`` passes first
+    (False). BrokenPipeError if the reader has gone."""
+    os.set_blocking(fd, False)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    view = memoryview(data)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if not poller.poll(int(remaining * 1000) + 1):
+            continue
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+    return True
 
 
 class ForkServer:
@@ -67,6 +102,11 @@ class ForkServer:
             # No file contents cached across jobs (a child inherits the instance).
             "enable_external_file_cache": False,
         })
+        self.spare: _Spare | None = None
+        self._unreaped: int | None = None  # the last job's child, killed, not yet reaped
+        self.warm_dir = tempfile.mkdtemp(prefix="metanode-cage-warm-")
+        self.warm_files = {"csv": os.path.join(self.warm_dir, "w.csv"),
+                           "parquet": os.path.join(self.warm_dir, "w.parquet")}
         self._warm_up()
         self.caps = L.probe_host()
         for path in L.runtime_read_paths():
@@ -75,20 +115,71 @@ class ForkServer:
         self.versions = {"duckdb": duckdb.__version__, "python": platform.python_version()}
 
     def _warm_up(self) -> None:
-        """Pay first-use costs (lazy modules, the CSV and Parquet readers, the
-        parser's JSON export) once here instead of in every child. Only
-        queries run: the instance's catalog stays empty."""
-        con = self.base
+        """Write the rehearsal files every child warms up on, and pay the
+        first-use costs (lazy modules, the CSV and Parquet readers, the
+        parser's JSON export) once here. Only queries run: the instance's
+        catalog stays empty."""
+        with open(self.warm_files["csv"], "w", encoding="utf-8") as handle:
+            handle.write("k,v,t\n" + "".join(f"{i % 7},{i * 0.25},t{i % 3}\n" for i in range(WARM_UP_ROWS)))
+        csv, parquet = self.warm_files["csv"], self.warm_files["parquet"]
+        self.base.execute(f"COPY (SELECT * FROM read_csv('{csv}')) TO '{parquet}' (FORMAT parquet)").fetchall()
         duckdb.extract_statements("SELECT 1")
-        con.execute("SELECT json_serialize_sql('SELECT 1')").fetchall()
-        with tempfile.TemporaryDirectory(prefix="metanode-cage-warm-") as tmp:
-            csv, parquet = os.path.join(tmp, "w.csv"), os.path.join(tmp, "w.parquet")
-            with open(csv, "w", encoding="utf-8") as handle:
-                handle.write("k,v\n1,0.5\n2,1.5\n")
-            con.execute(f"COPY (SELECT * FROM read_csv('{csv}')) TO '{parquet}' (FORMAT parquet)").fetchall()
-            for reader, path in (("read_csv", csv), ("read_parquet", parquet)):
-                con.execute(f"SELECT * FROM (SELECT k, sum(v) FROM {reader}('{path}') GROUP BY k\n) q LIMIT 0").fetchall()
-                con.execute(f"SELECT k, sum(v), avg(v) FROM {reader}('{path}') GROUP BY k ORDER BY k").fetchall()
+        rehearse(self.base, self.warm_files)
+
+    def spawn_spare(self) -> None:
+        """Fork the child for the next job, unless one is already waiting."""
+        if self.spare is not None:
+            return
+        job_read, job_write = os.pipe()
+        report_read, report_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; spare_child never returns
+            try:
+                spare_child(self.base, job_read, report_write, self.warm_files)
+            finally:
+                os._exit(1)
+        os.close(job_read)
+        os.close(report_write)
+        self.spare = _Spare(pid, job_write, report_read)
+
+    def _discard(self, spare: _Spare) -> None:
+        for fd in (spare.job_fd, spare.report_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._kill_group(spare.pid)
+        os.waitpid(spare.pid, 0)
+
+    def _hand_over(self, frame: bytes, deadline: float) -> tuple[_Spare, bool]:
+        """Send the job frame to the waiting child, or to a freshly forked
+        one if that has died. Returns the child and whether the frame went
+        before the deadline; the child's job pipe is closed either way."""
+        try:
+            return self._send_to_spare(frame, deadline)
+        except BrokenPipeError:  # it died while it waited
+            return self._send_to_spare(frame, deadline)
+
+    def _send_to_spare(self, frame: bytes, deadline: float) -> tuple[_Spare, bool]:
+        self.spawn_spare()
+        spare, self.spare = self.spare, None
+        assert spare is not None
+        try:
+            sent = _write_before(spare.job_fd, frame, deadline)
+        except BrokenPipeError:
+            self._discard(spare)
+            raise
+        os.close(spare.job_fd)
+        return spare, sent
+
+    def close(self) -> None:
+        """Stop the waiting child, reap the last job's, and remove the
+        rehearsal files."""
+        if self.spare is not None:
+            spare, self.spare = self.spare, None
+            self._discard(spare)
+        self.reap_finished()
+        shutil.rmtree(self.warm_dir, ignore_errors=True)
 
     def hello(self) -> dict[str, Any]:
         return {"t": "hello", "capabilities": self.caps.to_value(), "versions": self.versions,
@@ -159,21 +250,19 @@ class ForkServer:
 
     def _supervise(self, job: dict[str, Any], prepared: dict[str, Any], policy: Policy,
                    applied: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, int], list[Any]]:
-        read_fd, write_fd = os.pipe()
+        frame = encode_frame({"job": job, "prepared": prepared, "policy": policy.to_value(),
+                              "layers": applied, "landlock_abi": self.caps.landlock_abi})
         started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, reported over the pipe
-            os.close(read_fd)
-            run_child(self.base, job, prepared, policy, applied, self.caps.landlock_abi, write_fd)
-        os.close(write_fd)
+        deadline = started + policy.limits.wall_clock_seconds
+        spare, sent = self._hand_over(frame, deadline)
+        pid, read_fd = spare.pid, spare.report_fd
         # Inputs are hashed for the witness while the child already runs.
         described = describe_inputs(job["inputs"])
         cap = policy.limits.output_mb * 1024 * 1024 + 1024 * 1024
-        deadline = started + policy.limits.wall_clock_seconds
-        buffer, frames, timed_out, overflow, garbled = b"", [], False, False, ""
+        buffer, frames, timed_out, overflow, garbled = b"", [], not sent, False, ""
         poller = select.poll()
         poller.register(read_fd, select.POLLIN | select.POLLHUP)
-        while True:
+        while not timed_out:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
@@ -193,30 +282,43 @@ class ForkServer:
             except ValueError as exc:
                 garbled = f"worker sent a malformed report: {exc}"
                 break
+            if any(isinstance(item, dict) and item.get("t") == "result" for item in new):
+                break  # the child stops itself after its result; no end of stream comes
         os.close(read_fd)
-        self._kill_group(pid)
-        _, wait_status, usage = os.wait4(pid, 0)
-        self._reap_orphans()
+        reported = any(isinstance(item, dict) and item.get("t") == "result" for item in frames)
+        # Without fork, a job cannot leave other processes behind to reap first.
+        alone = L.LAYER_SECCOMP in applied and ("fork" in policy.deny or "fork" in policy.kill)
+        wait_status, usage, stopped_late = self._end_child(
+            pid, reported and not overflow and not garbled, alone, deadline)
+        timed_out = timed_out or stopped_late
         wall = time.monotonic() - started
         report = {"denials": [], "result": None}
         result_frame = None
-        for frame in frames:
-            if isinstance(frame, dict) and frame.get("t") == "denial":
-                report["denials"].append({k: str(frame.get(k, "")) for k in ("op", "target", "layer")})
-            elif isinstance(frame, dict) and frame.get("t") == "result":
-                result_frame = frame
-        exit_info = self._exit_info(wait_status, usage, policy, result_frame, timed_out, overflow, garbled)
+        child_cpu = usage.ru_utime + usage.ru_stime
+        before_job = 0.0
+        # The child's first frame, written before the job's code runs, gives
+        # the CPU time it spent before the job (its rehearsal).
+        if frames and isinstance(frames[0], dict) and frames[0].get("t") == "started":
+            cpu_us = frames.pop(0).get("cpu_us")
+            if isinstance(cpu_us, int):
+                before_job = min(max(cpu_us / 1e6, 0.0), child_cpu)
+        for item in frames:
+            if isinstance(item, dict) and item.get("t") == "denial":
+                report["denials"].append({k: str(item.get(k, "")) for k in ("op", "target", "layer")})
+            elif isinstance(item, dict) and item.get("t") == "result":
+                result_frame = item
+        job_cpu = child_cpu - before_job
+        exit_info = self._exit_info(wait_status, job_cpu, policy, result_frame, timed_out, overflow, garbled)
         if exit_info["status"] == "ok":
             report["result"] = result_frame.get("result")  # type: ignore[union-attr]
-        observed = {"wall_us": int(wall * 1e6), "cpu_us": int((usage.ru_utime + usage.ru_stime) * 1e6),
+        observed = {"wall_us": int(wall * 1e6), "cpu_us": int(job_cpu * 1e6),
                     "max_rss_kb": int(usage.ru_maxrss)}
         return report, exit_info, observed, described
 
     @staticmethod
-    def _exit_info(wait_status: int, usage: Any, policy: Policy, frame: dict[str, Any] | None,
+    def _exit_info(wait_status: int, cpu: float, policy: Policy, frame: dict[str, Any] | None,
                    timed_out: bool, overflow: bool, garbled: str) -> dict[str, Any]:
         sig = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else None
-        cpu = usage.ru_utime + usage.ru_stime
         if timed_out:
             return {"status": "timeout", "signal": None,
                     "detail": f"wall-clock limit of {policy.limits.wall_clock_seconds} s; process group killed"}
@@ -239,6 +341,48 @@ class ForkServer:
             return {"status": "killed", "signal": sig, "detail": f"killed by signal {signal.Signals(sig).name}"}
         return {"status": "crashed", "signal": None,
                 "detail": f"worker exited with status {os.WEXITSTATUS(wait_status)} without a report"}
+
+    def _end_child(self, pid: int, reported: bool, alone: bool, deadline: float) -> tuple[int, Any, bool]:
+        """Kill the job's process group; return the child's wait status and
+        resource use, and whether the wall-clock deadline passed first.
+
+        A child that has reported its result stops itself (SIGSTOP): its
+        status and usage are read while it is stopped, so the outcome does
+        not wait for its address space to be torn down. When it is
+        ``alone`` in its group, reaping it is left to :meth:`reap_finished`,
+        after the outcome is sent; otherwise every process of the job is
+        reaped first, so none can still write to the output directory."""
+        if reported:
+            # It stops within microseconds of its result frame; a little grace
+            # keeps a result that came just before the deadline from timing out.
+            stop_deadline = max(deadline, time.monotonic() + STOP_GRACE_SECONDS)
+            while True:
+                done, status, usage = os.wait4(pid, os.WNOHANG | os.WUNTRACED)
+                if done or time.monotonic() >= stop_deadline:
+                    break
+                time.sleep(0.0001)
+            if done:
+                self._kill_group(pid)
+                if not os.WIFSTOPPED(status):  # it died instead of stopping, and is reaped
+                    self._reap_orphans()
+                elif alone:
+                    self._unreaped = pid
+                else:
+                    os.wait4(pid, 0)
+                    self._reap_orphans()
+                return status, usage, False
+        self._kill_group(pid)
+        _, status, usage = os.wait4(pid, 0)
+        self._reap_orphans()
+        return status, usage, reported
+
+    def reap_finished(self) -> None:
+        """Reap the last job's child, killed after it stopped (tearing down
+        its address space takes a few milliseconds, spent here between jobs)."""
+        if self._unreaped is not None:
+            pid, self._unreaped = self._unreaped, None
+            os.waitpid(pid, 0)
+            self._reap_orphans()
 
     @staticmethod
     def _kill_group(pid: int) -> None:
@@ -278,20 +422,25 @@ def main(argv: list[str]) -> int:
         return 2
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     server = ForkServer()
-    # Everything imported so far is shared with each child copy-on-write;
-    # frozen objects are never scanned by the collector, so a child does not
-    # dirty (and copy) their pages just by collecting garbage.
-    gc.freeze()
-    write_frame(1, server.hello())
-    while True:
-        message = read_frame(0)
-        if message is None:
-            return 0
-        try:
-            policy = policy_from_value(message["policy"])
-            write_frame(1, server.run(message["job"], policy))
-        except Exception as exc:  # a bad request must not kill the server
-            write_frame(1, {"t": "error", "detail": f"{type(exc).__name__}: {exc}"})
+    try:
+        # Everything imported so far is shared with each child copy-on-write;
+        # frozen objects are never scanned by the collector, so a child does not
+        # dirty (and copy) their pages just by collecting garbage.
+        gc.freeze()
+        write_frame(1, server.hello())
+        while True:
+            server.reap_finished()
+            server.spawn_spare()  # the next job's child starts while no job waits
+            message = read_frame(0)
+            if message is None:
+                return 0
+            try:
+                policy = policy_from_value(message["policy"])
+                write_frame(1, server.run(message["job"], policy))
+            except Exception as exc:  # a bad request must not kill the server
+                write_frame(1, {"t": "error", "detail": f"{type(exc).__name__}: {exc}"})
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":

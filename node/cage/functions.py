@@ -24,10 +24,15 @@ JobFunction = Callable[["JobContext", dict[str, Any]], Any]
 
 @dataclass(frozen=True)
 class Table:
-    """A result built in Python: column (name, type) pairs and rows."""
+    """A result built in Python: column (name, type) pairs and rows.
+
+    ``ordered``: the row order means something (a query's ORDER BY, or a
+    function that sorts its rows itself) and is kept in the result;
+    otherwise the rows are sorted canonically."""
 
     columns: Sequence[tuple[str, str]]
     rows: Sequence[Sequence[Any]]
+    ordered: bool = False
 
 
 @dataclass
@@ -41,7 +46,8 @@ class JobContext:
     seed: bytes
     clock: int  # logical clock: the block time given with the job, in seconds
     rng: random.Random
-    # ctx.query(sql, params=None) -> Table: a SELECT fetched canonically.
+    # ctx.query(sql, params=None) -> Table: a SELECT fetched canonically
+    # (ordered when the SELECT has a top-level ORDER BY).
     query: Callable[..., "Table"]
 
 

@@ -118,11 +118,15 @@ class JobOutcome:
         return cls(**value)
 
 
-def write_frame(fd: int, value: Any) -> None:
-    """Write one frame (4-byte big-endian length + deterministic CBOR)."""
+def encode_frame(value: Any) -> bytes:
+    """One frame: 4-byte big-endian length + deterministic CBOR."""
     payload = encode(value)
-    data = struct.pack(">I", len(payload)) + payload
-    view = memoryview(data)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def write_frame(fd: int, value: Any) -> None:
+    """Write one frame (see :func:`encode_frame`) to a blocking fd."""
+    view = memoryview(encode_frame(value))
     while view:
         written = os.write(fd, view)
         view = view[written:]

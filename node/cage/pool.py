@@ -1,7 +1,9 @@
 """CagePool: the API the rest of metanode uses to run caged jobs.
 
 A pool starts ``size`` fork servers once (each imports Python, DuckDB and
-the registered functions, then forks a fresh confined child per job).
+the registered functions, then forks a fresh child per job, ahead of the
+job; the child confines itself once it has its job, and runs only that
+one).
 :meth:`CagePool.run` blocks and is thread-safe; from trio use
 :meth:`CagePool.run_async`, which runs it in a worker thread.
 """

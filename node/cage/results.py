@@ -1,11 +1,18 @@
 """Canonical encoding of a job's result table, and its digest.
 
-The result is ``{"columns": [[name, type], ...], "rows": [[cell, ...], ...]}``
-in deterministic CBOR. Floats become their 8-byte big-endian IEEE-754 bits
-(every NaN becomes the one quiet NaN, so ``NaN`` from two engines hashes the
-same; ``-0.0`` keeps its sign bit). Rows are sorted by their own encoding:
-the result is a bag of rows in one total order whatever order the engine
-produced them in.
+The result is ``{"columns": [[name, type], ...], "order": ORDER,
+"rows": [[cell, ...], ...]}`` in deterministic CBOR. Floats become their
+8-byte big-endian IEEE-754 bits (every NaN becomes the one quiet NaN, so
+``NaN`` from two engines hashes the same; ``-0.0`` keeps its sign bit).
+
+``order`` says what the row order means:
+
+* ``"canonical"``: the query did not order its rows, so they are a bag,
+  sorted by their own encoding: one total order whatever order the engine
+  produced them in;
+* ``"query"``: the query's top-level ORDER BY ordered them, and that order
+  is kept (ties included, it is deterministic under ``threads=1`` and the
+  pinned DuckDB version the witness records).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 from node.codec import CodecError, decode, encode, hash_tagged
 
-RESULT_DIGEST_TAG = "metanode/cage/result/v1"
+RESULT_DIGEST_TAG = "metanode/cage/result/v2"  # v2: the encoding records the row order
 CANONICAL_NAN = struct.pack(">Q", 0x7FF8000000000000)
 
 # DuckDB types whose Python values encode exactly; anything else (nested,
@@ -31,6 +38,12 @@ NATIVE_TYPES = frozenset({
 })
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+_PASSTHROUGH = frozenset({type(None), bool, str, bytes})
+
+ORDER_CANONICAL = "canonical"
+ORDER_QUERY = "query"
+RESULT_ORDERS = (ORDER_CANONICAL, ORDER_QUERY)
 
 
 class ResultError(ValueError):
@@ -46,6 +59,11 @@ def encode_float(value: float) -> bytes:
 
 def canonical_cell(value: Any) -> Any:
     """One cell as a CBOR-able, float-free value."""
+    kind = type(value)
+    if kind in _PASSTHROUGH:  # the common cases first, by exact type
+        return value
+    if kind is float:
+        return encode_float(value)
     if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, int):
@@ -64,21 +82,40 @@ def canonical_cell(value: Any) -> Any:
     raise ResultError(f"cannot encode a result value of type {type(value).__name__}")
 
 
-def encode_result(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> bytes:
-    """Canonical bytes of a result table (see the module docstring)."""
+def _cbor_header(major: int, length: int) -> bytes:
+    """The head of a CBOR item of major type ``major`` with the shortest
+    encoding of ``length`` (RFC 8949 section 4.2.1)."""
+    if length < 24:
+        return bytes([major << 5 | length])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * size):
+            return bytes([major << 5 | extra]) + length.to_bytes(size, "big")
+    raise ResultError(f"{length} items do not fit in a CBOR length")
+
+
+def encode_result(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]], *,
+                  ordered: bool = False) -> bytes:
+    """Canonical bytes of a result table (see the module docstring).
+    ``ordered``: the rows are in the order the query asked for; keep it."""
     width = len(columns)
     encoded_rows = []
-    for index, row in enumerate(rows):
-        if len(row) != width:
-            raise ResultError(f"row {index} has {len(row)} cells, expected {width}")
-        cells = [canonical_cell(cell) for cell in row]
-        encoded_rows.append((encode(cells), cells))
-    encoded_rows.sort(key=lambda pair: pair[0])
     try:
-        return encode({
-            "columns": [[str(name), str(kind)] for name, kind in columns],
-            "rows": [cells for _, cells in encoded_rows],
-        })
+        for index, row in enumerate(rows):
+            if len(row) != width:
+                raise ResultError(f"row {index} has {len(row)} cells, expected {width}")
+            encoded_rows.append(encode([canonical_cell(cell) for cell in row]))
+        if not ordered:
+            encoded_rows.sort()
+        # Each row is encoded once; the table is assembled from those bytes
+        # exactly as encode() would lay out the whole map (keys in RFC 8949
+        # order), so decode() accepts it as canonical.
+        parts = {
+            "columns": encode([[str(name), str(kind)] for name, kind in columns]),
+            "order": encode(ORDER_QUERY if ordered else ORDER_CANONICAL),
+            "rows": _cbor_header(4, len(encoded_rows)) + b"".join(encoded_rows),
+        }
+        keys = sorted((encode(key), key) for key in parts)
+        return _cbor_header(5, len(parts)) + b"".join(head + parts[key] for head, key in keys)
     except CodecError as exc:
         raise ResultError(str(exc)) from None
 
@@ -91,9 +128,20 @@ def result_digest(result: bytes) -> bytes:
 def decode_result(result: bytes) -> dict[str, Any]:
     """Parse canonical result bytes back into columns and rows (cells stay
     in their canonical form: floats are 8-byte strings)."""
-    value = decode(result)
-    if not isinstance(value, dict) or set(value) != {"columns", "rows"}:
-        raise ResultError("not a canonical result")
+    try:
+        value = decode(result)
+    except CodecError as exc:
+        raise ResultError(f"not a canonical result: {exc}") from None
+    if not isinstance(value, dict) or set(value) != {"columns", "order", "rows"}:
+        raise ResultError("not a canonical result: expected columns, order and rows")
+    if not isinstance(value["columns"], list) or not isinstance(value["rows"], list):
+        raise ResultError("not a canonical result: columns and rows must be arrays")
+    if value["order"] not in RESULT_ORDERS:
+        raise ResultError(f"not a canonical result: order {value['order']!r} is not one of {', '.join(RESULT_ORDERS)}")
+    if value["order"] == ORDER_CANONICAL:
+        encoded = [encode(row) for row in value["rows"]]
+        if any(a > b for a, b in zip(encoded, encoded[1:])):
+            raise ResultError("not a canonical result: rows are not in canonical order")
     return value
 
 

@@ -12,7 +12,7 @@ sandbox and Landlock stop anything it misses.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -82,13 +82,33 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             stack.extend(item)
 
 
+def parse_trees(con: duckdb.DuckDBPyConnection, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """DuckDB's parse tree of each SQL text, as JSON (one statement for all)."""
+    calls = ", ".join(f"json_serialize_sql($q{i})" for i in range(len(texts)))
+    row = con.execute(f"SELECT {calls}", {f"q{i}": text for i, text in enumerate(texts)}).fetchone()
+    trees = [json.loads(text) for text in row]  # type: ignore[union-attr]
+    for tree in trees:
+        if tree.get("error"):
+            raise SqlRefused(f"cannot analyse SQL: {tree.get('error_message', 'unknown error')}")
+    return trees
+
+
 def parse_tree(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
     """DuckDB's parse tree of one SELECT, as JSON."""
-    text = con.execute("SELECT json_serialize_sql($q)", {"q": sql}).fetchone()[0]
-    tree = json.loads(text)
-    if tree.get("error"):
-        raise SqlRefused(f"cannot analyse SQL: {tree.get('error_message', 'unknown error')}")
-    return tree
+    return parse_trees(con, [sql])[0]
+
+
+def has_top_level_order(tree: dict[str, Any]) -> bool:
+    """True if the statement's outermost query has an ORDER BY (in DuckDB's
+    own parse tree: an ORDER_MODIFIER among the top node's modifiers). An
+    ORDER BY inside a subquery, a CTE or a window does not count."""
+    statements = tree.get("statements")
+    if not isinstance(statements, list) or len(statements) != 1 or not isinstance(statements[0], dict):
+        return False
+    node = statements[0].get("node")
+    modifiers = node.get("modifiers") if isinstance(node, dict) else None
+    return isinstance(modifiers, list) and any(
+        isinstance(m, dict) and m.get("type") == "ORDER_MODIFIER" for m in modifiers)
 
 
 def gate_sql(
@@ -98,11 +118,32 @@ def gate_sql(
     inputs: set[str],
     seeded: bool,
     clock_allowed: bool = False,
-) -> None:
+) -> dict[str, Any]:
     """Raise SqlRefused unless ``sql`` is one SELECT that reads only the
-    named ``inputs`` and is deterministic under the cage's seed and clock."""
-    check_statement(sql)
-    tree = parse_tree(con, sql)
+    named ``inputs`` and is deterministic under the cage's seed and clock.
+    Returns DuckDB's parse tree of the accepted statement."""
+    return gate_sql_texts(con, [sql], inputs=inputs, seeded=seeded, clock_allowed=clock_allowed)[0]
+
+
+def gate_sql_texts(
+    con: duckdb.DuckDBPyConnection,
+    texts: Sequence[str],
+    *,
+    inputs: set[str],
+    seeded: bool,
+    clock_allowed: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`gate_sql` for each of ``texts`` (in order; the first refusal
+    is raised), parsed by DuckDB in one statement. Returns the parse trees."""
+    for sql in texts:
+        check_statement(sql)
+    trees = parse_trees(con, texts)
+    for tree in trees:
+        _check_tree(tree, inputs=inputs, seeded=seeded, clock_allowed=clock_allowed)
+    return trees
+
+
+def _check_tree(tree: dict[str, Any], *, inputs: set[str], seeded: bool, clock_allowed: bool) -> None:
     nodes = list(_walk(tree))
     ctes = {
         entry["key"].lower()

@@ -30,7 +30,7 @@ PARQUET_MAGIC = b"PAR1"
 
 # The modules whose code runs a job: their source is the worker digest.
 WORKER_MODULES = (
-    "forkserver.py", "worker.py", "sqlgate.py", "results.py", "functions.py",
+    "forkserver.py", "spare.py", "worker.py", "inputs.py", "sqlgate.py", "results.py", "functions.py",
     "policy.py", "syscalls.py", "layers.py", "witness.py", "job.py",
 )
 

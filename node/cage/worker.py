@@ -1,12 +1,13 @@
 """The confined child: applies the layers in order, runs one job, reports.
 
-Runs only in a process the fork server has just forked. Order: own process
-group, scrubbed environment, rlimits, user+net namespaces, Landlock,
-seccomp, then DuckDB's sandbox (threads=1, allowed paths, no external
-access, configuration locked), then the job. The DuckDB database instance
-was created by the fork server with no background threads (threads=1,
-async_threads=0), so this process is single-threaded while it confines
-itself and every thread DuckDB might start later inherits every layer.
+Runs in a child the fork server forked ahead of its job (see
+:mod:`node.cage.spare`), once the job has been received. In this order:
+rlimits, user+net namespaces, Landlock, seccomp, then DuckDB's sandbox
+(threads=1, allowed paths, no external access, configuration locked), the
+input views, then the job. The DuckDB database instance was created by the
+fork server with no background threads (threads=1, async_threads=0), so
+this process is single-threaded while it confines itself and every thread
+DuckDB might start later inherits every layer.
 
 Denied operations the job attempts are seen through Python audit hooks and
 written to the report pipe at once, so a denial is recorded even when the
@@ -18,8 +19,9 @@ from __future__ import annotations
 import functools
 import os
 import random
+import resource
+import signal
 import sys
-import time
 import traceback
 from typing import Any, NoReturn
 
@@ -27,10 +29,11 @@ import duckdb
 
 from node.cage import layers as L
 from node.cage.functions import JobContext, Table, get_function, quote_identifier
-from node.cage.job import CAGE_ENVIRONMENT, write_frame
-from node.cage.policy import Policy
+from node.cage.inputs import create_input_views
+from node.cage.job import write_frame
+from node.cage.policy import Policy, policy_from_value
 from node.cage.results import NATIVE_TYPES, ResultError, encode_result
-from node.cage.sqlgate import SqlRefused, gate_sql
+from node.cage.sqlgate import SqlRefused, gate_sql_texts, has_top_level_order, parse_tree
 
 MAX_DENIALS = 100
 _O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -107,9 +110,11 @@ def _guard_urandom(recorder: _DenialRecorder) -> None:
     os.urandom = urandom  # type: ignore[assignment]
 
 
-def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str], output_dir: str) -> None:
+def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str], output_dir: str,
+             cpu_used: float) -> None:
     if L.LAYER_RLIMITS in layers:
-        L.apply_rlimits(policy.limits)
+        # The rehearsal's CPU time is not charged to the job.
+        L.apply_rlimits(policy.limits, cpu_already_used=cpu_used)
     if L.LAYER_NAMESPACES in layers:
         L.unshare_user_and_network()
     if L.LAYER_LANDLOCK in layers:
@@ -122,8 +127,9 @@ def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str],
 @functools.lru_cache(maxsize=16)
 def job_filter(deny: tuple[str, ...], kill: tuple[str, ...]):  # type: ignore[no-untyped-def]
     """The seccomp filter of a job policy; built (and cached) in the fork
-    server, so a child only loads it. Jobs also may not leave their process
-    group ("session"), which the supervisor kills on timeout."""
+    server, so a child forked after the policy's first job only loads it.
+    Jobs also may not leave their process group ("session"), which the
+    supervisor kills on timeout."""
     from node.cage.syscalls import build_filter
 
     return build_filter([*deny, "session"], kill)
@@ -144,10 +150,7 @@ def _lock_duckdb(con: duckdb.DuckDBPyConnection, policy: Policy, inputs: list[di
         ("SET lock_configuration = true", None),
     ):
         con.execute(statement, {"v": value} if value is not None else None)
-    for item in inputs:
-        literal = "'" + item["path"].replace("'", "''") + "'"
-        reader = "read_parquet" if item["format"] == "parquet" else "read_csv"
-        con.execute(f"CREATE VIEW {quote_identifier(item['name'])} AS SELECT * FROM {reader}({literal})").fetchall()
+    create_input_views(con, inputs)
 
 
 def wrap_select(sql: str) -> str:
@@ -155,16 +158,31 @@ def wrap_select(sql: str) -> str:
     return f"SELECT * FROM ({sql.strip().rstrip(';')}\n) AS job_result"
 
 
-def canonical_query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None) -> Table:
+def orders_rows(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
+    """True if ``sql``'s outermost query has an ORDER BY, from DuckDB's own
+    parse. A statement the parse tree cannot describe counts as unordered
+    (its rows are then sorted canonically, which is always deterministic)."""
+    try:
+        return has_top_level_order(parse_tree(con, sql))
+    except SqlRefused:
+        return False
+
+
+def canonical_query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None, *,
+                    ordered: bool | None = None) -> Table:
     """Run one SELECT and fetch it as a Table whose values encode exactly.
     When a column has a non-native type (nested, TIMESTAMPTZ, UUID...), the
-    query runs again with that column cast to text by the engine."""
+    query runs again with that column cast to text by the engine. The Table
+    is ``ordered`` when the SELECT has a top-level ORDER BY (``ordered``
+    None: found out from the parse; the wrapping subquery keeps the order)."""
+    if ordered is None:
+        ordered = orders_rows(con, sql)
     wrapped = wrap_select(sql)
     con.execute(wrapped, params or None)
     described = [(name, kind) for name, kind, *_ in con.description]
     columns = [(name, str(kind)) for name, kind in described]
     if all(kind.id in NATIVE_TYPES for _, kind in described):
-        return Table(columns, con.fetchall())
+        return Table(columns, con.fetchall(), ordered)
     con.fetchmany(0)
     con.execute("SELECT 1").fetchall()  # finish the first result before the next
     projections = [
@@ -173,7 +191,7 @@ def canonical_query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, 
         for name, kind in described
     ]
     con.execute(wrapped.replace("SELECT *", f"SELECT {', '.join(projections)}", 1), params or None)
-    return Table(columns, con.fetchall())
+    return Table(columns, con.fetchall(), ordered)
 
 
 def _run_job(con: duckdb.DuckDBPyConnection, job: dict[str, Any], prepared: dict[str, Any],
@@ -186,17 +204,17 @@ def _run_job(con: duckdb.DuckDBPyConnection, job: dict[str, Any], prepared: dict
         random.seed(seed)
     if job["kind"] == "sql":
         # Gate the text as given and as it will run (wrapped as a subquery).
-        for text in (job["sql"], wrap_select(job["sql"])):
-            gate_sql(con, text, inputs=names, seeded=seeded, clock_allowed=policy.clock_source == "host")
-        table = canonical_query(con, job["sql"], job["params"])
-        return encode_result(table.columns, table.rows)
+        tree, _ = gate_sql_texts(con, [job["sql"], wrap_select(job["sql"])], inputs=names, seeded=seeded,
+                                 clock_allowed=policy.clock_source == "host")
+        table = canonical_query(con, job["sql"], job["params"], ordered=has_top_level_order(tree))
+        return encode_result(table.columns, table.rows, ordered=table.ordered)
     entry = get_function(job["function"])
     ctx = JobContext(con=con, inputs={n: n for n in sorted(names)}, output_dir=prepared["output_dir"],
                      seed=seed, clock=prepared["clock"], rng=random.Random(seed),
                      query=lambda sql, params=None: canonical_query(con, sql, params))
     value = entry.function(ctx, dict(job["params"]))
     if isinstance(value, Table):
-        return encode_result(value.columns, value.rows)
+        return encode_result(value.columns, value.rows, ordered=value.ordered)
     raise ResultError(f"function {job['function']!r} returned {type(value).__name__}, not a Table")
 
 
@@ -211,20 +229,23 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "error", text
 
 
-def run_child(base: duckdb.DuckDBPyConnection, job: dict[str, Any], prepared: dict[str, Any],
-              policy: Policy, layers: list[str], abi: int, report_fd: int) -> NoReturn:
-    """Body of the forked child. Never returns; always reports one result frame."""
+def cpu_seconds() -> float:
+    """CPU time this process has used so far (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_child(base: duckdb.DuckDBPyConnection, message: dict[str, Any], report_fd: int) -> NoReturn:
+    """Run the job in ``message`` (``job``, ``prepared``, ``policy``, ``layers``,
+    ``landlock_abi``) in this detached child: confine, lock DuckDB, run,
+    report. Never returns; always reports one result frame."""
     status, detail, result = "error", "worker failed before the job started", None
     try:
-        os.setsid()  # its own process group: the supervisor kills the whole group
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, report_fd)
-        os.closerange(report_fd + 1, 1 << 16)
-        os.environ.clear()
-        os.environ.update(CAGE_ENVIRONMENT)
-        time.tzset()
+        # CPU time spent before the job (the rehearsal) is not charged to it.
+        cpu_used = cpu_seconds()
+        write_frame(report_fd, {"t": "started", "cpu_us": int(cpu_used * 1e6)})
+        job, prepared = message["job"], message["prepared"]
+        policy = policy_from_value(message["policy"])
         output_dir = prepared["output_dir"]
         os.chdir(output_dir)
         read_paths = L.runtime_read_paths() + [item["path"] for item in prepared["inputs"]]
@@ -234,7 +255,7 @@ def run_child(base: duckdb.DuckDBPyConnection, job: dict[str, Any], prepared: di
             _guard_urandom(recorder)
         if L.thread_count() != 1:
             raise RuntimeError("the worker must be single-threaded to confine itself")
-        _confine(policy, layers, abi, read_paths, output_dir)
+        _confine(policy, message["layers"], message["landlock_abi"], read_paths, output_dir, cpu_used)
         con = base.cursor()
         _lock_duckdb(con, policy, prepared["inputs"], output_dir)
         recorder.active = True
@@ -252,5 +273,9 @@ def run_child(base: duckdb.DuckDBPyConnection, job: dict[str, Any], prepared: di
             detail += " | " + traceback.format_exc(limit=3).strip().splitlines()[-1]
     try:
         write_frame(report_fd, {"t": "result", "status": status, "detail": detail, "result": result})
+        # Stop rather than exit: the supervisor reads this process's status
+        # and resource use while it is stopped, and has it killed and torn
+        # down (which takes milliseconds) after the outcome is sent.
+        os.kill(os.getpid(), signal.SIGSTOP)
     finally:
         os._exit(0)

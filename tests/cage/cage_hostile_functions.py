@@ -88,3 +88,27 @@ def write_output(ctx: JobContext, params: dict[str, Any]) -> Table:
     with open(os.path.join(ctx.output_dir, "report.txt"), "w", encoding="utf-8") as handle:
         handle.write(params.get("text", "hello"))
     return _one("written", "report.txt")
+
+
+@register_function("hostile.query")
+def run_query(ctx: JobContext, params: dict[str, Any]) -> Table:
+    # ctx.query keeps a top-level ORDER BY's row order, like a sql job.
+    return ctx.query(params["sql"])
+
+
+_LEFT_BEHIND: list[int] = []
+
+
+@register_function("hostile.leave_state")
+def leave_state(ctx: JobContext, params: dict[str, Any]) -> Table:
+    # Tries to leave state for the next job: a Python global, a DuckDB table.
+    _LEFT_BEHIND.append(os.getpid())
+    ctx.con.execute("CREATE TABLE left_behind AS SELECT 42 AS x")
+    return _one("pid", os.getpid(), "BIGINT")
+
+
+@register_function("hostile.find_state")
+def find_state(ctx: JobContext, params: dict[str, Any]) -> Table:
+    tables = ctx.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'left_behind'").fetchone()[0]
+    return Table([("pid", "BIGINT"), ("python_state", "BIGINT"), ("duckdb_tables", "BIGINT")],
+                 [[os.getpid(), len(_LEFT_BEHIND), tables]])
