@@ -118,6 +118,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "processing_capacity": Field(int, 2, lambda v: None if 1 <= v <= 64 else "between 1 and 64", "jobs weight this node declares on chain (processing role)"),
         "gateway_jobs_per_minute": Field((int, float), 120.0, _positive, "job submissions per tenant per minute"),
         "gateway_tenants": Field(list, [], doc="tenant public keys (64 hex) allowed on this gateway; empty: open registration"),
+        "storage_replicas": Field(int, 2, lambda v: None if 1 <= v <= 16 else "between 1 and 16", "storage nodes that must hold each dataset"),
+        "storage_quota_bytes": Field(int, 1024**3, _positive, "bytes each tenant may store on this node"),
+        "max_blob_bytes": Field(int, 256 * 1024**2, lambda v: None if 1024 <= v <= 16 * 1024**3 else "between 1024 and 17179869184"),
     },
     "cage": {
         "service_policy": Field(str, "auto", doc='policy confining the daemon itself: "auto" (processing if the node has that role, else gateway), a policy name, or "none"'),

@@ -91,6 +91,7 @@ class Daemon:
         self.genesis = load_genesis(config.consensus["genesis"]) if config.consensus["genesis"] else None
         self.chain: Any = None
         self.db: Any = None
+        self.cage_pool: Any = None
         self.registry = Registry()
         self.services: list[Service] = []
         self.started_at = time.monotonic()
@@ -142,6 +143,11 @@ class Daemon:
         lock = DataDirLock(cfg.data_dir)
         lock.acquire()
         try:
+            if "processing" in cfg.roles and self.genesis is not None:
+                # Fork servers exec Python: they must start before confinement denies exec.
+                from node.cage.pool import CagePool
+
+                self.cage_pool = CagePool(cfg.cage["policies_file"])
             # Before any thread starts or any peer byte is parsed.
             self.confinement = confine_daemon(cfg)
             net, limits = cfg.network, cfg.limits
@@ -173,6 +179,8 @@ class Daemon:
                 except OSError as exc:
                     raise UserError(f"{cfg.path}: [network] listen: {exc.strerror or exc}", exit_code=2) from None
         finally:
+            if self.cage_pool is not None:
+                self.cage_pool.close()
             if self.db is not None:
                 self.db.close()
             lock.release()
@@ -198,6 +206,47 @@ class Daemon:
                               allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
             gateway.register(self.registry)
             self.services.append(Service("gateway", gateway.run, lambda: {"pending_receipts": len(gateway._pending_receipts)}))
+        storage = self._add_storage() if {"storage", "gateway", "processing"} & set(cfg.roles) else None
+        if self.cage_pool is not None:
+            from node.services.processing import ProcessingService, storage_resolver
+
+            processing = ProcessingService(
+                identity=self.identity, chain=self.chain, app=self.app, pool=self.cage_pool, issuer=issuer,
+                node_txs=node_txs, resolve_input=storage_resolver(storage, self._storage_peers),
+                results_dir=cfg.data_dir / "results",
+            )
+            self.services.append(Service("processing", processing.run, lambda: {"completed": processing.completed}))
+
+    def _storage_peers(self) -> list[str]:
+        """Peer ids of the nodes the chain knows as storage nodes (not this one)."""
+        return [n["peer_id"] for n in self.app.state.nodes(processing_only=False)
+                if "storage" in n["roles"] and n["peer_id"] != self.identity.peer_id]
+
+    def _add_storage(self) -> Any:
+        """Content-addressed blobs and the dataset catalog; the blob protocol;
+        dataset_* RPC methods where the node takes uploads."""
+        from node.services.storage import BlobClient, BlobStore, Catalog, QuotaPolicy, StorageService, register_storage_methods
+
+        cfg, services = self.config, self.config.services
+        registered = {"storage", "gateway"}
+
+        def accept_push(peer_id: str, *rest: Any) -> bool:
+            # Only nodes the chain knows as storage or gateway may push blobs here.
+            return any(n["peer_id"] == peer_id and registered & set(n["roles"]) for n in self.app.state.nodes(processing_only=False))
+
+        storage = StorageService(
+            BlobStore(cfg.data_dir / "blobs", max_blob_size=services["max_blob_bytes"]),
+            Catalog(self.db, QuotaPolicy(default_bytes=services["storage_quota_bytes"])),
+            BlobClient(self.host), node_id=self.identity.peer_id,
+            replicas=services["storage_replicas"] if "storage" in cfg.roles else 1,
+            storage_peers=self._storage_peers, clock=lambda: self.chain.core.tip.height, accept_push=accept_push,
+        )
+        storage.install(self.host)
+        if {"storage", "gateway"} & set(cfg.roles):
+            uploads = register_storage_methods(self.registry, storage)
+            self.services.append(Service("storage", lambda *, task_status=trio.TASK_STATUS_IGNORED: _started(task_status, uploads.run_sweeper()),
+                                         lambda: {"bytes": storage.store.total_bytes()}))
+        return storage
 
     def _add_chain(self) -> None:
         """Every node with a genesis follows the chain; validators also vote."""
@@ -229,6 +278,11 @@ class Daemon:
         register_receipt_methods(self.registry, self.app.receipts, store, self.genesis)
         self._add_services()
         self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
+
+
+async def _started(task_status: Any, body: Any) -> None:
+    task_status.started()
+    await body
 
 
 def register_debug_methods(registry: Registry) -> None:

@@ -225,6 +225,12 @@ class PeerManager:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await framed.close()
 
+    async def _forget_dead_connections(self, peer: ID) -> None:
+        """Drop the swarm's entries for a peer whose connections are all dead,
+        so the next dial really dials."""
+        with trio.move_on_after(2):
+            await self.host.get_network().close_peer(peer)
+
     # -- persistent peers --------------------------------------------------
     async def _maintain(self, info: Any) -> None:
         """Keep one persistent peer connected, forever."""
@@ -244,6 +250,11 @@ class PeerManager:
                 self.host.get_network().unblock_peer(info.peer_id)
                 with trio.fail_after(self.dial_timeout):
                     await self.host.connect(info)
+                if not self._is_connected(info.peer_id):
+                    # libp2p returns at once when it still lists a dead
+                    # connection: that is a failed dial, not a success.
+                    await self._forget_dead_connections(info.peer_id)
+                    raise ConnectionError("dial returned without a live connection")
                 attempt = 0
                 log.info("connected to persistent peer", peer=key)
                 continue

@@ -59,7 +59,10 @@ def exec_fields(record: dict[str, Any], witness_digest: bytes) -> dict[str, Any]
         "input_root": record["inputs_root"],
         "code": record["code"]["job"],
         "policy": record["code"]["policy"],
-        "seed": _digest_or_none(record["seed"]),
+        # The job's seed as the chain fixed it (what a verifier can check
+        # against the scheduling block); the witness records how the cage
+        # derived its effective RNG seed from it.
+        "seed": _digest_or_none(record.get("job_seed", record["seed"])),
         "result": _digest_or_none(record["result_digest"]),
         "witness": witness_digest,
         "exit": exit_code_of(record),

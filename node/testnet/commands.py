@@ -79,3 +79,38 @@ def logs(directory: Path, node: str | None, lines: int) -> None:
         click.echo(f"== {name} ({path})")
         for line in path.read_text(errors="replace").splitlines()[-lines:]:
             click.echo(line)
+
+
+@testnet.command("validate")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
+def validate(manifest_path: Path) -> None:
+    """Check a testnet manifest (TOML) and summarise it."""
+    from node.testnet.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    spec, load = manifest.testnet, manifest.load
+    click.echo(f"{manifest_path}: ok: {spec.validators} validators, {spec.non_validators} non-validators, "
+               f"{'netns' if spec.netns else 'loopback'}, block period {spec.block_period_ms} ms; "
+               f"load {load.tx_rate:g} tx/s for {load.duration_s:g} s")
+    for p in manifest.perturbations:
+        click.echo(f"  at {p.at_s:7.1f}s  {p.describe()}")
+
+
+@testnet.command("run")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path), help="Where nodes keep keys, data and logs (default: a new temporary directory).")
+def run(manifest_path: Path, directory: Path | None) -> None:
+    """Run a manifest: testnet, load, perturbations; then check for forks,
+    lost transactions and nodes that did not catch up. Exits 1 if a check fails."""
+    import tempfile
+
+    from node.errors import UserError
+    from node.testnet.manifest import load_manifest
+    from node.testnet.runner import run_manifest
+
+    manifest = load_manifest(manifest_path)
+    directory = directory or Path(tempfile.mkdtemp(prefix="metanode-testnet-"))
+    report = run_manifest(manifest, directory, log=click.echo)
+    click.echo(report.text())
+    if not report.ok:
+        raise UserError(f"testnet run failed; node logs are in {directory}")

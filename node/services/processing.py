@@ -1,0 +1,128 @@
+"""The processing role: run the jobs the chain assigned to this node, in the cage.
+
+On every finalised block it looks up this node's pending assignments (the
+state machine, a pure function of the chain, decided them), resolves each
+input digest to a local file, runs the job in a DockLock cage under the
+``processing`` policy with the seed and logical clock the scheduling block
+fixed, keeps the canonical result by digest, and submits ``job.result``
+carrying its signed ``job.exec`` receipt. A job that fails in the cage still
+gets a receipt (with its exit status): the chain, not this node, decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from node.cage.job import CageError, JobSpec
+from node.receipts.execution import exec_fields_from_outcome
+from node.services.issuer import NodeIssuer
+from node.services.node_txs import NodeTransactions
+
+log = structlog.get_logger("metanode.processing")
+
+InputResolver = Callable[[str], Awaitable[Path | None]]
+
+# Job types of the chain -> how the cage runs them.
+FUNCTIONS = {"summary": "table_summary", "trend-analysis": "trend_analysis"}
+
+
+def local_blob_resolver(blob_root: Path) -> InputResolver:
+    """Inputs already in this node's content-addressed store (blobs/ab/cdef...)."""
+
+    async def resolve(digest_hex: str) -> Path | None:
+        path = blob_root / digest_hex[:2] / digest_hex[2:]
+        return path if path.is_file() else None
+
+    return resolve
+
+
+def storage_resolver(storage: Any, peers: Callable[[], list[str]]) -> InputResolver:
+    """Inputs from this node's store, fetched from a storage peer when missing
+    (verified against the digest on arrival and on every read)."""
+
+    async def resolve(digest_hex: str) -> Path | None:
+        digest = bytes.fromhex(digest_hex)
+        try:
+            await storage.ensure_local(digest, peers())
+        except Exception as exc:
+            log.info("input not fetched", digest=digest_hex, reason=str(exc)[:200])
+            return None
+        return storage.store.path(digest)
+
+    return resolve
+
+
+def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
+    common = {"policy": "processing", "inputs": inputs, "seed": bytes.fromhex(job["seed"]), "clock": job["clock"]}
+    if job["type"] == "sql":
+        return JobSpec(kind="sql", sql=job["params"]["query"], **common)
+    return JobSpec(kind="python-fn", function=FUNCTIONS[job["type"]], params=dict(job["params"]), **common)
+
+
+class ProcessingService:
+    def __init__(self, *, identity: Any, chain: Any, app: Any, pool: Any, issuer: NodeIssuer,
+                 node_txs: NodeTransactions, resolve_input: InputResolver, results_dir: Path) -> None:
+        self.key = identity.public_key
+        self.chain = chain
+        self.app = app
+        self.pool = pool
+        self.issuer = issuer
+        self.node_txs = node_txs
+        self.resolve_input = resolve_input
+        self.results_dir = results_dir
+        self._running: set[str] = set()
+        self._done: set[tuple[str, int]] = set()  # (job id, attempt) already answered
+        self.completed = 0
+
+    def pending_assignments(self) -> list[dict[str, Any]]:
+        rows = self.app.conn.execute(
+            "SELECT DISTINCT job_id FROM state_assignments WHERE node_key = ? AND status = 'pending'", [self.key]
+        ).fetchall()
+        jobs = [self.app.state.job(bytes(row[0])) for row in rows]
+        return [j for j in jobs if j is not None and j["state"] in ("scheduled", "running")]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        blocks = self.chain.subscribe()
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for _ in blocks:
+                for job in self.pending_assignments():
+                    key = (job["id"], job["attempt"])
+                    if job["id"] not in self._running and key not in self._done:
+                        self._running.add(job["id"])
+                        nursery.start_soon(self._execute, job)
+
+    async def _execute(self, job: dict[str, Any]) -> None:
+        try:
+            inputs: dict[str, str] = {}
+            for name, digest in job["inputs"].items():
+                path = await self.resolve_input(digest)
+                if path is None:
+                    log.info("input not available yet", job=job["id"], input=name, digest=digest)
+                    return  # tried again on the next block
+                inputs[name] = str(path)
+            try:
+                spec = job_spec(job, inputs)
+                outcome = await self.pool.run_async(spec)
+            except (CageError, KeyError) as exc:
+                # Refused before it could run (no witness to sign): the deadline
+                # passes and the chain reassigns or fails the job with a reason.
+                log.warning("job cannot run here", job=job["id"], reason=str(exc))
+                self._done.add((job["id"], job["attempt"]))
+                return
+            if outcome.result_digest is not None and outcome.result is not None:
+                (self.results_dir / outcome.result_digest.hex()).write_bytes(outcome.result)
+            receipt = self.issuer.issue("job.exec", height=self.chain.core.tip.height, subject=bytes.fromhex(job["id"]),
+                                        fields=exec_fields_from_outcome(outcome))
+            if self.node_txs.submit("job.result", {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}).accepted:
+                self._done.add((job["id"], job["attempt"]))
+                self.completed += 1
+                log.info("job executed", job=job["id"], status=outcome.status, result=outcome.result_digest.hex() if outcome.result_digest else None)
+        finally:
+            self._running.discard(job["id"])

@@ -1,0 +1,138 @@
+"""Load for a running testnet: signed transactions submitted over JSON-RPC at a
+steady rate, spread across nodes, surviving nodes that die or vanish.
+
+Today the load is ``noop`` transactions only. Jobs do not exist on the chain
+yet; :class:`JobWorkload` is the extension point the runner already calls, so
+job submission and the job checks (every job final, every receipt verifies
+offline) plug in without touching the runner.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from node.consensus.tx import Transaction, sign_tx
+from node.keys import Identity
+from node.p2p.client import call_node
+from node.p2p.rpc import RpcCallError
+
+SUBMIT_TIMEOUT_S = 5.0
+PER_SENDER_RATE = 1.0  # a sender submits sequentially; more rate means more senders
+
+
+class JobWorkload(Protocol):
+    """Extension point for analytics jobs (no implementation yet: the chain has no jobs).
+
+    ``run`` submits jobs until ``trio.current_time() >= stop_at``; ``check``
+    runs after the network caught up and returns one line per problem (a job
+    not in a final state, a receipt that fails offline verification).
+    """
+
+    async def run(self, addresses: list[str], stop_at: float) -> None: ...
+
+    async def check(self, addresses: list[str]) -> list[str]: ...
+
+
+@dataclass
+class SenderLog:
+    identity: Identity
+    txs: list[Transaction] = field(default_factory=list)  # index == nonce
+
+
+@dataclass
+class LoadGenerator:
+    """Submits ``noop`` transactions at ``tx_rate`` per second until stopped.
+
+    Each sender submits its nonces in order (mode ``sync``: admitted to a
+    mempool). A node that is down or cut off is skipped for the next; a
+    transaction a dying node took with it is re-sent by :meth:`drain`.
+    """
+
+    addresses: list[str]
+    chain_id: str
+    tx_rate: float
+    label: str = "loadgen"
+    senders: list[SenderLog] = field(default_factory=list)
+    unreachable_attempts: int = 0
+    rejected: int = 0
+
+    def __post_init__(self) -> None:
+        count = max(1, math.ceil(self.tx_rate / PER_SENDER_RATE)) if self.tx_rate > 0 else 0
+        self.senders = [SenderLog(Identity.from_label(f"{self.label}/sender{i}")) for i in range(count)]
+
+    @property
+    def submitted(self) -> list[Transaction]:
+        return [tx for s in self.senders for tx in s.txs]
+
+    async def run(self, stop_at: float) -> None:
+        """Submit until ``trio.current_time() >= stop_at``."""
+        if not self.senders:
+            return
+        interval = len(self.senders) / self.tx_rate
+        async with trio.open_nursery() as nursery:
+            for i, sender in enumerate(self.senders):
+                nursery.start_soon(self._sender_loop, i, sender, interval, stop_at)
+
+    async def _sender_loop(self, index: int, sender: SenderLog, interval: float, stop_at: float) -> None:
+        # Stagger senders so submissions spread evenly over each interval.
+        next_at = trio.current_time() + interval * index / len(self.senders)
+        while True:
+            await trio.sleep_until(next_at)
+            if trio.current_time() >= stop_at:
+                return
+            nonce = len(sender.txs)
+            tx = sign_tx(sender.identity, chain_id=self.chain_id, nonce=nonce, tx_type="noop", payload={"sender": index, "n": nonce})
+            sender.txs.append(tx)
+            await self._submit(tx, start=index + nonce, mode="sync", timeout=SUBMIT_TIMEOUT_S)
+            next_at = max(next_at + interval, trio.current_time())
+
+    async def _submit(self, tx: Transaction, *, start: int, mode: str, timeout: float) -> bool:
+        """Try nodes in turn from ``start``; True once one answered (accepted or refused)."""
+        for k in range(len(self.addresses)):
+            address = self.addresses[(start + k) % len(self.addresses)]
+            try:
+                with trio.fail_after(timeout + 2):
+                    await call_node(address, "tx_submit", {"tx": tx.encoded.hex(), "mode": mode, "timeout": timeout}, timeout=timeout + 1)
+                return True
+            except RpcCallError:
+                # Refused (duplicate, nonce ahead of a gap, ...): the node is up; drain() settles it.
+                self.rejected += 1
+                return True
+            except (Exception, trio.TooSlowError):
+                self.unreachable_attempts += 1
+        return False
+
+    async def drain(self, *, deadline: float, commit_timeout: float = 20.0) -> None:
+        """Re-send, in nonce order, every transaction the chain does not hold yet
+        (lost with a killed node's mempool), until committed or ``deadline``."""
+
+        async def settle(index: int, sender: SenderLog) -> None:
+            attempt = 0
+            while trio.current_time() < deadline:
+                committed_next = await self._committed_next(sender, attempt)
+                if committed_next is not None and committed_next >= len(sender.txs):
+                    return
+                if committed_next is not None:
+                    await self._submit(sender.txs[committed_next], start=attempt, mode="commit", timeout=commit_timeout)
+                else:
+                    await trio.sleep(1.0)
+                attempt += 1
+
+        async with trio.open_nursery() as nursery:
+            for i, sender in enumerate(self.senders):
+                nursery.start_soon(settle, i, sender)
+
+    async def _committed_next(self, sender: SenderLog, start: int) -> int | None:
+        for k in range(len(self.addresses)):
+            address = self.addresses[(start + k) % len(self.addresses)]
+            try:
+                with trio.fail_after(SUBMIT_TIMEOUT_S + 2):
+                    answer = await call_node(address, "chain_nonce", {"sender": sender.identity.public_key.hex()}, timeout=SUBMIT_TIMEOUT_S)
+                return int(answer["committed_next"])
+            except (Exception, trio.TooSlowError):
+                continue
+        return None
