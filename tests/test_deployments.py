@@ -171,9 +171,6 @@ def test_dockerfile_builds_with_gmp_and_runs_the_daemon_as_non_root():
                     assert f"!{source}" in ignore or f"!{source}/" in ignore, source
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "node/cli.py calls importlib.util without importing it; that works only where an editable "
-    "install's .pth hook imported it first. Fix: `import importlib.util` in node/cli.py, then drop this marker."))
 def test_cli_works_as_the_image_installs_it(cluster):
     """The image installs metanode with `pip install .`: no editable-install hook runs at
     start-up. Run the console script's code the same way (-S: no .pth files)."""
