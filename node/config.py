@@ -8,6 +8,7 @@ Relative paths are relative to the config file's directory.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "storage_quota_bytes": Field(int, 1024**3, _positive, "bytes each tenant may store on this node"),
         "max_blob_bytes": Field(int, 256 * 1024**2, lambda v: None if 1024 <= v <= 16 * 1024**3 else "between 1024 and 17179869184"),
     },
+    "metrics": {
+        "listen": Field(str, "", doc='Prometheus metrics "HOST:PORT" (e.g. "127.0.0.1:9101"); empty: off, since a fixed default port would collide between nodes on one machine'),
+    },
     "cage": {
         "service_policy": Field(str, "auto", doc='policy confining the daemon itself: "auto" (processing if the node has that role, else gateway), a policy name, or "none"'),
         "policies_file": Field(str, "", doc="cage policy file; empty means the shipped config/policies.toml"),
@@ -145,6 +149,7 @@ class NodeConfig:
     log: dict[str, Any] = field(default_factory=dict)
     consensus: dict[str, Any] = field(default_factory=dict)
     services: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     cage: dict[str, Any] = field(default_factory=dict)
     debug: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -205,6 +210,9 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
     net = values["network"]
     if net["keepalive_timeout"] < 0.1 or net["keepalive_interval"] < 0.1:
         raise ConfigError(f"{where}: [network] keepalive_interval and keepalive_timeout must be at least 0.1 s")
+    listen = values["metrics"]["listen"]
+    if listen and not re.fullmatch(r"[0-9a-zA-Z.\-]+:[0-9]{1,5}", listen):
+        raise ConfigError(f'{where}: [metrics] listen: expected "HOST:PORT" such as "127.0.0.1:9101", got {listen!r}')
     for i, tenant in enumerate(values["services"]["gateway_tenants"]):
         if not isinstance(tenant, str) or len(tenant) != 64 or any(c not in "0123456789abcdef" for c in tenant):
             raise ConfigError(f"{where}: [services] gateway_tenants[{i}]: expected a public key of 64 lowercase hex characters, got {tenant!r}")
@@ -220,6 +228,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
         limits=values["limits"],
         log=values["log"],
         services=values["services"],
+        metrics=values["metrics"],
         consensus={**values["consensus"], "genesis": (base / values["consensus"]["genesis"]).resolve() if values["consensus"]["genesis"] else None},
         cage={**values["cage"], "policies_file": (base / values["cage"]["policies_file"]).resolve() if values["cage"]["policies_file"] else None},
         debug=values["debug"],

@@ -27,6 +27,7 @@ from node.consensus.genesis import load_genesis
 from node.daemon_confinement import confine_daemon
 from node.errors import UserError
 from node.keys import Identity
+from node.metrics import NodeMetrics
 from node.p2p.host import build_host, running_host
 from node.p2p.jsonrpc import CallContext, Dispatcher, Registry, RpcError
 from node.p2p.peers import PeerManager
@@ -35,6 +36,7 @@ from node.p2p.rpc import RPC_PROTOCOL, RpcServer
 log = structlog.get_logger("metanode.daemon")
 
 SHUTDOWN_GRACE_S = 4.0
+METRICS_INTERVAL_S = 2.0
 DEBUG_OS_ERROR = 1900
 LOCK_NAME = "daemon.lock"
 
@@ -92,6 +94,8 @@ class Daemon:
         self.chain: Any = None
         self.db: Any = None
         self.cage_pool: Any = None
+        self.storage: Any = None
+        self.metrics_port: int | None = None
         self.registry = Registry()
         self.services: list[Service] = []
         self.started_at = time.monotonic()
@@ -121,6 +125,7 @@ class Daemon:
             "listen_addrs": self.listen_addrs(),
             "peers": len(self.peers.peers) if self.peers else 0,
             "cage": self.confinement,
+            "metrics": f"{self.config.metrics['listen'].rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else None,
         }
 
     async def _net_peers(self, ctx: CallContext) -> list[dict[str, Any]]:
@@ -154,7 +159,8 @@ class Daemon:
             self.host = build_host(self.identity, max_connections=limits["max_peers"])
             if self.genesis is not None:
                 self._add_chain()
-            dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"])
+            self.metrics = NodeMetrics()
+            dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"], on_call=self.metrics.on_rpc)
             self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"])
             self.host.set_stream_handler(RPC_PROTOCOL, self.rpc_server.handle_stream)
             self.peers = PeerManager(
@@ -172,6 +178,10 @@ class Daemon:
                     async with running_host(self.host, listen):
                         async with trio.open_nursery() as nursery:
                             await nursery.start(self.peers.run)
+                            if cfg.metrics["listen"]:
+                                host, port = cfg.metrics["listen"].rsplit(":", 1)
+                                self.metrics_port = await nursery.start(self.metrics.serve, host, int(port))
+                            nursery.start_soon(self._update_metrics)
                             for service in self.services:
                                 await nursery.start(service.run)
                             log.info("daemon started", peer_id=self.identity.peer_id, listen=self.listen_addrs(), roles=cfg.roles)
@@ -206,7 +216,7 @@ class Daemon:
                               allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
             gateway.register(self.registry)
             self.services.append(Service("gateway", gateway.run, lambda: {"pending_receipts": len(gateway._pending_receipts)}))
-        storage = self._add_storage() if {"storage", "gateway", "processing"} & set(cfg.roles) else None
+        storage = self.storage = self._add_storage() if {"storage", "gateway", "processing"} & set(cfg.roles) else None
         if self.cage_pool is not None:
             from node.services.processing import ProcessingService, storage_resolver
 
@@ -216,6 +226,21 @@ class Daemon:
                 results_dir=cfg.data_dir / "results",
             )
             self.services.append(Service("processing", processing.run, lambda: {"completed": processing.completed}))
+
+    async def _update_metrics(self) -> None:
+        """Gauges sampled every few seconds; counters are updated where events happen."""
+        while True:
+            self.metrics.set_peers(len(self.peers.peers) if self.peers else 0)
+            if self.chain is not None:
+                self.metrics.set_mempool(len(self.chain.mempool), self.chain.mempool.size_bytes)
+                self.metrics.set_jobs(self.app.state.queue_depth())
+            if self.storage is not None:
+                self.metrics.set_storage_bytes(self.storage.store.total_bytes())
+            await trio.sleep(METRICS_INTERVAL_S)
+
+    def _on_block_metrics(self, block: Any) -> None:
+        finality_s = max(0.0, (time.time_ns() // 1_000_000 - block.header.timestamp_ms) / 1000)
+        self.metrics.on_block(block.height, block.commit_round, finality_s)
 
     def _storage_peers(self) -> list[str]:
         """Peer ids of the nodes the chain knows as storage nodes (not this one)."""
@@ -275,6 +300,7 @@ class Daemon:
             max_frame=cfg.limits["max_frame_bytes"],
         )
         register_chain_methods(self.registry, self.chain)
+        self.chain.on_finalized.append(self._on_block_metrics)
         register_receipt_methods(self.registry, self.app.receipts, store, self.genesis)
         self._add_services()
         self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
