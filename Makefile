@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/metanode demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
