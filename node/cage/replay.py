@@ -50,13 +50,7 @@ def replay(pool: CagePool, witness_file: bytes, input_overrides: dict[str, str] 
     record, recorded_digest, unhashed = decode_witness_file(witness_file)
     paths = dict(unhashed.get("input_paths") or {})
     paths.update(input_overrides or {})
-    try:
-        policy = policy_from_value(record["policy"])
-    except ConfigError as exc:
-        raise CageError(f"recorded policy is not valid here: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="metanode-replay-") as scratch:
-        job = job_from_witness(record, paths, scratch if record["outputs"] else None)
-        outcome = pool.run(job, policy=policy)
+    outcome = rerun(pool, record, paths)
     fresh = outcome.witness
     checks: list[tuple[str, bool, str, str]] = []
 
@@ -87,3 +81,15 @@ def load_witness(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise CageError(f"cannot read witness {path}: {exc.strerror}") from None
+
+
+def rerun(pool: Any, record: dict[str, Any], input_paths: dict[str, str], *, prefix: str = "metanode-replay-") -> Any:
+    """Run the job a witness record describes again, from ``input_paths``,
+    under the policy the record names (refused if this host cannot read it)."""
+    try:
+        policy = policy_from_value(record["policy"])
+    except ConfigError as exc:
+        raise CageError(f"recorded policy is not valid here: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        job = job_from_witness(record, input_paths, scratch if record["outputs"] else None)
+        return pool.run(job, policy=policy)

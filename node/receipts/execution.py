@@ -23,7 +23,6 @@ receipt field    from the witness record
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,11 +123,8 @@ def replay_exec(
 
     Raises ReplayInputError for a missing or unreadable input, CageError
     when the cage cannot run the job."""
-    from node.cage.job import CageError
-    from node.cage.policy import policy_from_value
-    from node.cage.replay import job_from_witness
+    from node.cage.replay import rerun
     from node.cage.witness import describe_inputs
-    from node.errors import ConfigError
 
     names = [item["name"] for item in record["inputs"]]
     missing = [name for name in names if name not in inputs]
@@ -150,13 +146,7 @@ def replay_exec(
     if bad_inputs:
         return ReplayResult(False, f"{bad_inputs[0]}: file digest differs from the witness",
                             recorded_result, NO_DIGEST, checks)
-    try:
-        policy = policy_from_value(record["policy"])
-    except ConfigError as exc:
-        raise CageError(f"recorded policy is not valid here: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="metanode-verify-replay-") as scratch:
-        job = job_from_witness(record, inputs, scratch if record["outputs"] else None)
-        outcome = pool.run(job, policy=policy)
+    outcome = rerun(pool, record, inputs, prefix="metanode-verify-replay-")
     replayed = _digest_or_none(outcome.result_digest)
     checks.append(("result", replayed == recorded_result, recorded_result.hex(), replayed.hex()))
     fresh = exec_fields_from_outcome(outcome)
