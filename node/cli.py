@@ -27,7 +27,6 @@ _LAZY_COMMANDS = {
     "audit": "node.receipts.commands:audit",
     "genesis": "node.consensus.commands:genesis",
     "analytics": "node.services.commands:analytics",
-    "mesh": "node.services.commands:mesh",
     "testnet": "node.testnet.commands:testnet",
     "demo": "node.demo:demo",
 }

@@ -68,7 +68,7 @@ def plan_testnet(
     return plans
 
 
-def node_config_text(plan: NodePlan, peers: list[NodePlan], *, log_format: str = "json") -> str:
+def node_config_text(plan: NodePlan, peers: list[NodePlan], *, log_format: str = "json", storage_nodes: int = 2) -> str:
     peer_lines = ",\n".join(f'    "{p.address}"' for p in peers)
     return f"""# {plan.name} of a local metanode testnet (written by `metanode testnet init`).
 [node]
@@ -89,6 +89,9 @@ redial_backoff_cap = 5.0
 
 [consensus]
 genesis = "genesis.toml"
+
+[services]
+storage_replicas = {max(1, min(2, storage_nodes))}
 
 [log]
 format = "{log_format}"
@@ -117,7 +120,8 @@ def write_testnet(directory: Path, plans: list[NodePlan], genesis: Genesis | Non
     for plan in plans:
         plan.identity.write(directory / f"{plan.name}.key")
         peers = [p for p in plans if p is not plan]
-        (directory / f"{plan.name}.toml").write_text(node_config_text(plan, peers))
+        storage_nodes = sum(1 for p in plans if "storage" in p.roles)
+        (directory / f"{plan.name}.toml").write_text(node_config_text(plan, peers, storage_nodes=storage_nodes))
     manifest.write_text(json.dumps({
         "nodes": [
             {"name": p.name, "config": f"{p.name}.toml", "address": p.address, "roles": list(p.roles)}
