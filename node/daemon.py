@@ -200,22 +200,31 @@ class Daemon:
         """Role services that live on the chain: registration and the gateway."""
         from node.services.gateway import Gateway
         from node.services.issuer import NodeIssuer
+        from node.services.publisher import ReceiptPublisher
         from node.services.node_txs import NodeTransactions
         from node.services.registrar import Registrar
 
         cfg, services = self.config, self.config.services
         node_txs = NodeTransactions(self.identity, self.chain)
         issuer = NodeIssuer(self.db, self.identity)
+        publisher = ReceiptPublisher(issuer=issuer, node_txs=node_txs, chain=self.chain, max_batch=self.app.rules.max_batch_receipts)
+        self.services.append(Service("receipts", publisher.run, lambda: {"pending": len(publisher.pending), "published": publisher.published}))
+        if "scheduler" in cfg.roles:
+            # Schedulers sign the job.schedule / job.verdict receipts each block implies.
+            self.app.on_effects.append(lambda effects, block: [
+                publisher.issue(body.kind, subject=body.subject, fields=body.fields, height=block.height)
+                for body in effects.receipt_bodies
+            ])
         if cfg.roles:
             registrar = Registrar(node_txs=node_txs, chain=self.chain, app=self.app, roles=cfg.roles,
                                   capacity=services["processing_capacity"], moniker=cfg.moniker or self.identity.peer_id[-8:])
             self.services.append(Service("registrar", registrar.run, lambda: {"registered": registrar.registered}))
         if "gateway" in cfg.roles:
-            gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, issuer=issuer, node_txs=node_txs,
+            gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, publisher=publisher,
                               jobs_per_minute=services["gateway_jobs_per_minute"],
                               allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
             gateway.register(self.registry)
-            self.services.append(Service("gateway", gateway.run, lambda: {"pending_receipts": len(gateway._pending_receipts)}))
+            self.services.append(Service("gateway", _no_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"}))
         storage = self.storage = self._add_storage() if {"storage", "gateway", "processing"} & set(cfg.roles) else None
         if self.cage_pool is not None:
             from node.services.processing import ProcessingService, storage_resolver
@@ -301,9 +310,14 @@ class Daemon:
         )
         register_chain_methods(self.registry, self.chain)
         self.chain.on_finalized.append(self._on_block_metrics)
-        register_receipt_methods(self.registry, self.app.receipts, store, self.genesis)
+        register_receipt_methods(self.registry, self.app.receipts, store, self.genesis, self.app)
         self._add_services()
         self.services.append(Service("consensus", self.chain.run, lambda: {"height": self.chain.core.height, "validator": self.chain.is_validator}))
+
+
+async def _no_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A role whose work is all in RPC handlers: nothing runs in the background."""
+    task_status.started()
 
 
 async def _started(task_status: Any, body: Any) -> None:

@@ -18,7 +18,7 @@ _ID = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
 
 
-def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainStore, genesis: Genesis) -> None:
+def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainStore, genesis: Genesis, app: Any = None) -> None:
     blocks = ChainStoreBlocks(store)
 
     def answer(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -39,6 +39,12 @@ def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainSt
     async def receipt_bundle(ctx: CallContext, id: str) -> dict[str, Any]:
         return answer(api.receipt_bundle, log, blocks, genesis, id)
 
+    async def receipt_trace(ctx: CallContext, job_id: str) -> list[dict[str, Any]]:
+        return app.job_receipts(bytes.fromhex(job_id))
+
+    if app is not None:
+        registry.register("receipt_trace", receipt_trace, {"properties": {"job_id": _ID}, "required": ["job_id"]},
+                          "Every logged receipt about a job, in log order (submission, schedule, executions, verdict).")
     registry.register("receipt_get", receipt_get, {"properties": {"id": _ID}, "required": ["id"]}, "A receipt envelope and its place in the log.")
     registry.register("receipt_proof", receipt_proof, {"properties": {"id": _ID, "size": _SIZE}, "required": ["id"]}, "Inclusion proof to the sealing block's root (or to the log at size).")
     registry.register("receipt_consistency", receipt_consistency, {"properties": {"size1": _SIZE, "size2": _SIZE}, "required": ["size1", "size2"]}, "Consistency proof between two log sizes.")

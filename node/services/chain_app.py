@@ -20,7 +20,8 @@ decision (``state_rejections``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -29,11 +30,13 @@ from node.consensus.block import Block, BlockHeader
 from node.consensus.store import ChainStore
 from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
 from node.db import transaction
-from node.receipts.envelope import Receipt
+from node.receipts.envelope import Receipt, decode_receipt
 from node.receipts.log import LogHead, ReceiptLog
 from node.services.state import DEFAULT_RULES, StateMachine, catch_up, parse_payload, register_tx_types
 
 log = structlog.get_logger("metanode.chain")
+
+_LIFECYCLE = {"api.call": 0, "job.schedule": 1, "job.exec": 2, "job.verdict": 3}
 
 
 class ChainApplication:
@@ -43,6 +46,9 @@ class ChainApplication:
         self.rules = rules
         self.receipts = ReceiptLog(conn)
         self.state = StateMachine(conn, rules=rules)
+        # Called with (effects, block) after each block is applied, e.g. to
+        # sign the job.schedule / job.verdict receipts a block implies.
+        self.on_effects: list[Callable[[Any, Block], None]] = []
 
     def register(self, registry: TxTypeRegistry) -> None:
         register_tx_types(registry, self.rules)
@@ -79,9 +85,32 @@ class ChainApplication:
     # -- finalised blocks ---------------------------------------------------------------
     def on_finalized(self, block: Block) -> None:
         self._append_receipts(block)
-        self.state.apply_block(
+        effects = self.state.apply_block(
             block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions]
         )
+        for callback in self.on_effects:
+            callback(effects, block)
+
+    def job_receipts(self, job_id: bytes) -> list[dict[str, Any]]:
+        """Every logged receipt about a job, in the job's order: the api.call
+        that accepted it (its response is the job id's digest), schedules,
+        executions and verdicts (their subject is the job id). Log order is
+        arrival order (published receipts are batched), so the trace orders
+        by the height each receipt refers to, then by lifecycle step."""
+        response = hashlib.sha256(job_id).digest()
+        rows = self.conn.execute(
+            "SELECT id, kind, issuer, height, subject, envelope FROM receipt_envelopes WHERE subject = ? OR kind = 'api.call'",
+            [job_id],
+        ).fetchall()
+        found = []
+        for rid, kind, issuer, height, subject, envelope in rows:
+            if kind == "api.call" and bytes(subject) != job_id:
+                if decode_receipt(bytes(envelope)).fields.get("response") != response:
+                    continue
+            index = self.receipts.index_of(bytes(rid))
+            if index is not None:
+                found.append({"id": bytes(rid).hex(), "kind": kind, "issuer": issuer, "height": height, "index": index})
+        return sorted(found, key=lambda r: (r["height"], _LIFECYCLE.get(r["kind"], 9), r["index"]))
 
     def _append_receipts(self, block: Block) -> None:
         new = self.receipts_in(block.transactions)

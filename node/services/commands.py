@@ -149,3 +149,31 @@ def list_jobs(node_addr: str, key_path: str | None, state: str | None, limit: in
 def health(node_addr: str, key_path: str | None) -> None:
     """Validators, height, processing nodes and queue depth."""
     click.echo(json.dumps(_run(key_path, node_addr, lambda client: client.health()), indent=2, sort_keys=True))
+
+
+@analytics.command("trace")
+@NODE_OPTION
+@KEY_OPTION
+@click.option("--job-id", required=True)
+@click.option("--genesis", type=click.Path(exists=True, dir_okay=False), help="Verify every receipt offline against this genesis file.")
+@click.option("--json", "as_json", is_flag=True)
+def trace(node_addr: str, key_path: str | None, job_id: str, genesis: str | None, as_json: bool) -> None:
+    """Every receipt of a job in order (submission, schedule, executions, verdict) and whether each verifies."""
+
+    async def body(client: Any) -> Any:
+        if await client.status(job_id) is None:
+            raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
+        receipts = await client.rpc.call("receipt_trace", {"job_id": job_id})
+        for r in receipts:
+            r["verified"] = await client.verify_receipt(r["id"], genesis) if genesis else None
+        return receipts
+
+    receipts = _run(key_path, node_addr, body)
+    if as_json:
+        click.echo(json.dumps(receipts, indent=2))
+    else:
+        for r in receipts:
+            mark = "" if r["verified"] is None else ("  verified offline" if r["verified"] else "  DOES NOT VERIFY")
+            click.echo(f"#{r['index']:<6} height {r['height']:<6} {r['kind']:13} by {r['issuer']}  {r['id']}{mark}")
+    if genesis and not all(r["verified"] for r in receipts):
+        sys.exit(1)

@@ -4,8 +4,7 @@ Tenants are authenticated by the connection: a client connects with its
 tenant key as its libp2p identity (Noise proves it holds the key), so the
 caller's peer id *is* the tenant. A tenant sees only its own jobs and
 datasets. Every accepted call yields an ``api.call`` receipt signed by the
-gateway; receipts are batched into ``receipts.batch`` transactions, so they
-enter the chain's receipt log and can be verified offline.
+gateway and published on chain (node/services/publisher.py).
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from node.consensus.tx import TxError, decode_tx
 from node.keys import public_key_from_peer_id
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
-from node.services.issuer import NodeIssuer
-from node.services.node_txs import NodeTransactions
+from node.services.publisher import ReceiptPublisher
 
 log = structlog.get_logger("metanode.gateway")
 
@@ -33,20 +31,17 @@ JOB_NOT_FOUND = 1404
 REJECTED = 1310
 UNSUPPORTED_JOB = 1311
 
-BATCH_INTERVAL_S = 1.0
 
 
 class Gateway:
-    def __init__(self, *, identity: Any, chain: Any, app: Any, issuer: NodeIssuer, node_txs: NodeTransactions,
+    def __init__(self, *, identity: Any, chain: Any, app: Any, publisher: ReceiptPublisher,
                  jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None) -> None:
         self.identity = identity
         self.chain = chain
         self.app = app
-        self.issuer = issuer
-        self.node_txs = node_txs
+        self.publisher = publisher
         self.allowed = set(allowed_tenants) if allowed_tenants else None  # None: open registration
         self.jobs_quota = TokenBuckets(jobs_per_minute / 60.0, max(1.0, jobs_per_minute / 6))
-        self._pending_receipts: list[bytes] = []
 
     # -- tenants and receipts -----------------------------------------------------------
     def tenant(self, ctx: CallContext) -> bytes:
@@ -57,23 +52,10 @@ class Gateway:
 
     def receipt(self, method: str, tenant: bytes, request: bytes, outcome: str, code: int, response: bytes) -> str:
         """Issue an api.call receipt for an accepted call and queue it for the chain."""
-        r = self.issuer.issue("api.call", height=self.chain.core.tip.height, subject=hashlib.sha256(request).digest(),
-                              fields={"method": method, "tenant": tenant, "outcome": outcome, "code": code,
-                                      "response": hashlib.sha256(response).digest()})
-        self._pending_receipts.append(r.envelope)
+        r = self.publisher.issue("api.call", subject=hashlib.sha256(request).digest(),
+                                 fields={"method": method, "tenant": tenant, "outcome": outcome, "code": code,
+                                         "response": hashlib.sha256(response).digest()})
         return r.id.hex()
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Submit queued receipts as receipts.batch transactions, once per interval."""
-        task_status.started()
-        limit = self.app.rules.max_batch_receipts
-        while True:
-            await trio.sleep(BATCH_INTERVAL_S)
-            while self._pending_receipts and self.chain.started:
-                batch = self._pending_receipts[:limit]
-                if not self.node_txs.submit("receipts.batch", {"receipts": batch}).accepted:
-                    break  # mempool busy: try again next interval
-                del self._pending_receipts[:limit]
 
     # -- RPC ------------------------------------------------------------------------------
     def register(self, registry: Registry) -> None:

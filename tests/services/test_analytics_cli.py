@@ -42,6 +42,20 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         listed = run_cli("analytics", "list", "--node", node, "--key", str(tmp_path / "tenant.key"))
         assert status["id"] in listed.stdout and "verified" in listed.stdout
 
+        # Every operation on the job left a receipt in the log, and each verifies offline.
+        def traced():
+            out = run_cli("analytics", "trace", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", status["id"],
+                          "--genesis", str(directory / "genesis.toml"), "--json", timeout=120)
+            receipts = json.loads(out.stdout) if out.returncode == 0 else []
+            kinds = [r["kind"] for r in receipts]
+            return receipts if {"api.call", "job.schedule", "job.exec", "job.verdict"} <= set(kinds) else None
+
+        receipts = wait_until(traced, 90, interval=1, what="the job's schedule and verdict receipts on chain")
+        assert all(r["verified"] for r in receipts)
+        kinds = [r["kind"] for r in receipts]
+        assert kinds.index("api.call") < kinds.index("job.schedule") < kinds.index("job.exec") < kinds.index("job.verdict")
+        assert kinds.count("job.exec") == 2
+
         # The client library, from plain Python: reuse the dataset, verify a receipt offline.
         client = Client(plans[1].address, tmp_path / "tenant.key")
         job_id = client.submit_job(job_type="summary", data_source={"sales": status["inputs"]["sales"]}, parameters={"input": "sales"})
