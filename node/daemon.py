@@ -225,7 +225,7 @@ class Daemon:
                               allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
             gateway.register(self.registry)
             self.services.append(Service("gateway", _no_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"}))
-        storage = self.storage = self._add_storage() if {"storage", "gateway", "processing"} & set(cfg.roles) else None
+        storage = self.storage = self._add_storage(publisher) if {"storage", "gateway", "processing"} & set(cfg.roles) else None
         if self.cage_pool is not None:
             from node.services.processing import ProcessingService, storage_resolver
 
@@ -256,7 +256,7 @@ class Daemon:
         return [n["peer_id"] for n in self.app.state.nodes(processing_only=False)
                 if "storage" in n["roles"] and n["peer_id"] != self.identity.peer_id]
 
-    def _add_storage(self) -> Any:
+    def _add_storage(self, publisher: Any) -> Any:
         """Content-addressed blobs and the dataset catalog; the blob protocol;
         dataset_* RPC methods where the node takes uploads."""
         from node.services.storage import BlobClient, BlobStore, Catalog, QuotaPolicy, StorageService, register_storage_methods
@@ -277,7 +277,10 @@ class Daemon:
         )
         storage.install(self.host)
         if {"storage", "gateway"} & set(cfg.roles):
-            uploads = register_storage_methods(self.registry, storage)
+            def data_store_receipt(info: Any, fields: dict[str, Any]) -> str:
+                return publisher.issue("data.store", subject=info.digest, fields=fields).id.hex()
+
+            uploads = register_storage_methods(self.registry, storage, on_stored=data_store_receipt)
             self.services.append(Service("storage", lambda *, task_status=trio.TASK_STATUS_IGNORED: _started(task_status, uploads.run_sweeper()),
                                          lambda: {"bytes": storage.store.total_bytes()}))
         return storage

@@ -68,6 +68,10 @@ async def test_sql_job_goes_to_verified_with_a_receipt(node_dir):
             exec_receipt = verify_receipt(bytes.fromhex(receipt["envelope"]))
             assert exec_receipt.kind == "job.exec" and exec_receipt.subject.hex() == submitted["job_id"]
             seed, clock = bytes.fromhex(status["seed"]), status["clock"]
+            # Storing the dataset left a data.store receipt in the log too.
+            stored = await eventually(lambda: rpc.call("receipt_get", {"id": uploaded["receipt"]["id"]}))
+            data_store = verify_receipt(bytes.fromhex(stored["envelope"]))
+            assert data_store.kind == "data.store" and data_store.subject == digest
 
     # The same job, run independently in a fresh cage from the same inputs,
     # seed and clock, gives the same result digest the chain verified.

@@ -14,6 +14,8 @@ with its partial bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import base64
 import binascii
 import secrets
@@ -148,9 +150,13 @@ _GET_PARAMS = {
 }
 
 
-def register_storage_methods(registry: Registry, service: StorageService, uploads: Uploads | None = None) -> Uploads:
+def register_storage_methods(registry: Registry, service: StorageService, uploads: Uploads | None = None,
+                             on_stored: Callable[[Any, dict[str, Any]], str | None] | None = None) -> Uploads:
     """Add the ``dataset_*`` methods to ``registry``; return the upload table
-    (start its :meth:`Uploads.run_sweeper` in the daemon's nursery)."""
+    (start its :meth:`Uploads.run_sweeper` in the daemon's nursery).
+    ``on_stored(info, receipt_fields)`` is called for each stored dataset
+    (the daemon signs a ``data.store`` receipt there) and may return the
+    receipt id, which the upload answer then carries."""
     uploads = uploads or Uploads(service)
 
     async def dataset_upload(ctx: CallContext, chunk: str, final: bool = False, upload: str | None = None,
@@ -185,7 +191,10 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
             info = await service.finish_dataset(tenant, current.name, current.format, current.writer)
         except StorageError as exc:
             raise _rpc_error(exc) from None
-        return {**info.to_json(), "receipt": {**service.receipt_fields(info), "subject": info.digest.hex()}}
+        receipt = {**service.receipt_fields(info), "subject": info.digest.hex()}
+        if on_stored is not None:
+            receipt["id"] = on_stored(info, service.receipt_fields(info))
+        return {**info.to_json(), "receipt": receipt}
 
     async def dataset_list(ctx: CallContext, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         tenant = tenant_of(ctx)
