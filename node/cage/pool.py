@@ -24,7 +24,7 @@ from node.cage.layers import HostCapabilities
 from node.cage.policy import Policy, default_policy_path, load_policies, missing_layers
 from node.codec import CodecError
 
-DEFAULT_FUNCTION_MODULES = ("node.cage.functions",)
+DEFAULT_FUNCTION_MODULES = ("node.cage.functions", "node.cage.trend")
 
 
 class _Server:

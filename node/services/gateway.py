@@ -29,7 +29,6 @@ WRONG_TX = 1303
 STATE_REFUSED = 1304
 JOB_NOT_FOUND = 1404
 REJECTED = 1310
-UNSUPPORTED_JOB = 1311
 
 
 
@@ -89,10 +88,6 @@ class Gateway:
 
     async def _submit(self, ctx: CallContext, tx: str) -> dict[str, Any]:
         tenant = self.tenant(ctx)
-        unsupported = _unsupported_job_type(tx)
-        if unsupported is not None:
-            # Accepting it would only let it time out on every processing node.
-            raise RpcError(UNSUPPORTED_JOB, f"job type {unsupported!r} is not available on this cluster yet", {"type": unsupported})
         wait = self.jobs_quota.take(tenant.hex(), trio.current_time())
         if wait:
             raise RpcError(QUOTA_EXCEEDED, "job quota exceeded", {"retry_after_s": round(wait, 3)})
@@ -128,16 +123,3 @@ class Gateway:
             "queue": self.app.state.queue_depth(),
         }
 
-
-def _unsupported_job_type(raw_hex: str) -> str | None:
-    """The job's type if no cage function of this build can run it."""
-    from node.cage.functions import registered_functions
-    from node.services.processing import FUNCTIONS
-
-    try:
-        tx = decode_tx(bytes.fromhex(raw_hex))
-    except (TxError, ValueError):
-        return None  # the full check below names what is wrong
-    job_type = tx.payload.get("type") if isinstance(tx.payload, dict) else None
-    function = FUNCTIONS.get(job_type) if isinstance(job_type, str) else None
-    return job_type if function is not None and function not in registered_functions() else None

@@ -62,6 +62,11 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         summary = client.wait_for_completion(job_id, timeout=240)
         assert summary["state"] == "verified", summary
         assert client.verify_receipt(summary["results"][0]["receipt"], directory / "genesis.toml")
+        trend_id = client.submit_job(job_type="trend-analysis", data_source={"sales": status["inputs"]["sales"]}, replication=2,
+                                     parameters={"input": "sales", "time_column": "day", "value_column": "units",
+                                                 "group_by": "product", "window": "2d"})
+        trend = client.wait_for_completion(trend_id, timeout=240)
+        assert trend["state"] == "verified" and len({r["result"] for r in trend["results"]}) == 1, trend
     finally:
         processes.down(directory)
 

@@ -118,16 +118,3 @@ async def test_closed_gateway_refuses_unknown_tenants(node_dir):
         async with connect_to_node(addr, identity=allowed) as friend:
             assert (await friend.call("analytics_list"))["jobs"] == []
 
-
-async def test_job_types_this_build_cannot_run_are_refused_up_front(node_dir):
-    tenant = Identity.from_label("tenant-trend")
-    digest = hashlib.sha256(b"x").digest()
-    async with running_daemon(node_config(node_dir)) as daemon:
-        async with connect_to_node(daemon.listen_addrs()[0], identity=tenant) as rpc:
-            job = sign_tx(tenant, chain_id=CHAIN, nonce=0, tx_type="job.submit", payload={
-                "type": "trend-analysis", "inputs": {"sales": digest},
-                "params": {"input": "sales", "time_column": "day", "value_column": "units", "window": "30d"},
-                "replication": 1, "deadline_blocks": 50})
-            with pytest.raises(RpcCallError) as info:
-                await rpc.call("analytics_submit", {"tx": job.encoded.hex()})
-            assert info.value.code == 1311 and info.value.data["type"] == "trend-analysis"

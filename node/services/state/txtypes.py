@@ -34,7 +34,9 @@ type                payload
 
 Job parameters: ``sql`` {``query`` text}; ``summary`` {``input`` name of
 one of the inputs}; ``trend-analysis`` {``input``, ``time_column``,
-``value_column`` column names, ``window`` ``<n>d`` | ``<n>w`` | ``<n>m``}.
+``value_column`` column names, ``window`` ``<n>d`` | ``<n>w`` | ``<n>m``;
+optional ``group_by`` column name, ``granularity`` ``day`` (default) |
+``week`` | ``month``}.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ MAX_UINT = 2**63 - 1
 _MONIKER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _WINDOW = re.compile(r"[1-9][0-9]{0,3}[dwm]")
+GRANULARITIES = ("day", "week", "month")
+_TREND_OPTIONAL = ("group_by", "granularity")  # granularity defaults to day
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME = 128
 
@@ -243,11 +247,17 @@ def _summary_params(value: Any, inputs: dict[str, bytes], rules: ChainRules) -> 
 
 
 def _trend_params(value: Any, inputs: dict[str, bytes], rules: ChainRules) -> dict[str, Any]:
-    p = _record(value, "params", ("input", "time_column", "value_column", "window"))
+    required = ("input", "time_column", "value_column", "window")
+    present_optional = tuple(name for name in _TREND_OPTIONAL if isinstance(value, dict) and name in value)
+    p = _record(value, "params", required + present_optional)
     _input_param(p, inputs)
     _text(p["time_column"], "params.time_column", _COLUMN, "a column name")
     _text(p["value_column"], "params.value_column", _COLUMN, "a column name")
     _text(p["window"], "params.window", _WINDOW, "<n>d, <n>w or <n>m with n in 1..9999")
+    if "group_by" in p:
+        _text(p["group_by"], "params.group_by", _COLUMN, "a column name")
+    if "granularity" in p:
+        _choice(p["granularity"], "params.granularity", GRANULARITIES)
     return p
 
 
