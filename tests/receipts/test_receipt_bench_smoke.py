@@ -31,3 +31,6 @@ def test_bench_smoke_prints_the_table(capsys: pytest.CaptureFixture[str], monkey
         "bundle build (DuckDB)",
     ]
     assert out[2].split()[-1] == "1.00"  # the baseline compared with itself
+    rows = dict(zip(names, out[2:]))
+    for name in ("bundle verify (headers cached)", "bundle verify (cold)", "bundle build (DuckDB)"):
+        assert "bundles" in rows[name]
