@@ -31,16 +31,6 @@ InputResolver = Callable[[str], Awaitable[Path | None]]
 FUNCTIONS = {"summary": "table_summary", "trend-analysis": "trend_analysis"}
 
 
-def local_blob_resolver(blob_root: Path) -> InputResolver:
-    """Inputs already in this node's content-addressed store (blobs/ab/cdef...)."""
-
-    async def resolve(digest_hex: str) -> Path | None:
-        path = blob_root / digest_hex[:2] / digest_hex[2:]
-        return path if path.is_file() else None
-
-    return resolve
-
-
 def storage_resolver(storage: Any, peers: Callable[[], list[str]]) -> InputResolver:
     """Inputs from this node's store, fetched from a storage peer when missing
     (verified against the digest on arrival and on every read)."""
