@@ -75,6 +75,42 @@ class BlockSummary:
     proposer: bytes
 
 
+class WallClockTimer:
+    """Calls ``fire`` once the wall clock (``now``, ms) reaches the latest deadline set.
+
+    trio sleeps on its monotonic clock while deadlines are wall-clock ms, so
+    a sleep may end a hair early: it then sleeps again rather than firing a
+    tick the core would ignore (the core never re-emits an unchanged
+    deadline, so that tick would be the last one: a stall).
+    """
+
+    def __init__(self, now: Callable[[], int], fire: Callable[[], None]) -> None:
+        self.now = now
+        self.fire = fire
+        self.deadline: int | None = None
+        self._changed = trio.Event()
+
+    def set(self, deadline_ms: int) -> None:
+        self.deadline = deadline_ms
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        while True:
+            deadline, changed = self.deadline, self._changed
+            if deadline is None:
+                await changed.wait()
+                continue
+            delay = (deadline - self.now()) / 1000
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await changed.wait()
+                continue
+            if self.deadline == deadline:
+                self.deadline = None
+                self.fire()
+
+
 class ConsensusService:
     """Chain follower on every node; IBFT validator when the node's key is in the set."""
 
@@ -114,8 +150,7 @@ class ConsensusService:
             safety=self.safety.load(), validate_block=self._validate_block,
         )
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
-        self._timer_deadline: int | None = None
-        self._timer_changed = trio.Event()
+        self._timer = WallClockTimer(now_ms, lambda: self._post("tick"))
         self._committed: dict[bytes, trio.Event] = {}
         self._subscribers: list[trio.MemorySendChannel[BlockSummary]] = []
         self._syncing = False
@@ -145,7 +180,7 @@ class ConsensusService:
         async with trio.open_nursery() as nursery:
             self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame)
             self._nursery = nursery
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._timer.run)
             task_status.started()
             await self._catch_up_before_voting()
             self.started = True
@@ -258,25 +293,7 @@ class ConsensusService:
 
     # -- timer --------------------------------------------------------------------
     def _set_timer(self, deadline_ms: int) -> None:
-        self._timer_deadline = deadline_ms
-        self._timer_changed.set()
-        self._timer_changed = trio.Event()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline, changed = self._timer_deadline, self._timer_changed
-            if deadline is None:
-                await changed.wait()
-                continue
-            delay = (deadline - now_ms()) / 1000
-            if delay > 0:
-                with trio.move_on_after(delay):
-                    await changed.wait()
-                if changed.is_set():
-                    continue
-            if self._timer_deadline == deadline:
-                self._timer_deadline = None
-                self._post("tick")
+        self._timer.set(deadline_ms)
 
     # -- inbound protocols ------------------------------------------------------------
     async def _handle_ibft(self, stream: Any) -> None:
