@@ -11,6 +11,7 @@ receipts. Two interfaces::
     job_id = client.submit_job(job_type="sql", data_source=dataset["digest"],
                                parameters={"query": "SELECT count(*) AS n FROM sales"})
     status = client.wait_for_completion(job_id)        # state "verified", results, receipts
+    table = status["result"]                            # columns, rows, result_digest
 
     # from trio code
     async with AsyncClient.connect(address, identity) as client:
@@ -104,9 +105,10 @@ class AsyncClient:
                 return None  # not in a committed block yet (or not ours)
             raise
 
-    async def wait_for_completion(self, job_id: str, *, timeout: float = 300.0,
+    async def wait_for_completion(self, job_id: str, *, timeout: float = 300.0, include_result: bool = True,
                                   on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Poll until the job reaches a final state; ``on_change`` sees each new state."""
+        """Poll until the job reaches a final state; ``on_change`` sees each new
+        state. A verified job's status carries its ``result`` (see :meth:`result`)."""
         last = None
         with trio.fail_after(timeout):
             while True:
@@ -116,8 +118,31 @@ class AsyncClient:
                     if on_change is not None:
                         on_change(status)
                 if status is not None and status["state"] in FINAL_STATES:
+                    if include_result and status["state"] == "verified":
+                        status["result"] = await self.result(job_id)
                     return status
                 await trio.sleep(0.25)
+
+    async def result(self, job_id: str, *, retry_for: float = 30.0) -> dict[str, Any]:
+        """A verified job's result table: ``columns`` ([name, type]), ``rows``,
+        ``result_digest`` (checked by the gateway against the chain),
+        ``computed_by`` and the ``receipts`` of each execution. Retries while
+        the nodes holding it are briefly unreachable."""
+        from node.p2p.rpc import RpcCallError
+
+        deadline = trio.current_time() + retry_for
+        while True:
+            try:
+                return await self.rpc.call("analytics_result", {"job_id": job_id}, timeout=60)
+            except RpcCallError as exc:
+                unavailable_now = exc.code == 1405 and isinstance(exc.data, dict) and "holders" in exc.data
+                if not unavailable_now or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(0.5)
+
+    async def witness(self, job_id: str) -> dict[str, Any]:
+        """The witness of each execution of the job (what it read, ran and produced)."""
+        return await self.rpc.call("analytics_witness", {"job_id": job_id}, timeout=60)
 
     async def jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -174,6 +199,12 @@ class Client:
 
     def jobs(self, **kwargs: Any) -> list[dict[str, Any]]:
         return self._run("jobs", **kwargs)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        return self._run("result", job_id)
+
+    def witness(self, job_id: str) -> dict[str, Any]:
+        return self._run("witness", job_id)
 
     def health(self) -> dict[str, Any]:
         return self._run("health")

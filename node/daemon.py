@@ -198,6 +198,7 @@ class Daemon:
 
     def _add_services(self) -> None:
         """Role services that live on the chain: registration and the gateway."""
+        from node.services.artifacts import ArtifactFetcher, ArtifactStore, register_artifact_methods
         from node.services.gateway import Gateway
         from node.services.issuer import NodeIssuer
         from node.services.publisher import ReceiptPublisher
@@ -219,10 +220,12 @@ class Daemon:
             registrar = Registrar(node_txs=node_txs, chain=self.chain, app=self.app, roles=cfg.roles,
                                   capacity=services["processing_capacity"], moniker=cfg.moniker or self.identity.peer_id[-8:])
             self.services.append(Service("registrar", registrar.run, lambda: {"registered": registrar.registered}))
+        artifacts = ArtifactStore(cfg.data_dir / "artifacts") if {"gateway", "processing"} & set(cfg.roles) else None
         if "gateway" in cfg.roles:
             gateway = Gateway(identity=self.identity, chain=self.chain, app=self.app, publisher=publisher,
                               jobs_per_minute=services["gateway_jobs_per_minute"],
-                              allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None)
+                              allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None,
+                              artifacts=ArtifactFetcher(artifacts, self.host, self.identity.peer_id))
             gateway.register(self.registry)
             self.services.append(Service("gateway", _no_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"}))
         storage = self.storage = self._add_storage(publisher) if {"storage", "gateway", "processing"} & set(cfg.roles) else None
@@ -231,9 +234,9 @@ class Daemon:
 
             processing = ProcessingService(
                 identity=self.identity, chain=self.chain, app=self.app, pool=self.cage_pool, issuer=issuer,
-                node_txs=node_txs, resolve_input=storage_resolver(storage, self._storage_peers),
-                results_dir=cfg.data_dir / "results",
+                node_txs=node_txs, resolve_input=storage_resolver(storage, self._storage_peers), artifacts=artifacts,
             )
+            register_artifact_methods(self.registry, artifacts, self._is_registered_gateway)
             self.services.append(Service("processing", processing.run, lambda: {"completed": processing.completed}))
 
     async def _update_metrics(self) -> None:
@@ -250,6 +253,9 @@ class Daemon:
     def _on_block_metrics(self, block: Any) -> None:
         finality_s = max(0.0, (time.time_ns() // 1_000_000 - block.header.timestamp_ms) / 1000)
         self.metrics.on_block(block.height, block.commit_round, finality_s)
+
+    def _is_registered_gateway(self, key: bytes) -> bool:
+        return any(n["node"] == key.hex() and "gateway" in n["roles"] for n in self.app.state.nodes(processing_only=False))
 
     def _storage_peers(self) -> list[str]:
         """Peer ids of the nodes the chain knows as storage nodes (not this one)."""

@@ -9,6 +9,7 @@ gateway and published on chain (node/services/publisher.py).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -19,6 +20,7 @@ from node.consensus.tx import TxError, decode_tx
 from node.keys import public_key_from_peer_id
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
+from node.services.artifacts import ArtifactFetcher, plain, result_json
 from node.services.publisher import ReceiptPublisher
 
 log = structlog.get_logger("metanode.gateway")
@@ -28,14 +30,17 @@ QUOTA_EXCEEDED = 1302
 WRONG_TX = 1303
 STATE_REFUSED = 1304
 JOB_NOT_FOUND = 1404
+RESULT_NOT_AVAILABLE = 1405
 REJECTED = 1310
 
 
 
 class Gateway:
     def __init__(self, *, identity: Any, chain: Any, app: Any, publisher: ReceiptPublisher,
-                 jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None) -> None:
+                 jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None,
+                 artifacts: ArtifactFetcher | None = None) -> None:
         self.identity = identity
+        self.artifacts = artifacts
         self.chain = chain
         self.app = app
         self.publisher = publisher
@@ -66,6 +71,10 @@ class Gateway:
         registry.register("analytics_list", self._list, {"properties": {
             "state": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 500},
             "before": {"type": "integer"}}}, "The caller's jobs, newest first (page with before = previous next).")
+        registry.register("analytics_result", self._result, job_param,
+                          "The verified result table of a job of the caller, checked against the digest on chain.")
+        registry.register("analytics_witness", self._witness, job_param,
+                          "The witness of each execution of a job of the caller (what it read and produced), checked against its receipt.")
         registry.register("analytics_health", self._health, {}, "Cluster health: validators, height, processing nodes, queue depth.")
 
     async def _submit_signed(self, ctx: CallContext, raw_hex: str, tx_type: str, method: str) -> tuple[bytes, str]:
@@ -105,6 +114,41 @@ class Gateway:
         if job is None or job.get("tenant") != tenant.hex():
             raise RpcError(JOB_NOT_FOUND, "job not found", {"job_id": job_id})
         return job
+
+    async def _result(self, ctx: CallContext, job_id: str) -> dict[str, Any]:
+        job = await self._status(ctx, job_id)
+        if job["state"] != "verified":
+            raise RpcError(RESULT_NOT_AVAILABLE, "no verified result for this job", {
+                "state": job["state"], "reason": job.get("reason"),
+                "result_digests": sorted({r["result"] for r in job["results"]})})
+        digest = job["results"][0]["result"]
+        data = await self._artifact("result", digest, [r["peer_id"] for r in job["results"]])
+        return {"job_id": job_id, "state": job["state"], "result_digest": digest,
+                "computed_by": [r["peer_id"] for r in job["results"]],
+                "receipts": [r["receipt"] for r in job["results"]], **result_json(data)}
+
+    async def _witness(self, ctx: CallContext, job_id: str) -> dict[str, Any]:
+        from node.cage.witness import decode_witness_file
+
+        job = await self._status(ctx, job_id)
+        executions = []
+        for r in job["results"]:
+            data = await self._artifact("witness", r["witness"], [r["peer_id"]], required=False)
+            record, _, unhashed = decode_witness_file(data) if data is not None else (None, None, None)
+            executions.append({"peer_id": r["peer_id"], "receipt": r["receipt"], "witness_digest": r["witness"],
+                               "available": data is not None, "witness": plain(record), "unhashed": plain(unhashed),
+                               # the file itself, so a client can check it against the receipt without trusting us
+                               "file": base64.b64encode(data).decode() if data is not None else None})
+        return {"job_id": job_id, "state": job["state"], "executions": executions}
+
+    async def _artifact(self, kind: str, digest_hex: str, holders: list[str], *, required: bool = True) -> bytes | None:
+        data = None
+        if self.artifacts is not None:
+            data = await self.artifacts.fetch(kind, bytes.fromhex(digest_hex), holders)
+        if data is None and required:
+            raise RpcError(RESULT_NOT_AVAILABLE, f"no node that computed this {kind} could serve it now; try again",
+                           {"digest": digest_hex, "holders": holders})
+        return data
 
     async def _list(self, ctx: CallContext, state: str | None = None, limit: int = 50, before: int | None = None) -> dict[str, Any]:
         tenant = self.tenant(ctx)

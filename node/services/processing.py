@@ -4,7 +4,8 @@ On every finalised block it looks up this node's pending assignments (the
 state machine, a pure function of the chain, decided them), resolves each
 input digest to a local file, runs the job in a DockLock cage under the
 ``processing`` policy with the seed and logical clock the scheduling block
-fixed, keeps the canonical result by digest, and submits ``job.result``
+fixed, keeps the canonical result and the witness (node/services/artifacts.py)
+for gateways to fetch, and submits ``job.result``
 carrying its signed ``job.exec`` receipt. A job that fails in the cage still
 gets a receipt (with its exit status): the chain, not this node, decides.
 """
@@ -20,6 +21,7 @@ import trio
 
 from node.cage.job import CageError, JobSpec
 from node.receipts.execution import exec_fields_from_outcome
+from node.services.artifacts import ArtifactStore
 from node.services.issuer import NodeIssuer
 from node.services.node_txs import NodeTransactions
 
@@ -56,7 +58,7 @@ def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
 
 class ProcessingService:
     def __init__(self, *, identity: Any, chain: Any, app: Any, pool: Any, issuer: NodeIssuer,
-                 node_txs: NodeTransactions, resolve_input: InputResolver, results_dir: Path) -> None:
+                 node_txs: NodeTransactions, resolve_input: InputResolver, artifacts: ArtifactStore) -> None:
         self.key = identity.public_key
         self.chain = chain
         self.app = app
@@ -64,7 +66,7 @@ class ProcessingService:
         self.issuer = issuer
         self.node_txs = node_txs
         self.resolve_input = resolve_input
-        self.results_dir = results_dir
+        self.artifacts = artifacts
         self._running: set[str] = set()
         self._done: set[tuple[str, int]] = set()  # (job id, attempt) already answered
         self.completed = 0
@@ -78,7 +80,6 @@ class ProcessingService:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         blocks = self.chain.subscribe()
-        self.results_dir.mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for _ in blocks:
@@ -106,8 +107,10 @@ class ProcessingService:
                 log.warning("job cannot run here", job=job["id"], reason=str(exc))
                 self._done.add((job["id"], job["attempt"]))
                 return
+            # Kept before the receipt that names them goes out: a gateway may ask at once.
             if outcome.result_digest is not None and outcome.result is not None:
-                (self.results_dir / outcome.result_digest.hex()).write_bytes(outcome.result)
+                self.artifacts.put("result", outcome.result, expected=outcome.result_digest)
+            self.artifacts.put("witness", outcome.witness_file, expected=outcome.witness_digest)
             receipt = self.issuer.issue("job.exec", height=self.chain.core.tip.height, subject=bytes.fromhex(job["id"]),
                                         fields=exec_fields_from_outcome(outcome))
             if self.node_txs.submit("job.result", {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}).accepted:

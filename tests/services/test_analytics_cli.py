@@ -56,6 +56,24 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         assert kinds.index("api.call") < kinds.index("job.schedule") < kinds.index("job.exec") < kinds.index("job.verdict")
         assert kinds.count("job.exec") == 2
 
+        # The result, read through a gateway that did not compute it (it fetches
+        # it from a node that did and checks it against the chain's digest).
+        others = [p for p in plans if p.identity.peer_id not in {r["peer_id"] for r in status["results"]}]
+        csv_out = run_cli("analytics", "result", "--node", others[0].address, "--key", str(tmp_path / "tenant.key"),
+                          "--job-id", status["id"], "--format", "csv", timeout=120)
+        assert csv_out.returncode == 0, csv_out.stderr
+        assert csv_out.stdout.splitlines() == ["product,units", "apples,7", "pears,5", "plums,1"]
+        table = run_cli("analytics", "result", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", status["id"])
+        assert table.returncode == 0 and "apples" in table.stdout and "(3 rows)" in table.stdout, table.stdout
+
+        # Each execution's witness, checked against its job.exec receipt.
+        witnessed = run_cli("analytics", "trace", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", status["id"],
+                            "--include-witness", "--json", timeout=120)
+        assert witnessed.returncode == 0, witnessed.stderr
+        execs = [r for r in json.loads(witnessed.stdout) if r["kind"] == "job.exec"]
+        assert len(execs) == 2 and all(r["witness"]["available"] and r["witness"]["matches_receipt"] for r in execs), execs
+        assert all([i["name"] for i in r["witness"]["record"]["inputs"]] == ["sales"] for r in execs)
+
         # The client library, from plain Python: reuse the dataset, verify a receipt offline.
         client = Client(plans[1].address, tmp_path / "tenant.key")
         job_id = client.submit_job(job_type="summary", data_source={"sales": status["inputs"]["sales"]}, parameters={"input": "sales"})
@@ -67,6 +85,8 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
                                                  "group_by": "product", "window": "2d"})
         trend = client.wait_for_completion(trend_id, timeout=240)
         assert trend["state"] == "verified" and len({r["result"] for r in trend["results"]}) == 1, trend
+        assert trend["result"]["result_digest"] == trend["results"][0]["result"]
+        assert {row[0] for row in trend["result"]["rows"]} <= {"apples", "pears", "plums"} and trend["result"]["rows"]
     finally:
         processes.down(directory)
 

@@ -73,6 +73,24 @@ async def test_sql_job_goes_to_verified_with_a_receipt(node_dir):
             data_store = verify_receipt(bytes.fromhex(stored["envelope"]))
             assert data_store.kind == "data.store" and data_store.subject == digest
 
+            # The tenant reads the verified result back, and each execution's witness.
+            table = await rpc.call("analytics_result", {"job_id": submitted["job_id"]})
+            assert table["result_digest"] == result["result"] and table["receipts"] == [result["receipt"]]
+            assert [c[0] for c in table["columns"]] == ["product", "units"]
+            assert table["rows"] == [["apples", 7], ["pears", 5], ["plums", 1]]
+            witness = await rpc.call("analytics_witness", {"job_id": submitted["job_id"]})
+            [execution] = witness["executions"]
+            assert execution["available"] and execution["witness_digest"] == result["witness"]
+            assert [i["name"] for i in execution["witness"]["inputs"]] == ["sales"]
+            # Another tenant gets neither: their job is reported as missing.
+            async with connect_to_node(daemon.listen_addrs()[0], identity=Identity.from_label("tenant-other"), timeout=30) as other:
+                for method in ("analytics_result", "analytics_witness", "analytics_status"):
+                    try:
+                        await other.call(method, {"job_id": submitted["job_id"]})
+                        raise AssertionError(f"{method} answered another tenant")
+                    except RpcCallError as exc:
+                        assert exc.code == 1404, exc
+
     # The same job, run independently in a fresh cage from the same inputs,
     # seed and clock, gives the same result digest the chain verified.
     data = node_dir / "sales.csv"
