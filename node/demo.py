@@ -1,9 +1,11 @@
-"""``metanode demo``: the main job, from nothing to a working cluster.
+"""``metanode demo``: the main job, from nothing to a verified result.
 
-Today: a local cluster of real validator daemons that find each other over
-BPCI (Noise + yamux), finalise blocks with IBFT, commit a signed transaction
-sent to one node, agree on it block for block, and answer JSON-RPC over
-p2p throughout. Later issues grow this into the full analytics demo.
+A local cluster of real daemons (every node a validator with every role)
+find each other over BPCI (Noise + yamux), finalise blocks with IBFT and
+commit a signed transaction. Then a tenant uploads the bundled sample
+dataset, runs a trend analysis and a SQL job on two processing nodes each,
+follows them to verified, prints the result tables, bundles one receipt
+and verifies it offline against the genesis file.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
         click.echo("[4/5] IBFT consensus: a signed transaction sent to the last node, committed by all")
         trio.run(_show_consensus, [p.address for p in plans])
         if nodes >= 2:
-            click.echo("[5/5] analytics: upload a dataset, run a SQL job on two nodes, verify its receipt offline")
+            click.echo("[5/5] analytics: upload a dataset, run a trend analysis and a SQL job on two nodes each, verify a receipt offline")
             trio.run(_show_analytics, [p.address for p in plans], directory)
     finally:
         if not keep:
@@ -75,22 +77,24 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
             if temporary:
                 shutil.rmtree(directory, ignore_errors=True)
     if keep:
+        key = directory / "tenant.key"
         click.echo(f"The testnet keeps running. Explore it with:\n"
+                   f"  export METANODE_NODE={plans[0].address} METANODE_KEY={key}\n"
                    f"  metanode testnet status --dir {directory}\n"
-                   f"  metanode rpc net_peers --node {plans[0].address}\n"
+                   f"  metanode mesh status --node $METANODE_NODE\n"
+                   f"  metanode analytics list\n"
+                   f"  metanode analytics submit --dataset DIGEST --name sales --type sql --query \"SELECT count(*) FROM sales\" --follow\n"
+                   f"  metanode analytics trace --job-id ID --genesis {directory / 'genesis.toml'} --include-witness\n"
                    f"  metanode testnet logs --dir {directory} node0\n"
                    f"  metanode testnet down --dir {directory}")
     else:
-        click.echo("demo complete: cluster formed, transaction final on every node, job verified, all daemons stopped.")
+        click.echo("demo complete: cluster formed, transaction final on every node, both jobs verified on two nodes each, receipt verified offline, all daemons stopped.")
 
 
-def sample_sales_csv() -> str:
-    """Daily units of four products over 60 days, deterministic (no randomness)."""
-    rows = ["day,product,units"]
-    for day in range(60):
-        for i, product in enumerate(("apples", "pears", "plums", "figs")):
-            rows.append(f"2026-{1 + day // 30:02d}-{1 + day % 30:02d},{product},{(day * (i + 3) + 7 * i) % 23 + i}")
-    return "\n".join(rows) + "\n"
+TREND_PARAMS = {"input": "sales", "time_column": "day", "value_column": "units", "group_by": "product",
+                "window": "30d", "granularity": "week"}
+SQL_QUERY = ("SELECT product, year(day) AS year, sum(units) AS units, "
+             "CAST(sum(units * price_cents) / 100 AS DECIMAL(18, 2)) AS revenue FROM sales GROUP BY ALL ORDER BY product, year")
 
 
 async def _show_analytics(addresses: list[str], directory: Path) -> None:
@@ -98,30 +102,68 @@ async def _show_analytics(addresses: list[str], directory: Path) -> None:
 
     from node.client import AsyncClient
     from node.keys import Identity
+    from node.receipts.verify import BundleInvalid, BundleVerifier
+    from node.consensus.genesis import load_genesis
+    from node.sample_data import sales_path
+    from node.services.present import format_table
 
-    data = directory / "sales.csv"
-    data.write_text(sample_sales_csv())
     tenant = Identity.generate()
+    tenant.write(directory / "tenant.key")
     async with AsyncClient.connect(addresses[0], tenant) as client:
         with trio.fail_after(120):
             while (await client.health())["processing_nodes"] < min(2, len(addresses)):
                 await trio.sleep(0.5)
+        data = sales_path()
         dataset = await client.upload_dataset(data, name="sales")
-        click.echo(f"  uploaded sales.csv: {dataset['row_count']} rows, digest {dataset['digest'][:16]}..., registered on chain")
-        query = "SELECT product, sum(units) AS units FROM sales GROUP BY product ORDER BY units DESC"
-        job_id = await client.submit_job(job_type="sql", data_source={"sales": dataset["digest"]},
-                                         parameters={"query": query}, replication=2)
-        click.echo(f"  $ metanode analytics submit --type sql --data sales.csv --query \"{query}\" --replication 2 --follow")
-        status = await client.wait_for_completion(job_id, timeout=180, on_change=lambda s: click.echo(f"    job {job_id[:16]}... {s['state']}"))
-        for r in status["results"]:
-            click.echo(f"    {r['peer_id']} computed result {r['result'][:16]}... (exit {r['exit']})")
-        if status["state"] != "verified":
-            raise UserError(f"the job ended {status['state']}: {status.get('reason')}")
-        receipt = status["results"][0]["receipt"]
-        ok = await client.verify_receipt(receipt, directory / "genesis.toml")
-        click.echo(f"    job.exec receipt {receipt[:16]}... verified offline against genesis.toml: {ok}\n")
-        if not ok:
-            raise UserError("the job's receipt did not verify")
+        click.echo(f"  $ metanode analytics submit --data {data} ...")
+        click.echo(f"    uploaded sales.csv (daily units of 4 products over 2 years): {dataset['row_count']} rows, "
+                   f"{dataset['size']:,} bytes, digest {dataset['digest'][:16]}..., registered on chain")
+        jobs = {
+            "trend analysis (window 30d, by week)": await client.submit_job(
+                job_type="trend-analysis", data_source={"sales": dataset["digest"]}, parameters=TREND_PARAMS, replication=2),
+            "SQL: units and revenue per product and year": await client.submit_job(
+                job_type="sql", data_source={"sales": dataset["digest"]}, parameters={"query": SQL_QUERY}, replication=2),
+        }
+        for title, job_id in jobs.items():
+            click.echo(f"    submitted {title}: job {job_id[:16]}... (replication 2)")
+        finished: dict[str, dict] = {}
+
+        async def follow(title: str, job_id: str) -> None:
+            finished[title] = await client.wait_for_completion(
+                job_id, timeout=240, on_change=lambda s: click.echo(f"    job {job_id[:16]}... {s['state']}"))
+
+        async with trio.open_nursery() as nursery:
+            for title, job_id in jobs.items():
+                nursery.start_soon(follow, title, job_id)
+        for title in jobs:
+            status = finished[title]
+            if status["state"] != "verified":
+                raise UserError(f"the {title} job ended {status['state']}: {status.get('reason')}")
+            click.echo(f"\n  {title}: verified, computed identically by")
+            for r in status["results"]:
+                click.echo(f"    {r['peer_id']}  result {r['result'][:16]}...")
+            table = status["result"]
+            rows = table["rows"]
+            if "trend" in title:  # the last four weeks of each product, and its two-year slope
+                rows = [row for row in rows if str(row[1]) >= "2026-12-07"]
+            click.echo("\n" + "\n".join("    " + line for line in format_table(table["columns"], rows, max_rows=24).splitlines()))
+        job_id = jobs["SQL: units and revenue per product and year"]
+        receipt = finished["SQL: units and revenue per product and year"]["results"][0]["receipt"]
+        bundle = bytes.fromhex((await client.rpc.call("receipt_bundle", {"id": receipt}))["bundle"])
+        bundle_path = directory / f"receipt-{receipt[:16]}.bundle"
+        bundle_path.write_bytes(bundle)
+        try:
+            BundleVerifier(load_genesis(directory / "genesis.toml")).verify(bundle)
+        except BundleInvalid as exc:
+            raise UserError(f"the job's receipt did not verify: {exc}") from None
+        click.echo(f"\n  $ metanode receipt bundle {receipt} --node {addresses[0]} --out {bundle_path}")
+        click.echo(f"  $ metanode receipt verify --bundle {bundle_path} --genesis {directory / 'genesis.toml'}")
+        click.echo("    valid: signature, inclusion proof to the sealed block, commit seals, validator chain from genesis")
+        head = await client.rpc.call("chain_block", {"height": (await client.rpc.call("chain_head"))["height"]})
+        click.echo(f"\n  the audit log: {head['receipts_size']} receipts in the Merkle log, root {head['receipts_root'][:16]}... "
+                   f"sealed in block {head['height']};")
+        click.echo(f"    each node keeps it in DATA_DIR/node.duckdb (here {directory / 'node0'}); export it with")
+        click.echo(f"    $ metanode audit export --node {addresses[0]} --format csv --out audit.csv\n")
 
 
 async def _show_consensus(addresses: list[str]) -> None:

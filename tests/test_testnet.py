@@ -49,6 +49,11 @@ def test_demo_runs_end_to_end():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo complete" in done.stdout
     assert done.stdout.count("metanode rpc node_status --node") == 2
+    # Both jobs verified on two nodes each, their tables printed, a receipt verified offline.
+    assert done.stdout.count("verified, computed identically by") == 2
+    assert "product  year  units    revenue" in done.stdout and "219546.20" in done.stdout
+    assert "group   period" in done.stdout and "direction" in done.stdout
+    assert "valid: signature, inclusion proof" in done.stdout
     assert done.stderr == ""  # nothing noisy from libp2p on a user's terminal
 
 

@@ -1,8 +1,10 @@
 """The audit trail: export the receipt log with its anchors, and read-only SQL.
 
-Both work on a data directory's ``node.duckdb`` opened read-only. A running
-daemon holds DuckDB's lock on that file, so stop the daemon first (a later
-version will serve the same through JSON-RPC).
+Both work either on a data directory's ``node.duckdb`` opened read-only (a
+running daemon holds DuckDB's lock on that file, so stop it first), or on a
+running node over JSON-RPC (``audit_leaves``, ``audit_anchors``): the leaves
+and anchors are copied page by page into a local in-memory DuckDB and the
+same export and SQL run there, on the auditor's machine, never on the node.
 
 Every exported row (and every row of the ``receipts`` table that
 :func:`run_query` offers) is one leaf of the receipt log, in log order:
@@ -111,12 +113,16 @@ def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def _anchors(conn: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, str, int, str]]:
-    """(height, hash, receipts_size, receipts_root) of every stored block."""
+Anchor = tuple[int, str, int, str]  # (height, block hash, receipts_size, receipts_root)
+
+
+def stored_anchors(conn: duckdb.DuckDBPyConnection, start_height: int = 0, limit: int | None = None) -> Iterator[Anchor]:
+    """(height, hash, receipts_size, receipts_root) of the stored blocks from ``start_height``."""
     if not _has_table(conn, "chain_blocks"):
         return
     cursor = conn.cursor()
-    cursor.execute("SELECT height, block FROM chain_blocks ORDER BY height")
+    cursor.execute("SELECT height, block FROM chain_blocks WHERE height >= ? ORDER BY height"
+                   + ("" if limit is None else f" LIMIT {int(limit)}"), [start_height])
     while rows := cursor.fetchmany(256):
         for height, raw in rows:
             try:
@@ -126,13 +132,20 @@ def _anchors(conn: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, str, int, s
             yield header.height, header.hash.hex(), header.receipts_size, header.receipts_root.hex()
 
 
-def _decoded_rows(conn: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[Any, ...]]]:
+def stored_leaves(conn: duckdb.DuckDBPyConnection, start: int = 0, limit: int | None = None) -> Iterator[list[tuple[int, bytes]]]:
+    """Batches of (log index, envelope) of the log's leaves from ``start``, in log order."""
     cursor = conn.cursor()
     cursor.execute(
         "SELECT n.node, e.envelope FROM receipt_log_nodes n JOIN receipt_envelopes e ON e.id = n.receipt_id "
-        f"WHERE n.node < (1::BIGINT << {_LEVEL_SHIFT}) ORDER BY n.node"
+        f"WHERE n.node >= ? AND n.node < (1::BIGINT << {_LEVEL_SHIFT}) ORDER BY n.node"
+        + ("" if limit is None else f" LIMIT {int(limit)}"), [start]
     )
     while rows := cursor.fetchmany(_CHUNK):
+        yield [(int(index), bytes(raw)) for index, raw in rows]
+
+
+def _decoded_rows(leaves: Iterator[list[tuple[int, bytes]]]) -> Iterator[list[tuple[Any, ...]]]:
+    for rows in leaves:
         batch = []
         for index, raw in rows:
             try:
@@ -149,11 +162,14 @@ def _decoded_rows(conn: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[Any, .
         yield batch
 
 
-def build_receipts_table(conn: duckdb.DuckDBPyConnection, name: str = RECEIPTS_TABLE) -> int:
+def build_receipts_table(conn: duckdb.DuckDBPyConnection, name: str = RECEIPTS_TABLE, *,
+                         leaves: Iterator[list[tuple[int, bytes]]] | None = None,
+                         anchors: Iterator[Anchor] | None = None) -> int:
     """Create the temporary table ``name`` of decoded, anchored log leaves
-    (columns in the module docstring); returns its row count."""
+    (columns in the module docstring); returns its row count. The leaves and
+    anchors come from ``conn``'s own node tables unless given (a remote node's)."""
     conn.execute("CREATE OR REPLACE TEMP TABLE audit_leaves (" + _COLUMNS + ")")
-    for batch in _decoded_rows(conn):
+    for batch in _decoded_rows(stored_leaves(conn) if leaves is None else leaves):
         columns = list(zip(*batch))
         conn.execute(
             "INSERT INTO audit_leaves SELECT " + ", ".join("unnest(?)" for _ in columns),
@@ -164,7 +180,7 @@ def build_receipts_table(conn: duckdb.DuckDBPyConnection, name: str = RECEIPTS_T
         "(height BIGINT, hash VARCHAR, size BIGINT, root VARCHAR)"
     )
     batch: list[tuple[int, str, int, str]] = []
-    for anchor in _anchors(conn):
+    for anchor in (stored_anchors(conn) if anchors is None else anchors):
         batch.append(anchor)
         if len(batch) >= _CHUNK:
             _insert_anchors(conn, batch)
@@ -201,8 +217,37 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+@dataclass(frozen=True)
+class FetchedLog:
+    """A running node's log leaves and block anchors, fetched over JSON-RPC
+    (node/receipts/audit_remote.py); audited in a local in-memory DuckDB."""
+
+    leaves: list[list[tuple[int, bytes]]]
+    anchors: list[Anchor]
+
+
+AuditSource = str | os.PathLike[str] | FetchedLog
+
+
+def _open_source(source: AuditSource, name: str = RECEIPTS_TABLE, *, build: bool = True) -> duckdb.DuckDBPyConnection:
+    """A connection with the ``receipts`` table built (when ``build``)."""
+    if isinstance(source, FetchedLog):
+        conn = duckdb.connect(":memory:")
+        conn.execute("SET threads = 1")
+        build_receipts_table(conn, name, leaves=iter(source.leaves), anchors=iter(source.anchors))
+        return conn
+    conn = open_audit_db(source)
+    if build:
+        try:
+            build_receipts_table(conn, name)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
 def export_receipts(
-    data_dir: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str, selection: ExportFilter = ExportFilter()
+    data_dir: AuditSource, out: str | os.PathLike[str], fmt: str, selection: ExportFilter = ExportFilter()
 ) -> int:
     """Write the selected log leaves (in log order) to ``out`` as ``fmt``
     (json: one object per line; csv with a header; parquet). Returns the
@@ -221,9 +266,8 @@ def export_receipts(
     target = Path(out)
     if not target.parent.is_dir():
         raise AuditError(f"--out {out}: directory {target.parent} does not exist", exit_code=2)
-    conn = open_audit_db(data_dir)
+    conn = _open_source(data_dir)
     try:
-        build_receipts_table(conn)
         where, params = selection.where()
         conn.execute(f"CREATE TEMP TABLE audit_export AS SELECT * FROM {RECEIPTS_TABLE}{where} ORDER BY log_index",
                      params)
@@ -278,15 +322,14 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def run_query(data_dir: str | os.PathLike[str], sql: str, *, max_rows: int | None = None) -> QueryResult:
+def run_query(data_dir: AuditSource, sql: str, *, max_rows: int | None = None) -> QueryResult:
     """Run one SELECT over a node database opened read-only, with external
     file access disabled. Besides the node's own tables it may read
-    ``receipts``: the decoded, anchored log (columns as the export)."""
+    ``receipts``: the decoded, anchored log (columns as the export). Over a
+    :class:`FetchedLog` only ``receipts`` exists."""
     check_select(sql)
-    conn = open_audit_db(data_dir)
+    conn = _open_source(data_dir, build=isinstance(data_dir, FetchedLog) or _mentions_table(sql, RECEIPTS_TABLE))
     try:
-        if _mentions_table(sql, RECEIPTS_TABLE):
-            build_receipts_table(conn)
         conn.execute("SET enable_external_access = false")
         conn.execute("SET lock_configuration = true")
         cursor = conn.execute(sql)

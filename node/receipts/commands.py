@@ -254,9 +254,20 @@ def _replay(receipt_: Any, record: dict[str, Any], inputs: dict[str, str]) -> An
 
 # -- audit ---------------------------------------------------------------------
 _DATA_DIR = click.option(
-    "--data-dir", required=True, envvar="METANODE_DATA_DIR", type=click.Path(file_okay=False),
-    help="The node's data directory (its daemon must be stopped: DuckDB allows one process).",
+    "--data-dir", default=None, envvar="METANODE_DATA_DIR", type=click.Path(file_okay=False),
+    help="A stopped node's data directory (DuckDB allows one process), or use --node.",
 )
+_AUDIT_NODE = click.option("--node", "node_addr", default=None, help="A running node's multiaddr: its log is fetched over JSON-RPC.")
+
+
+def _audit_source(data_dir: str | None, node_addr: str | None) -> Any:
+    if (data_dir is None) == (node_addr is None):
+        raise UserError("give exactly one of --data-dir DIR (a stopped node) or --node ADDR (a running node)", exit_code=EXIT_USAGE)
+    if node_addr is not None:
+        from node.receipts.audit_remote import fetch_log_from
+
+        return fetch_log_from(node_addr)
+    return data_dir
 
 
 @click.group()
@@ -266,6 +277,7 @@ def audit() -> None:
 
 @audit.command("export")
 @_DATA_DIR
+@_AUDIT_NODE
 @click.option("--format", "fmt", type=click.Choice(["json", "csv", "parquet"]), required=True,
               help="json: one object per line; csv with a header row; parquet.")
 @click.option("--since", type=click.IntRange(min=0), default=None, help="Lowest sealing block height.")
@@ -273,27 +285,29 @@ def audit() -> None:
 @click.option("--kind", default=None, help="Only receipts of this kind (api.call, job.exec...).")
 @click.option("--tenant", default=None, help="Only api.call receipts of this tenant (hex public key).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output file.")
-def export_command(data_dir: str, fmt: str, since: int | None, until: int | None, kind: str | None,
+def export_command(data_dir: str | None, node_addr: str | None, fmt: str, since: int | None, until: int | None, kind: str | None,
                    tenant: str | None, out_path: str) -> None:
     """Export the receipt log, each leaf with its anchor (sealing block,
     log size and root), in log order."""
     from node.receipts.audit import ExportFilter, export_receipts
 
-    count = export_receipts(data_dir, out_path, fmt, ExportFilter(since, until, kind, tenant))
+    count = export_receipts(_audit_source(data_dir, node_addr), out_path, fmt, ExportFilter(since, until, kind, tenant))
     click.echo(f"exported {count} receipts to {out_path}")
 
 
 @audit.command("query")
 @_DATA_DIR
+@_AUDIT_NODE
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Print at most this many rows.")
-def query_command(data_dir: str, sql: str, fmt: str, max_rows: int | None) -> None:
+def query_command(data_dir: str | None, node_addr: str | None, sql: str, fmt: str, max_rows: int | None) -> None:
     """Run one read-only SELECT over a node's store. Besides the node's
-    tables it can read `receipts`: the decoded log with anchors."""
+    tables it can read `receipts`: the decoded log with anchors. With
+    --node, the log is fetched and the SQL runs locally over `receipts`."""
     from node.receipts.audit import run_query
 
-    result = run_query(data_dir, sql, max_rows=max_rows)
+    result = run_query(_audit_source(data_dir, node_addr), sql, max_rows=max_rows)
     if fmt == "json":
         for row in result.rows:
             click.echo(json.dumps(dict(zip(result.columns, row)), default=str, sort_keys=False))

@@ -16,6 +16,7 @@ QUERY_ERROR_CODES = {api.BAD_PARAM: 1101, api.NOT_FOUND: 1404, api.NOT_SEALED: 1
 
 _ID = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
+AUDIT_PAGE = 1000
 
 
 def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainStore, genesis: Genesis, app: Any = None) -> None:
@@ -42,7 +43,23 @@ def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainSt
     async def receipt_trace(ctx: CallContext, job_id: str) -> list[dict[str, Any]]:
         return app.job_receipts(bytes.fromhex(job_id))
 
+    async def audit_leaves(ctx: CallContext, start: int = 0, limit: int = AUDIT_PAGE) -> dict[str, Any]:
+        from node.receipts.audit import stored_leaves
+
+        rows = [row for batch in stored_leaves(app.conn, start, limit) for row in batch]
+        return {"size": log.size(), "leaves": [[index, envelope.hex()] for index, envelope in rows]}
+
+    async def audit_anchors(ctx: CallContext, start_height: int = 1, limit: int = AUDIT_PAGE) -> dict[str, Any]:
+        from node.receipts.audit import stored_anchors
+
+        return {"anchors": [list(a) for a in stored_anchors(app.conn, start_height, limit)]}
+
     if app is not None:
+        page = {"type": "integer", "minimum": 1, "maximum": AUDIT_PAGE}
+        registry.register("audit_leaves", audit_leaves, {"properties": {"start": _SIZE, "limit": page}},
+                          "A page of the receipt log's leaves (log index, envelope) from start, for audit export.")
+        registry.register("audit_anchors", audit_anchors, {"properties": {"start_height": _SIZE, "limit": page}},
+                          "A page of block anchors (height, hash, receipts size, receipts root) from start_height.")
         registry.register("receipt_trace", receipt_trace, {"properties": {"job_id": _ID}, "required": ["job_id"]},
                           "Every logged receipt about a job, in log order (submission, schedule, executions, verdict).")
     registry.register("receipt_get", receipt_get, {"properties": {"id": _ID}, "required": ["id"]}, "A receipt envelope and its place in the log.")

@@ -21,7 +21,7 @@ def _text(cell: Any) -> str:
     if isinstance(cell, bool):
         return "true" if cell else "false"
     if isinstance(cell, float):
-        return f"{cell:.6g}" if abs(cell) < 1e15 else repr(cell)
+        return repr(cell)  # the shortest text that reads back as the same double: never rounded away
     return str(cell)
 
 

@@ -4,6 +4,7 @@ processing nodes computed identically, and the client library from a script."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -73,6 +74,18 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         execs = [r for r in json.loads(witnessed.stdout) if r["kind"] == "job.exec"]
         assert len(execs) == 2 and all(r["witness"]["available"] and r["witness"]["matches_receipt"] for r in execs), execs
         assert all([i["name"] for i in r["witness"]["record"]["inputs"]] == ["sales"] for r in execs)
+
+        # The audit trail of a running node: every receipt of the job is in the export, anchored.
+        exported = run_cli("audit", "export", "--node", node, "--format", "csv", "--out", str(tmp_path / "audit.csv"), timeout=120)
+        assert exported.returncode == 0, exported.stderr
+        audit_rows = list(csv.DictReader((tmp_path / "audit.csv").open()))
+        anchored = {row["id"]: row for row in audit_rows if row["block_height"]}
+        assert {r["id"] for r in receipts} <= set(anchored)
+        counted = run_cli("audit", "query", "--node", node, "--format", "json",
+                          "SELECT kind, count(*) AS n FROM receipts WHERE subject = '" + status["id"] + "' GROUP BY kind ORDER BY kind")
+        assert counted.returncode == 0, counted.stderr
+        by_kind = {row["kind"]: row["n"] for row in map(json.loads, counted.stdout.splitlines())}
+        assert by_kind["job.exec"] == 2 and by_kind["job.verdict"] >= 1 and by_kind["job.schedule"] >= 1
 
         # The client library, from plain Python: reuse the dataset, verify a receipt offline.
         client = Client(plans[1].address, tmp_path / "tenant.key")
