@@ -95,6 +95,11 @@ class AsyncClient:
                                                "replication": replication, "deadline_blocks": deadline_blocks})
         return (await self.rpc.call("analytics_submit", {"tx": tx.hex()}))["job_id"]
 
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Ask the chain to cancel one of your jobs (it must not be final yet)."""
+        tx = await self._signed("job.cancel", {"job": bytes.fromhex(job_id)})
+        return await self.rpc.call("analytics_cancel", {"tx": tx.hex()})
+
     async def status(self, job_id: str) -> dict[str, Any] | None:
         from node.p2p.rpc import RpcCallError
 
@@ -193,6 +198,9 @@ class Client:
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         return self._run("status", job_id)
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._run("cancel_job", job_id)
 
     def wait_for_completion(self, job_id: str, **kwargs: Any) -> dict[str, Any]:
         return self._run("wait_for_completion", job_id, **kwargs)

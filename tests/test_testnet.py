@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import run_cli, wait_until
+from tests.support import run_cli
 
 from node.testnet.layout import plan_testnet
 
@@ -24,14 +24,14 @@ def test_init_up_status_down(tmp_path):
     assert all(oct((net / f"node{i}.key").stat().st_mode & 0o777) == "0o600" for i in range(3))
     again = run_cli("testnet", "init", "--validators", "3", "--dir", str(net))
     assert again.returncode == 2 and "already holds a testnet" in again.stderr
-    assert run_cli("testnet", "up", "--dir", str(net)).returncode == 0
+    started = run_cli("testnet", "up", "--dir", str(net), timeout=180)
     try:
-        def meshed():
-            rows = json.loads(run_cli("testnet", "status", "--dir", str(net), "--json").stdout)
-            ids = {r["peer_id"] for r in rows}
-            return all(r["live"] and ids - {r["peer_id"]} <= set(r["peer_ids"]) for r in rows) and rows
-
-        rows = wait_until(meshed, 60, what="a full mesh")
+        # `up` waits for the mesh, showing progress on stderr (stdout stays the pids).
+        assert started.returncode == 0, started.stderr
+        assert "testnet up: 3 nodes meshed" in started.stderr and started.stdout.count(" pid ") == 3
+        rows = json.loads(run_cli("testnet", "status", "--dir", str(net), "--json").stdout)
+        ids = {r["peer_id"] for r in rows}
+        assert all(r["live"] and ids - {r["peer_id"]} <= set(r["peer_ids"]) for r in rows)
         assert all(r["pid"] for r in rows)
         table = run_cli("testnet", "status", "--dir", str(net)).stdout
         assert table.count(" yes ") == 3

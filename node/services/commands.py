@@ -194,6 +194,27 @@ def result(node_addr: str, key_path: str | None, job_id: str, fmt: str, out_path
         click.echo(text)
 
 
+@analytics.command("cancel")
+@NODE_OPTION
+@KEY_OPTION
+@click.option("--job-id", required=True)
+@click.option("--follow", is_flag=True, help="Wait until the cancellation is on chain.")
+def cancel(node_addr: str, key_path: str | None, job_id: str, follow: bool) -> None:
+    """Cancel one of your jobs that is not final yet."""
+
+    async def body(client: Any) -> Any:
+        found = await client.status(job_id)
+        if found is None:
+            raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
+        if found["state"] in ("verified", "disputed", "failed", "cancelled"):
+            raise UserError(f"job {job_id} is already {found['state']}")
+        sent = await client.cancel_job(job_id)
+        return await client.wait_for_completion(job_id, include_result=False) if follow else sent
+
+    out = _run(key_path, node_addr, body)
+    click.echo(f"job {job_id}: {out['state']}" if follow else f"cancellation submitted (tx {out['tx']})")
+
+
 @analytics.command("list")
 @NODE_OPTION
 @KEY_OPTION

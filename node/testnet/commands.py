@@ -32,10 +32,48 @@ def init(validators: int, non_validators: int, directory: Path, base_port: int |
 
 @testnet.command("up")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
-def up(directory: Path) -> None:
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every node answers and peers with the others.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print {node: pid} as JSON; no progress lines.")
+def up(directory: Path, wait: bool, timeout: float, quiet: bool, as_json: bool) -> None:
     """Start every node in the background (logs: DIR/NODE.log)."""
-    for name, pid in processes.up(directory).items():
-        click.echo(f"{name} pid {pid}")
+    say = (lambda text: None) if quiet or as_json else (lambda text: click.echo(text, err=True))
+    pids = processes.up(directory)
+    if not as_json:
+        for name, pid in pids.items():
+            click.echo(f"{name} pid {pid}")
+    if wait:
+        _wait_formed(directory, timeout, say)
+    if as_json:
+        click.echo(json.dumps(pids))
+
+
+def _wait_formed(directory: Path, timeout: float, say: object) -> None:
+    """Progress while the nodes come up: how many answer, and their peers."""
+    import time
+
+    import trio
+
+    from node.errors import UserError
+    from node.testnet.health import cluster_status
+
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        rows = trio.run(cluster_status, directory)
+        live = [r for r in rows if r["live"]]
+        everyone = {r["peer_id"] for r in rows}
+        meshed = [r for r in live if everyone - {r["peer_id"]} <= set(r.get("peer_ids", []))]
+        line = f"  {len(live)}/{len(rows)} nodes answering, {len(meshed)}/{len(rows)} peered with every other node"
+        if line != last:
+            say(line)  # type: ignore[operator]
+            last = line
+        if len(meshed) == len(rows):
+            say(f"testnet up: {len(rows)} nodes meshed")  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"the testnet did not form within {timeout:g} s: {line.strip()}; see `metanode testnet logs --dir {directory}`")
+        time.sleep(0.5)
 
 
 @testnet.command("down")

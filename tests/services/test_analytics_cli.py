@@ -99,6 +99,23 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         trend = client.wait_for_completion(trend_id, timeout=240)
         assert trend["state"] == "verified" and len({r["result"] for r in trend["results"]}) == 1, trend
         assert trend["result"]["result_digest"] == trend["results"][0]["result"]
+
+        # A job wanting more processing nodes than exist waits, says why, and can be cancelled.
+        waiting = run_cli("analytics", "submit", "--node", node, "--key", str(tmp_path / "tenant.key"), "--type", "summary",
+                          "--dataset", status["inputs"]["sales"], "--name", "sales", "--replication", "8", "--json")
+        assert waiting.returncode == 0, waiting.stderr
+        waiting_id = json.loads(waiting.stdout)["job_id"]
+
+        def parked():
+            out = run_cli("analytics", "status", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", waiting_id, "--json")
+            return json.loads(out.stdout) if out.returncode == 0 else None
+
+        parked_status = wait_until(parked, 60, interval=1, what="the over-replicated job on chain")
+        assert parked_status["state"] == "submitted" and parked_status["reason"], parked_status
+        cancelled = run_cli("analytics", "cancel", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", waiting_id, "--follow", timeout=120)
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+        again = run_cli("analytics", "cancel", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", waiting_id)
+        assert again.returncode == 1 and "already cancelled" in again.stderr
         assert {row[0] for row in trend["result"]["rows"]} <= {"apples", "pears", "plums"} and trend["result"]["rows"]
     finally:
         processes.down(directory)
