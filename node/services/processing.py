@@ -49,6 +49,13 @@ def storage_resolver(storage: Any, peers: Callable[[], list[str]]) -> InputResol
     return resolve
 
 
+def error_text(status: str, detail: str) -> str:
+    """The one-line reason a failed run reports on chain (printable, bounded)."""
+    text = " ".join(f"{status}: {detail}".split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text[:300]
+
+
 def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
     common = {"policy": "processing", "inputs": inputs, "seed": bytes.fromhex(job["seed"]), "clock": job["clock"]}
     if job["type"] == "sql":
@@ -113,7 +120,10 @@ class ProcessingService:
             self.artifacts.put("witness", outcome.witness_file, expected=outcome.witness_digest)
             receipt = self.issuer.issue("job.exec", height=self.chain.core.tip.height, subject=bytes.fromhex(job["id"]),
                                         fields=exec_fields_from_outcome(outcome))
-            if self.node_txs.submit("job.result", {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}).accepted:
+            payload: dict[str, Any] = {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}
+            if outcome.status != "ok":
+                payload["error"] = error_text(outcome.status, outcome.detail)
+            if self.node_txs.submit("job.result", payload).accepted:
                 self._done.add((job["id"], job["attempt"]))
                 self.completed += 1
                 log.info("job executed", job=job["id"], status=outcome.status, result=outcome.result_digest.hex() if outcome.result_digest else None)

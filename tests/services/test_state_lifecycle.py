@@ -230,3 +230,14 @@ def test_a_node_that_missed_a_deadline_gets_no_new_job_for_exclusion_blocks():
     effects = chain.block()  # exclusion over at missed_at + exclusion_blocks
     assert chain.height == missed_at + 4
     assert slacker.public_key in {a.node_key for a in effects.assignments if a.job_id == second}
+
+
+def test_a_failure_reason_reported_by_the_nodes_is_in_the_jobs_reason():
+    chain = ready_chain()
+    job_id = submit(chain)
+    a, b = chain.assignees(job_id)
+    why = 'error: BinderException: Referenced column "nosuch" not found'
+    chain.block(chain.result(a, job_id, R1, exit_status=1, error=why), chain.result(b, job_id, R1, exit_status=1, error=why))
+    job = chain.machine.job(job_id)
+    assert job["state"] == "failed" and job["reason"].endswith(": " + why)
+    assert [r["error"] for r in job["results"]] == [why, why]

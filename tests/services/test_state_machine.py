@@ -265,3 +265,26 @@ def test_reopening_the_database_keeps_the_applied_state(tmp_path):
     conn.close()
     reopened = StateMachine(open_node_db(tmp_path))
     assert reopened.dump() == before and reopened.height() == 1
+
+
+def test_a_state_of_an_older_schema_is_dropped_and_rebuilt_from_the_blocks(tmp_path):
+    chain = random_scenario(seed=8, blocks=12)
+    conn = open_node_db(tmp_path)
+    store = ChainStore(conn)
+    store.bind_chain(CHAIN_ID, GENESIS)
+    parent = GENESIS
+    for height, digest, timestamp, txs in chain.blocks:
+        store.append_block(height=height, block_hash=digest, parent_hash=parent, timestamp_ms=timestamp,
+                           proposer=b"\x00" * 32, block=b"block", txs=[tx.encoded for tx in txs])
+        parent = digest
+    machine = StateMachine(conn)
+    catch_up(machine, store)
+    # What an older version left: schema 1, without state_results.error.
+    conn.execute("ALTER TABLE state_results DROP COLUMN error")
+    conn.execute("UPDATE state_meta SET value = ? WHERE key = 'schema_version'", [b"1"])
+    conn.close()
+    conn = open_node_db(tmp_path)
+    reopened = StateMachine(conn)
+    assert reopened.height() is None  # dropped...
+    assert catch_up(reopened, ChainStore(conn)) == 12  # ...and rebuilt from the chain store
+    assert reopened.dump() == chain.machine.dump()

@@ -103,8 +103,11 @@ class Chain:
         })
         return receipt.envelope
 
-    def result(self, node: Identity, job_id: bytes, result: bytes, **kw: Any) -> Transaction:
-        return self.tx(node, "job.result", {"job": job_id, "receipt": self.exec_receipt(node, job_id, result=result, **kw)})
+    def result(self, node: Identity, job_id: bytes, result: bytes, *, error: str | None = None, **kw: Any) -> Transaction:
+        payload = {"job": job_id, "receipt": self.exec_receipt(node, job_id, result=result, **kw)}
+        if error is not None:
+            payload["error"] = error
+        return self.tx(node, "job.result", payload)
 
     def cancel(self, tenant: Identity, job_id: bytes) -> Transaction:
         return self.tx(tenant, "job.cancel", {"job": job_id})

@@ -127,6 +127,10 @@ INVALID = [
     ("job.result", ["receipt"], exec_envelope(subject=D1), "receipt: its subject"),
     ("job.result", ["receipt"], store_envelope(), "receipt: kind data.store"),
     ("job.result", ["receipt"], exec_envelope()[:-1] + bytes([exec_envelope()[-1] ^ 1]), "receipt"),
+    ("job.result", ["error"], "", "error: must be printable text"),
+    ("job.result", ["error"], "x" * 301, "error: must be printable text"),
+    ("job.result", ["error"], "line\nbreak", "error: must be printable text"),
+    ("job.result", ["error"], "failed", "error: only a failed execution"),  # the receipt says exit 0
     ("job.cancel", ["job"], "ab" * 32, "job"),
     ("receipts.batch", ["receipts"], [], "receipts"),
     ("receipts.batch", ["receipts"], [store_envelope(), store_envelope()], "receipts[1]: repeats"),

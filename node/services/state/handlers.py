@@ -133,7 +133,7 @@ def apply_job_result(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
     assert job is not None  # checked
     fields = p.receipt.fields
     job.results[tx.sender] = ResultRow(
-        p.job, tx.sender, ctx.height, tx.hash, p.receipt.id, fields["result"], fields["witness"], fields["exit"]
+        p.job, tx.sender, ctx.height, tx.hash, p.receipt.id, fields["result"], fields["witness"], fields["exit"], p.error
     )
     job.assignments[tx.sender].status = DELIVERED
     node = ws.nodes()[tx.sender]

@@ -63,6 +63,9 @@ def settle_if_complete(ws: WorkingState, ctx: BlockContext, job: JobRow) -> None
         else:
             state = FAILED
             reason = f"the job failed identically on all {len(results)} assignees (exit status {exit_status})"
+            errors = sorted({r.error for r in results if r.error})
+            if errors:
+                reason += ": " + errors[0] + (f" (and {len(errors) - 1} other error texts)" if len(errors) > 1 else "")
     else:
         state = DISPUTED
         reason = (

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import duckdb
+import structlog
 
 from node.codec import to_hex
 from node.consensus.store import ChainStore
@@ -47,6 +48,8 @@ from node.services.state.txtypes import Payload, parse_payload
 from node.services.state.working import WorkingState
 
 MAX_HEIGHT = 2**63 - 1
+
+log = structlog.get_logger("metanode.state")
 
 
 class StateError(Exception):
@@ -75,8 +78,19 @@ class StateMachine(queries.StateQueries):
         self.first_height = first_height
         with transaction(conn):
             tables.create_tables(conn)
+            if self._stored_meta("schema_version") not in (None, str(tables.SCHEMA_VERSION).encode()):
+                # The state is derived from the blocks: after a schema change it
+                # is dropped here and re-applied from the chain store (catch_up).
+                log.warning("chain state schema changed: rebuilding the state from the blocks",
+                            stored=self._stored_meta("schema_version"), now=tables.SCHEMA_VERSION)
+                tables.drop_tables(conn)
+                tables.create_tables(conn)
             self._check_meta("schema_version", str(tables.SCHEMA_VERSION).encode(), "schema version")
             self._check_meta("rules", rules.digest(), "chain rules")
+
+    def _stored_meta(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else bytes(row[0])
 
     def _check_meta(self, key: str, expected: bytes, what: str) -> None:
         row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()

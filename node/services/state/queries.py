@@ -80,14 +80,14 @@ class StateQueries:
             for attempt, key, peer, assigned, deadline, status in assignments
         ]
         results = self._conn.execute(
-            "SELECT r.node_key, n.peer_id, r.height, r.tx_hash, r.receipt_id, r.result, r.witness, r.exit "
+            "SELECT r.node_key, n.peer_id, r.height, r.tx_hash, r.receipt_id, r.result, r.witness, r.exit, r.error "
             "FROM state_results r JOIN state_nodes n USING (node_key) WHERE r.job_id = ? ORDER BY r.node_key",
             [job_id],
         ).fetchall()
         job["results"] = [
             {"node": _hex(key), "peer_id": peer, "height": height, "tx": _hex(tx), "receipt": _hex(rid),
-             "result": _hex(result), "witness": _hex(witness), "exit": exit_status}
-            for key, peer, height, tx, rid, result, witness, exit_status in results
+             "result": _hex(result), "witness": _hex(witness), "exit": exit_status, "error": error}
+            for key, peer, height, tx, rid, result, witness, exit_status, error in results
         ]
         job["verdict"] = (
             {"state": job["state"], "result_digests": sorted({r["result"] for r in job["results"]})}

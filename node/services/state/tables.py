@@ -14,7 +14,8 @@ table                  one row per
 ``state_assignments``  (job, node): attempt, assigned height, deadline,
                        status pending | delivered | missed | cancelled
 ``state_results``      (job, node): the committed result: receipt id, result
-                       and witness digests, exit status
+                       and witness digests, exit status, the error the node
+                       reported when the job failed
 ``state_receipts``     receipt that entered the chain: height and position
                        (the receipt log's order), kind, issuer, envelope
 ``state_rejections``   (height, index): a committed tx the state refused, why
@@ -33,7 +34,7 @@ import duckdb
 
 from node.codec import encode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: state_results.error
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -65,7 +66,7 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_results", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_results (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, height BIGINT NOT NULL,
         tx_hash BLOB NOT NULL, receipt_id BLOB NOT NULL, result BLOB NOT NULL,
-        witness BLOB NOT NULL, exit INTEGER NOT NULL, PRIMARY KEY (job_id, node_key))"""),
+        witness BLOB NOT NULL, exit INTEGER NOT NULL, error VARCHAR, PRIMARY KEY (job_id, node_key))"""),
     ("state_receipts", "receipt_id", """CREATE TABLE IF NOT EXISTS state_receipts (
         receipt_id BLOB PRIMARY KEY, height BIGINT NOT NULL, position INTEGER NOT NULL,
         kind VARCHAR NOT NULL, issuer BLOB NOT NULL, tx_hash BLOB NOT NULL,
@@ -83,6 +84,12 @@ def create_tables(conn: duckdb.DuckDBPyConnection) -> None:
     """Create every state table that is missing (call inside a transaction)."""
     for _, _, ddl in TABLES:
         conn.execute(ddl)
+
+
+def drop_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Drop every state table (a schema change: the state is rebuilt from the blocks)."""
+    for name in TABLE_NAMES:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def clear_tables(conn: duckdb.DuckDBPyConnection, *, keep_meta: bool = True) -> None:

@@ -24,7 +24,8 @@ type                payload
                     1..max_replication; ``deadline_blocks`` int in
                     min..max_deadline_blocks
 ``job.result``      ``job`` 32 bytes; ``receipt`` bytes: the sender's signed
-                    ``job.exec`` receipt envelope with subject = job
+                    ``job.exec`` receipt envelope with subject = job;
+                    optional ``error`` text (1..300 printable) when exit != 0
 ``job.cancel``      ``job`` 32 bytes
 ``receipts.batch``  ``receipts`` [envelope, ...] (1..max_batch_receipts,
                     distinct), each signed by the sender, of kind
@@ -55,6 +56,7 @@ from node.services.state.rules import DEFAULT_RULES, ChainRules
 NODE_REGISTER = "node.register"
 DATASET_REGISTER = "dataset.register"
 JOB_SUBMIT = "job.submit"
+MAX_ERROR_TEXT = 300
 JOB_RESULT = "job.result"
 JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
@@ -103,6 +105,7 @@ class JobSubmit:
 class JobResult:
     job: bytes
     receipt: Receipt  # verified job.exec receipt issued by the sender
+    error: str | None = None  # why the job failed, as the node saw it (only with exit != 0)
 
 
 @dataclass(frozen=True)
@@ -277,12 +280,19 @@ def _receipt(value: Any, path: str, tx: Transaction, kinds: tuple[str, ...]) -> 
 
 
 def _parse_job_result(tx: Transaction, rules: ChainRules) -> JobResult:
-    p = _record(tx.payload, "", ("job", "receipt"))
+    optional = ("error",) if isinstance(tx.payload, dict) and "error" in tx.payload else ()
+    p = _record(tx.payload, "", ("job", "receipt") + optional)
     job = _digest(p["job"], "job")
     receipt = _receipt(p["receipt"], "receipt", tx, ("job.exec",))
     if receipt.subject != job:
         raise PayloadError("receipt: its subject is not the job this result is for")
-    return JobResult(job, receipt)
+    error = p.get("error")
+    if error is not None:
+        if not isinstance(error, str) or not 1 <= len(error) <= MAX_ERROR_TEXT or not error.isprintable():
+            raise PayloadError(f"error: must be printable text of 1 to {MAX_ERROR_TEXT} characters")
+        if receipt.fields["exit"] == 0:
+            raise PayloadError("error: only a failed execution (exit != 0) reports an error")
+    return JobResult(job, receipt, error)
 
 
 def _parse_job_cancel(tx: Transaction, rules: ChainRules) -> JobCancel:

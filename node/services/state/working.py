@@ -60,6 +60,7 @@ class ResultRow:
     result: bytes
     witness: bytes
     exit: int
+    error: str | None = None  # what the node reported when the job failed (its claim, not checked)
 
 
 @dataclass
