@@ -3,8 +3,11 @@
 Tenants are authenticated by the connection: a client connects with its
 tenant key as its libp2p identity (Noise proves it holds the key), so the
 caller's peer id *is* the tenant. A tenant sees only its own jobs and
-datasets. Every accepted call yields an ``api.call`` receipt signed by the
-gateway and published on chain (node/services/publisher.py).
+datasets. Every accepted call that changes state or releases a tenant's
+data (submit, cancel, result, witness; uploads get ``data.store``) yields an
+``api.call`` receipt signed by the gateway and published on chain
+(node/services/publisher.py). Status, list and health reads are not
+receipted: clients poll them, and a receipt per poll would bury the log.
 """
 
 from __future__ import annotations
@@ -123,7 +126,9 @@ class Gateway:
                 "result_digests": sorted({r["result"] for r in job["results"]})})
         digest = job["results"][0]["result"]
         data = await self._artifact("result", digest, [r["peer_id"] for r in job["results"]])
-        return {"job_id": job_id, "state": job["state"], "result_digest": digest,
+        # Releasing a tenant's result is an operation on its data: it is receipted.
+        receipt_id = self.receipt("analytics_result", self.tenant(ctx), b"analytics_result:" + bytes.fromhex(job_id), "accepted", 0, data)
+        return {"job_id": job_id, "receipt_id": receipt_id, "state": job["state"], "result_digest": digest,
                 "computed_by": [r["peer_id"] for r in job["results"]],
                 "receipts": [r["receipt"] for r in job["results"]], **result_json(data)}
 
@@ -139,7 +144,9 @@ class Gateway:
                                "available": data is not None, "witness": plain(record), "unhashed": plain(unhashed),
                                # the file itself, so a client can check it against the receipt without trusting us
                                "file": base64.b64encode(data).decode() if data is not None else None})
-        return {"job_id": job_id, "state": job["state"], "executions": executions}
+        receipt_id = self.receipt("analytics_witness", self.tenant(ctx), b"analytics_witness:" + bytes.fromhex(job_id), "accepted", 0,
+                                  b"".join(bytes.fromhex(e["witness_digest"]) for e in executions))
+        return {"job_id": job_id, "receipt_id": receipt_id, "state": job["state"], "executions": executions}
 
     async def _artifact(self, kind: str, digest_hex: str, holders: list[str], *, required: bool = True) -> bytes | None:
         data = None

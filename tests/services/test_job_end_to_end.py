@@ -82,6 +82,10 @@ async def test_sql_job_goes_to_verified_with_a_receipt(node_dir):
             [execution] = witness["executions"]
             assert execution["available"] and execution["witness_digest"] == result["witness"]
             assert [i["name"] for i in execution["witness"]["inputs"]] == ["sales"]
+            # Releasing the result was receipted (api.call, by this gateway, for this tenant).
+            read = await eventually(lambda: rpc.call("receipt_get", {"id": table["receipt_id"]}))
+            assert read["kind"] == "api.call" and read["fields"]["method"] == "analytics_result"
+            assert read["fields"]["tenant"] == tenant.public_key.hex()
             # Another tenant gets neither: their job is reported as missing.
             async with connect_to_node(daemon.listen_addrs()[0], identity=Identity.from_label("tenant-other"), timeout=30) as other:
                 for method in ("analytics_result", "analytics_witness", "analytics_status"):
