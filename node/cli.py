@@ -28,6 +28,7 @@ _LAZY_COMMANDS = {
     "genesis": "node.consensus.commands:genesis",
     "analytics": "node.services.commands:analytics",
     "testnet": "node.testnet.commands:testnet",
+    "mesh": "node.mesh_commands:mesh",
     "demo": "node.demo:demo",
 }
 

@@ -79,6 +79,20 @@ def _roles(value: list[Any]) -> str | None:
     return None
 
 
+def _host_port(text: str) -> bool:
+    """``HOST:PORT`` as [metrics] listen and [services] http_listen take it."""
+    return bool(re.fullmatch(r"[0-9a-zA-Z.\-]+:[0-9]{1,5}", text)) and int(text.rsplit(":", 1)[1]) <= 65535
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"one of {list(choices)}"
 
@@ -122,6 +136,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "storage_replicas": Field(int, 2, lambda v: None if 1 <= v <= 16 else "between 1 and 16", "storage nodes that must hold each dataset"),
         "storage_quota_bytes": Field(int, 1024**3, _positive, "bytes each tenant may store on this node"),
         "max_blob_bytes": Field(int, 256 * 1024**2, lambda v: None if 1024 <= v <= 16 * 1024**3 else "between 1024 and 17179869184"),
+        "http_listen": Field(str, "", doc='HTTP gateway "HOST:PORT" (gateway role; e.g. "127.0.0.1:8080"); empty: off'),
+        "http_allow_remote": Field(bool, False, doc="let http_listen name a non-loopback host (put TLS in front of it)"),
+        "http_max_body_bytes": Field(int, 256 * 1024**2, lambda v: None if 1024 <= v <= 16 * 1024**3 else "between 1024 and 17179869184",
+                                     "largest dataset upload over HTTP"),
     },
     "metrics": {
         "listen": Field(str, "", doc='Prometheus metrics "HOST:PORT" (e.g. "127.0.0.1:9101"); empty: off, since a fixed default port would collide between nodes on one machine'),
@@ -211,8 +229,14 @@ def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
     if net["keepalive_timeout"] < 0.1 or net["keepalive_interval"] < 0.1:
         raise ConfigError(f"{where}: [network] keepalive_interval and keepalive_timeout must be at least 0.1 s")
     listen = values["metrics"]["listen"]
-    if listen and not re.fullmatch(r"[0-9a-zA-Z.\-]+:[0-9]{1,5}", listen):
+    if listen and not _host_port(listen):
         raise ConfigError(f'{where}: [metrics] listen: expected "HOST:PORT" such as "127.0.0.1:9101", got {listen!r}')
+    http = values["services"]["http_listen"]
+    if http and not _host_port(http):
+        raise ConfigError(f'{where}: [services] http_listen: expected "HOST:PORT" such as "127.0.0.1:8080", got {http!r}')
+    if http and not values["services"]["http_allow_remote"] and not _loopback(http.rsplit(":", 1)[0]):
+        raise ConfigError(f"{where}: [services] http_listen: {http!r} is not a loopback address; the HTTP gateway has no TLS, "
+                          "so bind it to 127.0.0.1 (or set http_allow_remote = true behind a TLS proxy)")
     for i, tenant in enumerate(values["services"]["gateway_tenants"]):
         if not isinstance(tenant, str) or len(tenant) != 64 or any(c not in "0123456789abcdef" for c in tenant):
             raise ConfigError(f"{where}: [services] gateway_tenants[{i}]: expected a public key of 64 lowercase hex characters, got {tenant!r}")

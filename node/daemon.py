@@ -112,6 +112,10 @@ class Daemon:
     def _register_core_methods(self) -> None:
         self.registry.register("node_status", self._node_status, {}, "Identity, version, roles, uptime and listen addresses of this node.")
         self.registry.register("net_peers", self._net_peers, {}, "Connected peers: id, direction, address, keepalive latency.")
+        # node_metrics / mesh_nodes: what `metanode mesh status` and `testnet status` read.
+        from node.services.mesh import register_mesh_methods
+
+        register_mesh_methods(self.registry, self)
 
     async def _node_status(self, ctx: CallContext) -> dict[str, Any]:
         return {
@@ -228,6 +232,16 @@ class Daemon:
                               artifacts=ArtifactFetcher(artifacts, self.host, self.identity.peer_id))
             gateway.register(self.registry)
             self.services.append(Service("gateway", _no_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"}))
+            if services["http_listen"]:
+                # The HTTP gateway (node/services/http_gateway.py): same registry, rate limits and receipts.
+                from node.services.http_gateway import HttpGateway
+
+                http_host, http_port = services["http_listen"].rsplit(":", 1)
+                http = HttpGateway(lambda: self.rpc_server, host=http_host, port=int(http_port),
+                                   spool_dir=cfg.data_dir / "http-spool", max_body_bytes=services["http_max_body_bytes"],
+                                   allowed_tenants=gateway.allowed and list(gateway.allowed),
+                                   check_tx=self.app.state.check_tx_against_state)
+                self.services.append(Service("http", http.run, http.status))  # status()["listen"]: the bound address
         storage = self.storage = self._add_storage(publisher) if {"storage", "gateway", "processing"} & set(cfg.roles) else None
         if self.cage_pool is not None:
             from node.services.processing import ProcessingService, storage_resolver

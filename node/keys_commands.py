@@ -47,3 +47,37 @@ def keys_show(path: str, as_json: bool) -> None:
         click.echo(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()}))
     else:
         click.echo(f"peer id:    {identity.peer_id}\npublic key: {identity.public_key.hex()}")
+
+
+@keys.command("http-auth")
+@click.option("--key", "key", required=True, envvar="METANODE_KEY", type=click.Path(dir_okay=False),
+              help="Tenant key file that signs the request (or $METANODE_KEY).")
+@click.option("--body", "body", default=None, type=click.Path(dir_okay=False), help="File sent as the request body (default: none).")
+@click.argument("method")
+@click.argument("path")
+def keys_http_auth(key: str, body: str | None, method: str, path: str) -> None:
+    """Print an Authorization header value for one HTTP gateway request.
+
+    PATH is the request target exactly as sent, with its query
+    (e.g. '/v1/datasets?name=sales&format=csv'). The value is valid for
+    5 minutes and for one request only.
+    """
+    import hashlib
+
+    from node.services.http_auth import sign_request
+
+    try:
+        identity = Identity.load(key)
+    except KeyFileError as exc:
+        raise UserError(f"--key: {exc}", exit_code=2) from None
+    if not path.startswith("/"):
+        raise UserError(f"PATH must start with / (the request target, e.g. /v1/jobs), got {path!r}", exit_code=2)
+    digest = hashlib.sha256()
+    if body is not None:
+        try:
+            with open(body, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            raise UserError(f"--body: cannot read {body}: {exc.strerror or exc}", exit_code=2) from None
+    click.echo(sign_request(identity, method.upper(), path, body_sha256=digest.hexdigest()))

@@ -7,19 +7,15 @@ from typing import Any
 
 import trio
 
-from node.p2p.client import call_node
+from node.services.mesh import figures_row, probe_node
 from node.testnet.layout import read_manifest
 from node.testnet.processes import running_pid
 
 
 async def node_health(address: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    try:
-        with trio.fail_after(timeout):
-            status = await call_node(address, "node_status", timeout=timeout)
-            peers = await call_node(address, "net_peers", timeout=timeout)
-    except Exception:
-        return None
-    return {"status": status, "peers": peers}
+    """{"status", "peers", "figures"} of one node (node/services/mesh.py), None if it does not answer."""
+    probe = await probe_node(address, timeout=timeout)
+    return probe if probe["live"] else None
 
 
 async def cluster_status(directory: Path) -> list[dict[str, Any]]:
@@ -41,8 +37,7 @@ async def cluster_status(directory: Path) -> list[dict[str, Any]]:
             "peer_id": str(node["address"]).rsplit("/", 1)[1],
             "roles": node["roles"],
             "pid": running_pid(directory, str(node["name"])),
-            "live": health is not None,
-            "peers": len(health["peers"]) if health else None,
-            "peer_ids": sorted(p["peer_id"] for p in health["peers"]) if health else [],
+            # The figures `metanode mesh status` shows too (height, round, peers, mempool, jobs).
+            **{k: v for k, v in figures_row(health or {"live": False}).items() if k not in ("roles", "error")},
         })
     return rows

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from node.testnet.layout import read_manifest
@@ -28,14 +29,17 @@ def running_pid(directory: Path, name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def start_node(directory: Path, name: str, config: str) -> int:
-    """Start one node in the background (own session); returns its pid."""
+def start_node(directory: Path, name: str, config: str, command: Sequence[str] | None = None) -> int:
+    """Start one node in the background (own session); returns its pid.
+    ``command``: the argv to run instead of ``metanode daemon start --config``
+    (the config path is appended), e.g. a test double of a node."""
     existing = running_pid(directory, name)
     if existing is not None:
         return existing
     log = open(log_file(directory, name), "ab")
+    argv = list(command) if command is not None else [sys.executable, "-m", "node", "daemon", "start", "--config"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "daemon", "start", "--config", str(directory / config)],
+        [*argv, str(directory / config)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
@@ -43,8 +47,11 @@ def start_node(directory: Path, name: str, config: str) -> int:
     return proc.pid
 
 
-def up(directory: Path) -> dict[str, int]:
-    return {str(n["name"]): start_node(directory, str(n["name"]), str(n["config"])) for n in read_manifest(directory)}
+def up(directory: Path, commands: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Start every node; ``commands`` maps node names to another argv (see start_node)."""
+    commands = commands or {}
+    return {str(n["name"]): start_node(directory, str(n["name"]), str(n["config"]), commands.get(str(n["name"])))
+            for n in read_manifest(directory)}
 
 
 def down(directory: Path, *, timeout: float = 10.0) -> dict[str, str]:
