@@ -77,14 +77,47 @@ class AsyncClient:
             params: dict[str, Any] = {"chunk": base64.b64encode(chunk).decode(), "final": final, "name": name, "format": fmt}
             if upload is not None:
                 params["upload"] = upload
-            info = await self.rpc.call("dataset_upload", params, timeout=300)
+            info = await self._upload_call(params)
             upload = info.get("upload", upload)
             if progress is not None:
                 progress(min(start + UPLOAD_CHUNK, len(data)), len(data))
         digest = bytes.fromhex(info["digest"])
-        tx = await self._signed("dataset.register", {"digest": digest, "size": len(data), "name": name, "format": fmt})
-        await self.rpc.call("tx_submit", {"tx": tx.hex(), "mode": "commit", "timeout": 120}, timeout=150)
+        receipt_id = await self.wait_for_receipt(info["receipt"]["id"])
+        tx = await self._signed("dataset.register", {"digest": digest, "size": len(data), "name": name, "format": fmt,
+                                                     "receipt": bytes.fromhex(receipt_id)})
+        done = await self.rpc.call("tx_submit", {"tx": tx.hex(), "mode": "commit", "timeout": 120}, timeout=150)
+        if done.get("state_rejected"):
+            raise UserError(f"dataset {name} was uploaded but its registration was refused: {done['state_rejected']}")
         return info
+
+    async def _upload_call(self, params: dict[str, Any], *, wait_ready: float = 60.0) -> dict[str, Any]:
+        """One dataset_upload call; a node that is not registered on chain yet
+        (a cluster just starting) is retried for up to ``wait_ready`` seconds."""
+        from node.p2p.rpc import RpcCallError
+
+        deadline = trio.current_time() + wait_ready
+        while True:
+            try:
+                return await self.rpc.call("dataset_upload", params, timeout=300)
+            except RpcCallError as exc:
+                if exc.code != 1213 or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(0.5)
+
+    async def wait_for_receipt(self, receipt_id: str, *, timeout: float = 120.0) -> str:
+        """Wait until a receipt is in the chain's log (registering an upload needs
+        its data.store receipt on chain: the proof that you uploaded those bytes)."""
+        from node.p2p.rpc import RpcCallError
+
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    await self.rpc.call("receipt_get", {"id": receipt_id})
+                    return receipt_id
+                except RpcCallError as exc:
+                    if exc.code != 1404:
+                        raise
+                await trio.sleep(0.2)
 
     async def submit_job(self, *, job_type: str, data_source: str | dict[str, str], parameters: dict[str, Any],
                          replication: int = 1, deadline_blocks: int = 100) -> str:

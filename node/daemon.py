@@ -268,6 +268,9 @@ class Daemon:
         finality_s = max(0.0, (time.time_ns() // 1_000_000 - block.header.timestamp_ms) / 1000)
         self.metrics.on_block(block.height, block.commit_round, finality_s)
 
+    def _is_registered_storage(self, key: bytes) -> bool:
+        return any(n["node"] == key.hex() and {"storage", "gateway"} & set(n["roles"]) for n in self.app.state.nodes(processing_only=False))
+
     def _is_registered_gateway(self, key: bytes) -> bool:
         return any(n["node"] == key.hex() and "gateway" in n["roles"] for n in self.app.state.nodes(processing_only=False))
 
@@ -300,7 +303,11 @@ class Daemon:
             def data_store_receipt(info: Any, fields: dict[str, Any]) -> str:
                 return publisher.issue("data.store", subject=info.digest, fields=fields).id.hex()
 
-            uploads = register_storage_methods(self.registry, storage, on_stored=data_store_receipt)
+            def not_ready() -> str | None:
+                # Its data.store receipts prove uploads on chain only once the chain knows this node.
+                return None if self._is_registered_storage(self.identity.public_key) else "not yet registered on chain as a storage or gateway node"
+
+            uploads = register_storage_methods(self.registry, storage, on_stored=data_store_receipt, not_ready=not_ready)
             self.services.append(Service("storage", lambda *, task_status=trio.TASK_STATUS_IGNORED: _started(task_status, uploads.run_sweeper()),
                                          lambda: {"bytes": storage.store.total_bytes()}))
         return storage

@@ -129,11 +129,26 @@ class HttpClient:
             self.register_dataset(info)
         return info
 
-    def register_dataset(self, info: dict[str, Any], *, mode: str = "commit") -> dict[str, Any]:
-        """Sign and send dataset.register for an uploaded dataset (its upload answer)."""
+    def register_dataset(self, info: dict[str, Any], *, mode: str = "commit", timeout: float = 120.0) -> dict[str, Any]:
+        """Sign and send dataset.register for an uploaded dataset (its upload answer),
+        once the upload's data.store receipt is on chain (the chain wants that proof)."""
+        receipt_id = info["receipt"]["id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get(f"/v1/receipts/{receipt_id}")
+                break
+            except HttpError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
         tx = self.signed_tx("dataset.register", {"digest": bytes.fromhex(info["digest"]), "size": info["size"],
-                                                 "name": info["name"], "format": info["format"]})
-        return self.request("POST", "/v1/txs", json_body={"tx": tx, "mode": mode, "timeout": 120})
+                                                 "name": info["name"], "format": info["format"],
+                                                 "receipt": bytes.fromhex(receipt_id)})
+        done = self.request("POST", "/v1/txs", json_body={"tx": tx, "mode": mode, "timeout": 120})
+        if done.get("state_rejected"):
+            raise HttpError(409, None, "registration refused by the chain state", {"reason": done["state_rejected"]})
+        return done
 
     def datasets(self, *, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
         return self.get("/v1/datasets", limit=limit, offset=offset)

@@ -185,3 +185,41 @@ def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "c
 
 def node_addr(port: int, name: str) -> str:
     return f"/ip4/127.0.0.1/tcp/{port}/p2p/{Identity.from_label(f'test-node-{name}').peer_id}"
+
+
+async def upload_and_register(rpc: Any, tenant: Any, *, chain_id: str, nonce: int, data: bytes,
+                              name: str = "sales", fmt: str = "csv", timeout: float = 90) -> dict[str, Any]:
+    """Upload ``data`` as the tenant (one chunk), wait for its data.store receipt
+    on chain, and commit the dataset.register that cites it; returns the upload row."""
+    import base64
+
+    import trio
+
+    from node.consensus.tx import sign_tx
+    from node.p2p.rpc import RpcCallError
+
+    with trio.fail_after(timeout):
+        while True:  # the node takes uploads once it is registered on chain
+            try:
+                uploaded = await rpc.call("dataset_upload", {"name": name, "format": fmt, "chunk": base64.b64encode(data).decode(), "final": True})
+                break
+            except RpcCallError as exc:
+                if exc.code != 1213:
+                    raise
+            await trio.sleep(0.2)
+    receipt_id = uploaded["receipt"]["id"]
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                await rpc.call("receipt_get", {"id": receipt_id})
+                break
+            except RpcCallError as exc:
+                if exc.code != 1404:
+                    raise
+            await trio.sleep(0.1)
+    register = sign_tx(tenant, chain_id=chain_id, nonce=nonce, tx_type="dataset.register", payload={
+        "digest": bytes.fromhex(uploaded["digest"]), "size": len(data), "name": name, "format": fmt,
+        "receipt": bytes.fromhex(receipt_id)})
+    done = await rpc.call("tx_submit", {"tx": register.encoded.hex(), "mode": "commit", "timeout": timeout}, timeout=timeout + 30)
+    assert "state_rejected" not in done, done
+    return uploaded

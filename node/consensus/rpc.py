@@ -73,7 +73,7 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         if mode == "commit":
             stored = chain.store.tx_by_hash(digest)
             if stored is not None:
-                return {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
+                return committed_answer(digest, stored)
             committed = chain.commit_event(digest)
         admission = chain.submit(raw)
         if not admission.accepted and admission.code is not TxErrorCode.DUPLICATE:
@@ -88,7 +88,17 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         if stored is None:
             chain.forget_waiter(digest)
             raise RpcError(TX_COMMIT_TIMEOUT, "not committed within the timeout", {"hash": digest.hex(), "timeout_s": timeout, "status": "pending" if digest in chain.mempool else "dropped"})
-        return {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
+        return committed_answer(digest, stored)
+
+    def committed_answer(digest: bytes, stored: Any) -> dict[str, Any]:
+        """A committed transaction can still be refused by the application
+        state (it then changed nothing): say so, with the reason."""
+        answer = {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
+        rejection = getattr(chain.app, "rejection_of", None)
+        reason = rejection(digest) if rejection is not None else None
+        if reason is not None:
+            answer["state_rejected"] = reason
+        return answer
 
     async def tx_get(ctx: CallContext, hash: str) -> dict[str, Any]:
         digest = _hex_bytes(hash, "hash")

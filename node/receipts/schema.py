@@ -178,6 +178,7 @@ KIND_FIELDS: dict[str, dict[str, Check]] = {
     # A storage node holds content (subject: its SHA-256).
     "data.store": {
         "content": choice("dataset", "result"),
+        "tenant": digest,  # the uploader's public key: dataset.register on chain must be this tenant's
         "size": uint,
         "replicas": integer(1, 255),
     },

@@ -91,6 +91,11 @@ class ChainApplication:
         for callback in self.on_effects:
             callback(effects, block)
 
+    def rejection_of(self, tx_hash: bytes) -> str | None:
+        """Why the state refused a committed transaction, or None."""
+        row = self.conn.execute("SELECT reason FROM state_rejections WHERE tx_hash = ?", [tx_hash]).fetchone()
+        return None if row is None else str(row[0])
+
     def job_receipts(self, job_id: bytes) -> list[dict[str, Any]]:
         """Every logged receipt about a job, in the job's order: the api.call
         that accepted it (its response is the job id's digest), schedules,

@@ -64,7 +64,7 @@ _STATUS: dict[int, int] = {
     1100: 400, 1101: 400, 1102: 409, 1103: 400, 1404: 404,
     # storage (node/services/storage/errors.py)
     1200: 500, 1201: 404, 1202: 429, 1203: 413, 1204: 413, 1205: 400, 1206: 404, 1207: 503, 1208: 400,
-    1209: 400, 1210: 500, 1211: 500, 1212: 404,
+    1209: 400, 1210: 500, 1211: 500, 1212: 404, 1213: 503,
     # gateway (node/services/gateway.py): tenant not allowed, job quota, wrong tx, state refused, rejected, no result yet
     1301: 403, 1302: 429, 1303: 400, 1304: 409, 1310: 409, 1405: 409,
     BODY_TOO_LARGE: 413, SERVER_BUSY: 503,

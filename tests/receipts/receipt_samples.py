@@ -31,7 +31,7 @@ VALID_FIELDS: dict[str, tuple[bytes, dict]] = {
             "response": digest("response"),
         },
     ),
-    "data.store": (digest("dataset"), {"content": "dataset", "size": 123_456, "replicas": 3}),
+    "data.store": (digest("dataset"), {"content": "dataset", "tenant": digest("tenant"), "size": 123_456, "replicas": 3}),
     "job.schedule": (
         digest("job"),
         {

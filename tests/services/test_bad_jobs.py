@@ -3,7 +3,6 @@ an unknown column, SQL the cage refuses, a trend over a text column."""
 
 from __future__ import annotations
 
-import base64
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
 from node.keys import Identity
 from node.p2p.client import connect_to_node
-from tests.support import running_daemon, write_node_config
+from tests.support import running_daemon, upload_and_register, write_node_config
 
 CHAIN = "bad-jobs"
 CSV = b"day,product,units\n2026-01-01,apples,3\n2026-01-02,pears,5\n2026-01-09,apples,4\n"
@@ -37,11 +36,8 @@ async def test_bad_jobs_fail_with_the_reason_on_chain(node_dir):
     tenant = Identity.from_label("tenant-bad-jobs")
     async with running_daemon(cfg) as daemon:
         async with connect_to_node(daemon.listen_addrs()[0], identity=tenant, timeout=30) as rpc:
-            uploaded = await rpc.call("dataset_upload", {"name": "sales", "format": "csv", "chunk": base64.b64encode(CSV).decode(), "final": True})
+            uploaded = await upload_and_register(rpc, tenant, chain_id=CHAIN, nonce=0, data=CSV)
             digest = bytes.fromhex(uploaded["digest"])
-            register = sign_tx(tenant, chain_id=CHAIN, nonce=0, tx_type="dataset.register",
-                               payload={"digest": digest, "size": len(CSV), "name": "sales", "format": "csv"})
-            await rpc.call("tx_submit", {"tx": register.encoded.hex(), "mode": "commit", "timeout": 60}, timeout=90)
             with trio.fail_after(60):
                 while (await rpc.call("analytics_health"))["processing_nodes"] < 1:
                     await trio.sleep(0.2)

@@ -16,7 +16,7 @@ from node.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
 from node.receipts.envelope import verify_receipt
-from tests.support import running_daemon, write_node_config
+from tests.support import running_daemon, upload_and_register, write_node_config
 
 CHAIN = "gateway-test"
 
@@ -38,7 +38,8 @@ async def wait_for(predicate, seconds=60):
 
 async def test_tenant_submits_and_sees_only_its_own_jobs(node_dir):
     alice, bob = Identity.from_label("tenant-alice"), Identity.from_label("tenant-bob")
-    digest = hashlib.sha256(b"sales.csv bytes").digest()
+    data = b"product,units\napples,3\n"
+    digest = hashlib.sha256(data).digest()
     async with running_daemon(node_config(node_dir)) as daemon:
         addr = daemon.listen_addrs()[0]
         async with connect_to_node(addr, identity=alice) as a, connect_to_node(addr, identity=bob) as b:
@@ -46,9 +47,7 @@ async def test_tenant_submits_and_sees_only_its_own_jobs(node_dir):
             health = await wait_for(lambda: _health_with_nodes(a))
             assert health["processing_nodes"] == 1 and health["validators"] == 1
 
-            dataset = sign_tx(alice, chain_id=CHAIN, nonce=0, tx_type="dataset.register",
-                              payload={"digest": digest, "size": 16, "name": "sales", "format": "csv"})
-            await a.call("tx_submit", {"tx": dataset.encoded.hex(), "mode": "commit", "timeout": 20})
+            await upload_and_register(a, alice, chain_id=CHAIN, nonce=0, data=data)
             job = sign_tx(alice, chain_id=CHAIN, nonce=1, tx_type="job.submit", payload={
                 "type": "sql", "inputs": {"sales": digest}, "params": {"query": "SELECT count(*) AS n FROM sales"},
                 "replication": 1, "deadline_blocks": 50})

@@ -5,7 +5,6 @@ receipt; the chain verifies it. The result equals an independent cage run."""
 
 from __future__ import annotations
 
-import base64
 import time
 
 import trio
@@ -18,7 +17,7 @@ from node.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
 from node.receipts.envelope import verify_receipt
-from tests.support import running_daemon, write_node_config
+from tests.support import running_daemon, upload_and_register, write_node_config
 
 CHAIN = "job-e2e"
 CSV = b"product,units\napples,3\npears,5\napples,4\nplums,1\n"
@@ -49,12 +48,9 @@ async def test_sql_job_goes_to_verified_with_a_receipt(node_dir):
     tenant = Identity.from_label("tenant-e2e")
     async with running_daemon(cfg) as daemon:
         async with connect_to_node(daemon.listen_addrs()[0], identity=tenant, timeout=30) as rpc:
-            uploaded = await rpc.call("dataset_upload", {"name": "sales", "format": "csv", "chunk": base64.b64encode(CSV).decode(), "final": True})
+            uploaded = await upload_and_register(rpc, tenant, chain_id=CHAIN, nonce=0, data=CSV)
             digest = bytes.fromhex(uploaded["digest"])
             assert uploaded["row_count"] == 4
-            register = sign_tx(tenant, chain_id=CHAIN, nonce=0, tx_type="dataset.register",
-                               payload={"digest": digest, "size": len(CSV), "name": "sales", "format": "csv"})
-            await rpc.call("tx_submit", {"tx": register.encoded.hex(), "mode": "commit", "timeout": 60})
             job = sign_tx(tenant, chain_id=CHAIN, nonce=1, tx_type="job.submit", payload={
                 "type": "sql", "inputs": {"sales": digest}, "params": {"query": QUERY},
                 "replication": 1, "deadline_blocks": 100})

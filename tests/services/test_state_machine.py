@@ -13,6 +13,7 @@ import pytest
 from node.codec import hash_tagged
 from node.consensus.store import ChainStore
 from node.db import open_node_db
+from node.keys import Identity
 from node.receipts.envelope import build_receipt
 from node.receipts.log import ReceiptLog
 from node.services.state import ChainRules, StateError, StateMachine, catch_up, lifecycle
@@ -216,7 +217,7 @@ def test_catch_up_from_the_chain_store(tmp_path):
                            proposer=b"\x00" * 32, block=b"block", txs=[tx.encoded for tx in txs])
         parent = digest
     machine = StateMachine(conn)
-    assert catch_up(machine, store) == 20
+    assert catch_up(machine, store) == len(chain.blocks)  # 20 and the storage blocks uploads added
     assert machine.dump() == chain.machine.dump()
     assert catch_up(machine, store) == 0
     # A state built from other blocks is detected, not silently extended.
@@ -264,7 +265,7 @@ def test_reopening_the_database_keeps_the_applied_state(tmp_path):
     before = chain.machine.dump()
     conn.close()
     reopened = StateMachine(open_node_db(tmp_path))
-    assert reopened.dump() == before and reopened.height() == 1
+    assert reopened.dump() == before and reopened.height() == chain.height
 
 
 def test_a_state_of_an_older_schema_is_dropped_and_rebuilt_from_the_blocks(tmp_path):
@@ -286,5 +287,30 @@ def test_a_state_of_an_older_schema_is_dropped_and_rebuilt_from_the_blocks(tmp_p
     conn = open_node_db(tmp_path)
     reopened = StateMachine(conn)
     assert reopened.height() is None  # dropped...
-    assert catch_up(reopened, ChainStore(conn)) == 12  # ...and rebuilt from the chain store
+    assert catch_up(reopened, ChainStore(conn)) == len(chain.blocks)  # ...and rebuilt from the chain store
     assert reopened.dump() == chain.machine.dump()
+
+
+def test_a_dataset_is_registered_only_with_the_tenants_own_upload_receipt():
+    """Digests are public: Bob cannot claim Alice's upload, nor one no storage node signed."""
+    chain = Chain()
+    alices = chain.store_upload(ALICE, SALES, 1234)
+    claims = {
+        "alice's receipt": chain.tx(BOB, "dataset.register", {"digest": SALES, "size": 1234, "name": "s", "format": "csv", "receipt": alices}),
+        "no receipt": chain.tx(BOB, "dataset.register", {"digest": SALES, "size": 1234, "name": "s", "format": "csv", "receipt": b"\x07" * 32}),
+        "wrong size": chain.tx(ALICE, "dataset.register", {"digest": SALES, "size": 99, "name": "s", "format": "csv", "receipt": alices}),
+    }
+    effects = chain.block(*claims.values())
+    reasons = [r.reason for r in effects.rejected]
+    assert len(reasons) == 3
+    assert "another tenant's upload" in reasons[0] and "not on chain" in reasons[1] and "not the stored size" in reasons[2]
+    # A receipt signed by a node that is not a registered storage/gateway node does not count.
+    rogue = Identity.from_label("rogue-node")
+    forged = build_receipt(rogue, "data.store", height=chain.height + 1, subject=SALES, prev=None,
+                           fields={"content": "dataset", "tenant": BOB.public_key, "size": 1234, "replicas": 1})
+    chain.block(chain.register_node(rogue, capacity=1), chain.tx(rogue, "receipts.batch", {"receipts": [forged.envelope]}))
+    effects = chain.block(chain.tx(BOB, "dataset.register", {"digest": SALES, "size": 1234, "name": "s", "format": "csv", "receipt": forged.id}))
+    assert "not issued by a registered storage or gateway node" in effects.rejected[0].reason
+    # Alice's own claim stands.
+    effects = chain.block(chain.tx(ALICE, "dataset.register", {"digest": SALES, "size": 1234, "name": "s", "format": "csv", "receipt": alices}))
+    assert not effects.rejected

@@ -26,6 +26,7 @@ START_MS = 1_700_000_000_000
 ALICE = Identity.from_label("tenant-alice")
 BOB = Identity.from_label("tenant-bob")
 NODES = [Identity.from_label(f"processing-{i}") for i in range(10)]
+STORAGE = Identity.from_label("storage-node")  # signs the data.store receipts dataset.register needs
 
 
 def content_digest(text: str) -> bytes:
@@ -49,6 +50,7 @@ class Chain:
         self.nonces: dict[bytes, int] = defaultdict(int)
         self.blocks: list[tuple[int, bytes, int, list[Transaction]]] = []
         self.parent = GENESIS
+        self._storage_registered: set[bytes] = set()
 
     @property
     def height(self) -> int:
@@ -78,7 +80,22 @@ class Chain:
                        {"roles": roles, "capacity": capacity, "moniker": f"node-{identity.public_key.hex()[:8]}"})
 
     def register_dataset(self, tenant: Identity, digest: bytes, name: str = "sales.csv") -> Transaction:
-        return self.tx(tenant, "dataset.register", {"digest": digest, "size": 1234, "name": name, "format": "csv"})
+        """The tenant's dataset.register; first commits a block in which a
+        registered storage node's data.store receipt records the upload."""
+        return self.tx(tenant, "dataset.register", {"digest": digest, "size": 1234, "name": name, "format": "csv",
+                                                    "receipt": self.store_upload(tenant, digest, 1234)})
+
+    def store_upload(self, tenant: Identity, digest: bytes, size: int) -> bytes:
+        """Commit (in a block of its own) the data.store receipt of an upload; return its id."""
+        txs = []
+        if STORAGE.public_key not in self._storage_registered:
+            txs.append(self.register_node(STORAGE, capacity=0, roles=["storage"]))
+            self._storage_registered.add(STORAGE.public_key)
+        receipt = build_receipt(STORAGE, "data.store", height=self.height + 1, subject=digest, prev=None,
+                                fields={"content": "dataset", "tenant": tenant.public_key, "size": size, "replicas": 1})
+        txs.append(self.tx(STORAGE, "receipts.batch", {"receipts": [receipt.envelope]}))
+        self.block(*txs)
+        return receipt.id
 
     def submit_job(
         self, tenant: Identity, inputs: dict[str, bytes], *, replication: int = 2, deadline_blocks: int = 5,

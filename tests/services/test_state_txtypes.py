@@ -30,12 +30,12 @@ def exec_envelope(issuer: Identity = NODE, subject: bytes = JOB) -> bytes:
 
 def store_envelope(issuer: Identity = NODE, subject: bytes = D1) -> bytes:
     return build_receipt(issuer, "data.store", height=3, subject=subject, prev=None,
-                         fields={"content": "dataset", "size": 10, "replicas": 2}).envelope
+                         fields={"content": "dataset", "tenant": NODE.public_key, "size": 10, "replicas": 2}).envelope
 
 
 VALID = {
     "node.register": {"roles": ["processing", "storage"], "capacity": 4, "moniker": "proc-1"},
-    "dataset.register": {"digest": D1, "size": 100, "name": "sales.csv", "format": "csv"},
+    "dataset.register": {"digest": D1, "size": 100, "name": "sales.csv", "format": "csv", "receipt": D2},
     "job.submit": {"type": "sql", "inputs": {"sales": D1}, "params": {"query": "SELECT 1"},
                    "replication": 3, "deadline_blocks": 10},
     "job.result": {"job": JOB, "receipt": exec_envelope()},
@@ -109,6 +109,8 @@ INVALID = [
     ("dataset.register", ["name"], "a\nb", "name"),
     ("dataset.register", ["format"], "xlsx", "format"),
     ("dataset.register", ["format"], DELETE, "format: is missing"),
+    ("dataset.register", ["receipt"], DELETE, "receipt: is missing"),
+    ("dataset.register", ["receipt"], "ab" * 32, "receipt"),
     ("job.submit", ["type"], "mine-bitcoin", "type"),
     ("job.submit", ["inputs"], {}, "inputs"),
     ("job.submit", ["inputs"], {"Bad-Name": D1}, "inputs"),

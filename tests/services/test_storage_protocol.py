@@ -139,7 +139,7 @@ async def test_store_dataset_replicates_to_two_nodes(tmp_path: Path):
         assert info.nodes == sorted([a.peer_id, b.peer_id, c.peer_id])
         assert b.store.open(info.digest) == data and c.store.open(info.digest) == data
         assert a.service.catalog.require(TENANT, info.digest) == info
-        assert a.service.receipt_fields(info) == {"content": "dataset", "size": len(data), "replicas": 3}
+        assert a.service.receipt_fields(info) == {"content": "dataset", "tenant": TENANT, "size": len(data), "replicas": 3}
 
 
 async def test_replication_skips_failing_peer_and_fails_when_too_few(tmp_path: Path):

@@ -62,7 +62,8 @@ async def test_upload_list_get_and_tenant_isolation(tmp_path: Path):
                 assert done["schema"] == [{"name": "day", "type": "DATE"}, {"name": "amount", "type": "BIGINT"}]
                 assert done["tenant"] == alice_id.public_key.hex()
                 assert done["nodes"] == sorted([node.peer_id, peer.peer_id]) and peer.store.has(bytes.fromhex(digest))
-                assert done["receipt"] == {"content": "dataset", "size": len(data), "replicas": 2, "subject": digest}
+                assert done["receipt"] == {"content": "dataset", "size": len(data), "replicas": 2, "subject": digest,
+                                           "tenant": alice_id.public_key.hex()}
                 assert len(uploads) == 0
 
                 listed = await alice.call("dataset_list")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from node.codec import encode, to_hex
 from node.consensus.tx import Transaction
 from node.keys import peer_id_from_public_key
-from node.receipts.envelope import Receipt
+from node.receipts.envelope import Receipt, decode_receipt
 from node.services.state.lifecycle import describe_job_ref, finish_job, settle_if_complete
 from node.services.state.model import (
     ACTIVE_STATES,
@@ -76,6 +76,21 @@ def apply_node_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p:
 def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister) -> str | None:
     if ws.has_dataset(tx.sender, p.digest):
         return f"dataset {to_hex(p.digest)} is already registered by this tenant"
+    # Digests are public (receipts name them): owning a dataset on chain takes
+    # proof that this tenant uploaded those bytes to a storage node.
+    envelope = ws.receipt_envelope(p.receipt)
+    if envelope is None:
+        return f"receipt: data.store receipt {to_hex(p.receipt)} is not on chain (upload first, then wait for its receipt)"
+    receipt = decode_receipt(envelope)
+    if receipt.kind != "data.store" or receipt.subject != p.digest:
+        return f"receipt: {to_hex(p.receipt)} is not a data.store receipt for dataset {to_hex(p.digest)}"
+    if receipt.fields.get("tenant") != tx.sender:
+        return f"receipt: {to_hex(p.receipt)} records another tenant's upload"
+    if receipt.fields.get("size") != p.size:
+        return f"size: {p.size} is not the stored size {receipt.fields.get('size')}"
+    issuer = ws.nodes().get(receipt.issuer_key)
+    if issuer is None or not {"storage", "gateway"} & set(issuer.roles.split(",")):
+        return f"receipt: {to_hex(p.receipt)} was not issued by a registered storage or gateway node"
     return None
 
 

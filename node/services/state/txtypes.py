@@ -17,7 +17,10 @@ type                payload
                     ``moniker`` text (1-64 of ``A-Za-z0-9._-``)
 ``dataset.register`` ``digest`` 32 bytes (SHA-256 of the content); ``size``
                     uint; ``name`` text (1-128, no control characters);
-                    ``format`` ``csv`` | ``parquet``
+                    ``format`` ``csv`` | ``parquet``; ``receipt`` 32 bytes:
+                    the id of the on-chain ``data.store`` receipt a storage
+                    or gateway node signed for this tenant's upload of
+                    ``digest`` (so a tenant registers only data it uploaded)
 ``job.submit``      ``type`` ``sql`` | ``trend-analysis`` | ``summary``;
                     ``inputs`` {input name: dataset digest} (1..max_inputs);
                     ``params`` map (per type, below); ``replication`` int
@@ -90,6 +93,7 @@ class DatasetRegister:
     size: int
     name: str
     format: str
+    receipt: bytes  # id of the data.store receipt (on chain) of this tenant's upload of digest
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,7 @@ def _parse_node_register(tx: Transaction, rules: ChainRules) -> NodeRegister:
 
 
 def _parse_dataset_register(tx: Transaction, rules: ChainRules) -> DatasetRegister:
-    p = _record(tx.payload, "", ("digest", "size", "name", "format"))
+    p = _record(tx.payload, "", ("digest", "size", "name", "format", "receipt"))
     name = p["name"]
     if not isinstance(name, str) or not 1 <= len(name) <= _MAX_NAME or _CONTROL.search(name):
         raise PayloadError(f"name: must be 1-{_MAX_NAME} characters without control characters")
@@ -204,6 +208,7 @@ def _parse_dataset_register(tx: Transaction, rules: ChainRules) -> DatasetRegist
         _int(p["size"], "size", 0, MAX_UINT),
         name,
         _choice(p["format"], "format", DATASET_FORMATS),
+        _digest(p["receipt"], "receipt"),
     )
 
 

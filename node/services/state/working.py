@@ -250,6 +250,14 @@ class WorkingState:
         self._load_receipts({receipt_id})
         return receipt_id in self._receipts
 
+    def receipt_envelope(self, receipt_id: bytes) -> bytes | None:
+        """The envelope of a receipt on chain (or entered earlier in this block)."""
+        for values in self._inserts["state_receipts"]:
+            if values[0] == receipt_id:
+                return bytes(values[-1])
+        row = self.conn.execute("SELECT envelope FROM state_receipts WHERE receipt_id = ?", [receipt_id]).fetchone()
+        return None if row is None else bytes(row[0])
+
     def add_receipt(self, values: tuple[Any, ...]) -> None:
         """Insert a state_receipts row (receipt_id, ...)."""
         self._receipts.add(values[0])

@@ -21,6 +21,7 @@ INVALID_DATASET = 1209
 BLOB_CORRUPT = 1210
 DIGEST_MISMATCH = 1211
 BLOB_NOT_FOUND = 1212
+NODE_NOT_READY = 1213  # the node cannot take uploads yet (not registered on chain)
 
 
 class StorageError(Exception):

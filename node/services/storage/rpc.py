@@ -29,6 +29,7 @@ from node.p2p.jsonrpc import UNAUTHORIZED, CallContext, Registry, RpcError
 from node.services.storage.blobstore import BlobWriter
 from node.services.storage.catalog import FORMATS, MAX_NAME, check_name_and_format
 from node.services.storage.errors import (
+    NODE_NOT_READY,
     BadChunk,
     DatasetNotFound,
     InvalidDataset,
@@ -151,17 +152,21 @@ _GET_PARAMS = {
 
 
 def register_storage_methods(registry: Registry, service: StorageService, uploads: Uploads | None = None,
-                             on_stored: Callable[[Any, dict[str, Any]], str | None] | None = None) -> Uploads:
+                             on_stored: Callable[[Any, dict[str, Any]], str | None] | None = None,
+                             not_ready: Callable[[], str | None] = lambda: None) -> Uploads:
     """Add the ``dataset_*`` methods to ``registry``; return the upload table
     (start its :meth:`Uploads.run_sweeper` in the daemon's nursery).
     ``on_stored(info, receipt_fields)`` is called for each stored dataset
     (the daemon signs a ``data.store`` receipt there) and may return the
-    receipt id, which the upload answer then carries."""
+    receipt id, which the upload answer then carries. ``not_ready()`` says
+    why this node cannot take uploads yet (None when it can)."""
     uploads = uploads or Uploads(service)
 
     async def dataset_upload(ctx: CallContext, chunk: str, final: bool = False, upload: str | None = None,
                              name: str | None = None, format: str | None = None) -> dict[str, Any]:
         tenant = tenant_of(ctx)
+        if upload is None and (reason := not_ready()) is not None:
+            raise RpcError(NODE_NOT_READY, "this node cannot take uploads yet; retry shortly", {"reason": reason})
         now = trio.current_time()
         uploads.sweep(now)
         try:
@@ -191,7 +196,7 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
             info = await service.finish_dataset(tenant, current.name, current.format, current.writer)
         except StorageError as exc:
             raise _rpc_error(exc) from None
-        receipt = {**service.receipt_fields(info), "subject": info.digest.hex()}
+        receipt = {**service.receipt_fields(info), "subject": info.digest.hex(), "tenant": info.tenant.hex()}
         if on_stored is not None:
             receipt["id"] = on_stored(info, service.receipt_fields(info))
         return {**info.to_json(), "receipt": receipt}

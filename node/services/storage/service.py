@@ -138,7 +138,7 @@ class StorageService:
 
     def receipt_fields(self, info: DatasetInfo, content: str = "dataset") -> dict[str, Any]:
         """The ``data.store`` receipt body fields; the subject is ``info.digest``."""
-        return {"content": content, "size": info.size, "replicas": min(255, max(1, len(info.nodes)))}
+        return {"content": content, "tenant": info.tenant, "size": info.size, "replicas": min(255, max(1, len(info.nodes)))}
 
     # -- blobs for other services -----------------------------------------------
     async def ensure_local(self, digest: bytes, peers: Sequence[str]) -> None:
