@@ -38,6 +38,9 @@ def init(validators: int, non_validators: int, directory: Path, base_port: int |
 @click.option("--json", "as_json", is_flag=True, help="Print {node: pid} as JSON; no progress lines.")
 def up(directory: Path, wait: bool, timeout: float, quiet: bool, as_json: bool) -> None:
     """Start every node in the background (logs: DIR/NODE.log)."""
+    from node.logging import configure_client_logging
+
+    configure_client_logging()  # libp2p's dial errors while nodes start are not the user's business
     say = (lambda text: None) if quiet or as_json else (lambda text: click.echo(text, err=True))
     pids = processes.up(directory)
     if not as_json:
@@ -88,18 +91,23 @@ def down(directory: Path) -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def status(directory: Path, as_json: bool) -> None:
-    """Per node: peer id, roles, peers, and whether it answers."""
+    """Per node: whether it answers, peers, height, round, mempool, active jobs, roles, peer id
+    (the figures `metanode mesh status` shows)."""
     import trio
 
+    from node.logging import configure_client_logging
     from node.testnet.health import cluster_status
 
+    configure_client_logging()  # a stopped node is a row marked NO, not libp2p errors on stderr
     rows = trio.run(cluster_status, directory)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'node':8} {'live':5} {'pid':>7} {'peers':>5}  {'roles':45} peer id")
+    click.echo(f"{'node':8} {'live':5} {'pid':>7} {'peers':>5} {'height':>7} {'round':>5} {'mempool':>7} {'jobs':>4}  {'roles':45} peer id")
     for row in rows:
-        click.echo(f"{row['name']:8} {'yes' if row['live'] else 'NO':5} {row['pid'] or '-':>7} {row['peers'] if row['live'] else '-':>5}  {','.join(row['roles']):45} {row['peer_id']}")
+        shown = {k: "-" if row[k] is None else row[k] for k in ("peers", "height", "round", "mempool", "jobs")}
+        click.echo(f"{row['name']:8} {'yes' if row['live'] else 'NO':5} {row['pid'] or '-':>7} {shown['peers']:>5} {shown['height']:>7} "
+                   f"{shown['round']:>5} {shown['mempool']:>7} {shown['jobs']:>4}  {','.join(row['roles']):45} {row['peer_id']}")
 
 
 @testnet.command("logs")
@@ -129,7 +137,7 @@ def validate(manifest_path: Path) -> None:
     spec, load = manifest.testnet, manifest.load
     click.echo(f"{manifest_path}: ok: {spec.validators} validators, {spec.non_validators} non-validators, "
                f"{'netns' if spec.netns else 'loopback'}, block period {spec.block_period_ms} ms; "
-               f"load {load.tx_rate:g} tx/s for {load.duration_s:g} s")
+               f"load {load.tx_rate:g} tx/s" + (f" and {load.job_rate:g} jobs/s" if load.job_rate else "") + f" for {load.duration_s:g} s")
     for p in manifest.perturbations:
         click.echo(f"  at {p.at_s:7.1f}s  {p.describe()}")
 
@@ -139,7 +147,10 @@ def validate(manifest_path: Path) -> None:
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path), help="Where nodes keep keys, data and logs (default: a new temporary directory).")
 def run(manifest_path: Path, directory: Path | None) -> None:
     """Run a manifest: testnet, load, perturbations; then check for forks,
-    lost transactions and nodes that did not catch up. Exits 1 if a check fails."""
+    lost transactions and nodes that did not catch up, and (with [load]
+    job_rate) that every job is final and every receipt verifies offline.
+    The report ends with the figures (a `jobs:` line: per state, latency).
+    Exits 1 if a check fails."""
     import tempfile
 
     from node.errors import UserError

@@ -1,10 +1,11 @@
 """Load for a running testnet: signed transactions submitted over JSON-RPC at a
 steady rate, spread across nodes, surviving nodes that die or vanish.
 
-Today the load is ``noop`` transactions only. Jobs do not exist on the chain
-yet; :class:`JobWorkload` is the extension point the runner already calls, so
-job submission and the job checks (every job final, every receipt verifies
-offline) plug in without touching the runner.
+This module's load is ``noop`` transactions. Analytics jobs plug in through
+:class:`JobWorkload`, which the runner calls when a manifest sets
+``[load] job_rate``; the implementation is
+:class:`node.testnet.jobload.AnalyticsWorkload` (jobs submitted across nodes,
+then checked: every job final, every receipt verifies offline).
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ PER_SENDER_RATE = 1.0  # a sender submits sequentially; more rate means more sen
 
 
 class JobWorkload(Protocol):
-    """Extension point for analytics jobs (no implementation yet: the chain has no jobs).
+    """Extension point for analytics jobs (implemented by node.testnet.jobload.AnalyticsWorkload).
 
     ``run`` submits jobs until ``trio.current_time() >= stop_at``; ``check``
     runs after the network caught up and returns one line per problem (a job
-    not in a final state, a receipt that fails offline verification).
+    not in a final state, a receipt that fails offline verification);
+    ``summary`` is one line of figures for the report (jobs per state, latency).
     """
 
     async def run(self, addresses: list[str], stop_at: float) -> None: ...
 
     async def check(self, addresses: list[str]) -> list[str]: ...
+
+    def summary(self) -> str: ...
 
 
 @dataclass

@@ -10,6 +10,9 @@ perturbations (in the manner of CometBFT's end-to-end runner).
     [load]
     tx_rate = 4.0           # transactions per second (0 = no load)
     duration_s = 40         # how long the load runs; perturbations are timed from its start
+    job_rate = 0.5          # analytics jobs per second (0 = none; node/testnet/jobload.py):
+                            # sql and trend-analysis, replication 2, each checked final with
+                            # every receipt verifying offline against the genesis file
 
     [[perturbation]]
     at_s = 10               # seconds after the load starts
@@ -34,6 +37,7 @@ from node.errors import ConfigError
 PROCESS_ACTIONS = ("kill", "pause", "restart")
 NETWORK_ACTIONS = ("disconnect", "delay", "loss")
 ACTIONS = PROCESS_ACTIONS + NETWORK_ACTIONS
+MAX_JOB_RATE = 20.0  # each job runs in the cage on 2 nodes; more would measure the host, not the network
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class TestnetSpec:
 class LoadSpec:
     tx_rate: float = 2.0
     duration_s: float = 30.0
+    job_rate: float = 0.0  # analytics jobs per second (0: no jobs)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ _TESTNET_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
 _LOAD_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tx_rate": ((int, float), 2.0),
     "duration_s": ((int, float), 30.0),
+    "job_rate": ((int, float), 0.0),
 }
 _PERTURBATION_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "at_s": ((int, float), None),
@@ -141,7 +147,9 @@ def parse_manifest(doc: dict[str, Any], source: str = "<manifest>") -> Manifest:
         raise ConfigError(f"{source}: [load] tx_rate: expected 0..1000 transactions per second, got {load_table['tx_rate']}")
     if not 0 < load_table["duration_s"] <= 86_400:
         raise ConfigError(f"{source}: [load] duration_s: expected more than 0 and at most 86400, got {load_table['duration_s']}")
-    load = LoadSpec(tx_rate=float(load_table["tx_rate"]), duration_s=float(load_table["duration_s"]))
+    if not 0 <= load_table["job_rate"] <= MAX_JOB_RATE:
+        raise ConfigError(f"{source}: [load] job_rate: expected 0..{MAX_JOB_RATE:g} jobs per second, got {load_table['job_rate']}")
+    load = LoadSpec(tx_rate=float(load_table["tx_rate"]), duration_s=float(load_table["duration_s"]), job_rate=float(load_table["job_rate"]))
 
     raw = doc.get("perturbation", [])
     if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):

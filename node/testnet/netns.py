@@ -11,6 +11,9 @@ Only names with our prefix and addresses inside 10.77.0.0/16 are ever
 created or deleted. What was created is recorded in ``DIR/netns.json``
 before it is created, so a run that dies half-way is cleaned up by the next
 run on that directory (:func:`cleanup_recorded`).
+
+Where delay/loss is wanted and the kernel has no sch_netem, :func:`create_network`
+joins the same namespaces with a userspace switch instead (:mod:`node.testnet.tunswitch`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.errors import UserError
+
+if TYPE_CHECKING:
+    from node.testnet.tunswitch import TunNetwork
 
 STATE_FILE = "netns.json"
 SUBNET_POOL = ipaddress.ip_network("10.77.0.0/16")
@@ -193,11 +200,17 @@ def cleanup_recorded(directory: Path) -> list[str]:
     """Remove what an earlier (crashed) run in ``directory`` recorded; returns the names tried."""
     state = directory / STATE_FILE
     try:
-        names = [str(n) for n in json.loads(state.read_text())["names"]]
+        recorded = json.loads(state.read_text())
+        names = [str(n) for n in recorded["names"]]
+        switch_pid = int(recorded.get("switch_pid", 0))  # the userspace switch's (node.testnet.tunswitch)
     except FileNotFoundError:
         return []
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NetnsError(f"{state} is damaged ({exc}); remove it after checking `ip netns list`") from None
+    if switch_pid:
+        from node.testnet.tunswitch import stop_recorded_switch
+
+        stop_recorded_switch(switch_pid, str(recorded.get("tag", "")))
     _delete_names(names)
     state.unlink(missing_ok=True)
     return names
@@ -210,3 +223,24 @@ def rewrite_addresses(directory: Path, ports_to_ips: dict[int, str]) -> None:
     for path in files:
         text = _LOOPBACK_ADDR_RE.sub(lambda m: f"/ip4/{ports_to_ips.get(int(m.group(1)), '127.0.0.1')}/tcp/{m.group(1)}", path.read_text())
         path.write_text(text)
+
+
+# -- which network: kernel bridge + netem, else the userspace TUN switch ----------
+def link_emulation_unavailable_reason() -> str | None:
+    """None when delay/loss can be emulated here (netem, else :mod:`node.testnet.tunswitch`); otherwise why not."""
+    if (netem := netem_unavailable_reason()) is None:
+        return None
+    from node.testnet.tunswitch import tun_unavailable_reason
+
+    if (tun := tun_unavailable_reason()) is None:
+        return None
+    return f"{netem}; and the userspace switch cannot run either: {tun}"
+
+
+def create_network(directory: Path, nodes: list[str], *, emulate_links: bool) -> "NetnsNetwork | TunNetwork":
+    """The veth bridge when no delay/loss is wanted or netem works here; else the TUN switch."""
+    if not emulate_links or netem_unavailable_reason() is None:
+        return NetnsNetwork.create(directory, nodes)
+    from node.testnet.tunswitch import TunNetwork
+
+    return TunNetwork.create(directory, nodes)

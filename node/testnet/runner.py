@@ -5,7 +5,8 @@ Checks (each a line of the report; any failure makes the run fail):
 - every node caught up to the height the cluster reached after the load;
 - no fork: every node holds the same block hash at every height;
 - every submitted transaction is committed;
-- jobs (through :class:`node.testnet.loadgen.JobWorkload`) once jobs exist.
+- with ``[load] job_rate``: every submitted analytics job is final and every
+  receipt of every job verifies offline (:mod:`node.testnet.jobload`).
 
 Perturbations are timed from the start of the load. Process actions (kill,
 pause, restart) work on loopback; network actions (disconnect, delay, loss)
@@ -31,7 +32,8 @@ from node.p2p.client import call_node, connect_to_node
 from node.testnet import layout, processes
 from node.testnet.loadgen import JobWorkload, LoadGenerator
 from node.testnet.manifest import Manifest, Perturbation
-from node.testnet.netns import NetnsNetwork, netem_unavailable_reason, rewrite_addresses
+from node.testnet.netns import NetnsNetwork, create_network, link_emulation_unavailable_reason, rewrite_addresses
+from node.testnet.tunswitch import TunNetwork
 
 CHAIN_ID = "metanode-testnet"
 START_TIMEOUT_S = 90.0
@@ -51,6 +53,7 @@ class RunReport:
     events: list[tuple[float, str]] = field(default_factory=list)  # (seconds since load start, what)
     txs_submitted: int = 0
     txs_committed: int = 0
+    jobs_summary: str | None = None  # the job workload's figures (None: no jobs)
     unreachable_attempts: int = 0  # submissions that found their node down or cut off (and moved on)
     final_heights: dict[str, int | None] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
@@ -63,6 +66,8 @@ class RunReport:
         lines = ["perturbations:"]
         lines += [f"  {t:7.1f}s  {what}" for t, what in self.events] or ["  (none)"]
         lines.append(f"transactions: {self.txs_submitted} submitted, {self.txs_committed} committed ({self.unreachable_attempts} submissions found their node unreachable)")
+        if self.jobs_summary is not None:
+            lines.append(f"jobs: {self.jobs_summary}")
         lines.append("final heights: " + ", ".join(f"{n}={h if h is not None else 'unreachable'}" for n, h in self.final_heights.items()))
         lines += [f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
         lines.append("result: " + ("PASS" if self.ok else "FAIL"))
@@ -78,7 +83,7 @@ class TestnetRun:
         self.log = log
         self.jobs = jobs
         self.report = RunReport()
-        self.network: NetnsNetwork | None = None
+        self.network: NetnsNetwork | TunNetwork | None = None
         self.addresses: dict[str, str] = {}
         self.configs: dict[str, str] = {}
         self._load_started = 0.0
@@ -87,15 +92,15 @@ class TestnetRun:
     # -- setup and teardown ------------------------------------------------
     def _build(self) -> None:
         spec = self.manifest.testnet
-        if spec.netns and any(p.action in ("delay", "loss") for p in self.manifest.perturbations):
-            if (reason := netem_unavailable_reason()) is not None:
-                raise UserError(f"{self.manifest.source}: delay/loss perturbations cannot run here: {reason}")
+        emulate_links = spec.netns and any(p.action in ("delay", "loss") for p in self.manifest.perturbations)
+        if emulate_links and (reason := link_emulation_unavailable_reason()) is not None:  # netem, else the TUN switch
+            raise UserError(f"{self.manifest.source}: delay/loss perturbations cannot run here: {reason}")
         plans = layout.plan_testnet(spec.validators, non_validators=spec.non_validators)
         genesis = layout.testnet_genesis(plans, chain_id=CHAIN_ID, block_period_ms=spec.block_period_ms)
         layout.write_testnet(self.directory, plans, genesis)
         self._wrote_testnet = True  # from here on the nodes are ours to stop
         if spec.netns:
-            self.network = NetnsNetwork.create(self.directory, [p.name for p in plans])
+            self.network = create_network(self.directory, [p.name for p in plans], emulate_links=emulate_links)
             rewrite_addresses(self.directory, {p.port: self.network.ip(p.name) for p in plans})
         for node in layout.read_manifest(self.directory):
             self.addresses[str(node["name"])] = str(node["address"])
@@ -192,10 +197,10 @@ class TestnetRun:
                 self._event(f"reconnect {name}")
             else:
                 net.degrade(name, delay_ms=p.delay_ms, loss_pct=p.loss_pct)
-                self._event(f"netem {name}: delay {p.delay_ms} ms, loss {p.loss_pct:g}%")
+                self._event(f"{getattr(net, 'backend', 'netem')} {name}: delay {p.delay_ms} ms, loss {p.loss_pct:g}%")
                 await trio.sleep(p.duration_s)
                 net.restore(name)
-                self._event(f"netem {name} removed")
+                self._event(f"{getattr(net, 'backend', 'netem')} {name} removed")
 
     async def _wait_dead(self, name: str, timeout: float) -> bool:
         with trio.move_on_after(timeout):
@@ -254,10 +259,12 @@ class TestnetRun:
         self.report.unreachable_attempts = gen.unreachable_attempts
         self.report.checks.append(Check("transactions", committed == len(submitted), f"{committed} of {len(submitted)} submitted transactions committed by height {common}"))
         if self.jobs is not None:
+            self.log("jobs: waiting for every job to be final, then verifying every receipt offline")
             problems = await self.jobs.check(list(self.addresses.values()))
-            self.report.checks.append(Check("jobs", not problems, "; ".join(problems) or "every job final, every receipt verifies offline"))
+            self.report.jobs_summary = self.jobs.summary()
+            self.report.checks.append(Check("jobs", not problems, "; ".join(problems) or f"every job final, every receipt verifies offline ({self.report.jobs_summary})"))
         else:
-            self.log("jobs: not checked (no job workload: jobs do not exist on the chain yet)")
+            self.log("jobs: not checked ([load] job_rate is 0)")
 
     async def _block_hashes(self, address: str, up_to: int) -> tuple[list[str], set[str]]:
         """Block hashes 1..up_to and every transaction hash in them, over one connection."""
@@ -286,6 +293,10 @@ def _fork_check(chains: dict[str, tuple[list[str], set[str]]], common: int) -> C
 
 def run_manifest(manifest: Manifest, directory: Path, *, log: Callable[[str], None] = print, jobs: JobWorkload | None = None) -> RunReport:
     """Run ``manifest`` in ``directory`` and return the report (nodes stopped, namespaces removed)."""
+    if jobs is None and manifest.load.job_rate > 0:
+        from node.testnet.jobload import AnalyticsWorkload
+
+        jobs = AnalyticsWorkload(genesis=directory / layout.GENESIS, job_rate=manifest.load.job_rate)
     run = TestnetRun(manifest, directory, log=log, jobs=jobs)
 
     def on_signal(signum: int, frame: Any) -> None:
