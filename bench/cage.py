@@ -19,6 +19,9 @@ baseline queries stay interleaved, so both sides see the same load.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import statistics
 import sys
@@ -66,8 +69,14 @@ def main() -> None:
     parser.add_argument("--policy", default="processing")
     parser.add_argument("--back-to-back", action="store_true",
                         help="measure cage jobs sent right after another cage job (the worst case)")
+    parser.add_argument("--smoke", action="store_true", help="3 runs per query (CI)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object (bench/run_all.py)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="metanode-bench-cage-") as tmp:
+    if args.smoke:
+        args.runs = 3
+    figures: dict[str, dict[str, float]] = {}
+    table_out = contextlib.redirect_stdout(io.StringIO()) if args.json else contextlib.nullcontext()  # --json: JSON only
+    with table_out, tempfile.TemporaryDirectory(prefix="metanode-bench-cage-") as tmp:
         inputs = make_inputs(Path(tmp))
         baseline = duckdb.connect(config={"threads": 1})
         with CagePool() as pool:
@@ -107,7 +116,12 @@ def main() -> None:
                     run_cage()
                 base, cage = median_ms(base_times), median_ms(cage_times)
                 print(f"{label:<8} {base:>14.2f} {cage:>9.2f} {cage - base:>12.2f} {median_ms(child_cpu):>18.2f}")
+                figures[label] = {"in_process_ms": base, "cage_ms": cage, "overhead_ms": cage - base,
+                                  "child_cpu_ms": median_ms(child_cpu), "rows": ROWS[input_name]}
         print("goal: overhead under 25 ms per job")
+    if args.json:
+        print(json.dumps({"bench": "cage", "smoke": args.smoke, "runs": args.runs,
+                          "back_to_back": args.back_to_back, "queries": figures}))
 
 
 if __name__ == "__main__":

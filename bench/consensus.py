@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1200.0, help="offered transactions per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration")
     parser.add_argument("--smoke", action="store_true", help="tiny load for CI")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line (bench/run_all.py)")
     args = parser.parse_args()
     if args.smoke:
         args.rate, args.seconds = 100.0, 2.0
@@ -173,6 +174,10 @@ def main() -> None:
         result = trio.run(drive, addresses, txs, args.rate)
     finally:
         processes.down(directory)
+    if args.json:
+        print(json.dumps({"metric": "consensus", "smoke": args.smoke, "offered_seconds": args.seconds,
+                          **result, "ed25519_verify_s": verify_rate}))
+        return
     print(f"consensus benchmark: 4 validator daemons on loopback, {os.cpu_count()} cores, "
           f"{args.rate:.0f} tx/s offered for {args.seconds:g} s ({len(txs)} noop txs, batches of {BATCH})")
     print(f"{'figure':38} {'value':>12}  baseline / goal")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rates import Row, render, timed  # noqa: E402
+from bench.rates import Row, render, rows_json, timed  # noqa: E402
 
 import nacl.signing  # noqa: E402
 
@@ -217,13 +217,14 @@ MEASUREMENTS: list[Callable[[Fixture], Row | list[Row]]] = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON object (bench/run_all.py)")
     args = parser.parse_args(argv)
     fixture = Fixture(Sizes.smoke() if args.smoke else Sizes.full())
     rows: list[Row] = []
     for measure in MEASUREMENTS:
         result = measure(fixture)
         rows.extend(result if isinstance(result, list) else [result])
-    print(render(rows, rows[0]))
+    print(rows_json("mempool", rows, smoke=args.smoke) if args.json else render(rows, rows[0]))
     return 0
 
 

@@ -28,6 +28,14 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def rows_json(bench: str, rows: list[Row], *, smoke: bool) -> str:
+    """The rows as one JSON object (``--json``; read by bench/run_all.py); rows[0] is the baseline."""
+    import json
+
+    return json.dumps({"bench": bench, "smoke": smoke, "rows": [
+        {"name": r.name, "unit": r.unit, "ops": r.ops, "seconds": r.seconds, "rate": r.rate, "note": r.note} for r in rows]})
+
+
 def render(rows: list[Row], baseline: Row) -> str:
     """A table of rows with their rate relative to ``baseline`` (the raw Ed25519 verify)."""
     header = ("measurement", "ops", "seconds", "rate/s", "us/op", "x Ed25519 verify", "note")

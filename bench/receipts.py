@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rates import Row, render, timed  # noqa: E402
+from bench.rates import Row, render, rows_json, timed  # noqa: E402
 
 import duckdb  # noqa: E402
 import nacl.signing  # noqa: E402
@@ -227,11 +227,12 @@ MEASUREMENTS: list[Callable[[Fixture], Row]] = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON object (bench/run_all.py)")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.full()
     fixture = Fixture(sizes)
     rows = [measure(fixture) for measure in MEASUREMENTS]
-    print(render(rows, rows[0]))
+    print(rows_json("receipts", rows, smoke=args.smoke) if args.json else render(rows, rows[0]))
     return 0
 
 

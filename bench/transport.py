@@ -184,11 +184,18 @@ async def bpci_figures(rounds: int, bulk_bytes: int, connects: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object (bench/run_all.py)")
     args = parser.parse_args()
     rounds, bulk, connects = (50, 2 * 1024 * 1024, 3) if args.smoke else (2000, 64 * 1024 * 1024, 30)
 
     tcp = trio.run(tcp_figures, rounds, bulk, connects)
     bpci = trio.run(bpci_figures, rounds, bulk, connects)
+    if args.json:
+        import json
+
+        print(json.dumps({"bench": "transport", "smoke": args.smoke, "bpci": bpci, "tcp": tcp,
+                          "sizes": {"round_trips": rounds, "bulk_bytes": bulk, "connections": connects}}))
+        return
     rows = [
         ("round trip 100 B, median (us)", "rtt_median_us", "<= 10x TCP", lambda b, t: b / t <= 10),
         ("round trip 100 B, p99 (us)", "rtt_p99_us", "", None),

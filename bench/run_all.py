@@ -1,0 +1,207 @@
+"""Run every benchmark of the project and print one table.
+
+Each bench runs as a subprocess with ``--json`` (and ``--smoke`` when asked),
+one after the other so they do not disturb each other's figures; this file
+turns each JSON answer into rows of
+
+    bench, figure, value, baseline, ratio (value / baseline), goal, met
+
+with the goals of the issues that asked for each figure. ``--smoke`` runs
+every bench at tiny sizes, as CI does, so the benchmarks never rot: there a
+missed goal means nothing, only a bench that crashes or prints no JSON
+fails the run.
+
+    python bench/run_all.py                  # full sizes (tens of minutes: jobs and consensus start testnets)
+    python bench/run_all.py --smoke          # CI
+    python bench/run_all.py --only cage,receipts --json-out figures.json
+
+Exit status: 0 every bench ran (and, in a full run, every goal was met);
+1 a bench failed (crashed, timed out, or printed no JSON); 4 a full run
+missed a goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Row:
+    bench: str
+    figure: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_label: str = ""
+    goal: str = ""
+    met: bool | None = None  # None: no goal for this figure
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline or not math.isfinite(self.value):
+            return None
+        return self.value / self.baseline
+
+
+# -- one extractor per bench: its JSON -> rows ------------------------------------------------
+def transport_rows(doc: dict[str, Any]) -> list[Row]:
+    b, t = doc["bpci"], doc["tcp"]
+    rtt = b["rtt_median_us"] / t["rtt_median_us"]
+    return [
+        Row("transport", "BPCI round trip 100 B, median", b["rtt_median_us"], "us", t["rtt_median_us"], "plain TCP",
+            "<= 10x TCP", rtt <= 10),
+        Row("transport", "BPCI round trip 100 B, p99", b["rtt_p99_us"], "us", t["rtt_p99_us"], "plain TCP"),
+        Row("transport", "BPCI bulk, one stream", b["bulk_mb_s"], "MB/s", t["bulk_mb_s"], "plain TCP",
+            ">= 100 MB/s", b["bulk_mb_s"] >= 100),
+        Row("transport", "BPCI connection set-up", b["connect_ms"], "ms", t["connect_ms"], "plain TCP"),
+    ]
+
+
+def consensus_rows(doc: dict[str, Any]) -> list[Row]:
+    verify = doc["ed25519_verify_s"]
+    return [
+        Row("consensus", "committed tx/s, 4 validators", doc["tx_s"], "tx/s", verify, "Ed25519 verify/s, one core",
+            ">= 1,000 tx/s", doc["tx_s"] >= 1000),
+        Row("consensus", "finality p50, submit to commit", doc["p50_ms"], "ms", None, "", "< 1,000 ms", doc["p50_ms"] < 1000),
+        Row("consensus", "finality p99", doc["p99_ms"], "ms"),
+        Row("consensus", "rounds per height", doc["rounds_per_height"], "rounds", 1.0, "all decided in round 0"),
+    ]
+
+
+def cage_rows(doc: dict[str, Any]) -> list[Row]:
+    rows = []
+    for label, q in doc["queries"].items():
+        rows.append(Row("cage", f"cage overhead per job, {label} query ({q['rows']:,} rows)", q["overhead_ms"], "ms",
+                        q["in_process_ms"], "in-process DuckDB ms", "< 25 ms", q["overhead_ms"] < 25))
+        rows.append(Row("cage", f"cage job, {label} query", q["cage_ms"], "ms", q["in_process_ms"], "in-process DuckDB ms"))
+    return rows
+
+
+def _rate_rows(bench: str, goals: dict[str, tuple[str, Callable[[float], bool]]]) -> Callable[[dict[str, Any]], list[Row]]:
+    def rows(doc: dict[str, Any]) -> list[Row]:
+        baseline = doc["rows"][0]
+        out = []
+        for r in doc["rows"]:
+            goal, check = goals.get(r["name"], ("", None))
+            out.append(Row(bench, r["name"], r["rate"], f"{r['unit']}/s", baseline["rate"], "Ed25519 verify/s",
+                           goal, check(r["rate"]) if check else None))
+        return out
+
+    return rows
+
+
+def jobs_rows(doc: dict[str, Any]) -> list[Row]:
+    return [Row("jobs", r["figure"], r["value"], r["unit"], r["baseline"], r["baseline_label"], r["goal"], r["met"])
+            for r in doc["rows"]]
+
+
+BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
+    "transport": ("transport.py", transport_rows),
+    "cage": ("cage.py", cage_rows),
+    "receipts": ("receipts.py", _rate_rows("receipts", {
+        "bundle verify (headers cached)": (">= 2,000 bundles/s, one core", lambda rate: rate >= 2000)})),
+    "mempool": ("mempool.py", _rate_rows("mempool", {})),  # the mempool issue set no figure to reach
+    "consensus": ("consensus.py", consensus_rows),
+    "jobs": ("jobs.py", jobs_rows),
+}
+
+
+@dataclass
+class Outcome:
+    bench: str
+    seconds: float
+    rows: list[Row]
+    error: str = ""
+
+
+def run_bench(name: str, smoke: bool, timeout: float) -> Outcome:
+    script, extract = BENCHES[name]
+    command = [sys.executable, str(HERE / script), "--json", *(["--smoke"] if smoke else [])]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return Outcome(name, time.perf_counter() - start, [], f"timed out after {timeout:g} s")
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        return Outcome(name, seconds, [], f"exit status {done.returncode}: {tail[-400:]}")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        return Outcome(name, seconds, extract(json.loads(lines[-1])))
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        return Outcome(name, seconds, [], f"no usable JSON on stdout ({type(exc).__name__}: {exc})")
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "nan"
+    return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def render(outcomes: list[Outcome], smoke: bool) -> str:
+    header = ("bench", "figure", "value", "unit", "baseline", "ratio", "goal", "met")
+    lines = []
+    for o in outcomes:
+        if o.error:
+            lines.append((o.bench, f"FAILED: {o.error}", "", "", "", "", "", ""))
+        for r in o.rows:
+            met = "-" if r.met is None else ("yes" if r.met else "no")
+            lines.append((r.bench, r.figure, _num(r.value), r.unit,
+                          f"{_num(r.baseline)} ({r.baseline_label})" if r.baseline is not None else "-",
+                          _num(r.ratio), r.goal or "-", f"{met} (smoke)" if smoke and r.met is not None else met))
+    widths = [min(70, max(len(h), *(len(line[i]) for line in lines))) for i, h in enumerate(header)] if lines else [len(h) for h in header]
+    right = {2, 5}
+    fmt = lambda cells: "  ".join((c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+    times = ", ".join(f"{o.bench} {o.seconds:.0f} s" for o in outcomes)
+    out = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", f"run times: {times}"]
+    if smoke:
+        out.append("smoke sizes: the figures only show that every bench runs; goals are judged on full runs")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="every bench at tiny sizes (CI)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per bench (default 600 smoke, 3600 full)")
+    parser.add_argument("--json", action="store_true", help="print every row as JSON instead of the table")
+    parser.add_argument("--json-out", type=Path, help="also write every row as JSON to this file")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"--only: unknown bench {', '.join(unknown)} (known: {', '.join(BENCHES)})")
+    timeout = args.timeout or (600.0 if args.smoke else 3600.0)
+    outcomes = []
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        outcomes.append(run_bench(name, args.smoke, timeout))
+    doc = {"smoke": args.smoke, "benches": [
+        {"bench": o.bench, "seconds": o.seconds, "error": o.error,
+         "rows": [{**asdict(r), "ratio": r.ratio} for r in o.rows]} for o in outcomes]}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc) if args.json else render(outcomes, args.smoke))
+    if any(o.error for o in outcomes):
+        return 1
+    if not args.smoke and any(r.met is False for o in outcomes for r in o.rows):
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""bench/run_all.py --smoke runs every benchmark (tiny sizes, as CI does) and
+turns each one's JSON into its rows of the one table."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(1500)
+
+# The figures each bench must produce (a prefix of the figure's name is enough).
+EXPECTED = {
+    "transport": ["BPCI round trip 100 B, median", "BPCI round trip 100 B, p99", "BPCI bulk, one stream", "BPCI connection set-up"],
+    "cage": ["cage overhead per job", "cage job, small query", "cage overhead per job, medium query", "cage job, medium query"],
+    "receipts": ["Ed25519 verify (PyNaCl, baseline)", "receipt envelope verify", "inclusion proof verify",
+                 "inclusion proof from DuckDB", "log append (DuckDB)", "bundle verify (headers cached)",
+                 "bundle verify (cold)", "bundle build (DuckDB)"],
+    "mempool": ["Ed25519 verify (PyNaCl, baseline)", "decode_tx", "mempool admit (new txs)", "mempool admit (signature cached)",
+                "mempool reject duplicate", "mempool reap", "mempool on_commit", "store append_block (DuckDB file)", "store tx_by_hash"],
+    "consensus": ["committed tx/s, 4 validators", "finality p50, submit to commit", "finality p99", "rounds per height"],
+    "jobs": ["jobs/s verified at 2 jobs/s offered (4 processing, r=2)", "submit to verified p50 (4 processing, r=2)",
+             "submit to verified p99 (4 processing, r=2)"],
+}
+WITH_GOALS = {"BPCI round trip 100 B, median", "BPCI bulk, one stream", "cage overhead per job",
+              "bundle verify (headers cached)", "committed tx/s, 4 validators", "finality p50, submit to commit",
+              "jobs/s verified at 2 jobs/s offered", "submit to verified p50"}
+
+
+def test_run_all_smoke_produces_every_bench_rows(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=1400, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True
+    benches = {b["bench"]: b for b in doc["benches"]}
+    assert list(benches) == list(EXPECTED)
+    for name, figures in EXPECTED.items():
+        bench = benches[name]
+        assert bench["error"] == "", (name, bench["error"])
+        got = [r["figure"] for r in bench["rows"]]
+        assert len(got) == len(figures) and all(g.startswith(f) for g, f in zip(got, figures)), (name, got)
+        for row in bench["rows"]:
+            assert math.isfinite(row["value"]) and row["value"] >= 0, (name, row)  # every figure was measured
+            if row["baseline"] is not None:
+                assert row["baseline"] > 0 and math.isclose(row["ratio"], row["value"] / row["baseline"]), (name, row)
+            has_goal = any(row["figure"].startswith(g) for g in WITH_GOALS)
+            assert (row["goal"] != "") == has_goal and (row["met"] is not None) == has_goal, (name, row)
+    rows = {r["figure"]: r["value"] for b in doc["benches"] for r in b["rows"]}
+    assert rows["committed tx/s, 4 validators"] > 0 and rows["BPCI bulk, one stream"] > 0
+    assert rows["submit to verified p50 (4 processing, r=2)"] > 0  # jobs went from submitted to verified
+    # The one table names every bench, and a smoke run does not judge goals.
+    table = done.stdout
+    assert all(f"\n{name} " in table for name in EXPECTED), table
+    assert "no (smoke)" in table or "yes (smoke)" in table
