@@ -36,6 +36,7 @@ from node.p2p.rpc import RpcClient
 
 UPLOAD_CHUNK = 768 * 1024  # under the gateway's 1 MiB per chunk, after base64
 FINAL_STATES = ("verified", "disputed", "failed", "cancelled")
+DATASET_PAGE = 1000  # dataset_list's largest page
 
 
 def _identity(key: Identity | str | Path) -> Identity:
@@ -118,6 +119,29 @@ class AsyncClient:
                     if exc.code != 1404:
                         raise
                 await trio.sleep(0.2)
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        """Every dataset of yours in this node's catalog (name, digest, format, size, schema, rows)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = (await self.rpc.call("dataset_list", {"limit": DATASET_PAGE, "offset": len(found)}))["datasets"]
+            found += page
+            if len(page) < DATASET_PAGE:
+                return found
+
+    async def find_dataset(self, name_or_digest: str) -> dict[str, Any]:
+        """One of your datasets by its digest (64 hex) or by the name you uploaded it under."""
+        text = name_or_digest.strip()
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower()):
+            return await self.rpc.call("dataset_get", {"digest": text.lower()})
+        matches = {d["digest"]: d for d in await self.datasets() if d["name"] == text}
+        if not matches:
+            raise UserError(f"dataset {text!r}: no dataset of yours has that name in this node's catalog "
+                            "(upload it with --data FILE, or give its digest)")
+        if len(matches) > 1:
+            raise UserError(f"dataset {text!r}: {len(matches)} of your datasets have that name "
+                            f"({', '.join(sorted(matches))}); give the digest")
+        return next(iter(matches.values()))
 
     async def submit_job(self, *, job_type: str, data_source: str | dict[str, str], parameters: dict[str, Any],
                          replication: int = 1, deadline_blocks: int = 100) -> str:
@@ -225,6 +249,12 @@ class Client:
 
     def upload_dataset(self, path: str | Path, **kwargs: Any) -> dict[str, Any]:
         return self._run("upload_dataset", path, **kwargs)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._run("datasets")
+
+    def find_dataset(self, name_or_digest: str) -> dict[str, Any]:
+        return self._run("find_dataset", name_or_digest)
 
     def submit_job(self, **kwargs: Any) -> str:
         return self._run("submit_job", **kwargs)

@@ -81,8 +81,8 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @KEY_OPTION
 @click.option("--type", "job_type", required=True, type=click.Choice(["sql", "summary", "trend-analysis"]))
 @click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False), help="Upload this CSV/Parquet file first.")
-@click.option("--dataset", "dataset", help="An already registered dataset's digest (64 hex).")
-@click.option("--name", "input_name", default=None, help="The input's name in the job (default: the file's stem, or 'data').")
+@click.option("--dataset", "dataset", help="One of your registered datasets: its name or its digest (64 hex).")
+@click.option("--name", "input_name", default=None, help="The input's name in the job (default: the file's stem, or the dataset's name).")
 @click.option("--query", default=None, help="The SELECT for --type sql.")
 @click.option("--param", "params", multiple=True, help="A job parameter NAME=VALUE (repeatable).")
 @click.option("--replication", default=1, show_default=True, type=click.IntRange(1, 8))
@@ -94,20 +94,23 @@ def submit(node_addr: str, key_path: str | None, job_type: str, data_file: str |
            quiet: bool, as_json: bool) -> None:
     """Upload (if --data) and submit a job; with --follow, wait for its verdict."""
     if (data_file is None) == (dataset is None):
-        raise UserError("give exactly one of --data FILE or --dataset DIGEST", exit_code=2)
+        raise UserError("give exactly one of --data FILE or --dataset NAME|DIGEST", exit_code=2)
     parameters = _params(params)
-    name = input_name or (Path(data_file).stem if data_file else "data")
     if job_type == "sql":
         if not query:
             raise UserError("--type sql needs --query \"SELECT ...\"", exit_code=2)
         parameters["query"] = query
-    else:
-        parameters.setdefault("input", name)
 
     say = _progress(quiet, as_json)
 
     async def body(client: Any) -> Any:
-        digest = dataset
+        if dataset is not None:
+            found = await client.find_dataset(dataset)
+            digest, name = found["digest"], input_name or found["name"]
+        else:
+            name = input_name or Path(data_file).stem
+        if job_type != "sql":
+            parameters.setdefault("input", name)
         if data_file is not None:
             size = Path(data_file).stat().st_size
             say(f"uploading {data_file} ({size:,} bytes) ...")
@@ -225,6 +228,20 @@ def list_jobs(node_addr: str, key_path: str | None, state: str | None, limit: in
     jobs = _run(key_path, node_addr, lambda client: client.jobs(state=state, limit=limit))
     for job in jobs:
         click.echo(f"{job['id']}  {job['type']:15} {job['state']:10} {job.get('reason') or ''}")
+
+
+@analytics.command("datasets")
+@NODE_OPTION
+@KEY_OPTION
+@JSON_OPTION
+def datasets(node_addr: str, key_path: str | None, as_json: bool) -> None:
+    """Your datasets in this node's catalog: name, digest, format, rows, bytes."""
+    found = _run(key_path, node_addr, lambda client: client.datasets())
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True))
+        return
+    for d in found:
+        click.echo(f"{d['name']:24} {d['digest']}  {d['format']:7} {d.get('row_count') or '?':>9} rows {d['size']:>12,} bytes")
 
 
 @analytics.command("health")

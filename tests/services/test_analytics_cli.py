@@ -43,6 +43,20 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         listed = run_cli("analytics", "list", "--node", node, "--key", str(tmp_path / "tenant.key"))
         assert status["id"] in listed.stdout and "verified" in listed.stdout
 
+        # The uploaded dataset is in the tenant's catalog, and later jobs name it.
+        datasets = run_cli("analytics", "datasets", "--node", node, "--key", str(tmp_path / "tenant.key"), "--json")
+        assert datasets.returncode == 0, datasets.stderr
+        assert [(d["name"], d["digest"], d["row_count"]) for d in json.loads(datasets.stdout)] == [("sales", status["inputs"]["sales"], 4)]
+        by_name = run_cli("analytics", "submit", "--node", node, "--key", str(tmp_path / "tenant.key"), "--dataset", "sales",
+                          "--type", "sql", "--query", "SELECT COUNT(*) AS n FROM sales", "--follow", "--json", timeout=300)
+        assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+        counted_job = json.loads(by_name.stdout)
+        assert counted_job["state"] == "verified" and counted_job["inputs"] == {"sales": status["inputs"]["sales"]}
+        assert counted_job["result"]["rows"] == [[4]]
+        unknown = run_cli("analytics", "submit", "--node", node, "--key", str(tmp_path / "tenant.key"), "--dataset", "users",
+                          "--type", "sql", "--query", "SELECT 1 FROM users")
+        assert unknown.returncode == 1 and "dataset 'users': no dataset of yours has that name" in unknown.stderr, unknown.stderr
+
         # Every operation on the job left a receipt in the log, and each verifies offline.
         def traced():
             out = run_cli("analytics", "trace", "--node", node, "--key", str(tmp_path / "tenant.key"), "--job-id", status["id"],
