@@ -155,7 +155,7 @@ class CpuWindow:
         self.pids, self.start = pids, (time.time(), tree_cpu(pids), _self_cpu(), machine_cpu())
 
     def stop(self) -> dict[str, float]:
-        (wall0, (own0, below0), client0, (busy0, steal0, total0)), wall = self.start, time.time() - self.start[0]
+        (_, (own0, below0), client0, (busy0, steal0, total0)), wall = self.start, time.time() - self.start[0]
         (own, below), client, (busy, steal, total) = tree_cpu(self.pids), _self_cpu(), machine_cpu()
         own, below, client, busy = own - own0, below - below0, client - client0, busy - busy0
         return {"cores": (total - total0) / wall, "machine": busy / wall, "daemons": own / wall, "cages": below / wall,

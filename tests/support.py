@@ -106,7 +106,6 @@ async def running_daemon(config_path: Path, setup: Any = None) -> AsyncIterator[
 
 # -- process-level helpers ----------------------------------------------------
 import json  # noqa: E402
-import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -101,6 +101,7 @@ class NetnsNetwork:
     tag: str
     subnet: ipaddress.IPv4Network
     nodes: list[str] = field(default_factory=list)
+    backend = "netem"  # how delay/loss is applied (the runner names it in its events)
 
     @property
     def bridge(self) -> str:

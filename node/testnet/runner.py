@@ -130,7 +130,7 @@ class TestnetRun:
             self._build()
             for name in self.addresses:
                 self._start(name)
-            self.log(f"started {len(self.addresses)} nodes in {self.directory}" + (f" (netns, bridge {self.network.bridge} {self.network.subnet})" if self.network else " (loopback)"))
+            self.log(f"started {len(self.addresses)} nodes in {self.directory}" + (f" (netns, {self.network.backend} via {self.network.bridge}, {self.network.subnet})" if self.network else " (loopback)"))
             await self._wait_for(lambda h: all(x is not None and x >= 1 for x in h.values()), START_TIMEOUT_S, "every node to finalise a first block")
             await self._load_and_perturb()
             await self._settle_and_check()
@@ -197,10 +197,10 @@ class TestnetRun:
                 self._event(f"reconnect {name}")
             else:
                 net.degrade(name, delay_ms=p.delay_ms, loss_pct=p.loss_pct)
-                self._event(f"{getattr(net, 'backend', 'netem')} {name}: delay {p.delay_ms} ms, loss {p.loss_pct:g}%")
+                self._event(f"{net.backend} {name}: delay {p.delay_ms} ms, loss {p.loss_pct:g}%")
                 await trio.sleep(p.duration_s)
                 net.restore(name)
-                self._event(f"{getattr(net, 'backend', 'netem')} {name} removed")
+                self._event(f"{net.backend} {name} removed")
 
     async def _wait_dead(self, name: str, timeout: float) -> bool:
         with trio.move_on_after(timeout):

@@ -16,7 +16,6 @@ from node.receipts.envelope import (
     RECEIPT_SIGN_TAG,
     Receipt,
     build_receipt,
-    decode_receipt,
     receipt_id,
     verify_chain,
     verify_receipt,

@@ -4,7 +4,6 @@ size and root, and a bundle fetched from a running node verifies offline."""
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import time
