@@ -10,6 +10,7 @@ Driving it (a shell, or the simulator)::
     outputs = core.tick(now_ms)                        # at/after SetTimer's deadline
     outputs = core.propose(h, r, txs, timestamp_ms, now_ms)  # answer to NeedProposal
     outputs = core.on_block(block, now_ms)             # a finalised block (sync/announce)
+    outputs = core.resume(now_ms)   # after carrying out a batch that held a Finalized
 
 Outputs (``node.consensus.outputs``) must be carried out in order; a Persist
 must be durable before anything after it is sent. The core reads no clock,
@@ -252,6 +253,7 @@ class IbftCore(CoreChecks, CoreSending):
         self._propose_deadline: int | None = None
         self._awaiting: tuple[int, int] | None = None
         self._sync_requested = False
+        self._replay_due = False  # buffered messages for this height await resume()
 
     def _begin_round(self, out: list[Output], reason: str) -> None:
         self._round_deadline = self._now + self.genesis.round_timeout_ms(self._round)
@@ -281,9 +283,27 @@ class IbftCore(CoreChecks, CoreSending):
         for key in [k for k, h in self._ahead.items() if h <= self._height]:
             del self._ahead[key]
         self._begin_round(out, "new-height")
-        for message in self._future.take(self._height):
-            if message.signed.height == self._height:  # may have moved on meanwhile
+        # Messages buffered for the new height wait for resume(): a proposal
+        # among them is judged by validate_block against the application's
+        # state, which holds the block just finalised only once the driver has
+        # carried out the Finalized above. Judged now, against the parent's
+        # state, a valid proposal looks invalid (and the verdict is cached).
+        self._replay_due = True
+
+    def resume(self, now_ms: int) -> list[Output]:
+        """Call after carrying out a batch of outputs that held a Finalized
+        block: handles the messages that were waiting for the new height.
+        Its outputs may hold another Finalized (then call it again)."""
+        self._now = now_ms
+        out: list[Output] = []
+        if self._replay_due:
+            self._replay_due = False
+            height = self._height
+            for message in self._future.take(height):
+                if self._height != height:
+                    break  # finalised meanwhile: the rest were for that height (the next resume takes the new one's)
                 self._handle(message, out)
+        return self._finish(out)
 
     def _finish(self, out: list[Output]) -> list[Output]:
         deadline = self.next_deadline_ms

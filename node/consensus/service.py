@@ -159,6 +159,15 @@ class ConsensusService:
         self.dropped_inbox = 0
         self.started = False
         self.on_finalized: list[Callable[[Block], None]] = []
+        # Handlers go in before the host listens: a peer's identify record of
+        # this node is taken when it connects and never refreshed by a later
+        # set_stream_handler, and gossip skips peers whose record lacks the
+        # protocol (PeerLinks.speaks). Registered in run(), a peer that
+        # connected during start-up would never send us consensus messages.
+        # Streams that arrive before run() has its links wait for it.
+        self._ready = trio.Event()
+        for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self._handle_tx), (SYNC_PROTOCOL, self._handle_sync)):
+            host.set_stream_handler(protocol, self._when_ready(handler))
 
     # -- chain views ------------------------------------------------------------
     def tip_header(self) -> BlockHeader:
@@ -173,13 +182,18 @@ class ConsensusService:
         return self.genesis.validator_set.proposer(self.core.tip.proposer, round_number)
 
     # -- lifecycle --------------------------------------------------------------
+    def _when_ready(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        async def gated(stream: Any) -> None:
+            await self._ready.wait()
+            await handler(stream)
+
+        return gated
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self.host.set_stream_handler(IBFT_PROTOCOL, self._handle_ibft)
-        self.host.set_stream_handler(TX_PROTOCOL, self._handle_tx)
-        self.host.set_stream_handler(SYNC_PROTOCOL, self._handle_sync)
         async with trio.open_nursery() as nursery:
             self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame)
             self._nursery = nursery
+            self._ready.set()
             nursery.start_soon(self._timer.run)
             task_status.started()
             await self._catch_up_before_voting()
@@ -223,6 +237,15 @@ class ConsensusService:
         self._apply(self.core.on_block(block, now_ms()))
 
     def _apply(self, outputs: list[Output]) -> None:
+        while outputs:
+            finalized = self._apply_batch(outputs)
+            # Only now does the store and application state hold the block, so
+            # only now may the core judge proposals that waited for its successor.
+            outputs = self.core.resume(now_ms()) if finalized else []
+
+    def _apply_batch(self, outputs: list[Output]) -> bool:
+        """Carry out one batch in order; True if it held a Finalized block."""
+        finalized = False
         for output in outputs:
             if isinstance(output, Persist):
                 self.safety.save(output.state)  # durable (fsync) before what follows
@@ -234,10 +257,12 @@ class ConsensusService:
                 self._propose(output)
             elif isinstance(output, Finalized):
                 self._commit(output.block)
+                finalized = True
             elif isinstance(output, NeedSync):
                 self._start_sync(output)
             elif isinstance(output, RoundStarted) and output.round > 0:
                 log.info("round change", height=output.height, round=output.round, reason=output.reason)
+        return finalized
 
     def _propose(self, need: NeedProposal) -> None:
         limits = self.genesis.limits

@@ -42,7 +42,7 @@ def test_scenarios_cover_every_fault():
         seen |= {"partition"} if s.partitions else set()
         seen |= {"drop"} if s.drop_rate else set()
         seen |= {"dup"} if s.dup_rate else set()
-    assert seen >= {"silent", "equivocate", "shared-key", "crash", "torn", "partition", "drop", "dup"}
+    assert seen >= {"silent", "equivocate", "shared-key", "refuser", "crash", "torn", "partition", "drop", "dup"}
     with pytest.raises(ValueError, match="unknown fault"):
         parse_faults("delay,meteor")
 
@@ -60,6 +60,32 @@ def test_a_validator_that_forgets_its_safety_state_is_caught():
             caught.append(seed)
             break
     assert caught
+
+
+def test_a_core_that_judges_proposals_before_its_parent_is_applied_is_caught(monkeypatch):
+    """The shell's validate_block reads applied state (nonces, the receipt log):
+    a core that replays buffered proposals for the next height before the
+    driver has carried out the Finalized block judges them against the parent's
+    state (the soak stall of 2026-12-01). The simulator's invariant catches it."""
+    from node.consensus import ibft
+
+    finalize = ibft.IbftCore._finalize
+
+    def replay_at_once(self, block, out):
+        finalize(self, block, out)
+        out.extend(self.resume(self._now))  # the old order: before Finalized is carried out
+
+    monkeypatch.setattr(ibft.IbftCore, "_finalize", replay_at_once)
+    errors = [run_seed(seed, 4, ("delay", "drop")).error or "" for seed in range(30)]
+    assert any("judged a proposal for height" in e for e in errors), errors
+
+
+def test_one_refusing_validator_does_not_stop_the_others():
+    scenario = make_scenario(5, 4, ("delay",))
+    scenario.byzantine = {2: "refuser"}
+    result = run_seed(5, 4, ("delay", "refuser"), scenario=scenario)
+    assert result.ok, result.error
+    assert min(h for i, h in enumerate(result.heights) if i != 2) >= 3
 
 
 def test_liveness_check_fails_beyond_f_faults():

@@ -8,9 +8,12 @@ Faults (``--faults`` takes ``all``, ``none`` or a comma list of these):
 * ``partition``: up to two network partitions, each healing;
 * ``crash``: up to two correct validators crash (sometimes in the middle of
   carrying out a batch of outputs) and restart from what they persisted;
-* ``silent``, ``equivocate``, ``shared-key``: Byzantine validators (a silent
-  one, a proposer/voter that sends conflicting messages, and two processes
-  running one validator key). At most f of these per run: they count toward f.
+* ``silent``, ``equivocate``, ``shared-key``, ``refuser``: Byzantine validators
+  (a silent one, a proposer/voter that sends conflicting messages, two
+  processes running one validator key, and one that follows the protocol but
+  whose application refuses about half of all valid blocks, as a validator
+  with diverged or lagging state would). At most f of these per run: they
+  count toward f.
 
 All faults end by ``heal_ms``; the liveness claim starts there.
 """
@@ -21,7 +24,7 @@ import random
 from dataclasses import dataclass, field
 
 NETWORK_FAULTS = ("delay", "drop", "dup", "partition", "crash")
-BYZANTINE_FAULTS = ("silent", "equivocate", "shared-key")
+BYZANTINE_FAULTS = ("silent", "equivocate", "shared-key", "refuser")
 ALL_FAULTS = NETWORK_FAULTS + BYZANTINE_FAULTS
 
 

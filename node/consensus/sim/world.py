@@ -54,7 +54,7 @@ class MemoVerifier:
 class Process:
     pid: int
     identity: Identity
-    behaviour: str  # "honest", "silent", "equivocate", "shared-key"
+    behaviour: str  # "honest", "silent", "equivocate", "shared-key", "refuser"
     skew_ms: int
     core: IbftCore | None = None
     safety: SafetyState | None = None  # durable
@@ -126,9 +126,22 @@ class World:
 
     def boot(self, proc: Process) -> None:
         tip = proc.chain[-1].header if proc.chain else self.genesis_header
+
+        def validate(header: BlockHeader, transactions: Any) -> bool:
+            # The daemon's shell judges a block against the state it has applied
+            # (nonces, the receipt log): the parent must be carried out by then.
+            if header.height != proc.height + 1:
+                raise InvariantViolation(
+                    f"process {proc.pid} judged a proposal for height {header.height} with only "
+                    f"{proc.height} blocks applied (its parent's Finalized not carried out yet)"
+                )
+            if proc.behaviour == "refuser" and header.hash[0] % 2 == 0:
+                return False
+            return admitted(header, transactions)
+
         proc.core = IbftCore(
             self.genesis, proc.identity, tip, safety=None if self.amnesia else proc.safety,
-            validate_block=admitted, verifier=self.verifier,
+            validate_block=validate, verifier=self.verifier,
         )
         self.carry_out(proc, proc.core.start(self.local(proc)))
 
@@ -182,6 +195,7 @@ class World:
         work = deque(outputs)
         cut = self.rng.randint(0, len(work)) if proc.torn_crash and work else None
         done = 0
+        finalized = False
         while work:
             if cut is not None and done == cut:
                 self.crash(proc)
@@ -205,6 +219,7 @@ class World:
                 if out.block.height != proc.height + 1:
                     raise InvariantViolation(f"process {proc.pid} finalised height {out.block.height} after {proc.height}")
                 proc.chain.append(out.block)
+                finalized = True
                 for dst in self.others(proc.pid):
                     self.send_block(proc.pid, dst, out.block)
             elif isinstance(out, NeedSync):
@@ -213,6 +228,8 @@ class World:
                 self.round_starts += 1
         if cut is not None and done == cut:
             self.crash(proc)
+        elif finalized and proc.core is not None:
+            self.carry_out(proc, proc.core.resume(self.local(proc)))  # as the shell does, once the block is applied
 
     def answer_proposal(self, proc: Process, need: NeedProposal) -> list:
         txs = []
