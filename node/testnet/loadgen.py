@@ -23,6 +23,7 @@ from node.p2p.rpc import RpcCallError
 
 SUBMIT_TIMEOUT_S = 5.0
 PER_SENDER_RATE = 1.0  # a sender submits sequentially; more rate means more senders
+DRAIN_WINDOW = 32  # transactions re-sent per pass; within the mempool's per-sender nonce window (64)
 
 
 class JobWorkload(Protocol):
@@ -112,7 +113,10 @@ class LoadGenerator:
 
     async def drain(self, *, deadline: float, commit_timeout: float = 20.0) -> None:
         """Re-send, in nonce order, every transaction the chain does not hold yet
-        (lost with a killed node's mempool), until committed or ``deadline``."""
+        (lost with a killed node's mempool, or refused while the chain stalled
+        and the sender ran more than a mempool's nonce window ahead), until
+        committed or ``deadline``. Each pass sends up to :data:`DRAIN_WINDOW`
+        of them (admitted in order), then waits for the last to commit."""
 
         async def settle(index: int, sender: SenderLog) -> None:
             attempt = 0
@@ -121,7 +125,10 @@ class LoadGenerator:
                 if committed_next is not None and committed_next >= len(sender.txs):
                     return
                 if committed_next is not None:
-                    await self._submit(sender.txs[committed_next], start=attempt, mode="commit", timeout=commit_timeout)
+                    window = sender.txs[committed_next:committed_next + DRAIN_WINDOW]
+                    for tx in window[:-1]:
+                        await self._submit(tx, start=attempt, mode="sync", timeout=SUBMIT_TIMEOUT_S)
+                    await self._submit(window[-1], start=attempt, mode="commit", timeout=commit_timeout)
                 else:
                     await trio.sleep(1.0)
                 attempt += 1
