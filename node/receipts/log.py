@@ -187,15 +187,23 @@ class ReceiptLog:
             return ids, size, frontier
         if size + len(ids) > _MAX_LEAVES:
             raise LogError(f"the log cannot hold more than {_MAX_LEAVES} receipts")
+        present = self.present(ids)
+        if present:
+            raise LogError(f"receipt {to_hex(min(present))} is already in the log")
+        return ids, size, frontier
+
+    def present(self, receipt_ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``receipt_ids`` are in the log (one query per thousand ids)."""
+        found: set[bytes] = set()
+        ids = [_check_id(rid) for rid in receipt_ids]
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
-            present = self._conn.execute(
+            rows = self._conn.execute(
                 f"SELECT receipt_id FROM receipt_log_nodes WHERE receipt_id IN ({_placeholders(len(chunk))})",
                 chunk,
-            ).fetchone()
-            if present is not None:
-                raise LogError(f"receipt {to_hex(bytes(present[0]))} is already in the log")
-        return ids, size, frontier
+            ).fetchall()
+            found.update(bytes(row[0]) for row in rows)
+        return found
 
     def append(self, receipt_ids: Sequence[bytes]) -> LogHead:
         """Append a batch of receipt ids (one block's worth); returns the

@@ -36,6 +36,7 @@ from node.services.state import DEFAULT_RULES, StateMachine, catch_up, parse_pay
 
 log = structlog.get_logger("metanode.chain")
 
+_RECEIPTS_MEMO = 8  # blocks whose carried receipts are remembered (receipts_in)
 _LIFECYCLE = {"api.call": 0, "job.schedule": 1, "job.exec": 2, "job.verdict": 3}
 
 
@@ -45,6 +46,7 @@ class ChainApplication:
         self.store = store
         self.rules = rules
         self.receipts = ReceiptLog(conn)
+        self._receipts_in_memo: dict[tuple[int, bytes], tuple[Receipt, ...]] = {}
         self.state = StateMachine(conn, rules=rules)
         # Called with (effects, block) after each block is applied, e.g. to
         # sign the job.schedule / job.verdict receipts a block implies.
@@ -55,14 +57,25 @@ class ChainApplication:
 
     # -- receipts carried by a block -----------------------------------------------
     def receipts_in(self, txs: Sequence[bytes]) -> list[Receipt]:
-        """Receipt envelopes carried by ``txs`` (already validated), in order, new ones only."""
-        found: dict[bytes, Receipt] = {}
+        """Receipt envelopes carried by ``txs`` (already validated), in order, new ones only.
+
+        A block's answer is asked for up to three times (propose or validate,
+        then finalise) against the same log, so the last few are remembered,
+        keyed by the log size and the transactions."""
+        key = (self.receipts.size(), hashlib.sha256(b"".join(hashlib.sha256(raw).digest() for raw in txs)).digest())
+        cached = self._receipts_in_memo.get(key)
+        if cached is not None:
+            return list(cached)
+        carried: dict[bytes, Receipt] = {}
         for raw in txs:
-            tx = decode_tx(raw)
-            for receipt in self._carried(tx):
-                if receipt.id not in found and self.receipts.index_of(receipt.id) is None:
-                    found[receipt.id] = receipt
-        return list(found.values())
+            for receipt in self._carried(decode_tx(raw)):
+                carried.setdefault(receipt.id, receipt)
+        logged = self.receipts.present(list(carried))
+        found = [r for rid, r in carried.items() if rid not in logged]
+        if len(self._receipts_in_memo) >= _RECEIPTS_MEMO:
+            self._receipts_in_memo.pop(next(iter(self._receipts_in_memo)))
+        self._receipts_in_memo[key] = tuple(found)
+        return found
 
     def _carried(self, tx: Transaction) -> Sequence[Receipt]:
         if tx.type == "job.result":

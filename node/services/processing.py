@@ -79,10 +79,15 @@ class ProcessingService:
         self.completed = 0
 
     def pending_assignments(self) -> list[dict[str, Any]]:
+        """Jobs assigned to this node and not answered yet: those already running
+        here or answered for that attempt are left out before being loaded (this
+        runs on every block)."""
         rows = self.app.conn.execute(
-            "SELECT DISTINCT job_id FROM state_assignments WHERE node_key = ? AND status = 'pending'", [self.key]
+            "SELECT job_id, attempt FROM state_assignments WHERE node_key = ? AND status = 'pending'", [self.key]
         ).fetchall()
-        jobs = [self.app.state.job(bytes(row[0])) for row in rows]
+        fresh = [bytes(job_id) for job_id, attempt in rows
+                 if bytes(job_id).hex() not in self._running and (bytes(job_id).hex(), attempt) not in self._done]
+        jobs = [self.app.state.job(job_id) for job_id in fresh]
         return [j for j in jobs if j is not None and j["state"] in ("scheduled", "running")]
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
