@@ -242,6 +242,13 @@ class ConsensusService:
             # Only now does the store and application state hold the block, so
             # only now may the core judge proposals that waited for its successor.
             outputs = self.core.resume(now_ms()) if finalized else []
+        # The core's own next deadline is the one that counts: a SetTimer carried
+        # out after a nested proposal (NeedProposal inside a tick's batch) can be
+        # stale, and a tick lost from a full inbox is never re-emitted by the core
+        # (it emits a deadline only when it changes). Either would stop the timer.
+        deadline = self.core.next_deadline_ms
+        if deadline is not None and deadline != self._timer.deadline:
+            self._timer.set(deadline)
 
     def _apply_batch(self, outputs: list[Output]) -> bool:
         """Carry out one batch in order; True if it held a Finalized block."""
