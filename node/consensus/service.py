@@ -37,7 +37,7 @@ from node.consensus.block import Block, BlockError, BlockHeader, genesis_header,
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
 from node.consensus.mempool import Admission, Mempool, MempoolConfig
-from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted, SetTimer
+from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted
 from node.consensus.safety import SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
@@ -242,8 +242,9 @@ class ConsensusService:
             # Only now does the store and application state hold the block, so
             # only now may the core judge proposals that waited for its successor.
             outputs = self.core.resume(now_ms()) if finalized else []
-        # The core's own next deadline is the one that counts: a SetTimer carried
-        # out after a nested proposal (NeedProposal inside a tick's batch) can be
+        # The timer follows the core's own next deadline, read after every batch,
+        # rather than carrying out SetTimer outputs one by one: one carried out
+        # after a nested proposal (NeedProposal inside a tick's batch) can be
         # stale, and a tick lost from a full inbox is never re-emitted by the core
         # (it emits a deadline only when it changes). Either would stop the timer.
         deadline = self.core.next_deadline_ms
@@ -258,8 +259,6 @@ class ConsensusService:
                 self.safety.save(output.state)  # durable (fsync) before what follows
             elif isinstance(output, Broadcast):
                 self.links.broadcast(IBFT_PROTOCOL, output.message)  # type: ignore[union-attr]
-            elif isinstance(output, SetTimer):
-                self._set_timer(output.deadline_ms)
             elif isinstance(output, NeedProposal):
                 self._propose(output)
             elif isinstance(output, Finalized):
@@ -322,10 +321,6 @@ class ConsensusService:
                 channel.send_nowait(summary)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(channel)  # a subscriber that cannot keep up is dropped
-
-    # -- timer --------------------------------------------------------------------
-    def _set_timer(self, deadline_ms: int) -> None:
-        self._timer.set(deadline_ms)
 
     # -- inbound protocols ------------------------------------------------------------
     async def _handle_ibft(self, stream: Any) -> None:
