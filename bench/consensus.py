@@ -34,8 +34,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.consensus.tx import sign_tx  # noqa: E402
-from node.keys import Identity  # noqa: E402
-from node.logging import configure_client_logging  # noqa: E402
+from node.base.keys import Identity  # noqa: E402
+from node.base.logging import configure_client_logging  # noqa: E402
 from node.p2p.client import call_node, connect_to_node  # noqa: E402
 from node.testnet import layout, processes  # noqa: E402
 

@@ -26,7 +26,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.keys import Identity  # noqa: E402
+from node.base.keys import Identity  # noqa: E402
 from node.p2p.framing import FramedStream, encode_frame  # noqa: E402
 from node.p2p.host import build_host, running_host  # noqa: E402
 

@@ -1,6 +1,6 @@
 """``python -m node`` is the same command as ``metanode``."""
 
-from node.cli import main
+from node.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from node.keys import Identity
+from node.base.keys import Identity
 
 
 def free_port() -> int:
@@ -90,8 +90,8 @@ def write_node_config(
 @asynccontextmanager
 async def running_daemon(config_path: Path, setup: Any = None) -> AsyncIterator[Any]:
     """An in-process daemon from ``config_path``, stopped on exit."""
-    from node.config import load_config
-    from node.daemon import Daemon
+    from node.base.config import load_config
+    from node.roles.daemon import Daemon
 
     daemon = Daemon(load_config(config_path))
     if setup is not None:

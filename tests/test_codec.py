@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.codec import CodecError, decode, encode, from_hex, hash_tagged, hash_value
+from node.base.codec import CodecError, decode, encode, from_hex, hash_tagged, hash_value
 
 ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
 scalars = st.none() | st.booleans() | ints | st.text(max_size=40) | st.binary(max_size=40)

@@ -31,9 +31,9 @@ import pytest
 import trio
 import yaml  # test extra: PyYAML
 
-from node.config import load_config
+from node.base.config import load_config
 from node.consensus.genesis import load_genesis
-from node.keys import Identity
+from node.base.keys import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deployments"
@@ -176,7 +176,7 @@ def test_cli_works_as_the_image_installs_it(cluster):
     start-up. Run the console script's code the same way (-S: no .pth files)."""
     import site
 
-    script = "import sys; from node.cli import main; sys.exit(main())"
+    script = "import sys; from node.cli.main import main; sys.exit(main())"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
     key = cluster / "keys" / "validator-0.key"
     done = subprocess.run([sys.executable, "-S", "-c", script, "keys", "show", "--json", str(key)],

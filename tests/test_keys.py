@@ -9,7 +9,7 @@ import pytest
 from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 
-from node.keys import Identity, KeyFileError, peer_id_from_public_key, public_key_from_peer_id, verify
+from node.base.keys import Identity, KeyFileError, peer_id_from_public_key, public_key_from_peer_id, verify
 
 
 def test_peer_id_matches_libp2p():

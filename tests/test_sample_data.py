@@ -3,7 +3,7 @@
 import csv
 import io
 
-from node.sample_data import DAYS, PRODUCTS, sales_csv, sales_path
+from node.testnet.sample_data import DAYS, PRODUCTS, sales_csv, sales_path
 
 
 def test_shipped_dataset_is_the_generated_one():

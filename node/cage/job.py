@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.codec import CodecError, decode, encode
-from node.errors import UserError
+from node.base.codec import CodecError, decode, encode
+from node.base.errors import UserError
 
 KINDS = ("sql", "python-fn")
 INPUT_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.codec import hash_value
-from node.errors import ConfigError
+from node.base.codec import hash_value
+from node.base.errors import ConfigError
 
 LEVELS = ("permissive", "strict", "maximum")
 NETWORK = ("denied", "allowed")

@@ -22,7 +22,7 @@ from typing import Any
 from node.cage.job import CAGE_ENVIRONMENT, CageError, JobOutcome, JobSpec, read_frame, write_frame
 from node.cage.layers import HostCapabilities
 from node.cage.policy import Policy, default_policy_path, load_policies, missing_layers
-from node.codec import CodecError
+from node.base.codec import CodecError
 
 DEFAULT_FUNCTION_MODULES = ("node.cage.functions", "node.cage.trend")
 

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from node.codec import CodecError, decode, encode, hash_tagged
+from node.base.codec import CodecError, decode, encode, hash_tagged
 
 RESULT_DIGEST_TAG = "metanode/cage/result/v2"  # v2: the encoding records the row order
 CANONICAL_NAN = struct.pack(">Q", 0x7FF8000000000000)

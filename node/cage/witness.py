@@ -17,8 +17,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from node.codec import CodecError, decode, encode, hash_tagged, hash_value
-from node.receipts.merkle import merkle_root
+from node.base.codec import CodecError, decode, encode, hash_tagged, hash_value
+from node.base.merkle import merkle_root
 
 WITNESS_DIGEST_TAG = "metanode/cage/witness/v1"
 JOB_DIGEST_TAG = "metanode/cage/job/v1"

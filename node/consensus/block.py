@@ -1,6 +1,6 @@
 """Block headers, blocks, commit seals, and verifying a finalised block.
 
-Encoding (deterministic CBOR via ``node.codec``)::
+Encoding (deterministic CBOR via ``node.base.codec``)::
 
     block  = {"header": header, "txs": [bytes...], "commit_round": int,
               "seals": [[validator_key(32), signature(64)], ...]}
@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.codec import CodecError, decode, encode, hash_tagged, hash_value
+from node.base.codec import CodecError, decode, encode, hash_tagged, hash_value
 from node.consensus.genesis import Genesis
 from node.consensus.validators import ValidatorSet
-from node.keys import verify
-from node.receipts.merkle import merkle_root
+from node.base.keys import verify
+from node.base.merkle import merkle_root
 
 BLOCK_TAG = "metanode/block/v1"
 TX_TAG = "metanode/tx/v1"

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.codec import hash_value
+from node.base.codec import hash_value
 from node.consensus.validators import ValidatorSet
-from node.errors import ConfigError
+from node.base.errors import ConfigError
 
 GENESIS_TAG = "metanode/genesis/v1"
 CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

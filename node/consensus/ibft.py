@@ -61,7 +61,7 @@ from node.consensus.outputs import (
 )
 from node.consensus.safety import SafetyState
 from node.consensus.validators import ValidatorSet
-from node.keys import Identity, verify
+from node.base.keys import Identity, verify
 
 BlockValidator = Callable[[BlockHeader, Sequence[bytes]], bool]
 

@@ -8,7 +8,7 @@ that order, and delivers the core's own PREPARE/COMMIT to itself.
 
 from __future__ import annotations
 
-from node.codec import encode
+from node.base.codec import encode
 from node.consensus import messages as m
 from node.consensus.block import Block, earliest_timestamp
 from node.consensus.outputs import Broadcast, NeedProposal, Output, Persist

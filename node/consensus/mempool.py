@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from node.codec import to_hex
+from node.base.codec import to_hex
 from node.consensus.tx import (
     MAX_TX_BYTES,
     SignatureCache,

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from node.codec import CodecError, decode, encode
+from node.base.codec import CodecError, decode, encode
 from node.consensus.block import (
     HASH_SIZE,
     KEY_SIZE,
@@ -38,7 +38,7 @@ from node.consensus.block import (
     Block,
     BlockError,
 )
-from node.keys import Identity
+from node.base.keys import Identity
 
 SIGN_TAG = "metanode/ibft/v1"
 PROPOSAL = "proposal"

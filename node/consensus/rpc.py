@@ -10,7 +10,7 @@ import trio
 from node.consensus.block import Block, tx_hash
 from node.consensus.service import BlockSummary, ConsensusService
 from node.consensus.tx import TxErrorCode, decode_tx
-from node.keys import peer_id_from_public_key
+from node.base.keys import peer_id_from_public_key
 from node.p2p.jsonrpc import INVALID_PARAMS, CallContext, Registry, RpcError
 
 # Stable application error codes (clients match on them; never renumber).

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.codec import CodecError, decode, encode
-from node.errors import UserError
+from node.base.codec import CodecError, decode, encode
+from node.base.errors import UserError
 
 SAFETY_FILE_VERSION = 1
 _MAX_FILE_BYTES = 512 * 1024 * 1024

@@ -32,7 +32,7 @@ import structlog
 import trio
 from libp2p.peer.id import ID
 
-from node.codec import CodecError, decode, encode
+from node.base.codec import CodecError, decode, encode
 from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
@@ -41,7 +41,7 @@ from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync,
 from node.consensus.safety import SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
-from node.keys import Identity, peer_id_from_public_key
+from node.base.keys import Identity, peer_id_from_public_key
 from node.p2p.framing import FramedStream, FrameError
 from node.p2p.links import PeerLinks, read_batch
 
@@ -128,7 +128,7 @@ class ConsensusService:
         max_frame: int,
         app: Any = None,
     ) -> None:
-        """``app`` gives the chain its meaning (node/services/chain_app.py):
+        """``app`` gives the chain its meaning (node/app/chain_app.py):
         ``receipts_head_after(txs)``, ``header_matches(header, txs)`` and
         ``on_finalized(block)``. Without one, blocks carry an empty receipt log."""
         self.host = host

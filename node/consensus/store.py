@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from node.codec import to_hex
+from node.base.codec import to_hex
 from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
-from node.db import transaction
+from node.base.db import transaction
 
 SCHEMA_VERSION = 1
 MAX_TIME = 2**63 - 1

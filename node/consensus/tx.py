@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from node.codec import CodecError, decode, encode, hash_tagged, to_hex
-from node.keys import Identity, verify
+from node.base.codec import CodecError, decode, encode, hash_tagged, to_hex
+from node.base.keys import Identity, verify
 
 TX_VERSION = 1
 TX_HASH_TAG = "metanode/tx/v1"

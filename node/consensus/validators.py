@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from node.codec import hash_value
+from node.base.codec import hash_value
 
 VALIDATOR_SET_TAG = "metanode/validators/v1"
 PUBLIC_KEY_SIZE = 32

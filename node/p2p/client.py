@@ -10,8 +10,8 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.errors import UnreachableError, UserError, sole_exception
-from node.keys import Identity
+from node.base.errors import UnreachableError, UserError, sole_exception
+from node.base.keys import Identity
 from node.p2p.framing import DEFAULT_MAX_FRAME
 from node.p2p.host import build_host, running_host
 from node.p2p.peers import PING_PROTOCOL, answer_pings

@@ -42,8 +42,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from node.keys import Identity
-from node.logging import route_libp2p_logs
+from node.base.keys import Identity
+from node.base.logging import route_libp2p_logs
 from node.p2p.swarm import HardenedSwarm, NoAutoConnector
 
 route_libp2p_logs()

@@ -23,7 +23,7 @@ import structlog
 import trio
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
-from node.codec import CodecError, decode, encode
+from node.base.codec import CodecError, decode, encode
 from node.p2p.framing import DEFAULT_MAX_FRAME, FramedStream, FrameError
 
 log = structlog.get_logger("metanode.links")

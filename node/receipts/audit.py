@@ -45,11 +45,11 @@ from typing import Any
 import duckdb
 
 from node.consensus.block import Block, BlockError
-from node.db import open_node_db
-from node.errors import UserError
+from node.base.db import open_node_db
+from node.base.errors import UserError
 from node.receipts.api import jsonable
 from node.receipts.envelope import decode_receipt
-from node.receipts.errors import ReceiptError
+from node.base.verification import ReceiptError
 
 FORMATS = ("json", "csv", "parquet")
 RECEIPTS_TABLE = "receipts"

@@ -40,7 +40,7 @@ async def fetch_log(rpc: object) -> FetchedLog:
 
 def fetch_log_from(node_addr: str, *, timeout: float = 30.0) -> FetchedLog:
     """The log of the node at ``node_addr`` (UnreachableError / AuditError on failure)."""
-    from node.errors import sole_exception
+    from node.base.errors import sole_exception
     from node.p2p.client import connect_to_node
     from node.p2p.rpc import RpcCallError
 

@@ -1,6 +1,6 @@
 """Receipt bundles: everything needed to check one receipt offline.
 
-A bundle is the deterministic CBOR map (``node.codec``)::
+A bundle is the deterministic CBOR map (``node.base.codec``)::
 
     {
       "version": 1,
@@ -45,10 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from node import codec
+from node.base import codec
 from node.consensus.genesis import Genesis
 from node.receipts.envelope import MAX_ENVELOPE_SIZE
-from node.receipts.merkle import MAX_PROOF_HASHES
+from node.base.merkle import MAX_PROOF_HASHES
 
 BUNDLE_VERSION = 1
 BUNDLE_TAG = "metanode/receipt-bundle/v1"

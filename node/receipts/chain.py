@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from node.keys import Identity
+from node.base.keys import Identity
 from node.receipts.envelope import Receipt, build_receipt
 from node.receipts.schema import DIGEST_SIZE
 

@@ -18,7 +18,7 @@ import duckdb
 from node.consensus.block import SEAL_TAG, Block, BlockHeader, build_block, genesis_header, seal_message
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.store import ChainStore
-from node.keys import Identity
+from node.base.keys import Identity
 from node.receipts.blocks import ChainStoreBlocks
 from node.receipts.envelope import Receipt
 from node.receipts.log import ReceiptLog

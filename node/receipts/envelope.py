@@ -21,9 +21,9 @@ from typing import Any
 
 import cbor2
 
-from node import codec
-from node.keys import Identity, peer_id_from_public_key, verify
-from node.receipts.errors import Reason, ReceiptError
+from node.base import codec
+from node.base.keys import Identity, peer_id_from_public_key, verify
+from node.base.verification import Reason, ReceiptError
 from node.receipts.schema import VERSION, check_body
 
 RECEIPT_SIGN_TAG = "metanode/receipt/v1"

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from node import codec
+from node.base import codec
 from node.receipts.envelope import Receipt
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ leaf buy this: the root at any past size, an inclusion proof
 and a consistency proof each read O(log n) rows in a single query, and an
 append reads only the current frontier (at most 64 rows).
 
-The Merkle planning is pure (``node.receipts.merkle``); this class only
+The Merkle planning is pure (``node.base.merkle``); this class only
 reads and writes rows. Transactions belong to the caller. ``append`` and
 ``store`` each write with exactly one statement, so in autocommit mode each write is atomic on its own, and
 inside the caller's transaction (a block being applied) it commits or rolls
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from node.codec import to_hex
+from node.base.codec import to_hex
 from node.receipts.envelope import Receipt
-from node.receipts.merkle import (
+from node.base.merkle import (
     Subtree,
     append_subtrees,
     assemble_proof,

@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from node.keys import public_key_from_peer_id
-from node.receipts.errors import Reason, ReceiptError
+from node.base.keys import public_key_from_peer_id
+from node.base.verification import Reason, ReceiptError
 
 VERSION = 1
 DIGEST_SIZE = 32

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from node import codec
+from node.base import codec
 from node.consensus.block import Block, BlockError, BlockHeader, verify_seals
 from node.consensus.genesis import Genesis
 from node.consensus.validators import ValidatorSet
@@ -67,9 +67,9 @@ from node.receipts.bundle import (
     genesis_validator_sets,
 )
 from node.receipts.envelope import Receipt, verify_receipt
-from node.receipts.errors import ProofError, ReceiptError
+from node.base.verification import ProofError, ReceiptError
 from node.receipts.execution import EXEC_KIND, record_digest, witness_mismatches
-from node.receipts.merkle import leaf_hash, verify_inclusion
+from node.base.merkle import leaf_hash, verify_inclusion
 
 EXIT_VALID = 0
 EXIT_REPLAY_ERROR = 1

@@ -7,13 +7,13 @@ from typing import Any
 
 import trio
 
-from node.services.mesh import figures_row, probe_node
+from node.sdk.mesh import figures_row, probe_node
 from node.testnet.layout import read_manifest
 from node.testnet.processes import running_pid
 
 
 async def node_health(address: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    """{"status", "peers", "figures"} of one node (node/services/mesh.py), None if it does not answer."""
+    """{"status", "peers", "figures"} of one node (node/sdk/mesh.py), None if it does not answer."""
     probe = await probe_node(address, timeout=timeout)
     return probe if probe["live"] else None
 

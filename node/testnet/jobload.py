@@ -36,8 +36,8 @@ import trio
 
 from node.consensus.genesis import load_genesis
 from node.consensus.tx import Transaction, sign_tx
-from node.errors import sole_exception
-from node.keys import Identity
+from node.base.errors import sole_exception
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcClient, RpcCallError
 from node.receipts.verify import BundleInvalid, BundleVerifier

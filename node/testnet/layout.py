@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.consensus.genesis import Genesis
-from node.errors import UserError
-from node.keys import Identity
+from node.base.errors import UserError
+from node.base.keys import Identity
 
 MANIFEST = "testnet.json"
 GENESIS = "genesis.toml"

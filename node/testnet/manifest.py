@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError
+from node.base.errors import ConfigError
 
 PROCESS_ACTIONS = ("kill", "pause", "restart")
 NETWORK_ACTIONS = ("disconnect", "delay", "loss")

@@ -27,12 +27,13 @@ from typing import Any
 
 import trio
 
-from node.errors import UserError
+from node.base.errors import UserError
 from node.p2p.client import call_node, connect_to_node
 from node.testnet import layout, processes
 from node.testnet.loadgen import JobWorkload, LoadGenerator
 from node.testnet.manifest import Manifest, Perturbation
-from node.testnet.netns import NetnsNetwork, create_network, link_emulation_unavailable_reason, rewrite_addresses
+from node.testnet.netns import NetnsNetwork, rewrite_addresses
+from node.testnet.network import create_network, link_emulation_unavailable_reason
 from node.testnet.tunswitch import TunNetwork
 
 CHAIN_ID = "metanode-testnet"

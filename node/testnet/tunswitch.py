@@ -17,7 +17,7 @@ delay changes; each destination queues at most :data:`MAX_QUEUE` packets.
 Control is JSON lines on the switch's stdin/stdout; the switch exits when its
 stdin closes, so it never outlives the runner. Its log and final counters go
 to ``DIR/tunswitch.log``. The namespaces and the switch pid are recorded in
-``DIR/netns.json`` before they exist, for :func:`node.testnet.netns.cleanup_recorded`
+``DIR/netns.json`` before they exist, for :func:`node.testnet.netbase.cleanup_recorded`
 (TUN devices are not persistent: they vanish with the switch).
 """
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.testnet.netns import STATE_FILE, NetnsError, _delete_names, _free_subnet, _run, cleanup_recorded, netns_unavailable_reason
+from node.testnet.netbase import STATE_FILE, NetnsError, cleanup_recorded, delete_names, free_subnet, netns_unavailable_reason, run
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -352,20 +352,20 @@ class TunNetwork:
         if len(nodes) > 250:
             raise NetnsError("at most 250 nodes fit one /24 testnet subnet")
         cleanup_recorded(directory)
-        net = cls(directory, secrets.token_hex(2), _free_subnet(), list(nodes), secrets.randbits(31) if seed is None else seed)
+        net = cls(directory, secrets.token_hex(2), free_subnet(), list(nodes), secrets.randbits(31) if seed is None else seed)
         net._record()
         try:
             for node in nodes:
-                _run("ip", "netns", "add", net.namespace(node))
+                run("ip", "netns", "add", net.namespace(node))
             net._start_switch()
             prefix = net.subnet.prefixlen
-            _run("ip", "addr", "add", f"{net.bridge_ip}/{prefix}", "dev", net.bridge)
-            _run("ip", "link", "set", net.bridge, "up")
+            run("ip", "addr", "add", f"{net.bridge_ip}/{prefix}", "dev", net.bridge)
+            run("ip", "link", "set", net.bridge, "up")
             for node in nodes:
                 ns = net.namespace(node)
-                _run("ip", "-n", ns, "addr", "add", f"{net.ip(node)}/{prefix}", "dev", net.device(node))
-                _run("ip", "-n", ns, "link", "set", net.device(node), "up")
-                _run("ip", "-n", ns, "link", "set", "lo", "up")
+                run("ip", "-n", ns, "addr", "add", f"{net.ip(node)}/{prefix}", "dev", net.device(node))
+                run("ip", "-n", ns, "link", "set", net.device(node), "up")
+                run("ip", "-n", ns, "link", "set", "lo", "up")
         except BaseException:
             net.teardown()
             raise
@@ -464,30 +464,8 @@ class TunNetwork:
                     pass  # unsent bytes to a switch that is gone
             if self.final_stats is not None:
                 log.info("tun switch %s final counters: %s", self.tag, json.dumps(self.final_stats["ports"], sort_keys=True))
-        _delete_names(self._names())
+        delete_names(self._names())
         (self.directory / STATE_FILE).unlink(missing_ok=True)
-
-
-def stop_recorded_switch(pid: int, tag: str) -> bool:
-    """Kill a crashed run's switch if ``pid`` is still that switch (checked: pids are reused)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if b"node.testnet.tunswitch" not in argv or tag.encode() not in argv:
-        return False
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    for _ in range(100):  # its TUN fds close when it is gone (a zombie holds none)
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z"):
-                break
-        except OSError:
-            break
-        time.sleep(0.05)
-    return True
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from node.cage.job import JobSpec
 from node.cage.results import ResultError, decode_result, encode_result
 from node.cage.sqlgate import has_top_level_order, parse_tree
-from node.codec import encode
+from node.base.codec import encode
 
 ROOT = Path(__file__).resolve().parents[2]
 

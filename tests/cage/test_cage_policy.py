@@ -14,7 +14,7 @@ from node.cage.policy import (
     parse_policies,
     policy_from_value,
 )
-from node.errors import ConfigError
+from node.base.errors import ConfigError
 
 PROCESSING = {
     "enforcement_level": "maximum", "deterministic_execution": True, "network": "denied",

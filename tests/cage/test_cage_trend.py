@@ -17,8 +17,8 @@ from node.cage.pool import CagePool
 from node.cage.results import decode_result
 from node.cage.trend import rounded_division_sql
 from node.consensus.tx import PayloadError, sign_tx
-from node.keys import Identity
-from node.services.state import parse_payload
+from node.base.keys import Identity
+from node.app import parse_payload
 
 from conftest import all_policies
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.codec import decode, encode, hash_tagged
+from node.base.codec import decode, encode, hash_tagged
 from node.consensus.block import (
     SEAL_TAG,
     Block,
@@ -17,7 +17,7 @@ from node.consensus.block import (
     tx_hash,
     verify_block,
 )
-from node.receipts.merkle import merkle_root
+from node.base.merkle import merkle_root
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from node.consensus.tx import sign_tx
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.client import call_node
 from node.testnet import layout, processes
 from tests.support import wait_until

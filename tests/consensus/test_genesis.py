@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from node.consensus.genesis import load_genesis, parse_genesis
-from node.errors import ConfigError
+from node.base.errors import ConfigError
 
 
 def _text(ibft, **replace) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from node.consensus.genesis import load_genesis
-from node.keys import Identity
+from node.base.keys import Identity
 from tests.support import run_cli
 
 

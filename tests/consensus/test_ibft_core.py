@@ -7,7 +7,7 @@ from node.consensus import messages as m
 from node.consensus.block import Block, SEAL_TAG, build_block, seal_message
 from node.consensus.ibft import FUTURE_PER_SENDER, IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
-from node.keys import Identity
+from node.base.keys import Identity
 
 
 def feed(core, messages, now):

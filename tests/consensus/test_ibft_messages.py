@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.codec import decode, encode
+from node.base.codec import decode, encode
 from node.consensus import messages as m
 from node.consensus.block import Block, BlockError, build_block
 from node.consensus.ibft import IbftCore

@@ -5,11 +5,11 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from node.codec import hash_tagged
+from node.base.codec import hash_tagged
 from node.consensus.store import ChainHead, ChainStore, StoreError
 from node.consensus.tx import sign_tx
-from node.db import open_node_db
-from node.keys import Identity
+from node.base.db import open_node_db
+from node.base.keys import Identity
 
 CHAIN = "testnet-1"
 ALICE, BOB = Identity.from_label("alice"), Identity.from_label("bob")

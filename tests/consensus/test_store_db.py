@@ -9,8 +9,8 @@ import textwrap
 import duckdb
 import pytest
 
-from node.db import DB_FILENAME, NodeDatabaseError, open_node_db, transaction
-from node.errors import UserError
+from node.base.db import DB_FILENAME, NodeDatabaseError, open_node_db, transaction
+from node.base.errors import UserError
 
 
 def test_creates_the_data_directory_and_file(tmp_path):

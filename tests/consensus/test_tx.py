@@ -5,7 +5,7 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from node.codec import decode, encode, hash_tagged
+from node.base.codec import decode, encode, hash_tagged
 from node.consensus.tx import (
     MAX_NONCE,
     MAX_TX_BYTES,
@@ -23,7 +23,7 @@ from node.consensus.tx import (
     tx_hash,
     verify_signature,
 )
-from node.keys import Identity
+from node.base.keys import Identity
 
 ALICE = Identity.from_label("alice")
 BOB = Identity.from_label("bob")

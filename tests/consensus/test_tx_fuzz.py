@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.codec import encode
+from node.base.codec import encode
 from node.consensus.tx import TxError, TxErrorCode, decode_tx, sign_tx, verify_signature
-from node.keys import Identity
+from node.base.keys import Identity
 
 ALICE = Identity.from_label("alice")
 VALID = [
@@ -67,7 +67,7 @@ def test_valid_transactions_cut_and_spliced(base, start, length, insert):
     cbor_values,
 )
 def test_valid_transactions_with_a_field_replaced(base, field, value):
-    from node.codec import decode
+    from node.base.codec import decode
 
     fields = decode(base)
     fields[field] = value

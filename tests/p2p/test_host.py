@@ -15,7 +15,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.host import build_host, check_port_free, running_host
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.framing import FramedStream, encode_uvarint
 from node.p2p.host import build_host, running_host

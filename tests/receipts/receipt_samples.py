@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from node.keys import Identity
+from node.base.keys import Identity
 
 
 def digest(label: str) -> bytes:

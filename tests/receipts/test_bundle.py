@@ -8,7 +8,7 @@ import duckdb
 import pytest
 from receipt_samples import VALID_FIELDS
 
-from node import codec
+from node.base import codec
 from node.consensus.block import BLOCK_TAG, BlockHeader
 from node.receipts.api import (
     BAD_PARAM,
@@ -24,7 +24,7 @@ from node.receipts.api import (
 from node.receipts.bundle import BUNDLE_VERSION, BundleError, bundle_id, decode_bundle
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities
-from node.receipts.merkle import leaf_hash, verify_consistency, verify_inclusion
+from node.base.merkle import leaf_hash, verify_consistency, verify_inclusion
 from node.receipts.verify import BundleVerifier
 
 ISSUER = dev_identities(1, "bundle-test-processing")[0]

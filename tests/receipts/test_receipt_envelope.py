@@ -7,8 +7,8 @@ import cbor2
 import pytest
 from receipt_samples import NODE_A, NODE_B, NODE_C, VALID_FIELDS, digest
 
-from node import codec
-from node.keys import Identity
+from node.base import codec
+from node.base.keys import Identity
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.envelope import (
     MAX_ENVELOPE_SIZE,
@@ -20,7 +20,7 @@ from node.receipts.envelope import (
     verify_chain,
     verify_receipt,
 )
-from node.receipts.errors import Reason, ReceiptError
+from node.base.verification import Reason, ReceiptError
 
 
 def build(kind: str, identity: Identity = NODE_A, prev: bytes | None = None, **changes) -> Receipt:

@@ -12,7 +12,7 @@ import pytest
 from pymerkle.core import _inclusion_path_layout
 
 from node.receipts.log import ReceiptLog
-from node.receipts.merkle import (
+from node.base.merkle import (
     EMPTY_ROOT,
     leaf_hash,
     merkle_root,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.receipts.errors import ProofError, Reason
-from node.receipts.merkle import (
+from node.base.verification import ProofError, Reason
+from node.base.merkle import (
     EMPTY_ROOT,
     append_subtrees,
     consistency_ranges,

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from receipt_samples import NODE_B, VALID_FIELDS
 
-from node import codec
+from node.base import codec
 from node.receipts.envelope import build_receipt, decode_receipt, verify_receipt
-from node.receipts.errors import Reason, ReceiptError
+from node.base.verification import Reason, ReceiptError
 
 # Failures that depend only on the envelope itself (not on what a caller expected).
 INTRINSIC = {

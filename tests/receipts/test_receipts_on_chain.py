@@ -12,10 +12,10 @@ import trio
 
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.receipts.envelope import build_receipt
-from node.receipts.merkle import EMPTY_ROOT
+from node.base.merkle import EMPTY_ROOT
 from tests.support import running_daemon, write_node_config
 
 CHAIN = "receipts-on-chain"

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from receipt_samples import VALID_FIELDS
 
-from node import codec
+from node.base import codec
 from node.cage.witness import encode_witness_file, witness_digest
 from node.consensus.block import BlockHeader
 from node.receipts.api import build_bundle

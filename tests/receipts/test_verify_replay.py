@@ -12,7 +12,7 @@ import pytest
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cage.witness import encode_witness_file, witness_digest
-from node.cli import main
+from node.cli.main import main
 from node.receipts.api import build_bundle
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities

@@ -19,10 +19,10 @@ from typing import Any
 
 import structlog
 
-from node import codec
+from node.base import codec
 from node.cage.results import ORDER_CANONICAL, decode_result, result_digest
 from node.cage.witness import decode_witness_file, encode_witness_file, witness_digest
-from node.services import processing
+from node.roles import processing
 
 log = structlog.get_logger("metanode.lying_node")
 
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python -m tests.services.lying_node CONFIG")
     # The daemon imports ProcessingService from this module when it builds its roles.
     processing.ProcessingService = LyingProcessingService  # type: ignore[misc]
-    from node.cli import main as cli_main
+    from node.cli.main import main as cli_main
 
     cli_main(["daemon", "start", "--config", argv[0]])
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from node.client import Client
+from node.sdk.client import Client
 from node.testnet import layout, processes
 from tests.support import run_cli, wait_until
 

@@ -10,7 +10,7 @@ import trio
 
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from tests.support import running_daemon, upload_and_register, write_node_config
 

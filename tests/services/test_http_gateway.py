@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.config import parse_config
+from node.base.config import parse_config
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.errors import ConfigError
-from node.http_client import HttpClient, HttpError
-from node.keys import Identity
+from node.base.errors import ConfigError
+from node.sdk.http_client import HttpClient, HttpError
+from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
 from node.receipts.envelope import verify_receipt
-from node.services.http_auth import AuthError, ReplayGuard, RequestVerifier, sign_request
+from node.base.http_auth import AuthError, ReplayGuard, RequestVerifier, sign_request
 from tests.support import DaemonProcess, free_port, rpc_json, run_cli, wait_until, write_node_config
 
 CHAIN = "http-gateway-test"
@@ -413,7 +413,7 @@ async def test_rate_limit_allow_list_and_connection_limit(tmp_path):
     gateway refuses unlisted tenants (403), and connections are bounded (503)."""
     from node.p2p.jsonrpc import Dispatcher, Registry
     from node.p2p.rpc import RpcServer
-    from node.services.http_gateway import HttpGateway
+    from node.roles.http_gateway import HttpGateway
 
     registry = Registry()
 

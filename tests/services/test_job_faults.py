@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.client import AsyncClient, Client
+from node.sdk.client import AsyncClient, Client
 from node.receipts.bundle import decode_bundle
 from node.receipts.envelope import decode_receipt
 from node.testnet import layout, processes

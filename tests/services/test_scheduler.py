@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.services.state.scheduler import (
+from node.app.scheduler import (
     Candidate,
     RendezvousScore,
     choose_nodes,

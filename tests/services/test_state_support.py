@@ -12,11 +12,11 @@ from typing import Any
 
 import duckdb
 
-from node.codec import hash_tagged
+from node.base.codec import hash_tagged
 from node.consensus.tx import Transaction, sign_tx
-from node.keys import Identity
+from node.base.keys import Identity
 from node.receipts.envelope import build_receipt
-from node.services.state import BlockEffects, ChainRules, StateMachine, DEFAULT_RULES
+from node.app import BlockEffects, ChainRules, StateMachine, DEFAULT_RULES
 
 CHAIN_ID = "state-test"
 GENESIS = hash_tagged("test/genesis", CHAIN_ID.encode())

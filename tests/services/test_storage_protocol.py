@@ -10,10 +10,10 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 
-from node.codec import encode
+from node.base.codec import encode
 from node.p2p.framing import FramedStream
-from node.services.storage.errors import BlobTransferError, QuotaExceeded, ReplicationFailed
-from node.services.storage.protocol import BLOB_PROTOCOL, MAX_FRAME, parse_header
+from node.roles.storage.errors import BlobTransferError, QuotaExceeded, ReplicationFailed
+from node.roles.storage.protocol import BLOB_PROTOCOL, MAX_FRAME, parse_header
 from tests.services.test_storage_support import storage_nodes
 
 TENANT = b"t" * 32
@@ -155,7 +155,7 @@ async def test_replication_skips_failing_peer_and_fails_when_too_few(tmp_path: P
 
 
 async def test_store_dataset_enforces_quota_while_receiving(tmp_path: Path):
-    from node.services.storage import QuotaPolicy
+    from node.roles.storage import QuotaPolicy
 
     async with storage_nodes(tmp_path, 1, replicas=1, quotas=QuotaPolicy(default_bytes=10_000)) as (a,):
         await a.service.store_dataset(TENANT, "small", "csv", [csv_bytes(100)])

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.host import build_host, running_host
 from node.p2p.jsonrpc import Dispatcher, Registry
 from node.p2p.rpc import RPC_PROTOCOL, RpcCallError, RpcServer, open_rpc_client
-from node.services.storage import QuotaPolicy, register_storage_methods
-from node.services.storage.errors import (
+from node.roles.storage import QuotaPolicy, register_storage_methods
+from node.roles.storage.errors import (
     BAD_CHUNK,
     DATASET_NOT_FOUND,
     DATASET_UNREADABLE,

@@ -9,9 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from node.services.storage.blobstore import BlobStore
-from node.services.storage.catalog import Catalog, DatasetInfo, QuotaPolicy, inspect_dataset
-from node.services.storage.errors import (
+from node.roles.storage.blobstore import BlobStore
+from node.roles.storage.catalog import Catalog, DatasetInfo, QuotaPolicy, inspect_dataset
+from node.roles.storage.errors import (
     BlobCorrupt,
     BlobNotFound,
     BlobTooLarge,
@@ -139,7 +139,7 @@ def test_hostile_content_gives_clean_errors(tmp_path: Path):
 
 
 def test_dataset_names_are_metadata_never_paths(tmp_path: Path):
-    from node.services.storage.catalog import check_name_and_format
+    from node.roles.storage.catalog import check_name_and_format
 
     assert check_name_and_format("../../etc/passwd", "csv") == ("../../etc/passwd", "csv")
     for bad in ("", "x" * 129, "a\nb"):

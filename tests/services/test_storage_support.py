@@ -12,9 +12,9 @@ import duckdb
 import multiaddr
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.keys import Identity
+from node.base.keys import Identity
 from node.p2p.host import build_host, running_host
-from node.services.storage import BlobClient, BlobStore, Catalog, QuotaPolicy, StorageService
+from node.roles.storage import BlobClient, BlobStore, Catalog, QuotaPolicy, StorageService
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 

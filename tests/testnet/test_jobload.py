@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from node.consensus.genesis import Genesis
-from node.errors import ConfigError
-from node.keys import Identity
+from node.base.errors import ConfigError
+from node.base.keys import Identity
 from node.testnet import layout
 from node.testnet.jobload import AnalyticsWorkload, percentile, tenant_dataset
 from node.testnet.manifest import parse_manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from node.errors import ConfigError
+from node.base.errors import ConfigError
 from node.testnet.manifest import load_manifest, parse_manifest
 from tests.support import run_cli
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.errors import ConfigError
-from node.metrics import MAX_RPC_METHOD_LABELS, NodeMetrics
+from node.base.errors import ConfigError
+from node.roles.metrics import MAX_RPC_METHOD_LABELS, NodeMetrics
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:

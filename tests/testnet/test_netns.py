@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from node.testnet.manifest import parse_manifest
-from node.testnet.netns import STATE_FILE, NetnsNetwork, cleanup_recorded, netem_unavailable_reason, netns_unavailable_reason
+from node.testnet.netbase import STATE_FILE, cleanup_recorded, netem_unavailable_reason, netns_unavailable_reason
+from node.testnet.netns import NetnsNetwork
 from node.testnet.runner import run_manifest
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(netns_unavailable_reason() is not None, reason=f"netns tests skipped: {netns_unavailable_reason()}")]

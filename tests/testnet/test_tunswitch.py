@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from node.testnet.manifest import parse_manifest
-from node.testnet.netns import STATE_FILE, NetnsError, cleanup_recorded, netem_unavailable_reason
+from node.testnet.netbase import STATE_FILE, NetnsError, cleanup_recorded, netem_unavailable_reason
 from node.testnet.tunswitch import LOG_FILE, MAX_QUEUE, Port, Switch, TunNetwork, tun_unavailable_reason
 
 REASON = tun_unavailable_reason()

@@ -20,7 +20,7 @@ from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
 from node.consensus.safety import SafetyState
 from node.consensus.sim.scenario import Scenario
-from node.keys import Identity, verify
+from node.base.keys import Identity, verify
 
 GENESIS_TIME_MS = 1_767_225_600_000
 ADMITTED = b"ok/"  # the simulated application admits only transactions with this prefix

@@ -1,0 +1,162 @@
+"""What the chain means: transaction types, receipts sealed into headers, state on finalise.
+
+This is where consensus and the services meet (DESIGN.md). The consensus
+shell asks it three things:
+
+* before proposing: the receipt log's size and root after this block's
+  transactions (they go into the header, so a quorum seals them: the header
+  is the log's signed tree head);
+* when validating a proposal: the same computation, compared with the header;
+* when a block is final: append its receipts to the log, then apply it to
+  the chain state machine.
+
+The receipts a block adds are the envelopes its transactions carry
+(``job.result`` and ``receipts.batch``), in transaction order, skipping ids
+the log already holds. That set depends only on the transactions and the
+log, so proposer and validators compute it identically before the block is
+final; whether the state machine accepts a result is a separate, recorded
+decision (``state_rejections``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from node.consensus.block import Block, BlockHeader
+from node.consensus.store import ChainStore
+from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
+from node.base.db import transaction
+from node.receipts.envelope import Receipt, decode_receipt
+from node.receipts.log import LogHead, ReceiptLog
+from node.app import DEFAULT_RULES, StateMachine, catch_up, parse_payload, register_tx_types
+
+log = structlog.get_logger("metanode.chain")
+
+_RECEIPTS_MEMO = 8  # blocks whose carried receipts are remembered (receipts_in)
+_LIFECYCLE = {"api.call": 0, "job.schedule": 1, "job.exec": 2, "job.verdict": 3}
+
+
+class ChainApplication:
+    def __init__(self, conn: Any, store: ChainStore, rules: Any = DEFAULT_RULES) -> None:
+        self.conn = conn
+        self.store = store
+        self.rules = rules
+        self.receipts = ReceiptLog(conn)
+        self._receipts_in_memo: dict[tuple[int, bytes], tuple[Receipt, ...]] = {}
+        self.state = StateMachine(conn, rules=rules)
+        # Called with (effects, block) after each block is applied, e.g. to
+        # sign the job.schedule / job.verdict receipts a block implies.
+        self.on_effects: list[Callable[[Any, Block], None]] = []
+
+    def register(self, registry: TxTypeRegistry) -> None:
+        register_tx_types(registry, self.rules)
+
+    # -- receipts carried by a block -----------------------------------------------
+    def receipts_in(self, txs: Sequence[bytes]) -> list[Receipt]:
+        """Receipt envelopes carried by ``txs`` (already validated), in order, new ones only.
+
+        A block's answer is asked for up to three times (propose or validate,
+        then finalise) against the same log, so the last few are remembered,
+        keyed by the log size and the transactions."""
+        key = (self.receipts.size(), hashlib.sha256(b"".join(hashlib.sha256(raw).digest() for raw in txs)).digest())
+        cached = self._receipts_in_memo.get(key)
+        if cached is not None:
+            return list(cached)
+        carried: dict[bytes, Receipt] = {}
+        for raw in txs:
+            for receipt in self._carried(decode_tx(raw)):
+                carried.setdefault(receipt.id, receipt)
+        logged = self.receipts.present(list(carried))
+        found = [r for rid, r in carried.items() if rid not in logged]
+        if len(self._receipts_in_memo) >= _RECEIPTS_MEMO:
+            self._receipts_in_memo.pop(next(iter(self._receipts_in_memo)))
+        self._receipts_in_memo[key] = tuple(found)
+        return found
+
+    def _carried(self, tx: Transaction) -> Sequence[Receipt]:
+        if tx.type == "job.result":
+            return [parse_payload(tx, self.rules).receipt]  # type: ignore[union-attr]
+        if tx.type == "receipts.batch":
+            return parse_payload(tx, self.rules).receipts  # type: ignore[union-attr]
+        return []
+
+    def receipts_head_after(self, txs: Sequence[bytes]) -> LogHead:
+        return self.receipts.head_after([r.id for r in self.receipts_in(txs)])
+
+    def header_matches(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
+        head = self.receipts_head_after(txs)
+        if (header.receipts_size, header.receipts_root) != (head.size, head.root):
+            log.warning("proposal carries a wrong receipt log head", height=header.height,
+                        claimed=header.receipts_size, expected=head.size)
+            return False
+        return True
+
+    # -- finalised blocks ---------------------------------------------------------------
+    def on_finalized(self, block: Block) -> None:
+        self._append_receipts(block)
+        effects = self.state.apply_block(
+            block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions]
+        )
+        for callback in self.on_effects:
+            callback(effects, block)
+
+    def rejection_of(self, tx_hash: bytes) -> str | None:
+        """Why the state refused a committed transaction, or None."""
+        row = self.conn.execute("SELECT reason FROM state_rejections WHERE tx_hash = ?", [tx_hash]).fetchone()
+        return None if row is None else str(row[0])
+
+    def job_receipts(self, job_id: bytes) -> list[dict[str, Any]]:
+        """Every logged receipt about a job, in the job's order: the api.call
+        that accepted it (its response is the job id's digest), schedules,
+        executions and verdicts (their subject is the job id). Log order is
+        arrival order (published receipts are batched), so the trace orders
+        by the height each receipt refers to, then by lifecycle step."""
+        response = hashlib.sha256(job_id).digest()
+        rows = self.conn.execute(
+            "SELECT id, kind, issuer, height, subject, envelope FROM receipt_envelopes WHERE subject = ? OR kind = 'api.call'",
+            [job_id],
+        ).fetchall()
+        found = []
+        for rid, kind, issuer, height, subject, envelope in rows:
+            if kind == "api.call" and bytes(subject) != job_id:
+                if decode_receipt(bytes(envelope)).fields.get("response") != response:
+                    continue
+            index = self.receipts.index_of(bytes(rid))
+            if index is not None:
+                found.append({"id": bytes(rid).hex(), "kind": kind, "issuer": issuer, "height": height, "index": index})
+        return sorted(found, key=lambda r: (r["height"], _LIFECYCLE.get(r["kind"], 9), r["index"]))
+
+    def _append_receipts(self, block: Block) -> None:
+        new = self.receipts_in(block.transactions)
+        with transaction(self.conn):
+            self.receipts.store(new)
+            head = self.receipts.append([r.id for r in new])
+        if (head.size, head.root) != (block.header.receipts_size, block.header.receipts_root):
+            # The quorum sealed a head this node does not reproduce: its log
+            # has diverged, and serving proofs from it would be wrong.
+            raise RuntimeError(f"receipt log diverged at height {block.height}: "
+                               f"local size {head.size}, sealed size {block.header.receipts_size}")
+
+    def catch_up(self) -> None:
+        """After a crash between storing a block and applying it: bring the
+        receipt log and the state up to the stored chain."""
+        head = self.store.head()
+        if head is None:
+            return
+        missing = []
+        height = head.height
+        while height >= 1:
+            block = Block.decode(self.store.block_by_height(height).block)  # type: ignore[union-attr]
+            if block.header.receipts_size <= self.receipts.size():
+                break
+            missing.append(block)
+            height -= 1
+        for block in reversed(missing):
+            self._append_receipts(block)
+        applied = catch_up(self.state, self.store)
+        if missing or applied:
+            log.info("caught up after restart", receipt_blocks=len(missing), state_blocks=applied)

@@ -1,0 +1,207 @@
+"""State checks and transitions of each transaction type.
+
+For every type, ``check_*`` reads the state and returns why the transaction
+cannot apply (or None), and ``apply_*`` makes the change once the check has
+passed. The mempool's pre-screen runs only the checks; applying a block runs
+check then apply for each transaction, in order, on the block's
+:class:`WorkingState`, so a check sees the effects of the block's earlier
+transactions. Reasons are deterministic text: they become part of the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.base.codec import encode, to_hex
+from node.consensus.tx import Transaction
+from node.base.keys import peer_id_from_public_key
+from node.receipts.envelope import Receipt, decode_receipt
+from node.app.lifecycle import describe_job_ref, finish_job, settle_if_complete
+from node.app.model import (
+    ACTIVE_STATES,
+    CANCELLED,
+    DELIVERED,
+    MISSED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SUBMITTED,
+    BlockContext,
+)
+from node.app.txtypes import (
+    DATASET_REGISTER,
+    JOB_CANCEL,
+    JOB_RESULT,
+    JOB_SUBMIT,
+    NODE_REGISTER,
+    RECEIPTS_BATCH,
+    DatasetRegister,
+    JobCancel,
+    JobResult,
+    JobSubmit,
+    NodeRegister,
+    Payload,
+    ReceiptsBatch,
+)
+from node.app.working import JobRow, NodeRow, ResultRow, WorkingState
+
+
+def record_receipt(ws: WorkingState, ctx: BlockContext, tx: Transaction, receipt: Receipt) -> None:
+    """Enter a verified receipt into the chain at the block's next log position."""
+    ws.add_receipt((receipt.id, ctx.height, len(ctx.effects.receipts), receipt.kind, receipt.issuer_key,
+                    tx.hash, receipt.envelope))
+    ctx.effects.receipts.append(receipt)
+
+
+# -- node.register --------------------------------------------------------------
+
+def check_node_register(ws: WorkingState, tx: Transaction, p: NodeRegister) -> str | None:
+    return None  # a node may register, and re-register to change roles or capacity, at any time
+
+
+def apply_node_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: NodeRegister) -> None:
+    node = ws.nodes().get(tx.sender)
+    if node is None:
+        node = NodeRow(tx.sender, peer_id_from_public_key(tx.sender), p.moniker, ",".join(p.roles),
+                       p.capacity, ctx.height, ctx.height, 0, 0, None)
+    else:
+        node.moniker, node.roles, node.capacity = p.moniker, ",".join(p.roles), p.capacity
+        node.updated_height = ctx.height
+    ws.touch_node(node)
+
+
+# -- dataset.register -----------------------------------------------------------
+
+def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister) -> str | None:
+    if ws.has_dataset(tx.sender, p.digest):
+        return f"dataset {to_hex(p.digest)} is already registered by this tenant"
+    # Digests are public (receipts name them): owning a dataset on chain takes
+    # proof that this tenant uploaded those bytes to a storage node.
+    envelope = ws.receipt_envelope(p.receipt)
+    if envelope is None:
+        return f"receipt: data.store receipt {to_hex(p.receipt)} is not on chain (upload first, then wait for its receipt)"
+    receipt = decode_receipt(envelope)
+    if receipt.kind != "data.store" or receipt.subject != p.digest:
+        return f"receipt: {to_hex(p.receipt)} is not a data.store receipt for dataset {to_hex(p.digest)}"
+    if receipt.fields.get("tenant") != tx.sender:
+        return f"receipt: {to_hex(p.receipt)} records another tenant's upload"
+    if receipt.fields.get("size") != p.size:
+        return f"size: {p.size} is not the stored size {receipt.fields.get('size')}"
+    issuer = ws.nodes().get(receipt.issuer_key)
+    if issuer is None or not {"storage", "gateway"} & set(issuer.roles.split(",")):
+        return f"receipt: {to_hex(p.receipt)} was not issued by a registered storage or gateway node"
+    return None
+
+
+def apply_dataset_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: DatasetRegister) -> None:
+    ws.add_dataset((tx.sender, p.digest, p.name, p.size, p.format, ctx.height, tx.hash))
+
+
+# -- job.submit -------------------------------------------------------------------
+
+def check_job_submit(ws: WorkingState, tx: Transaction, p: JobSubmit) -> str | None:
+    for name, digest in p.inputs.items():  # sorted by name
+        if not ws.has_dataset(tx.sender, digest):
+            return f"inputs.{name}: dataset {to_hex(digest)} is not registered by this tenant"
+    if ws.job(tx.hash) is not None:  # tx hashes are unique on chain; kept as a guard
+        return f"{describe_job_ref(tx.hash)} already exists"
+    return None
+
+
+def apply_job_submit(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: JobSubmit) -> None:
+    ws.add_job(JobRow(
+        tx.hash, ws.next_seq(), tx.sender, p.job_type, encode(p.inputs), encode(p.params), p.replication,
+        p.deadline_blocks, SUBMITTED, None, 0, ctx.height,
+    ))
+
+
+# -- job.result -------------------------------------------------------------------
+
+def check_job_result(ws: WorkingState, tx: Transaction, p: JobResult) -> str | None:
+    job = ws.job(p.job)
+    if job is None:
+        return f"{describe_job_ref(p.job)} does not exist"
+    if job.state not in (SCHEDULED, RUNNING):
+        return f"{describe_job_ref(p.job)} is {job.state}, not waiting for results"
+    assignment = job.assignments.get(tx.sender)
+    if assignment is None:
+        return f"the sender is not assigned to {describe_job_ref(p.job)}"
+    if assignment.status == DELIVERED:
+        return f"the sender already delivered its result for {describe_job_ref(p.job)}"
+    if assignment.status == MISSED:
+        return (
+            f"the sender's assignment (attempt {assignment.attempt}) missed its deadline "
+            f"at height {assignment.deadline}"
+        )
+    if assignment.status != PENDING:  # pragma: no cover - withdrawn only once the job is final
+        return f"the sender's assignment is {assignment.status}"
+    if p.receipt.fields["seed"] != job.seed:
+        return f"receipt: seed is not the seed of {describe_job_ref(p.job)}"
+    if ws.receipt_on_chain(p.receipt.id):
+        return f"receipt {to_hex(p.receipt.id)} is already on chain"
+    return None
+
+
+def apply_job_result(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: JobResult) -> None:
+    job = ws.job(p.job)
+    assert job is not None  # checked
+    fields = p.receipt.fields
+    job.results[tx.sender] = ResultRow(
+        p.job, tx.sender, ctx.height, tx.hash, p.receipt.id, fields["result"], fields["witness"], fields["exit"], p.error
+    )
+    job.assignments[tx.sender].status = DELIVERED
+    node = ws.nodes()[tx.sender]
+    node.delivered += 1
+    ws.touch_node(node)
+    record_receipt(ws, ctx, tx, p.receipt)
+    settle_if_complete(ws, ctx, job)
+
+
+# -- job.cancel -------------------------------------------------------------------
+
+def check_job_cancel(ws: WorkingState, tx: Transaction, p: JobCancel) -> str | None:
+    job = ws.job(p.job)
+    if job is None:
+        return f"{describe_job_ref(p.job)} does not exist"
+    if job.tenant != tx.sender:
+        return f"{describe_job_ref(p.job)} belongs to another tenant"
+    if job.state not in ACTIVE_STATES:
+        return f"{describe_job_ref(p.job)} is {job.state}; only {', '.join(ACTIVE_STATES)} jobs can be cancelled"
+    return None
+
+
+def apply_job_cancel(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: JobCancel) -> None:
+    job = ws.job(p.job)
+    assert job is not None  # checked
+    finish_job(ws, ctx, job, CANCELLED, "cancelled by its tenant")
+
+
+# -- receipts.batch -------------------------------------------------------------
+
+def check_receipts_batch(ws: WorkingState, tx: Transaction, p: ReceiptsBatch) -> str | None:
+    for i, receipt in enumerate(p.receipts):
+        if ws.receipt_on_chain(receipt.id):
+            return f"receipts[{i}]: receipt {to_hex(receipt.id)} is already on chain"
+    return None
+
+
+def apply_receipts_batch(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: ReceiptsBatch) -> None:
+    for receipt in p.receipts:
+        record_receipt(ws, ctx, tx, receipt)
+
+
+@dataclass(frozen=True)
+class Handler:
+    check: Callable[[WorkingState, Transaction, Payload], str | None]
+    apply: Callable[[WorkingState, BlockContext, Transaction, Payload], None]
+
+
+HANDLERS: dict[str, Handler] = {
+    NODE_REGISTER: Handler(check_node_register, apply_node_register),  # type: ignore[arg-type]
+    DATASET_REGISTER: Handler(check_dataset_register, apply_dataset_register),  # type: ignore[arg-type]
+    JOB_SUBMIT: Handler(check_job_submit, apply_job_submit),  # type: ignore[arg-type]
+    JOB_RESULT: Handler(check_job_result, apply_job_result),  # type: ignore[arg-type]
+    JOB_CANCEL: Handler(check_job_cancel, apply_job_cancel),  # type: ignore[arg-type]
+    RECEIPTS_BATCH: Handler(check_receipts_batch, apply_receipts_batch),  # type: ignore[arg-type]
+}

@@ -1,0 +1,215 @@
+"""Job lifecycle steps run while a block is applied: verdicts, deadlines, scheduling.
+
+Each function works on the block's :class:`WorkingState` (finding its jobs
+with one query, loading them in bulk, changing them in memory) and records
+what it did in the block's :class:`BlockEffects`. Every loop runs in a
+total order (job sequence, node key), so the result never depends on row,
+dict or set order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from node.base.codec import to_hex
+from node.app.model import (
+    ACTIVE_STATES,
+    DELIVERED,
+    DISPUTED,
+    FAILED,
+    MISSED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SUBMITTED,
+    VERIFIED,
+    WITHDRAWN,
+    Assignment,
+    BlockContext,
+    JobFinished,
+    ReceiptBody,
+    job_clock,
+    job_seed,
+)
+from node.app.rules import ChainRules
+from node.app.scheduler import Candidate, choose_nodes
+from node.app.working import AssignmentRow, JobRow, NodeRow, WorkingState
+
+
+def finish_job(ws: WorkingState, ctx: BlockContext, job: JobRow, state: str, reason: str | None) -> None:
+    """Put a job in a final state; its pending assignments are withdrawn."""
+    job.state, job.reason, job.finished_height = state, reason, ctx.height
+    for assignment in job.assignments.values():
+        if assignment.status == PENDING:
+            assignment.status = WITHDRAWN
+    ws.touch_job(job)
+    ctx.effects.finished.append(JobFinished(job.job_id, state, reason))
+
+
+def settle_if_complete(ws: WorkingState, ctx: BlockContext, job: JobRow) -> None:
+    """After a result: once ``replication`` results are in, give the verdict."""
+    ws.touch_job(job)
+    if len(job.results) < job.replication:
+        if job.state == SCHEDULED:
+            job.state = RUNNING
+        return
+    results = [job.results[key] for key in sorted(job.results)]
+    outcomes = {(r.result, r.exit) for r in results}
+    digests = {r.result for r in results}
+    if len(outcomes) == 1:
+        ((_, exit_status),) = outcomes
+        if exit_status == 0:
+            state, reason = VERIFIED, None
+        else:
+            state = FAILED
+            reason = f"the job failed identically on all {len(results)} assignees (exit status {exit_status})"
+            errors = sorted({r.error for r in results if r.error})
+            if errors:
+                reason += ": " + errors[0] + (f" (and {len(errors) - 1} other error texts)" if len(errors) > 1 else "")
+    else:
+        state = DISPUTED
+        reason = (
+            f"results differ: {len(digests)} distinct result digests and "
+            f"{len({e for _, e in outcomes})} exit statuses among {len(results)} results"
+        )
+    finish_job(ws, ctx, job, state, reason)
+    # A job.verdict body must be verified with one digest or disputed with
+    # several; equal digests with differing exits fit neither, so none is emitted.
+    if state == VERIFIED or (state == DISPUTED and len(digests) > 1):
+        nodes = ws.nodes()
+        ctx.effects.receipt_bodies.append(ReceiptBody("job.verdict", job.job_id, {
+            "verdict": state,
+            "results": [{"node": nodes[r.node_key].peer_id, "result": r.result} for r in results],
+        }))
+
+
+def expire_deadlines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> None:
+    """Pending assignments whose deadline is this height or earlier are missed.
+
+    Their nodes are excluded from new work for ``rules.exclusion_blocks``;
+    their jobs either get replacements in the scheduling pass or, with no
+    attempt left, fail.
+    """
+    # The table holds the state before this block; the block's own changes
+    # only withdrew or delivered assignments, on jobs held in memory.
+    job_ids = [bytes(job_id) for (job_id,) in ws.conn.execute(
+        "SELECT DISTINCT job_id FROM state_assignments WHERE status = ? AND deadline <= ? ORDER BY job_id",
+        [PENDING, ctx.height],
+    ).fetchall()]
+    ws.load_jobs(job_ids)
+    nodes = ws.nodes()
+    for job_id in job_ids:
+        job = ws.job(job_id)
+        assert job is not None
+        missed = [a for _, a in sorted(job.assignments.items()) if a.status == PENDING and a.deadline <= ctx.height]
+        if not missed:  # delivered or withdrawn earlier in this block
+            continue
+        for assignment in missed:
+            assignment.status = MISSED
+            node = nodes[assignment.node_key]
+            node.missed += 1
+            node.last_missed_height = ctx.height
+            ws.touch_node(node)
+        ws.touch_job(job)
+        if job.attempt >= rules.max_attempts:
+            finish_job(ws, ctx, job, FAILED, (
+                f"attempts exhausted: {len(job.results)} of {job.replication} results after "
+                f"{job.attempt} attempt(s); {len(missed)} assignee(s) missed the deadline at height "
+                f"{max(a.deadline for a in missed)}"
+            ))
+
+
+def eligible_candidates(nodes: dict[bytes, NodeRow], height: int, rules: ChainRules) -> tuple[list[Candidate], int]:
+    """Processing nodes that may get new work at ``height``, and how many are excluded.
+
+    A node that missed a deadline at height m is excluded for heights
+    m .. m + exclusion_blocks - 1.
+    """
+    processing = [nodes[key] for key in sorted(nodes) if nodes[key].capacity > 0]
+    eligible = [
+        Candidate(n.node_key, n.capacity)
+        for n in processing
+        if n.last_missed_height is None or height - n.last_missed_height >= rules.exclusion_blocks
+    ]
+    return eligible, len(processing) - len(eligible)
+
+
+def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> None:
+    """Assign every active job that has open slots, in submission order."""
+    # Jobs with open slots are those the table shows so before this block,
+    # plus jobs this block changed: all of those are loaded in memory.
+    stored = [bytes(job_id) for (job_id,) in ws.conn.execute(
+        "SELECT j.job_id FROM state_jobs j LEFT JOIN state_assignments a "
+        "ON a.job_id = j.job_id AND a.status IN (?, ?) "
+        f"WHERE j.state IN ({', '.join('?' * len(ACTIVE_STATES))}) "
+        "GROUP BY j.job_id, j.replication HAVING count(a.node_key) < j.replication",
+        [PENDING, DELIVERED, *ACTIVE_STATES],
+    ).fetchall()]
+    ws.load_jobs(stored)
+    jobs = sorted(
+        (job for job in ws.loaded_jobs() if job.state in ACTIVE_STATES and _open_slots(job) > 0),
+        key=lambda job: job.seq,
+    )
+    if not jobs:
+        return
+    nodes = ws.nodes()
+    eligible, excluded = eligible_candidates(nodes, ctx.height, rules)
+    for job in jobs:
+        job_id = job.job_id
+        open_slots = _open_slots(job)
+        held = sorted(job.assignments)  # every node that ever held the job, whatever became of it
+        chosen = choose_nodes(job_id, eligible, open_slots, exclude=held)
+        if chosen is None:
+            reason = _waiting_reason(job.state, open_slots, eligible, held, excluded)
+            if job.reason != reason:  # the common case (still waiting, same reason) writes nothing
+                job.reason = reason
+                ws.touch_job(job)
+            continue
+        if job.state == SUBMITTED:
+            job.state, job.attempt = SCHEDULED, 1
+            job.scheduled_height, job.schedule_block = ctx.height, ctx.block_hash
+            job.seed, job.clock = job_seed(ctx.block_hash, job_id), job_clock(ctx.timestamp_ms)
+        else:
+            job.attempt += 1
+        job.reason = None
+        _assign(ws, ctx, job, sorted(chosen), ctx.height + job.deadline_blocks)
+
+
+def _open_slots(job: JobRow) -> int:
+    return job.replication - sum(1 for a in job.assignments.values() if a.status in (PENDING, DELIVERED))
+
+
+def _waiting_reason(
+    state: str, open_slots: int, eligible: Sequence[Candidate], held: Sequence[bytes], excluded: int
+) -> str:
+    note = f" ({excluded} excluded after missed deadlines)" if excluded else ""
+    if state == SUBMITTED:
+        return (
+            f"waiting for processing nodes: the job needs {open_slots} distinct nodes, "
+            f"{len(eligible)} eligible{note}"
+        )
+    held_set = set(held)
+    usable = sum(1 for c in eligible if c.node_key not in held_set)
+    return (
+        f"waiting for {open_slots} replacement processing node(s): {usable} eligible "
+        f"that have not held the job{note}"
+    )
+
+
+def _assign(ws: WorkingState, ctx: BlockContext, job: JobRow, nodes: list[bytes], deadline: int) -> None:
+    peer_ids = {key: ws.nodes()[key].peer_id for key in nodes}
+    for key in nodes:
+        job.assignments[key] = AssignmentRow(job.job_id, key, job.attempt, ctx.height, deadline, PENDING)
+        ctx.effects.assignments.append(Assignment(job.job_id, key, peer_ids[key], job.attempt, deadline))
+    ws.touch_job(job)
+    ctx.effects.receipt_bodies.append(ReceiptBody("job.schedule", job.job_id, {
+        "block": ctx.block_hash,
+        "assignees": [peer_ids[key] for key in nodes],
+        "seed": job.seed,
+        "deadline": deadline,
+    }))
+
+
+def describe_job_ref(job_id: bytes) -> str:
+    """How reasons name a job."""
+    return f"job {to_hex(job_id)}"

@@ -1,0 +1,242 @@
+"""The chain state machine: committed blocks in, job state and effects out.
+
+Sans-I/O in the DESIGN sense: no network, clock or randomness; everything it
+knows comes from the blocks it is given. Its state lives in the node's
+DuckDB connection (tables in :mod:`node.app.tables`), and a block
+is applied in ONE DuckDB transaction together with the new height, so a
+crash leaves either the whole block applied or none of it.
+
+Applying a block:
+
+1. each transaction, in order: its payload is checked against the schema
+   (:func:`parse_payload`), then against the state (tenant rights, references,
+   assignee); a transaction that fails is recorded as rejected with a
+   reason and changes nothing else, so every node reaches the same state;
+2. pending assignments whose deadline is this height are missed: their jobs
+   get replacements or, with no attempt left, fail;
+3. the scheduler assigns every job with open slots (new jobs first get their
+   seed and clock from this block);
+4. the changed rows and the height row are written; ``on_applied(effects)``
+   runs last, inside the same transaction (e.g. to append the block's
+   receipts to the receipt log).
+
+Rows are read in bulk into a :class:`WorkingState` and written back once
+per block (DuckDB point statements cost ~1 ms each; see ``working.py``).
+
+Transactions of other types (``noop``, consensus types) are not the state
+machine's and are skipped. The caller hands over only committed blocks,
+whose transactions passed :func:`node.consensus.tx.check_block_txs`
+(chain id, sender signature, nonce, payload hook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import duckdb
+import structlog
+
+from node.base.codec import to_hex
+from node.consensus.store import ChainStore
+from node.consensus.tx import PayloadError, Transaction, decode_tx
+from node.base.db import transaction
+from node.app import lifecycle, queries, tables
+from node.app.handlers import HANDLERS
+from node.app.model import BlockContext, BlockEffects, Rejection
+from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.txtypes import Payload, parse_payload
+from node.app.working import WorkingState
+
+MAX_HEIGHT = 2**63 - 1
+
+log = structlog.get_logger("metanode.state")
+
+
+class StateError(Exception):
+    """A block cannot be applied (wrong height, bad arguments) or the stored
+    state does not match this code or these rules. Nothing is written."""
+
+
+class StateMachine(queries.StateQueries):
+    """The job state of one node, in its DuckDB connection (single writer).
+
+    ``first_height`` is the height of the first block applied (1 when the
+    genesis header is not itself a block). Creates its tables if missing;
+    refuses a database whose state was built by another schema or rules.
+    """
+
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        rules: ChainRules = DEFAULT_RULES,
+        first_height: int = 1,
+    ) -> None:
+        if type(first_height) is not int or first_height < 0:
+            raise ValueError("first_height must be a non-negative integer")
+        super().__init__(conn, rules)
+        self.first_height = first_height
+        with transaction(conn):
+            tables.create_tables(conn)
+            if self._stored_meta("schema_version") not in (None, str(tables.SCHEMA_VERSION).encode()):
+                # The state is derived from the blocks: after a schema change it
+                # is dropped here and re-applied from the chain store (catch_up).
+                log.warning("chain state schema changed: rebuilding the state from the blocks",
+                            stored=self._stored_meta("schema_version"), now=tables.SCHEMA_VERSION)
+                tables.drop_tables(conn)
+                tables.create_tables(conn)
+            self._check_meta("schema_version", str(tables.SCHEMA_VERSION).encode(), "schema version")
+            self._check_meta("rules", rules.digest(), "chain rules")
+
+    def _stored_meta(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _check_meta(self, key: str, expected: bytes, what: str) -> None:
+        row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
+        if row is None:
+            self._conn.execute("INSERT INTO state_meta VALUES (?, ?)", [key, expected])
+        elif bytes(row[0]) != expected:
+            raise StateError(
+                f"the chain state in this database was built with other {what}; "
+                "rebuild it from the blocks (StateMachine.reset, then catch_up)"
+            )
+
+    # -- applying blocks ---------------------------------------------------------
+    def apply_block(
+        self,
+        height: int,
+        block_hash: bytes,
+        timestamp_ms: int,
+        txs: Sequence[Transaction],
+        *,
+        on_applied: Callable[[BlockEffects], None] | None = None,
+    ) -> BlockEffects:
+        """Apply the committed block at ``height``; return what it changed.
+
+        Raises StateError (nothing written) unless ``height`` is the next
+        height: re-applying a block, or skipping one, is refused. Any
+        exception, including one from ``on_applied``, rolls the whole block
+        back.
+        """
+        if type(height) is not int or not 0 <= height <= MAX_HEIGHT:
+            raise StateError(f"height must be an integer in 0..{MAX_HEIGHT}, got {height!r}")
+        if not isinstance(block_hash, bytes) or len(block_hash) != 32:
+            raise StateError("block_hash must be 32 bytes")
+        if type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_HEIGHT:
+            raise StateError(f"timestamp_ms must be a non-negative 64-bit integer, got {timestamp_ms!r}")
+        if not all(isinstance(tx, Transaction) for tx in txs):
+            raise StateError("txs must be decoded Transaction objects")
+        conn = self._conn
+        with transaction(conn):
+            applied = self.height()
+            expected = self.first_height if applied is None else applied + 1
+            if height != expected:
+                raise StateError(
+                    f"block {height} cannot be applied: the state is at "
+                    f"{'no block yet' if applied is None else f'height {applied}'}, "
+                    f"the next block is {expected}"
+                )
+            ctx = BlockContext.start(height, block_hash, timestamp_ms)
+            work = WorkingState(conn)
+            parsed = [self._parse(tx) for tx in txs]
+            work.prefetch((tx, payload) for tx, (payload, _) in zip(txs, parsed))
+            for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
+                self._apply_tx(work, ctx, index, tx, payload, problem)
+            lifecycle.expire_deadlines(work, ctx, self.rules)
+            lifecycle.schedule_jobs(work, ctx, self.rules)
+            work.flush()
+            conn.execute(
+                "INSERT OR REPLACE INTO state_height VALUES (0, ?, ?, ?)", [height, block_hash, timestamp_ms]
+            )
+            if on_applied is not None:
+                on_applied(ctx.effects)
+        return ctx.effects
+
+    def _parse(self, tx: Transaction) -> tuple[Payload | None, str | None]:
+        """(payload, None) for a valid state transaction, (None, reason) for an
+        invalid one, (None, None) for a type that is not the state machine's."""
+        if tx.type not in HANDLERS:
+            return None, None
+        try:
+            return parse_payload(tx, self.rules), None
+        except PayloadError as exc:
+            return None, f"invalid payload: {exc}"
+
+    def _apply_tx(
+        self, work: WorkingState, ctx: BlockContext, index: int, tx: Transaction,
+        payload: Payload | None, problem: str | None,
+    ) -> None:
+        if payload is None and problem is None:
+            return
+        handler = HANDLERS[tx.type]
+        reason = problem if payload is None else handler.check(work, tx, payload)
+        if reason is None:
+            handler.apply(work, ctx, tx, payload)  # type: ignore[arg-type]
+            return
+        work.add_rejection((ctx.height, index, tx.hash, tx.type, tx.sender, reason))
+        ctx.effects.rejected.append(Rejection(index, tx.hash, tx.type, reason))
+
+    # -- mempool pre-screen --------------------------------------------------------
+    def check_tx_against_state(self, tx: Transaction) -> str | None:
+        """Why ``tx`` would be rejected if applied on the current state, or None.
+
+        Read-only. A None is no promise: transactions ahead of it in a block
+        may change the state (e.g. the job finishes first). Types that are
+        not the state machine's always pass.
+        """
+        payload, problem = self._parse(tx)
+        if payload is None:
+            return problem
+        work = WorkingState(self._conn)
+        work.prefetch([(tx, payload)])
+        return HANDLERS[tx.type].check(work, tx, payload)
+
+    # -- rebuilding ------------------------------------------------------------------
+    def reset(self) -> None:
+        """Delete all state (to rebuild it from the blocks with :func:`catch_up`)."""
+        with transaction(self._conn):
+            tables.clear_tables(self._conn)
+
+    def dump(self) -> bytes:
+        """The whole state as deterministic CBOR (equal on nodes that applied the same blocks)."""
+        return tables.dump_state(self._conn)
+
+
+def catch_up(
+    machine: StateMachine,
+    store: ChainStore,
+    *,
+    on_applied: Callable[[BlockEffects], None] | None = None,
+) -> int:
+    """Apply every block of ``store`` that the state has not applied yet.
+
+    Checks first that the state's last block is the store's block at that
+    height (StateError if it is not, or if the state is ahead of the chain).
+    Returns how many blocks were applied; each is its own transaction.
+    """
+    applied = machine.height()
+    head = store.head()
+    if applied is not None:
+        stored = store.block_by_height(applied)
+        if stored is None:
+            raise StateError(f"the state is at height {applied} but the chain store does not have that block")
+        state_hash = machine.head()["block_hash"]  # type: ignore[index]
+        if state_hash != to_hex(stored.hash):
+            raise StateError(
+                f"the state at height {applied} was built from block {state_hash}, "
+                f"not the stored block {to_hex(stored.hash)}; reset it and catch up again"
+            )
+    if head is None:
+        return 0
+    height = machine.first_height if applied is None else applied + 1
+    count = 0
+    while height <= head.height:
+        block = store.block_by_height(height)
+        if block is None:
+            raise StateError(f"the chain store has no block at height {height}")
+        txs = [decode_tx(raw) for raw in store.block_txs(height)]
+        machine.apply_block(height, block.hash, block.timestamp_ms, txs, on_applied=on_applied)
+        height += 1
+        count += 1
+    return count

@@ -1,0 +1,134 @@
+"""Job states and what applying one block produced (:class:`BlockEffects`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.base.codec import hash_tagged, to_hex
+from node.receipts.envelope import Receipt
+
+SUBMITTED = "submitted"  # waiting for enough eligible processing nodes (reason says why)
+SCHEDULED = "scheduled"  # assigned; no result committed yet
+RUNNING = "running"  # at least one assignee's result is committed, not all r yet
+VERIFIED = "verified"  # r equal result digests, exit status 0
+DISPUTED = "disputed"  # r results that differ (all of them stay recorded)
+FAILED = "failed"  # attempts exhausted, or the job failed identically on every assignee
+CANCELLED = "cancelled"  # by its tenant
+JOB_STATES = (SUBMITTED, SCHEDULED, RUNNING, VERIFIED, DISPUTED, FAILED, CANCELLED)
+ACTIVE_STATES = (SUBMITTED, SCHEDULED, RUNNING)
+
+PENDING = "pending"
+DELIVERED = "delivered"
+MISSED = "missed"
+WITHDRAWN = "cancelled"  # the job was cancelled while the assignment was pending
+
+JOB_SEED_TAG = "metanode/job-seed/v1"
+
+
+def job_seed(block_hash: bytes, job_id: bytes) -> bytes:
+    """The job's seed: ``H("metanode/job-seed/v1", block_hash || job_id)`` of the scheduling block."""
+    return hash_tagged(JOB_SEED_TAG, block_hash + job_id)
+
+
+def job_clock(timestamp_ms: int) -> int:
+    """The job's logical clock (seconds): the scheduling block's time."""
+    return timestamp_ms // 1000
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A job given to a processing node by this block (one per node)."""
+
+    job_id: bytes
+    node_key: bytes
+    peer_id: str
+    attempt: int
+    deadline: int  # last height at which the node's result may be committed
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """A job that reached a final state in this block."""
+
+    job_id: bytes
+    state: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A committed transaction the state refused: it changed nothing."""
+
+    index: int  # position in the block
+    tx_hash: bytes
+    tx_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReceiptBody:
+    """An unsigned ``job.schedule`` / ``job.verdict`` receipt body this block implies.
+
+    A scheduler node may sign one with ``ReceiptIssuer.issue(kind,
+    height=<block height>, subject=subject, fields=fields)`` and submit it in
+    a ``receipts.batch``; the state never depends on it.
+    """
+
+    kind: str
+    subject: bytes  # the job id
+    fields: dict[str, Any]
+
+
+@dataclass
+class BlockEffects:
+    """Everything one applied block changed that a shell may act on.
+
+    ``receipts`` are the receipts that entered the chain in this block, in
+    the order they must be appended to the receipt log.
+    """
+
+    height: int
+    block_hash: bytes
+    assignments: list[Assignment] = field(default_factory=list)
+    finished: list[JobFinished] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    receipt_bodies: list[ReceiptBody] = field(default_factory=list)
+
+    @property
+    def receipt_ids(self) -> list[bytes]:
+        return [receipt.id for receipt in self.receipts]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary (hex digests), for logs and RPC answers."""
+        return {
+            "height": self.height,
+            "block_hash": to_hex(self.block_hash),
+            "assignments": [
+                {"job": to_hex(a.job_id), "node": a.peer_id, "attempt": a.attempt, "deadline": a.deadline}
+                for a in self.assignments
+            ],
+            "finished": [
+                {"job": to_hex(f.job_id), "state": f.state, "reason": f.reason} for f in self.finished
+            ],
+            "rejected": [
+                {"index": r.index, "tx": to_hex(r.tx_hash), "type": r.tx_type, "reason": r.reason}
+                for r in self.rejected
+            ],
+            "receipts": [to_hex(receipt_id) for receipt_id in self.receipt_ids],
+        }
+
+
+@dataclass
+class BlockContext:
+    """The block being applied (internal to the state machine)."""
+
+    height: int
+    block_hash: bytes
+    timestamp_ms: int
+    effects: BlockEffects
+
+    @classmethod
+    def start(cls, height: int, block_hash: bytes, timestamp_ms: int) -> "BlockContext":
+        return cls(height, block_hash, timestamp_ms, BlockEffects(height, block_hash))

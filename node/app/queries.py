@@ -1,0 +1,218 @@
+"""Read-only queries of the chain state for the gateway, the CLI and the shells.
+
+Every answer is a JSON-able dict or list: digests and keys as lowercase hex,
+nodes also by peer id. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from node.base.codec import decode, to_hex
+from node.receipts.envelope import Receipt, decode_receipt
+from node.app.model import ACTIVE_STATES, JOB_STATES, PENDING
+from node.app.rules import DEFAULT_RULES, ChainRules
+
+MAX_PAGE = 500
+
+_JOB_COLUMNS = (
+    "job_id, seq, tenant, type, inputs, params, replication, deadline_blocks, state, reason, attempt, "
+    "submitted_height, scheduled_height, schedule_block, seed, clock, finished_height"
+)
+
+
+def _hex(value: Any) -> str | None:
+    return None if value is None else to_hex(bytes(value))
+
+
+def _limit(limit: int) -> int:
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer in 1..{MAX_PAGE}, got {limit!r}")
+    return limit
+
+
+def _key(value: bytes, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValueError(f"{what} must be 32 bytes")
+    return value
+
+
+class StateQueries:
+    """Queries over the state tables of ``conn`` (mixed into StateMachine)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, rules: ChainRules = DEFAULT_RULES) -> None:
+        self._conn = conn
+        self.rules = rules
+
+    def height(self) -> int | None:
+        """The height of the last applied block (None before the first)."""
+        row = self._conn.execute("SELECT height FROM state_height").fetchone()
+        return None if row is None else row[0]
+
+    def head(self) -> dict[str, Any] | None:
+        """The last applied block: height, hash and time."""
+        row = self._conn.execute("SELECT height, block_hash, timestamp_ms FROM state_height").fetchone()
+        if row is None:
+            return None
+        return {"height": row[0], "block_hash": _hex(row[1]), "timestamp_ms": row[2]}
+
+    # -- jobs --------------------------------------------------------------------
+    def job(self, job_id: bytes) -> dict[str, Any] | None:
+        """Everything about one job: state and reason, assignments per attempt,
+        committed results and the verdict; None if there is no such job."""
+        row = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM state_jobs WHERE job_id = ?", [_key(job_id, "job id")]
+        ).fetchone()
+        if row is None:
+            return None
+        job = _job_summary(row)
+        assignments = self._conn.execute(
+            "SELECT a.attempt, a.node_key, n.peer_id, a.assigned_height, a.deadline, a.status "
+            "FROM state_assignments a JOIN state_nodes n USING (node_key) WHERE a.job_id = ? "
+            "ORDER BY a.attempt, a.node_key",
+            [job_id],
+        ).fetchall()
+        job["assignments"] = [
+            {"attempt": attempt, "node": _hex(key), "peer_id": peer, "assigned_height": assigned,
+             "deadline": deadline, "status": status}
+            for attempt, key, peer, assigned, deadline, status in assignments
+        ]
+        results = self._conn.execute(
+            "SELECT r.node_key, n.peer_id, r.height, r.tx_hash, r.receipt_id, r.result, r.witness, r.exit, r.error "
+            "FROM state_results r JOIN state_nodes n USING (node_key) WHERE r.job_id = ? ORDER BY r.node_key",
+            [job_id],
+        ).fetchall()
+        job["results"] = [
+            {"node": _hex(key), "peer_id": peer, "height": height, "tx": _hex(tx), "receipt": _hex(rid),
+             "result": _hex(result), "witness": _hex(witness), "exit": exit_status, "error": error}
+            for key, peer, height, tx, rid, result, witness, exit_status, error in results
+        ]
+        job["verdict"] = (
+            {"state": job["state"], "result_digests": sorted({r["result"] for r in job["results"]})}
+            if job["state"] in ("verified", "disputed") else None
+        )
+        return job
+
+    def jobs_by_tenant(
+        self, tenant: bytes, *, limit: int = 50, before: int | None = None, state: str | None = None
+    ) -> dict[str, Any]:
+        """A tenant's jobs, newest first, ``limit`` per page.
+
+        Pass the answer's ``next`` as ``before`` for the following page (None
+        when there is none). ``state`` filters by job state.
+        """
+        clauses, args = ["tenant = ?"], [_key(tenant, "tenant")]
+        if before is not None:
+            if type(before) is not int:
+                raise ValueError("before must be an integer (the previous page's next)")
+            clauses.append("seq < ?")
+            args.append(before)
+        if state is not None:
+            if state not in JOB_STATES:
+                raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, got {state!r}")
+            clauses.append("state = ?")
+            args.append(state)
+        rows = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM state_jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?",
+            [*args, _limit(limit) + 1],
+        ).fetchall()
+        page = [_job_summary(row) for row in rows[:limit]]
+        return {"jobs": page, "next": page[-1]["seq"] if len(rows) > limit else None}
+
+    def queue_depth(self) -> dict[str, int]:
+        """How many jobs are in each active state, and how many wait for nodes."""
+        counts = dict.fromkeys(ACTIVE_STATES, 0)
+        for state, count in self._conn.execute(
+            f"SELECT state, count(*) FROM state_jobs WHERE state IN ({', '.join('?' * len(ACTIVE_STATES))}) "
+            "GROUP BY state",
+            list(ACTIVE_STATES),
+        ).fetchall():
+            counts[state] = count
+        (waiting,) = self._conn.execute(
+            "SELECT count(*) FROM state_jobs WHERE reason IS NOT NULL AND state IN (?, ?, ?)",
+            list(ACTIVE_STATES),
+        ).fetchone()
+        return {**counts, "waiting_for_nodes": waiting}
+
+    # -- datasets and nodes -----------------------------------------------------
+    def datasets_by_tenant(self, tenant: bytes, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """A tenant's registered datasets, oldest first."""
+        if type(offset) is not int or offset < 0:
+            raise ValueError("offset must be a non-negative integer")
+        rows = self._conn.execute(
+            "SELECT digest, name, size, format, height, tx_hash FROM state_datasets WHERE tenant = ? "
+            "ORDER BY height, digest LIMIT ? OFFSET ?",
+            [_key(tenant, "tenant"), _limit(limit), offset],
+        ).fetchall()
+        return [
+            {"digest": _hex(d), "name": name, "size": size, "format": fmt, "height": h, "tx": _hex(tx)}
+            for d, name, size, fmt, h, tx in rows
+        ]
+
+    def nodes(self, *, processing_only: bool = True) -> list[dict[str, Any]]:
+        """Registered nodes with roles, capacity and health.
+
+        Health is as the next block's scheduler sees it: ``excluded_until``
+        is the first height at which a node that missed a deadline gets new
+        work again (None, and ``healthy``, when it is not excluded).
+        """
+        next_height = (self.height() or 0) + 1
+        where = "WHERE n.capacity > 0" if processing_only else ""
+        rows = self._conn.execute(
+            "SELECT n.node_key, n.peer_id, n.moniker, n.roles, n.capacity, n.registered_height, "
+            "n.delivered, n.missed, n.last_missed_height, "
+            "(SELECT count(*) FROM state_assignments a WHERE a.node_key = n.node_key AND a.status = ?) "
+            f"FROM state_nodes n {where} ORDER BY n.node_key",
+            [PENDING],
+        ).fetchall()
+        answer = []
+        for key, peer, moniker, roles, capacity, registered, delivered, missed, last_missed, pending in rows:
+            excluded = last_missed is not None and next_height - last_missed < self.rules.exclusion_blocks
+            answer.append({
+                "node": _hex(key), "peer_id": peer, "moniker": moniker, "roles": roles.split(","),
+                "capacity": capacity, "registered_height": registered, "pending": pending,
+                "delivered": delivered, "missed": missed, "last_missed_height": last_missed,
+                "healthy": not excluded,
+                "excluded_until": last_missed + self.rules.exclusion_blocks if excluded else None,
+            })
+        return answer
+
+    # -- receipts and rejections -----------------------------------------------
+    def receipt_ids_for_block(self, height: int) -> list[bytes]:
+        """Ids of the receipts that entered the chain at ``height``, in log order."""
+        return [bytes(rid) for (rid,) in self._conn.execute(
+            "SELECT receipt_id FROM state_receipts WHERE height = ? ORDER BY position", [height]
+        ).fetchall()]
+
+    def receipts_for_block(self, height: int) -> list[Receipt]:
+        """The receipts that entered the chain at ``height``, in log order
+        (what ``ReceiptLog.append_receipts`` takes)."""
+        return [decode_receipt(bytes(envelope)) for (envelope,) in self._conn.execute(
+            "SELECT envelope FROM state_receipts WHERE height = ? ORDER BY position", [height]
+        ).fetchall()]
+
+    def rejections_for_block(self, height: int) -> list[dict[str, Any]]:
+        """The committed transactions of ``height`` that the state refused, and why."""
+        rows = self._conn.execute(
+            "SELECT idx, tx_hash, type, sender, reason FROM state_rejections WHERE height = ? ORDER BY idx",
+            [height],
+        ).fetchall()
+        return [
+            {"index": idx, "tx": _hex(tx), "type": tx_type, "sender": _hex(sender), "reason": reason}
+            for idx, tx, tx_type, sender, reason in rows
+        ]
+
+
+def _job_summary(row: tuple) -> dict[str, Any]:
+    (job_id, seq, tenant, job_type, inputs, params, replication, deadline_blocks, state, reason, attempt,
+     submitted, scheduled, schedule_block, seed, clock, finished) = row
+    return {
+        "id": _hex(job_id), "seq": seq, "tenant": _hex(tenant), "type": job_type,
+        "inputs": {name: to_hex(digest) for name, digest in decode(bytes(inputs)).items()},
+        "params": decode(bytes(params)), "replication": replication, "deadline_blocks": deadline_blocks,
+        "state": state, "reason": reason, "attempt": attempt, "submitted_height": submitted,
+        "scheduled_height": scheduled, "schedule_block": _hex(schedule_block), "seed": _hex(seed),
+        "clock": clock, "finished_height": finished,
+    }

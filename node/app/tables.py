@@ -1,0 +1,117 @@
+"""The chain state's DuckDB tables (all prefixed ``state_``) and a canonical dump.
+
+=====================  =======================================================
+table                  one row per
+=====================  =======================================================
+``state_meta``         key (schema version, rules digest)
+``state_height``       the single applied head: height, block hash, time
+``state_nodes``        registered node: roles, capacity, delivered/missed
+                       counts, height of its last missed deadline
+``state_datasets``     (tenant, digest): name, size, format
+``state_jobs``         job: tenant, type, inputs and params (CBOR), r,
+                       deadline_blocks, state, reason, attempt, and the
+                       scheduling block, seed and clock once scheduled
+``state_assignments``  (job, node): attempt, assigned height, deadline,
+                       status pending | delivered | missed | cancelled
+``state_results``      (job, node): the committed result: receipt id, result
+                       and witness digests, exit status, the error the node
+                       reported when the job failed
+``state_receipts``     receipt that entered the chain: height and position
+                       (the receipt log's order), kind, issuer, envelope
+``state_rejections``   (height, index): a committed tx the state refused, why
+=====================  =======================================================
+
+Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
+in primary-key order and encodes it as deterministic CBOR: two nodes that
+applied the same blocks produce the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from node.base.codec import encode
+
+SCHEMA_VERSION = 2  # 2: state_results.error
+
+# (table, primary key columns in dump order, DDL)
+TABLES: tuple[tuple[str, str, str], ...] = (
+    ("state_meta", "key", """CREATE TABLE IF NOT EXISTS state_meta (
+        key VARCHAR PRIMARY KEY, value BLOB NOT NULL)"""),
+    ("state_height", "id", """CREATE TABLE IF NOT EXISTS state_height (
+        id INTEGER PRIMARY KEY CHECK (id = 0), height BIGINT NOT NULL,
+        block_hash BLOB NOT NULL, timestamp_ms BIGINT NOT NULL)"""),
+    ("state_nodes", "node_key", """CREATE TABLE IF NOT EXISTS state_nodes (
+        node_key BLOB PRIMARY KEY, peer_id VARCHAR NOT NULL, moniker VARCHAR NOT NULL,
+        roles VARCHAR NOT NULL, capacity INTEGER NOT NULL,
+        registered_height BIGINT NOT NULL, updated_height BIGINT NOT NULL,
+        delivered INTEGER NOT NULL, missed INTEGER NOT NULL, last_missed_height BIGINT)"""),
+    ("state_datasets", "tenant, digest", """CREATE TABLE IF NOT EXISTS state_datasets (
+        tenant BLOB NOT NULL, digest BLOB NOT NULL, name VARCHAR NOT NULL, size BIGINT NOT NULL,
+        format VARCHAR NOT NULL, height BIGINT NOT NULL, tx_hash BLOB NOT NULL,
+        PRIMARY KEY (tenant, digest))"""),
+    ("state_jobs", "job_id", """CREATE TABLE IF NOT EXISTS state_jobs (
+        job_id BLOB PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, tenant BLOB NOT NULL,
+        type VARCHAR NOT NULL, inputs BLOB NOT NULL, params BLOB NOT NULL,
+        replication INTEGER NOT NULL, deadline_blocks INTEGER NOT NULL,
+        state VARCHAR NOT NULL, reason VARCHAR, attempt INTEGER NOT NULL,
+        submitted_height BIGINT NOT NULL, scheduled_height BIGINT, schedule_block BLOB,
+        seed BLOB, clock BIGINT, finished_height BIGINT)"""),
+    ("state_assignments", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_assignments (
+        job_id BLOB NOT NULL, node_key BLOB NOT NULL, attempt INTEGER NOT NULL,
+        assigned_height BIGINT NOT NULL, deadline BIGINT NOT NULL, status VARCHAR NOT NULL,
+        PRIMARY KEY (job_id, node_key))"""),
+    ("state_results", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_results (
+        job_id BLOB NOT NULL, node_key BLOB NOT NULL, height BIGINT NOT NULL,
+        tx_hash BLOB NOT NULL, receipt_id BLOB NOT NULL, result BLOB NOT NULL,
+        witness BLOB NOT NULL, exit INTEGER NOT NULL, error VARCHAR, PRIMARY KEY (job_id, node_key))"""),
+    ("state_receipts", "receipt_id", """CREATE TABLE IF NOT EXISTS state_receipts (
+        receipt_id BLOB PRIMARY KEY, height BIGINT NOT NULL, position INTEGER NOT NULL,
+        kind VARCHAR NOT NULL, issuer BLOB NOT NULL, tx_hash BLOB NOT NULL,
+        envelope BLOB NOT NULL, UNIQUE (height, position))"""),
+    ("state_rejections", "height, idx", """CREATE TABLE IF NOT EXISTS state_rejections (
+        height BIGINT NOT NULL, idx INTEGER NOT NULL, tx_hash BLOB NOT NULL,
+        type VARCHAR NOT NULL, sender BLOB NOT NULL, reason VARCHAR NOT NULL,
+        PRIMARY KEY (height, idx))"""),
+)
+
+TABLE_NAMES = tuple(name for name, _, _ in TABLES)
+
+
+def create_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create every state table that is missing (call inside a transaction)."""
+    for _, _, ddl in TABLES:
+        conn.execute(ddl)
+
+
+def drop_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Drop every state table (a schema change: the state is rebuilt from the blocks)."""
+    for name in TABLE_NAMES:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def clear_tables(conn: duckdb.DuckDBPyConnection, *, keep_meta: bool = True) -> None:
+    """Delete every state row (call inside a transaction)."""
+    for name in TABLE_NAMES:
+        if keep_meta and name == "state_meta":
+            continue
+        conn.execute(f"DELETE FROM {name}")
+
+
+def dump_state(conn: duckdb.DuckDBPyConnection) -> bytes:
+    """Every state table in primary-key order, as deterministic CBOR bytes."""
+    dump: dict[str, Any] = {}
+    for name, key, _ in TABLES:
+        cursor = conn.execute(f"SELECT * FROM {name} ORDER BY {key}")
+        columns = [d[0] for d in cursor.description]
+        dump[name] = {"columns": columns, "rows": [[_plain(v) for v in row] for row in cursor.fetchall()]}
+    return encode(dump)
+
+
+def _plain(value: Any) -> Any:
+    # DuckDB hands BLOBs back as bytes (or bytearray / memoryview in some paths).
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value

@@ -1,0 +1,78 @@
+"""``metanode mesh status``: the cluster as one node sees it, every node probed.
+
+Starting from one node, it lists every node that node knows (registered on
+chain, genesis validators, persistent peers; then those its peers know) and
+asks each for the figures its Prometheus metrics carry: height, round, peers,
+mempool, active jobs. Nodes that do not answer are shown as such. The
+gathering lives in node/sdk/mesh.py, shared with ``metanode testnet status``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from node.base.errors import UserError
+
+
+@click.group()
+def mesh() -> None:
+    """Inspect a running cluster through one of its nodes."""
+
+
+@mesh.command("status")
+@click.option("--node", "node_addr", required=True, envvar="METANODE_NODE",
+              help="Any node of the cluster: /ip4/HOST/tcp/PORT/p2p/PEER_ID (or $METANODE_NODE).")
+@click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(0.1, 120),
+              help="Seconds to wait for each node.")
+@click.option("--json", "as_json", is_flag=True, help="Print {entry, nodes: [...]} as JSON.")
+def status(node_addr: str, timeout: float, as_json: bool) -> None:
+    """Per node: peer id, moniker, roles, validator, live, height, round, peers, mempool, jobs.
+
+    Exit code 0 when the entry node answers (whatever the others do), 3 when it does not."""
+    import trio
+
+    from node.base.errors import sole_exception
+    from node.base.logging import configure_client_logging
+    from node.sdk.mesh import mesh_status
+
+    configure_client_logging()
+    try:
+        report = trio.run(lambda: mesh_status(node_addr, timeout=timeout))
+    except BaseException as exc:
+        inner = sole_exception(exc)
+        if isinstance(inner, UserError) and inner is not exc:
+            raise inner from None
+        raise
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(summary(report))
+    click.echo(table(report["nodes"]))
+
+
+def summary(report: dict) -> str:  # type: ignore[type-arg]
+    nodes = report["nodes"]
+    live = [n for n in nodes if n["live"]]
+    validators = [n for n in nodes if n["validator"]]
+    heights = sorted(n["height"] for n in live if n["height"] is not None)
+    span = f"heights {heights[0]}..{heights[-1]}" if heights else "no heights"
+    return (f"mesh seen from {report['entry']}: {len(nodes)} nodes, {len(live)} live; "
+            f"{len(validators)} validators ({sum(1 for n in validators if n['live'])} live); {span}")
+
+
+def table(nodes: list) -> str:  # type: ignore[type-arg]
+    lines = [f"{'moniker':12} {'live':4} {'val':3} {'height':>7} {'round':>5} {'peers':>5} {'mempool':>7} {'jobs':>4}  {'roles':44} peer id"]
+    for n in nodes:
+        shown = {k: "-" if n.get(k) is None else n[k] for k in ("height", "round", "peers", "mempool", "jobs")}
+        moniker = (n["moniker"] or "?") + ("*" if n["entry"] else "")
+        line = (f"{moniker:12} {'yes' if n['live'] else 'NO':4} {'yes' if n['validator'] else '-':3} {shown['height']:>7} "
+                f"{shown['round']:>5} {shown['peers']:>5} {shown['mempool']:>7} {shown['jobs']:>4}  "
+                f"{','.join(n['roles'] or []) or '-':44} {n['peer_id']}")
+        if not n["live"]:
+            error = n.get("error") or "no answer"
+            line += f"  (unreachable: {error if len(error) <= 100 else error[:97] + '...'})"
+        lines.append(line)
+    lines.append("* the node asked; jobs = submitted + scheduled + running")
+    return "\n".join(lines)

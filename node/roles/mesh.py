@@ -1,0 +1,66 @@
+"""What a node reports about itself and the mesh, served by every daemon.
+
+* ``node_metrics``: this node's Prometheus gauges as JSON (height, round,
+  peers, mempool, jobs by state, storage bytes), read from the same registry
+  ``/metrics`` exposes, so RPC readers and Prometheus see the same figures.
+* ``mesh_nodes``: the nodes this node knows: those registered on chain (roles,
+  moniker), the genesis validators, and the addresses it can dial them at (its
+  persistent peers and outbound connections).
+
+The client half (probing nodes, crawling the mesh) is :mod:`node.sdk.mesh`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+# -- served by the daemon -------------------------------------------------------------
+def metrics_figures(metrics: Any) -> dict[str, Any]:
+    """The daemon's gauges (node.roles.metrics.NodeMetrics) as plain numbers."""
+    if metrics is None:  # not serving yet
+        return {"height": 0, "round": 0, "peers": 0, "mempool_transactions": 0, "mempool_bytes": 0, "jobs": {}, "storage_bytes": 0}
+
+    def value(name: str) -> int:
+        sample = metrics.registry.get_sample_value(name)
+        return int(sample) if sample is not None else 0
+
+    jobs = {s.labels["state"]: int(s.value) for family in metrics.jobs.collect() for s in family.samples}
+    return {
+        "height": value("metanode_height"), "round": value("metanode_round"), "peers": value("metanode_peers"),
+        "mempool_transactions": value("metanode_mempool_transactions"), "mempool_bytes": value("metanode_mempool_bytes"),
+        "jobs": dict(sorted(jobs.items())), "storage_bytes": value("metanode_storage_bytes"),
+    }
+
+
+def known_nodes(daemon: Any) -> dict[str, Any]:
+    """Registered nodes, genesis validators and dialable addresses, as ``daemon`` knows them."""
+    from node.base.keys import peer_id_from_public_key
+
+    addresses: dict[str, set[str]] = {}
+    for text in daemon.config.network["persistent_peers"]:
+        peer = text.rsplit("/p2p/", 1)[-1]
+        addresses.setdefault(peer, set()).add(text)
+    for peer in daemon.peers.snapshot() if daemon.peers else []:
+        if peer["direction"] == "outbound" and peer["address"]:
+            addresses.setdefault(peer["peer_id"], set()).add(f"{peer['address']}/p2p/{peer['peer_id']}")
+    app = getattr(daemon, "app", None)
+    registered = [
+        {"peer_id": n["peer_id"], "moniker": n["moniker"], "roles": n["roles"], "capacity": n["capacity"],
+         "registered_height": n["registered_height"], "healthy": n["healthy"]}
+        for n in app.state.nodes(processing_only=False)
+    ] if app is not None and daemon.chain is not None else []
+    validators = [peer_id_from_public_key(k) for k in daemon.genesis.validators] if daemon.genesis else []
+    return {"peer_id": daemon.identity.peer_id, "registered": registered, "validators": validators,
+            "addresses": {peer: sorted(addrs) for peer, addrs in sorted(addresses.items())}}
+
+
+def register_mesh_methods(registry: Any, daemon: Any) -> None:
+    async def node_metrics(ctx: Any) -> dict[str, Any]:
+        return metrics_figures(getattr(daemon, "metrics", None))
+
+    async def mesh_nodes(ctx: Any) -> dict[str, Any]:
+        return known_nodes(daemon)
+
+    registry.register("node_metrics", node_metrics, {}, "This node's Prometheus gauges as JSON: height, round, peers, mempool, jobs, storage.")
+    registry.register("mesh_nodes", mesh_nodes, {}, "Nodes this node knows: registered on chain, genesis validators, and where to dial them.")

@@ -1,0 +1,46 @@
+"""Receipts this node signs go to the chain in ``receipts.batch`` transactions.
+
+Every role that issues receipts (the gateway's ``api.call``, the scheduler's
+``job.schedule`` and ``job.verdict``) queues them here; once per interval the
+queue is submitted as node-signed transactions, so every receipt enters the
+chain's receipt log and can be bundled and verified offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from node.receipts.envelope import Receipt
+from node.roles.issuer import NodeIssuer
+from node.roles.node_txs import NodeTransactions
+
+BATCH_INTERVAL_S = 1.0
+
+
+class ReceiptPublisher:
+    def __init__(self, *, issuer: NodeIssuer, node_txs: NodeTransactions, chain: Any, max_batch: int) -> None:
+        self.issuer = issuer
+        self.node_txs = node_txs
+        self.chain = chain
+        self.max_batch = max_batch
+        self.pending: list[bytes] = []
+        self.published = 0
+
+    def issue(self, kind: str, *, subject: bytes, fields: Mapping[str, Any], height: int | None = None) -> Receipt:
+        receipt = self.issuer.issue(kind, height=self.chain.core.tip.height if height is None else height, subject=subject, fields=fields)
+        self.pending.append(receipt.envelope)
+        return receipt
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(BATCH_INTERVAL_S)
+            while self.pending and self.chain.started:
+                batch = self.pending[: self.max_batch]
+                if not self.node_txs.submit("receipts.batch", {"receipts": batch}).accepted:
+                    break  # mempool busy: try again next interval
+                del self.pending[: self.max_batch]
+                self.published += len(batch)
