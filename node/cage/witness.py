@@ -109,7 +109,7 @@ def job_digest(job_part: dict[str, Any]) -> bytes:
 def worker_digest() -> bytes:
     """Digest over the source of every module that runs a job."""
     here = Path(__file__).resolve().parent
-    codec = here.parent / "codec.py"
+    codec = here.parent / "base" / "codec.py"
     parts = {name: (here / name).read_bytes() for name in WORKER_MODULES}
     parts["codec.py"] = codec.read_bytes()
     return hash_value(WORKER_DIGEST_TAG, {name: hashlib.sha256(data).digest() for name, data in parts.items()})
