@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -107,6 +108,16 @@ def describe_open_error(path: Path, exc: BaseException) -> str:
     if isinstance(exc, duckdb.IOException):
         return f"cannot read node database {path}: {text}"
     return f"cannot open node database {path}: {text}"
+
+
+def one_row(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The row of an executed query that always returns exactly one (an
+    aggregate such as ``count(*)``, a setting). ``fetchone()`` is typed
+    Optional for queries that may return none; this states that ours cannot."""
+    row = result.fetchone()
+    if row is None:
+        raise duckdb.InvalidInputException("expected the query to return a row, it returned none")
+    return row
 
 
 @contextmanager

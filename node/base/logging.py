@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 _state: dict[str, Any] = {}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -21,13 +22,13 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -70,7 +71,7 @@ def route_libp2p_logs() -> None:
     libp2p_logger.setLevel(max(_state["level"], logging.WARNING))
 
 
-def _identity(logger: object, name: str, event: dict) -> dict:  # type: ignore[type-arg]
+def _identity(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
     return event
 
 

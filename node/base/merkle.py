@@ -64,10 +64,13 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 
 # -- complete subtrees ------------------------------------------------------
 class Subtree(NamedTuple):
-    """The perfect subtree over leaves [index * 2**level, (index + 1) * 2**level)."""
+    """The perfect subtree over leaves [position * 2**level, (position + 1) * 2**level).
+
+    A NamedTuple, so it hashes and compares as the plain tuple (level, position);
+    the field is not called ``index``, which would shadow ``tuple.index``."""
 
     level: int
-    index: int
+    position: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def append_subtrees(
     coords = perfect_subtrees(0, size)
     if len(frontier) != len(coords):
         raise ValueError(f"a tree of {size} leaves has {len(coords)} frontier hashes, not {len(frontier)}")
-    stack = [SubtreeHash(c.level, c.index, h) for c, h in zip(coords, frontier)]
+    stack = [SubtreeHash(c.level, c.position, h) for c, h in zip(coords, frontier)]
     formed: list[SubtreeHash] = []
     for offset, digest in enumerate(new_leaf_hashes):
         node = SubtreeHash(0, size + offset, digest)

@@ -37,7 +37,13 @@ _EXPORTS = {
     "ReplayReport": "node.cage.replay",
 }
 
-__all__ = sorted(_EXPORTS)
+# Spelled out (not derived from _EXPORTS) so that tools reading the source see the API;
+# tests/cage/test_cage_exports.py keeps the two in step.
+__all__ = [
+    "AppliedConfinement", "CageError", "CagePool", "HostCapabilities", "JobContext", "JobOutcome",
+    "JobSpec", "Policy", "ReplayReport", "Table", "confine_service", "default_policy_path",
+    "load_policies", "probe_host", "register_function", "replay",
+]
 
 
 def __getattr__(name: str) -> Any:

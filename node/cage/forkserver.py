@@ -292,7 +292,7 @@ class ForkServer:
             pid, reported and not overflow and not garbled, alone, deadline)
         timed_out = timed_out or stopped_late
         wall = time.monotonic() - started
-        report = {"denials": [], "result": None}
+        report: dict[str, Any] = {"denials": [], "result": None}
         result_frame = None
         child_cpu = usage.ru_utime + usage.ru_stime
         before_job = 0.0

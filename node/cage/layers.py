@@ -17,8 +17,10 @@ import os
 import resource
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from node.cage.policy import (
     ALL_LAYERS,
@@ -220,11 +222,12 @@ class HostCapabilities:
                 "landlock_abi": self.landlock_abi}
 
     @classmethod
-    def from_value(cls, value: dict[str, object]) -> "HostCapabilities":
-        return cls(dict(value["available"]), dict(value["detail"]), int(value["landlock_abi"]))  # type: ignore[arg-type, call-overload]
+    def from_value(cls, value: dict[str, Any]) -> "HostCapabilities":
+        """From ``to_value``'s map as decoded off the fork server's pipe."""
+        return cls(dict(value["available"]), dict(value["detail"]), int(value["landlock_abi"]))
 
 
-def _probe_in_child(test) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
+def _probe_in_child(test: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
     """Run ``test`` in a forked child (layers are irreversible) and return
     (ok, detail) from what it reports."""
     read_fd, write_fd = os.pipe()

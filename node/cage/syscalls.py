@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyseccomp import SyscallFilter  # untyped: Any to the checker
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "socket": ("socket", "socketpair"),
@@ -30,7 +35,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 CLONE_THREAD = 0x00010000
 
 
-def _seccomp():  # type: ignore[no-untyped-def]
+def _seccomp() -> ModuleType:
     import pyseccomp  # needs the system libseccomp2; imported lazily
 
     return pyseccomp
@@ -63,7 +68,7 @@ def expand(names: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
-def build_filter(deny: Iterable[str], kill: Iterable[str], *, all_threads: bool = False):  # type: ignore[no-untyped-def]
+def build_filter(deny: Iterable[str], kill: Iterable[str], *, all_threads: bool = False) -> SyscallFilter:
     """A libseccomp filter: ``deny`` answers EPERM, ``kill`` kills the process,
     everything else is allowed. ``all_threads`` sets TSYNC so a process that
     already runs threads is filtered as a whole."""

@@ -23,7 +23,7 @@ import resource
 import signal
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import duckdb
 
@@ -34,6 +34,9 @@ from node.cage.job import write_frame
 from node.cage.policy import Policy, policy_from_value
 from node.cage.results import NATIVE_TYPES, ResultError, encode_result
 from node.cage.sqlgate import SqlRefused, gate_sql_texts, has_top_level_order, parse_tree
+
+if TYPE_CHECKING:
+    from pyseccomp import SyscallFilter  # untyped: Any to the checker
 
 MAX_DENIALS = 100
 _O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -107,7 +110,7 @@ def _guard_urandom(recorder: _DenialRecorder) -> None:
         recorder.record("random", f"os.urandom({size})", "seccomp")
         return original(size)
 
-    os.urandom = urandom  # type: ignore[assignment]
+    os.urandom = urandom
 
 
 def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str], output_dir: str,
@@ -125,7 +128,7 @@ def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str],
 
 
 @functools.lru_cache(maxsize=16)
-def job_filter(deny: tuple[str, ...], kill: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def job_filter(deny: tuple[str, ...], kill: tuple[str, ...]) -> SyscallFilter:
     """The seccomp filter of a job policy; built (and cached) in the fork
     server, so a child forked after the policy's first job only loads it.
     Jobs also may not leave their process group ("session"), which the

@@ -31,7 +31,7 @@ stay apart for ever (each advancing one round per capped timeout).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from node.consensus import messages as m
 from node.consensus.block import (
@@ -51,6 +51,7 @@ from node.consensus.buffer import FutureBuffer
 from node.consensus.genesis import Genesis
 from node.consensus.ibft_checks import CoreChecks
 from node.consensus.ibft_sending import CoreSending
+from node.consensus.ibft_state import BlockValidator
 from node.consensus.outputs import (
     Broadcast,
     Finalized,
@@ -60,10 +61,7 @@ from node.consensus.outputs import (
     SetTimer,
 )
 from node.consensus.safety import SafetyState
-from node.consensus.validators import ValidatorSet
 from node.base.keys import Identity, verify
-
-BlockValidator = Callable[[BlockHeader, Sequence[bytes]], bool]
 
 FUTURE_HEIGHTS = 2  # messages for heights h+1..h+2 are buffered, further ones dropped
 FUTURE_PER_SENDER = 16  # buffered future-height messages per validator (and 2 blocks' bytes)
@@ -78,7 +76,9 @@ def accept_all(header: BlockHeader, transactions: Sequence[bytes]) -> bool:
 
 
 class IbftCore(CoreChecks, CoreSending):
-    """One validator's (or observer's) IBFT state machine. See the module doc."""
+    """One validator's (or observer's) IBFT state machine. See the module doc.
+
+    Its attributes are declared, with their types, on ``ibft_state.CoreState``."""
 
     def __init__(
         self,
@@ -91,22 +91,22 @@ class IbftCore(CoreChecks, CoreSending):
         verifier: Verifier = verify,
     ) -> None:
         self.genesis = genesis
-        self.validators: ValidatorSet = genesis.validator_set
+        self.validators = genesis.validator_set
         self.identity = identity
         self.key = identity.public_key if identity is not None else None
         self.is_validator = self.key is not None and self.key in self.validators
         self.tip = tip
-        self.counters: Counter[str] = Counter()
+        self.counters = Counter()
         self._validate_block = validate_block
         self._verifier = verifier
         self._max_block = max_encoded_block_size(genesis)
         self._max_message = m.max_message_size(self._max_block)
         self._safety = safety if safety is not None else SafetyState(height=0)
-        self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self._verified = {}
         self._future = FutureBuffer(FUTURE_PER_SENDER, 2 * self._max_block)
-        self._ahead: dict[bytes, int] = {}
+        self._ahead = {}
         self._now = 0
-        self._timer_emitted: int | None = None
+        self._timer_emitted = None
         self._reset_height(tip.height + 1)
 
     # -- public inputs -----------------------------------------------------
@@ -213,7 +213,8 @@ class IbftCore(CoreChecks, CoreSending):
         the genesis limits."""
         self._now = now_ms
         out: list[Output] = []
-        if (height, round_number) != self._awaiting or not self.is_validator:
+        signer = self._signer()
+        if (height, round_number) != self._awaiting or signer is None:
             self.counters["proposal_stale"] += 1
             return []
         self._awaiting = None
@@ -226,7 +227,7 @@ class IbftCore(CoreChecks, CoreSending):
             self._send_proposal(justification[1][1], justification, out)
             return self._finish(out)
         block = build_block(
-            self.genesis, self.tip, self.key, round_number, transactions, timestamp_ms,
+            self.genesis, self.tip, signer.public_key, round_number, transactions, timestamp_ms,
             receipts_size=receipts_size, receipts_root=EMPTY_ROOT if receipts_root is None else receipts_root,
         )
         self._send_proposal(block, justification, out)
@@ -236,22 +237,22 @@ class IbftCore(CoreChecks, CoreSending):
     def _reset_height(self, height: int) -> None:
         self._height = height
         self._round = 0
-        self._accepted: tuple[int, bytes] | None = None  # (round, digest) accepted this round
-        self._prepared: tuple[int, Block, tuple[m.Signed, ...]] | None = None
-        self._commit_sent_round: int | None = None
-        self._proposal_sent_round: int | None = None
-        self._prepares: dict[int, dict[bytes, m.Signed]] = {}
-        self._prepare_count: Counter[tuple[int, bytes]] = Counter()  # O(1) quorum checks
-        self._commits: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
-        self._commit_rounds: dict[bytes, list[tuple[int, bytes]]] = {}
-        self._round_changes: dict[bytes, m.Message] = {}
-        self._seen_round: dict[bytes, int] = {}  # highest round each validator was seen in
-        self._sent_this_round: list[tuple[bytes, str]] = []  # to resend when holding a round
-        self._blocks: dict[bytes, Block] = {}
-        self._app_ok: dict[bytes, bool] = {}
-        self._round_deadline: int | None = None
-        self._propose_deadline: int | None = None
-        self._awaiting: tuple[int, int] | None = None
+        self._accepted = None  # (round, digest) accepted this round
+        self._prepared = None
+        self._commit_sent_round = None
+        self._proposal_sent_round = None
+        self._prepares = {}
+        self._prepare_count = Counter()  # O(1) quorum checks
+        self._commits = {}
+        self._commit_rounds = {}
+        self._round_changes = {}
+        self._seen_round = {}  # highest round each validator was seen in
+        self._sent_this_round = []  # to resend when holding a round
+        self._blocks = {}
+        self._app_ok = {}
+        self._round_deadline = None
+        self._propose_deadline = None
+        self._awaiting = None
         self._sync_requested = False
         self._replay_due = False  # buffered messages for this height await resume()
 
@@ -270,8 +271,8 @@ class IbftCore(CoreChecks, CoreSending):
         self._sent_this_round = []
         for stale in [r for r in self._prepares if r < round_number]:
             del self._prepares[stale]
-        for stale in [k for k in self._prepare_count if k[0] < round_number]:
-            del self._prepare_count[stale]
+        for stale_vote in [k for k in self._prepare_count if k[0] < round_number]:
+            del self._prepare_count[stale_vote]
         if send_rc:
             self._send_round_change(out)
         self._begin_round(out, reason)
@@ -389,6 +390,7 @@ class IbftCore(CoreChecks, CoreSending):
             self.counters["duplicate" if previous.payload == s.payload else "equivocation"] += 1
             return
         votes[s.sender] = s
+        assert s.digest is not None  # parse_signed sets it on every PREPARE
         self._prepare_count[(s.round, s.digest)] += 1
         if s.round == self._round:
             self._check_prepares(out)
@@ -403,16 +405,18 @@ class IbftCore(CoreChecks, CoreSending):
         certificate = tuple(sorted(votes, key=lambda p: p.sender)[: self.validators.quorum])
         self._prepared = (round_number, self._blocks[digest], certificate)
         self._commit_sent_round = round_number
-        if self.is_validator:
+        signer = self._signer()
+        if signer is not None:
             sealed = seal_message(digest, round_number)
-            seal = self.identity.sign(SEAL_TAG, sealed)
-            self._verified[(self.key, SEAL_TAG.encode() + sealed, seal)] = True
+            seal = signer.sign(SEAL_TAG, sealed)
+            self._verified[(signer.public_key, SEAL_TAG.encode() + sealed, seal)] = True
             self._sign_and_send(m.commit_payload(self._height, round_number, digest, seal), out)
 
     def _on_commit(self, s: m.Signed, out: list[Output]) -> None:
         if s.round > self._round + ROUND_WINDOW:
             self.counters["dropped_far_future_round"] += 1
             return
+        assert s.digest is not None and s.seal is not None  # parse_signed sets both on every COMMIT
         key = (s.round, s.digest)
         votes = self._commits.get(key, {})
         if s.sender in votes:

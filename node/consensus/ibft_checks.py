@@ -12,14 +12,13 @@ from collections.abc import Sequence
 
 from node.consensus import messages as m
 from node.consensus.block import Block, BlockError, check_block_contents
+from node.consensus.ibft_state import CoreState, Justification, Prepared
 
 _VERIFIED_CACHE_MAX = 8192
 _APP_CACHE_MAX = 64
 
-Prepared = tuple[int, Block, tuple[m.Signed, ...]]
 
-
-class CoreChecks:
+class CoreChecks(CoreState):
     """Verification half of the core (see the module doc)."""
 
     def _cached_verify(self, key: bytes, tag: str, message: bytes, signature: bytes) -> bool:
@@ -86,15 +85,18 @@ class CoreChecks:
         if s.round == 0:
             return block.header.round == 0 and self._block_acceptable(block)
         senders = set()
-        highest: m.Signed | None = None
+        highest: tuple[int, bytes] | None = None  # the highest (prepared round, prepared digest) named
         for rc in message.round_changes:
             if rc.height != self._height or rc.round != s.round or rc.sender in senders:
                 return False
             if not self._verify(rc):
                 return False
             senders.add(rc.sender)
-            if rc.prepared_round is not None and (highest is None or rc.prepared_round > highest.prepared_round):
-                highest = rc
+            # parse_signed sets prepared_round and prepared_digest both or neither
+            if rc.prepared_round is not None and rc.prepared_digest is not None and (
+                highest is None or rc.prepared_round > highest[0]
+            ):
+                highest = (rc.prepared_round, rc.prepared_digest)
         if len(senders) < self.validators.quorum:
             return False
         if highest is None:
@@ -102,21 +104,23 @@ class CoreChecks:
         # Re-proposal: the block of the highest prepared round, with its certificate.
         # Another round change with the same prepared round may name another digest
         # only if a certificate for it exists too, which quorum intersection rules out.
-        if block.hash != highest.prepared_digest:
+        prepared_round, prepared_digest = highest
+        if block.hash != prepared_digest:
             return False
-        return self._valid_certificate(message.prepares, highest.prepared_round, block.hash) and self._block_acceptable(block)
+        return self._valid_certificate(message.prepares, prepared_round, block.hash) and self._block_acceptable(block)
 
-    def _round_change_justification(self) -> tuple[list[m.Message], Prepared | None] | None:
+    def _round_change_justification(self) -> Justification | None:
         """A quorum of ROUND-CHANGEs for the current round and the highest
         prepared (round, block, certificate) among them, or None if no quorum."""
         rcs = [rc for rc in self._round_changes.values() if rc.signed.round == self._round]
         if len(rcs) < self.validators.quorum:
             return None
         rcs.sort(key=lambda rc: rc.signed.sender)
-        best = None
+        best: Prepared | None = None
         for rc in rcs:
             pr = rc.signed.prepared_round
-            if pr is not None and (best is None or pr > best[0]):
+            # decode_message (and our own round changes) attach the block to a prepared round
+            if pr is not None and rc.block is not None and (best is None or pr > best[0]):
                 best = (pr, rc.block, rc.prepares)
         return rcs, best
 

@@ -8,23 +8,28 @@ that order, and delivers the core's own PREPARE/COMMIT to itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 from node.base.codec import encode
+from node.base.keys import Identity
 from node.consensus import messages as m
 from node.consensus.block import Block, earliest_timestamp
+from node.consensus.ibft_state import CoreState, Justification
 from node.consensus.outputs import Broadcast, NeedProposal, Output, Persist
 from node.consensus.safety import SafetyState
 
 
-def _payload_fields(signed: m.Signed) -> dict:
+def _payload_fields(signed: m.Signed) -> dict[str, Any]:
     """The payload map a parsed signed message was made from."""
     if signed.kind == m.ROUND_CHANGE:
         return m.round_change_payload(signed.height, signed.round, signed.prepared_round, signed.prepared_digest)
     if signed.kind == m.COMMIT:
+        assert signed.digest is not None and signed.seal is not None  # parse_signed sets both on a COMMIT
         return m.commit_payload(signed.height, signed.round, signed.digest, signed.seal)
     return {"kind": signed.kind, "height": signed.height, "round": signed.round, "digest": signed.digest}
 
 
-class CoreSending:
+class CoreSending(CoreState):
     """Signing half of the core (see the module doc)."""
 
     # -- proposing ---------------------------------------------------------------------
@@ -47,7 +52,7 @@ class CoreSending:
         self._awaiting = (self._height, self._round)
         out.append(NeedProposal(self._height, self._round, self.tip, earliest_timestamp(self.tip, self.genesis)))
 
-    def _send_proposal(self, block: Block, justification, out: list[Output]) -> None:
+    def _send_proposal(self, block: Block, justification: Justification | None, out: list[Output]) -> None:
         round_changes: tuple[m.Signed, ...] = ()
         prepares: tuple[m.Signed, ...] = ()
         if justification is not None:
@@ -73,7 +78,7 @@ class CoreSending:
             payload = m.round_change_payload(self._height, self._round, pr, block.hash)
             message = self._sign_and_send(payload, out, block=block, prepares=cert)
         if message is not None:
-            self._round_changes[self.key] = message
+            self._round_changes[message.signed.sender] = message
 
     def _resend_last_signed(self, out: list[Output]) -> None:
         """After a restart nothing sent in this round is in memory: rebuild the
@@ -83,25 +88,32 @@ class CoreSending:
         if not self.is_validator or (mark.height, mark.round) != (self._height, self._round) or mark.signed_payload is None:
             return
         fields = m.parse_signed([self.key, mark.signed_payload, bytes(64)])
+        prepared = self._prepared
         if fields.kind in (m.PREPARE, m.COMMIT):
             self._sign_and_send(_payload_fields(fields), out)
-        elif fields.kind == m.ROUND_CHANGE and self._prepared is None:
-            self._sign_and_send(_payload_fields(fields), out)
-        elif fields.kind == m.ROUND_CHANGE and self._prepared[0] == fields.prepared_round:
-            _, block, cert = self._prepared
-            self._sign_and_send(_payload_fields(fields), out, block=block, prepares=cert)
+        elif fields.kind == m.ROUND_CHANGE:
+            if prepared is None:
+                self._sign_and_send(_payload_fields(fields), out)
+            elif prepared[0] == fields.prepared_round:
+                _, block, cert = prepared
+                self._sign_and_send(_payload_fields(fields), out, block=block, prepares=cert)
 
     # -- signing under the safety watermark -------------------------------------------
+    def _signer(self) -> Identity | None:
+        """Our identity if we sign in this chain's consensus (we are a validator), else None."""
+        return self.identity if self.is_validator else None
+
     def _signed_at(self, round_number: int, step: int) -> bool:
         mark = self._safety
         return (mark.height, mark.round, mark.step) >= (self._height, round_number, step)
 
     def _sign_and_send(
-        self, fields: dict, out: list[Output], *, block: Block | None = None,
+        self, fields: dict[str, Any], out: list[Output], *, block: Block | None = None,
         round_changes: tuple[m.Signed, ...] = (), prepares: tuple[m.Signed, ...] = (),
     ) -> m.Message | None:
         """Sign under the watermark: Persist (if new), then Broadcast."""
-        if not self.is_validator:
+        signer = self._signer()
+        if signer is None:
             return None
         payload = encode(fields)
         step = m.STEP[fields["kind"]]
@@ -117,12 +129,12 @@ class CoreSending:
                 signed_payload=payload,
                 prepared_round=None if prepared is None else prepared[0],
                 prepared_block=None if prepared is None else prepared[1].encode(),
-                prepared_certificate=() if prepared is None else tuple(tuple(p.to_value()) for p in prepared[2]),
+                prepared_certificate=() if prepared is None else tuple((p.sender, p.payload, p.signature) for p in prepared[2]),
             )
             out.append(Persist(self._safety))
-        signature = self.identity.sign(m.SIGN_TAG, payload)
+        signature = signer.sign(m.SIGN_TAG, payload)
         signed = m.parse_signed([self.key, payload, signature])
-        self._verified[(self.key, m.SIGN_TAG.encode() + payload, signature)] = True
+        self._verified[(signed.sender, m.SIGN_TAG.encode() + payload, signature)] = True
         message = m.Message(signed, block, round_changes, prepares)
         out.append(Broadcast(message.encode(), signed.kind, signed.height, signed.round))
         if signed.round == self._round:

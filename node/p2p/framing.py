@@ -58,7 +58,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every frame now complete, in order."""
         self._buf += data
-        frames = []
+        frames: list[bytes] = []
         while True:
             if self._need is None:
                 parsed = self._parse_length()

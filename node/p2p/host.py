@@ -35,6 +35,7 @@ from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
@@ -77,7 +78,8 @@ def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECT
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
-        muxer_opt={YAMUX_ID: Yamux},  # HardenedSwarm.add_conn applies BpciYamux
+        # Upstream declares its yamux PROTOCOL_ID as a plain str (noise's is a TProtocol).
+        muxer_opt={TProtocol(YAMUX_ID): Yamux},  # HardenedSwarm.add_conn applies BpciYamux
         connection_config=config,
         enable_mDNS=False,
         enable_upnp=False,
@@ -86,7 +88,8 @@ def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECT
     if type(swarm) is not Swarm:  # the pin guarantees this; fail loudly if not
         raise RuntimeError(f"unexpected libp2p network type {type(swarm).__name__}")
     swarm.__class__ = HardenedSwarm
-    swarm.auto_connector = NoAutoConnector()
+    # A duck-typed stand-in: libp2p types the attribute as its concrete class, not an interface.
+    swarm.auto_connector = NoAutoConnector()  # type: ignore[assignment]
     # Redial policy (capped backoff, no 60 s negative cache) is ours:
     # node/p2p/peers.py. One attempt per dial here.
     swarm.retry_config = RetryConfig(max_retries=0)

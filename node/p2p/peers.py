@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,21 +22,18 @@ import multiaddr
 import structlog
 import trio
 from libp2p.abc import INotifee
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
+from node.base.retry import Backoff, retry
 from node.p2p.framing import FramedStream, FrameError
 
-PING_PROTOCOL = "/metanode/ping/1.0.0"
+PING_PROTOCOL = TProtocol("/metanode/ping/1.0.0")
 PING_SIZE = 8
 
 log = structlog.get_logger("metanode.peers")
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Delay before redial number ``attempt`` (0-based): base * 2**attempt, capped."""
-    return min(cap, base * (2 ** min(attempt, 62)))
 
 
 @dataclass
@@ -233,34 +229,38 @@ class PeerManager:
 
     # -- persistent peers --------------------------------------------------
     async def _maintain(self, info: Any) -> None:
-        """Keep one persistent peer connected, forever."""
+        """Keep one persistent peer connected, forever: while it is connected, wait
+        for a change; once it is not, redial it until it is (backoff from the first
+        failure of each outage on)."""
         key = info.peer_id.to_base58()
-        attempt = 0
+        # Jitter spreads the redials of a restarted cluster.
+        redial = Backoff(self.backoff_base, factor=2.0, cap=self.backoff_cap, jitter=(0.5, 1.0))
+
+        async def dial() -> bool:
+            """True once this dial connected; False if the peer was back already (it dialled us)."""
+            if self._is_connected(info.peer_id):
+                return False
+            self.dial_attempts[key] = self.dial_attempts.get(key, 0) + 1
+            # libp2p blocks a peer for 60 s after a failed dial; our
+            # backoff replaces that policy.
+            self.host.get_network().unblock_peer(info.peer_id)
+            with trio.fail_after(self.dial_timeout):
+                await self.host.connect(info)
+            if not self._is_connected(info.peer_id):
+                # libp2p returns at once when it still lists a dead
+                # connection: that is a failed dial, not a success.
+                await self._forget_dead_connections(info.peer_id)
+                raise ConnectionError("dial returned without a live connection")
+            return True
+
+        def failed(attempt: int, delay: float, exc: BaseException) -> None:
+            log.debug("dial failed", peer=key, attempt=attempt, retry_in_s=round(delay, 2), reason=str(exc)[:200])
+
         while True:
             if self._is_connected(info.peer_id):
-                attempt = 0
                 changed = self._changed
                 if self._is_connected(info.peer_id):
                     await changed.wait()
                 continue
-            self.dial_attempts[key] = self.dial_attempts.get(key, 0) + 1
-            try:
-                # libp2p blocks a peer for 60 s after a failed dial; our
-                # backoff replaces that policy.
-                self.host.get_network().unblock_peer(info.peer_id)
-                with trio.fail_after(self.dial_timeout):
-                    await self.host.connect(info)
-                if not self._is_connected(info.peer_id):
-                    # libp2p returns at once when it still lists a dead
-                    # connection: that is a failed dial, not a success.
-                    await self._forget_dead_connections(info.peer_id)
-                    raise ConnectionError("dial returned without a live connection")
-                attempt = 0
+            if await retry(dial, backoff=redial, retry_on=Exception, on_retry=failed):
                 log.info("connected to persistent peer", peer=key)
-                continue
-            except Exception as exc:
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-                delay *= random.uniform(0.5, 1.0)  # spread redials of restarted clusters
-                attempt += 1
-                log.debug("dial failed", peer=key, attempt=attempt, retry_in_s=round(delay, 2), reason=str(exc)[:200])
-                await trio.sleep(delay)

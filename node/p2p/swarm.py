@@ -59,8 +59,10 @@ class HardenedSwarm(Swarm):
             # expected from hostile or confused peers: drop this one only.
             await _close_quietly(raw_conn)
             return
+        # The swarm's connections are SwarmConns (typed upstream as INetConn, which has no event_closed).
         swarm_conn = next(
-            (c for c in self.connections.get(muxed_conn.peer_id, []) if c.muxed_conn is muxed_conn),
+            (c for c in self.connections.get(muxed_conn.peer_id, [])
+             if isinstance(c, SwarmConn) and c.muxed_conn is muxed_conn),
             None,
         )
         if swarm_conn is None:  # rejected at registration (limits)
@@ -150,6 +152,11 @@ class BpciYamuxStream(YamuxStream):
     close/reset wake the writer at once.
     """
 
+    # Held in the instance __dict__ (set by adopt) behind the properties below.
+    _send_window: int
+    _closed: bool
+    _wake: trio.Event
+
     @classmethod
     def adopt(cls, stream: YamuxStream) -> None:
         state = stream.__dict__
@@ -164,7 +171,7 @@ class BpciYamuxStream(YamuxStream):
             wake.set()
             self.__dict__["_wake"] = trio.Event()
 
-    @property  # type: ignore[override]
+    @property
     def send_window(self) -> int:
         return self._send_window
 
@@ -175,7 +182,7 @@ class BpciYamuxStream(YamuxStream):
         if grew:
             self._wake_writer()
 
-    @property  # type: ignore[override]
+    @property
     def closed(self) -> bool:
         return self._closed
 

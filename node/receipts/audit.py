@@ -46,7 +46,7 @@ import duckdb
 
 from node.consensus.block import Block, BlockError
 from node.base.db import open_node_db
-from node.base.errors import UserError
+from node.base.errors import EXIT_USAGE, UserError
 from node.receipts.api import jsonable
 from node.receipts.envelope import decode_receipt
 from node.base.verification import ReceiptError
@@ -79,7 +79,8 @@ class ExportFilter:
     tenant: str | None = None  # hex public key of an api.call tenant
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if self.since is not None:
             clauses.append("block_height >= ?")
             params.append(self.since)
@@ -169,8 +170,8 @@ def build_receipts_table(conn: duckdb.DuckDBPyConnection, name: str = RECEIPTS_T
     (columns in the module docstring); returns its row count. The leaves and
     anchors come from ``conn``'s own node tables unless given (a remote node's)."""
     conn.execute("CREATE OR REPLACE TEMP TABLE audit_leaves (" + _COLUMNS + ")")
-    for batch in _decoded_rows(stored_leaves(conn) if leaves is None else leaves):
-        columns = list(zip(*batch))
+    for rows in _decoded_rows(stored_leaves(conn) if leaves is None else leaves):
+        columns = list(zip(*rows))
         conn.execute(
             "INSERT INTO audit_leaves SELECT " + ", ".join("unnest(?)" for _ in columns),
             [list(c) for c in columns],
@@ -253,19 +254,19 @@ def export_receipts(
     (json: one object per line; csv with a header; parquet). Returns the
     number of rows written."""
     if fmt not in FORMATS:
-        raise AuditError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", exit_code=2)
+        raise AuditError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", exit_code=EXIT_USAGE)
     for bound in ("since", "until"):
         value = getattr(selection, bound)
         if value is not None and value < 0:
-            raise AuditError(f"--{bound} must be a height >= 0", exit_code=2)
+            raise AuditError(f"--{bound} must be a height >= 0", exit_code=EXIT_USAGE)
     if selection.tenant is not None:
         try:
             bytes.fromhex(selection.tenant)
         except ValueError:
-            raise AuditError(f"--tenant {selection.tenant!r}: expected a hex public key", exit_code=2) from None
+            raise AuditError(f"--tenant {selection.tenant!r}: expected a hex public key", exit_code=EXIT_USAGE) from None
     target = Path(out)
     if not target.parent.is_dir():
-        raise AuditError(f"--out {out}: directory {target.parent} does not exist", exit_code=2)
+        raise AuditError(f"--out {out}: directory {target.parent} does not exist", exit_code=EXIT_USAGE)
     conn = _open_source(data_dir)
     try:
         where, params = selection.where()
@@ -284,24 +285,27 @@ def export_receipts(
 def check_select(sql: str) -> None:
     """Refuse anything but exactly one SELECT (DuckDB's own parse decides)."""
     if not isinstance(sql, str) or not sql.strip():
-        raise AuditError("the SQL text is empty", exit_code=2)
+        raise AuditError("the SQL text is empty", exit_code=EXIT_USAGE)
     if len(sql.encode()) > MAX_SQL_BYTES:
-        raise AuditError(f"the SQL text exceeds {MAX_SQL_BYTES} bytes", exit_code=2)
+        raise AuditError(f"the SQL text exceeds {MAX_SQL_BYTES} bytes", exit_code=EXIT_USAGE)
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise AuditError(f"cannot parse SQL: {str(exc).strip().splitlines()[0]}", exit_code=2) from None
+        raise AuditError(f"cannot parse SQL: {str(exc).strip().splitlines()[0]}", exit_code=EXIT_USAGE) from None
     if len(statements) != 1:
-        raise AuditError(f"exactly one SELECT statement is allowed, got {len(statements)} statements", exit_code=2)
+        raise AuditError(f"exactly one SELECT statement is allowed, got {len(statements)} statements", exit_code=EXIT_USAGE)
     kind = str(statements[0].type).rsplit(".", 1)[-1]
     if kind != "SELECT":
-        raise AuditError(f"only SELECT statements are allowed, got {kind}", exit_code=2)
+        raise AuditError(f"only SELECT statements are allowed, got {kind}", exit_code=EXIT_USAGE)
 
 
 def _mentions_table(sql: str, name: str) -> bool:
     """Whether the parsed query reads a table called ``name``."""
     try:
-        tree = json.loads(duckdb.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        row = duckdb.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        if row is None:
+            return True  # as below: cannot tell
+        tree = json.loads(row[0])
     except (duckdb.Error, TypeError, ValueError):
         return True  # cannot tell: build it, the query itself will say what is wrong
     stack: list[Any] = [tree]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import duckdb
 
 from node.base.codec import to_hex
+from node.base.db import one_row
 from node.receipts.envelope import Receipt
 from node.base.merkle import (
     Subtree,
@@ -103,9 +104,7 @@ class ReceiptLog:
     # -- reading ----------------------------------------------------------
     def size(self) -> int:
         """Number of receipt ids in the log."""
-        row = self._conn.execute(
-            "SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]
-        ).fetchone()
+        row = one_row(self._conn.execute("SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]))
         return int(row[0])
 
     def head(self) -> LogHead:
@@ -267,7 +266,7 @@ class ReceiptLog:
         is smaller than ``size`` (some subtree has not formed yet)."""
         if not coords:
             return {}
-        keys = sorted({_key(c.level, c.index) for c in coords})
+        keys = sorted({_key(c.level, c.position) for c in coords})
         rows = self._conn.execute(
             f"SELECT node, hash FROM receipt_log_nodes WHERE node IN ({_placeholders(len(keys))})", keys
         ).fetchall()

@@ -21,7 +21,7 @@ from pathlib import Path
 from node.base.errors import UserError
 
 STATE_FILE = "netns.json"
-SUBNET_POOL = ipaddress.ip_network("10.77.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("10.77.0.0/16")
 NAME_RE = re.compile(r"^(mn-[0-9a-f]{4}-\d+|mb[0-9a-f]{4}|mv[0-9a-f]{4}[hn]\d+)$")
 
 
@@ -66,7 +66,7 @@ def used_subnets() -> set[ipaddress.IPv4Network]:
     out = run("ip", "-o", "-4", "addr", "show").stdout
     used = set()
     for match in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+/\d+)", out):
-        used.add(ipaddress.ip_interface(match.group(1)).network)
+        used.add(ipaddress.IPv4Interface(match.group(1)).network)
     return used
 
 

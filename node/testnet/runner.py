@@ -167,26 +167,26 @@ class TestnetRun:
             if pid is None:
                 self._event(f"{p.action} {name}: SKIPPED, the node is not running")
                 return
-        if p.action == "kill":
-            os.kill(pid, signal.SIGKILL)
-            await self._wait_dead(name, 10.0)
-            self._event(f"kill {name} (SIGKILL pid {pid})")
-            await trio.sleep(p.duration_s)
-            self._event(f"start {name} (pid {self._start(name)})")
-        elif p.action == "restart":
-            os.kill(pid, signal.SIGTERM)
-            if not await self._wait_dead(name, STOP_TIMEOUT_S):
+            if p.action == "kill":
                 os.kill(pid, signal.SIGKILL)
                 await self._wait_dead(name, 10.0)
-            self._event(f"stop {name} (SIGTERM pid {pid})")
-            await trio.sleep(p.duration_s)
-            self._event(f"start {name} (pid {self._start(name)})")
-        elif p.action == "pause":
-            os.kill(pid, signal.SIGSTOP)
-            self._event(f"pause {name} (SIGSTOP pid {pid})")
-            await trio.sleep(p.duration_s)
-            os.kill(pid, signal.SIGCONT)
-            self._event(f"resume {name} (SIGCONT)")
+                self._event(f"kill {name} (SIGKILL pid {pid})")
+                await trio.sleep(p.duration_s)
+                self._event(f"start {name} (pid {self._start(name)})")
+            elif p.action == "restart":
+                os.kill(pid, signal.SIGTERM)
+                if not await self._wait_dead(name, STOP_TIMEOUT_S):
+                    os.kill(pid, signal.SIGKILL)
+                    await self._wait_dead(name, 10.0)
+                self._event(f"stop {name} (SIGTERM pid {pid})")
+                await trio.sleep(p.duration_s)
+                self._event(f"start {name} (pid {self._start(name)})")
+            else:
+                os.kill(pid, signal.SIGSTOP)
+                self._event(f"pause {name} (SIGSTOP pid {pid})")
+                await trio.sleep(p.duration_s)
+                os.kill(pid, signal.SIGCONT)
+                self._event(f"resume {name} (SIGCONT)")
         else:
             net = self.network
             assert net is not None  # manifest validation requires netns for network actions

@@ -237,6 +237,7 @@ class World:
             proc.tx_counter += 1
             txs.append(b"ok/%d/%d" % (proc.pid, proc.tx_counter))
         timestamp = max(self.local(proc), need.earliest_timestamp_ms)
+        assert proc.core is not None  # a NeedProposal comes from the running core; a crash stops carrying out its outputs
         return proc.core.propose(need.height, need.round, txs, timestamp, self.local(proc))
 
     def others(self, pid: int) -> list[int]:

@@ -1,0 +1,92 @@
+"""The state of the IBFT core, declared once for the core and its mixins.
+
+:class:`node.consensus.ibft.IbftCore` is split in three: the core proper
+(inputs, bookkeeping, message handlers), :class:`~node.consensus.ibft_checks.CoreChecks`
+(verification) and :class:`~node.consensus.ibft_sending.CoreSending` (signing).
+All three read and write the same attributes, which ``IbftCore.__init__`` and
+``IbftCore._reset_height`` assign. Declaring them here, on the one base the
+three share, gives each half the types of the state it works on without a
+dependency on the others. The class only declares: it holds no values and
+defines no behaviour at run time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from node.base.keys import Identity
+from node.consensus import messages as m
+from node.consensus.block import Block, BlockHeader, Verifier
+from node.consensus.buffer import FutureBuffer
+from node.consensus.genesis import Genesis
+from node.consensus.outputs import Output
+from node.consensus.safety import SafetyState
+from node.consensus.validators import ValidatorSet
+
+# The application's verdict on a proposed block: its header and transactions.
+BlockValidator = Callable[[BlockHeader, Sequence[bytes]], bool]
+# A prepared round: (round, block, its prepare certificate).
+Prepared = tuple[int, Block, tuple[m.Signed, ...]]
+# A quorum of ROUND-CHANGEs for the current round and the highest prepared round among them.
+Justification = tuple[list[m.Message], Prepared | None]
+
+
+class CoreState:
+    """The attributes of an IBFT core (see the module doc)."""
+
+    # -- fixed for the core's life (set in __init__) ---------------------------------
+    genesis: Genesis
+    validators: ValidatorSet
+    identity: Identity | None  # None: an observer, which never signs
+    key: bytes | None  # identity's public key
+    is_validator: bool  # we have a key and it is in the validator set
+    counters: Counter[str]
+    _validate_block: BlockValidator
+    _verifier: Verifier
+    _max_block: int  # largest encoded block the genesis allows
+    _max_message: int  # largest encoded consensus message
+    _verified: dict[tuple[bytes, bytes, bytes], bool]  # (key, tagged message, signature) -> verdict
+    _future: FutureBuffer  # messages for heights just above ours
+    _ahead: dict[bytes, int]  # validators seen at a higher height: key -> height
+    _now: int  # the time of the input being handled, in ms
+    _timer_emitted: int | None  # the last deadline sent out as a SetTimer
+
+    # -- the chain and the double-sign watermark ----------------------------------------
+    tip: BlockHeader
+    _safety: SafetyState
+
+    # -- this height (reset by _reset_height) ---------------------------------------------
+    _height: int
+    _round: int
+    _accepted: tuple[int, bytes] | None  # (round, digest) accepted this round
+    _prepared: Prepared | None
+    _commit_sent_round: int | None
+    _proposal_sent_round: int | None
+    _prepares: dict[int, dict[bytes, m.Signed]]  # round -> sender -> PREPARE
+    _prepare_count: Counter[tuple[int, bytes]]  # (round, digest) -> PREPAREs: O(1) quorum checks
+    _commits: dict[tuple[int, bytes], dict[bytes, bytes]]  # (round, digest) -> sender -> seal
+    _commit_rounds: dict[bytes, list[tuple[int, bytes]]]  # sender -> the (round, digest)s it committed to
+    _round_changes: dict[bytes, m.Message]  # sender -> its latest ROUND-CHANGE
+    _seen_round: dict[bytes, int]  # highest round each validator was seen in
+    _sent_this_round: list[tuple[bytes, str]]  # (message, kind), to resend when holding a round
+    _blocks: dict[bytes, Block]  # known blocks by digest
+    _app_ok: dict[bytes, bool]  # the application's verdict by block digest
+    _round_deadline: int | None
+    _propose_deadline: int | None
+    _awaiting: tuple[int, int] | None  # (height, round) of the NeedProposal awaiting an answer
+    _sync_requested: bool
+    _replay_due: bool  # buffered messages for this height await resume()
+
+    if TYPE_CHECKING:
+        # What each half calls on another; defined by IbftCore and CoreChecks.
+        def _is_proposer(self, round_number: int) -> bool: ...
+
+        def _on_proposal(self, message: m.Message, out: list[Output]) -> None: ...
+
+        def _on_prepare(self, s: m.Signed, out: list[Output]) -> None: ...
+
+        def _on_commit(self, s: m.Signed, out: list[Output]) -> None: ...
+
+        def _round_change_justification(self) -> Justification | None: ...
