@@ -10,7 +10,8 @@ Public API (imported lazily, so ``import node.cage`` stays cheap):
 * ``register_function(name)``, ``JobContext``, ``Table``
 * ``confine_service(policy, *, data_dir, read_paths=(), allow_network=None) -> AppliedConfinement``
 * ``probe_host() -> HostCapabilities``
-* ``replay(pool, witness_file, input_overrides=None) -> ReplayReport``
+* ``ReplayReport``; the function itself is ``node.cage.replay.replay(pool, witness_file, input_overrides=None)``
+  (an export may not share a submodule's name: importing the submodule would shadow it)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ _EXPORTS = {
     "AppliedConfinement": "node.cage.service",
     "probe_host": "node.cage.layers",
     "HostCapabilities": "node.cage.layers",
-    "replay": "node.cage.replay",
     "ReplayReport": "node.cage.replay",
 }
 
@@ -42,7 +42,7 @@ _EXPORTS = {
 __all__ = [
     "AppliedConfinement", "CageError", "CagePool", "HostCapabilities", "JobContext", "JobOutcome",
     "JobSpec", "Policy", "ReplayReport", "Table", "confine_service", "default_policy_path",
-    "load_policies", "probe_host", "register_function", "replay",
+    "load_policies", "probe_host", "register_function",
 ]
 
 
