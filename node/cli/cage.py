@@ -13,9 +13,8 @@ from node.cage.layers import probe_host
 from node.cage.policy import default_policy_path, load_policies, missing_layers
 from node.cage.results import decode_result, display_cell
 from node.base.codec import to_hex
-from node.base.errors import EXIT_RUNTIME, UserError
+from node.base.errors import EXIT_REPLAY_MISMATCH, EXIT_RUNTIME, UserError
 
-EXIT_REPLAY_MISMATCH = 4  # a replay ran, but some digest differs
 MAX_ROWS_SHOWN = 50
 
 

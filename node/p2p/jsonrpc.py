@@ -25,15 +25,10 @@ from typing import Any
 import jsonschema
 import trio
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# Implementation-defined server errors (-32000..-32099).
-REQUEST_TIMEOUT = -32001
-RATE_LIMITED = -32002
-UNAUTHORIZED = -32003
+from node.base.errors import ErrorCode
+
+# node/consensus/rpc.py still imports this name; it goes when that module uses ErrorCode.
+INVALID_PARAMS = ErrorCode.INVALID_PARAMS
 
 _MAX_BATCH = 100
 
@@ -43,7 +38,7 @@ class RpcError(Exception):
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = int(code)  # a plain int on the wire, whether given an ErrorCode or a number
         self.message = message
         self.data = data
 
@@ -88,7 +83,7 @@ class Method:
         elif isinstance(params, list):
             names = list(self.params["properties"])
             if len(params) > len(names):
-                raise RpcError(INVALID_PARAMS, "Invalid params", {"reason": f"{self.name} takes at most {len(names)} positional parameters"})
+                raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"reason": f"{self.name} takes at most {len(names)} positional parameters"})
             params = dict(zip(names, params))
         errors = sorted(self._validator.iter_errors(params), key=lambda e: list(e.path))
         if errors:
@@ -96,11 +91,11 @@ class Method:
             where = ".".join(str(p) for p in err.path)
             if err.validator == "additionalProperties":
                 extra = sorted(set(params) - set(self.params["properties"]))
-                raise RpcError(INVALID_PARAMS, "Invalid params", {"param": extra[0] if extra else where, "reason": "unknown parameter"})
+                raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": extra[0] if extra else where, "reason": "unknown parameter"})
             if err.validator == "required":
                 missing = [r for r in err.validator_value if r not in params]
-                raise RpcError(INVALID_PARAMS, "Invalid params", {"param": missing[0] if missing else where, "reason": "missing required parameter"})
-            raise RpcError(INVALID_PARAMS, "Invalid params", {"param": where or "params", "reason": err.message})
+                raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": missing[0] if missing else where, "reason": "missing required parameter"})
+            raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": where or "params", "reason": err.message})
         return params
 
 
@@ -174,12 +169,12 @@ class Dispatcher:
         try:
             message = parse_json(data)
         except ValueError as exc:
-            return dump_json(_error(None, RpcError(PARSE_ERROR, "Parse error", {"reason": str(exc)})))
+            return dump_json(_error(None, RpcError(ErrorCode.PARSE_ERROR, "Parse error", {"reason": str(exc)})))
         if isinstance(message, list):
             if not message:
-                return dump_json(_error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": "empty batch"})))
+                return dump_json(_error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": "empty batch"})))
             if len(message) > _MAX_BATCH:
-                return dump_json(_error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": f"batch of more than {_MAX_BATCH} calls"})))
+                return dump_json(_error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": f"batch of more than {_MAX_BATCH} calls"})))
             responses = [await self.handle_one(item, ctx) for item in message]
             answered = [r for r in responses if r is not None]
             return dump_json(answered) if answered else None
@@ -188,18 +183,18 @@ class Dispatcher:
 
     async def handle_one(self, request: Any, ctx: CallContext) -> dict[str, Any] | None:
         if not isinstance(request, dict):
-            return _error(None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": "a request must be a JSON object"}))
+            return _error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": "a request must be a JSON object"}))
         is_notification = "id" not in request
         id_ = request.get("id")
         problem = self._invalid_request(request)
         if problem is not None:
             # An invalid request is answered even without an id: the
             # sender cannot have meant it as a well-formed notification.
-            return _error(id_ if _valid_id(id_) else None, RpcError(INVALID_REQUEST, "Invalid Request", {"reason": problem}))
+            return _error(id_ if _valid_id(id_) else None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": problem}))
         method = self.registry.get(request["method"])
         try:
             if method is None:
-                raise RpcError(METHOD_NOT_FOUND, "Method not found", {"method": request["method"]})
+                raise RpcError(ErrorCode.METHOD_NOT_FOUND, "Method not found", {"method": request["method"]})
             params = method.bind(request.get("params"))
             timeout = method.timeout or self.default_timeout
             with trio.fail_after(timeout):
@@ -210,9 +205,9 @@ class Dispatcher:
         except RpcError as exc:
             outcome, ok = _error(id_, exc), False
         except trio.TooSlowError:
-            outcome, ok = _error(id_, RpcError(REQUEST_TIMEOUT, "Request timed out", {"method": request["method"], "timeout_s": timeout})), False
+            outcome, ok = _error(id_, RpcError(ErrorCode.REQUEST_TIMEOUT, "Request timed out", {"method": request["method"], "timeout_s": timeout})), False
         except Exception as exc:  # a handler bug must not take the stream or daemon down
-            outcome, ok = _error(id_, RpcError(INTERNAL_ERROR, "Internal error", {"reason": f"{type(exc).__name__}: {exc}"})), False
+            outcome, ok = _error(id_, RpcError(ErrorCode.INTERNAL_ERROR, "Internal error", {"reason": f"{type(exc).__name__}: {exc}"})), False
         if self.on_call is not None:
             self.on_call(request["method"], ok)
         return None if is_notification else outcome

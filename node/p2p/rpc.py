@@ -19,9 +19,9 @@ import structlog
 import trio
 from libp2p.network.stream.exceptions import StreamError
 
+from node.base.errors import ErrorCode
 from node.p2p.framing import DEFAULT_MAX_FRAME, FramedStream, FrameError
 from node.p2p.jsonrpc import (
-    RATE_LIMITED,
     CallContext,
     Dispatcher,
     RpcError,
@@ -103,7 +103,7 @@ class RpcServer:
                 id_ = None
             if isinstance(id_, (dict, list, bool)):
                 id_ = None
-            error = RpcError(RATE_LIMITED, "Rate limited", {"retry_after_s": math.ceil(wait * 1000) / 1000})
+            error = RpcError(ErrorCode.RATE_LIMITED, "Rate limited", {"retry_after_s": math.ceil(wait * 1000) / 1000})
             return dump_json({"jsonrpc": "2.0", "error": error.to_json(), "id": id_})
         return await self.dispatcher.handle(frame, ctx)
 
@@ -210,11 +210,6 @@ class RpcClient:
         if any(not box for _, box in waiters.values()):
             raise ConnectionError(self._closed_reason or "stream closed")
         return [waiters[request_id][1][0] for request_id in ids]
-
-    async def send_raw(self, payload: bytes) -> None:
-        """Write a raw frame (for tests of hostile input)."""
-        async with self._write_lock:
-            await self._framed.write_frame(payload)
 
 
 @asynccontextmanager

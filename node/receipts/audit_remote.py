@@ -40,7 +40,7 @@ async def fetch_log(rpc: object) -> FetchedLog:
 
 def fetch_log_from(node_addr: str, *, timeout: float = 30.0) -> FetchedLog:
     """The log of the node at ``node_addr`` (UnreachableError / AuditError on failure)."""
-    from node.base.errors import sole_exception
+    from node.base.errors import exit_code_of, sole_exception
     from node.p2p.client import connect_to_node
     from node.p2p.rpc import RpcCallError
 
@@ -53,7 +53,7 @@ def fetch_log_from(node_addr: str, *, timeout: float = 30.0) -> FetchedLog:
     except BaseException as exc:
         inner = sole_exception(exc)
         if isinstance(inner, RpcCallError):
-            raise AuditError(f"{node_addr}: {inner.message} (code {inner.code})") from None
+            raise AuditError(f"{node_addr}: {inner.message} (code {inner.code})", exit_code=exit_code_of(inner.code)) from None
         if inner is not exc:
             raise inner from None
         raise

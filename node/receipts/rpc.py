@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.base.errors import ErrorCode
 from node.consensus.genesis import Genesis
 from node.consensus.store import ChainStore
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
@@ -11,8 +12,13 @@ from node.receipts import api
 from node.receipts.blocks import ChainStoreBlocks
 from node.receipts.log import ReceiptLog
 
-# Stable application error codes, by the query error's own stable code.
-QUERY_ERROR_CODES = {api.BAD_PARAM: 1101, api.NOT_FOUND: 1404, api.NOT_SEALED: 1102, api.INCONSISTENT: 1103}
+# The RPC error code of each receipt query failure, by the query error's own stable code.
+QUERY_ERROR_CODES = {
+    api.BAD_PARAM: ErrorCode.RECEIPT_BAD_PARAM,
+    api.NOT_FOUND: ErrorCode.NOT_FOUND,
+    api.NOT_SEALED: ErrorCode.RECEIPT_NOT_SEALED,
+    api.INCONSISTENT: ErrorCode.RECEIPT_INCONSISTENT,
+}
 
 _ID = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
@@ -26,7 +32,8 @@ def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainSt
         try:
             return fn(*args, **kwargs)
         except api.ReceiptQueryError as exc:
-            raise RpcError(QUERY_ERROR_CODES.get(exc.code, 1100), exc.message, {"reason": exc.code, **exc.data}) from None
+            code = QUERY_ERROR_CODES.get(exc.code, ErrorCode.RECEIPT_QUERY_FAILED)
+            raise RpcError(code, exc.message, {"reason": exc.code, **exc.data}) from None
 
     async def receipt_get(ctx: CallContext, id: str) -> dict[str, Any]:
         return answer(api.receipt_get, log, id)

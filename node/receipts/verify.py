@@ -47,6 +47,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.base import codec
+from node.base.errors import (
+    EXIT_CHAIN,
+    EXIT_ISSUER,
+    EXIT_MALFORMED,
+    EXIT_PROOF,
+    EXIT_RECEIPT,
+    EXIT_REPLAY,
+    EXIT_SEALS,
+    EXIT_WITNESS,
+)
 from node.consensus.block import Block, BlockError, BlockHeader, verify_seals
 from node.consensus.genesis import Genesis
 from node.consensus.validators import ValidatorSet
@@ -71,18 +81,7 @@ from node.base.verification import ProofError, ReceiptError
 from node.receipts.execution import EXEC_KIND, record_digest, witness_mismatches
 from node.base.merkle import leaf_hash, verify_inclusion
 
-EXIT_VALID = 0
-EXIT_REPLAY_ERROR = 1
-EXIT_USAGE = 2
-EXIT_MALFORMED = 10
-EXIT_RECEIPT = 11
-EXIT_PROOF = 12
-EXIT_SEALS = 13
-EXIT_CHAIN = 14
-EXIT_REPLAY = 15
-EXIT_WITNESS = 16
-EXIT_ISSUER = 17
-
+# The documented exit code of each part's failure (the codes live with the CLI's others in node/base/errors.py).
 EXIT_CODES: dict[str, int] = {
     PART_BUNDLE: EXIT_MALFORMED,
     PART_RECEIPT: EXIT_RECEIPT,
@@ -123,11 +122,6 @@ class BundleInvalid(BundleError):
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.part]
-
-
-def exit_code_for(error: BundleError) -> int:
-    """The documented exit code of a bundle failure."""
-    return EXIT_CODES[error.part]
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,13 @@ import trio
 
 from node.cage.results import ResultError, decode_result, result_digest
 from node.cage.witness import WitnessError, decode_witness_file
+from node.base.errors import ErrorCode
 from node.base.keys import public_key_from_peer_id
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 
 log = structlog.get_logger("metanode.artifacts")
 
 KINDS = ("result", "witness")
-ARTIFACT_NOT_HELD = 1406
-NOT_A_GATEWAY = 1407
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_S = 20.0
 
@@ -119,10 +118,10 @@ def register_artifact_methods(registry: Registry, store: ArtifactStore, is_gatew
 
     async def artifact_get(ctx: CallContext, kind: str, digest: str) -> dict[str, Any]:
         if not is_gateway(public_key_from_peer_id(ctx.peer_id)):
-            raise RpcError(NOT_A_GATEWAY, "artifacts are served to registered gateway nodes only")
+            raise RpcError(ErrorCode.NOT_A_GATEWAY, "artifacts are served to registered gateway nodes only")
         data = store.get(kind, bytes.fromhex(digest))
         if data is None:
-            raise RpcError(ARTIFACT_NOT_HELD, "artifact not held here", {"kind": kind, "digest": digest})
+            raise RpcError(ErrorCode.ARTIFACT_NOT_HELD, "artifact not held here", {"kind": kind, "digest": digest})
         return {"kind": kind, "digest": digest, "data": base64.b64encode(data).decode()}
 
     registry.register("artifact_get", artifact_get, _ARTIFACT_PARAMS,

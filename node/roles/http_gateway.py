@@ -4,8 +4,8 @@ Each route is translated into a call on the daemon's JSON-RPC :class:`Registry`
 (through its :class:`Dispatcher`), with a :class:`CallContext` whose peer id is
 the tenant's. Parameter validation, quotas, tenant checks and ``api.call``
 receipts are therefore the p2p gateway's own, and the per-peer rate limit is
-the same bucket. RPC errors become HTTP statuses with a JSON body
-``{"error": {"code", "message", "data"}}``.
+the same bucket. RPC errors become HTTP statuses (each code's status is in
+node/base/errors.py) with a JSON body ``{"error": {"code", "message", "data"}}``.
 
 Requests are signed with the tenant key (node/base/http_auth.py). Nothing
 is done in a tenant's name before its signature over the whole body
@@ -29,11 +29,9 @@ import h11
 import structlog
 import trio
 
+from node.base.errors import ErrorCode, http_status_of
 from node.base.keys import peer_id_from_public_key
-from node.p2p.jsonrpc import (
-    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, RATE_LIMITED,
-    REQUEST_TIMEOUT, UNAUTHORIZED, CallContext, dump_json, parse_json,
-)
+from node.p2p.jsonrpc import CallContext, dump_json, parse_json
 
 from node.base.http_auth import AUTH_SCHEME, AuthError, RequestVerifier, sign_request
 
@@ -47,40 +45,22 @@ IDLE_TIMEOUT_S = 30.0  # between requests on a kept-alive connection, and betwee
 HEAD_TIMEOUT_S = 60.0
 LINGER_S, LINGER_BYTES = 2.0, 4 * 1024 * 1024  # reading what a refused client still sends
 MAX_CONNECTIONS = 64
-BODY_TOO_LARGE = 1501
-SERVER_BUSY = 1502
-WRONG_TX, STATE_REFUSED = 1303, 1304  # node/roles/gateway.py
 TENANT_TX_TYPES = ("dataset.register", "job.cancel")
 
-# RPC error code -> HTTP status. Codes are stable (see each module); unknown ones are 500.
-_STATUS: dict[int, int] = {
-    PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, METHOD_NOT_FOUND: 404, INTERNAL_ERROR: 500,
-    REQUEST_TIMEOUT: 504, RATE_LIMITED: 429, UNAUTHORIZED: 401,
-    # chain (node/consensus/rpc.py): malformed, too_large, wrong_chain, bad_signature, unknown_type,
-    # invalid_payload, bad_nonce, duplicate, sender_limit, mempool_full; commit timeout
-    1001: 400, 1002: 413, 1003: 400, 1004: 400, 1005: 400, 1006: 400, 1007: 409, 1008: 409, 1009: 429, 1010: 503,
-    1020: 504,
-    # receipts (node/receipts/rpc.py): bad param, not sealed, inconsistent, not found
-    1100: 400, 1101: 400, 1102: 409, 1103: 400, 1404: 404,
-    # storage (node/roles/storage/errors.py)
-    1200: 500, 1201: 404, 1202: 429, 1203: 413, 1204: 413, 1205: 400, 1206: 404, 1207: 503, 1208: 400,
-    1209: 400, 1210: 500, 1211: 500, 1212: 404, 1213: 503,
-    # gateway (node/roles/gateway.py): tenant not allowed, job quota, wrong tx, state refused, rejected, no result yet
-    1301: 403, 1302: 429, 1303: 400, 1304: 409, 1310: 409, 1405: 409,
-    BODY_TOO_LARGE: 413, SERVER_BUSY: 503,
-}
-_REJECTED_STATUS = {"bad_nonce": 409, "duplicate": 409, "sender_limit": 429, "mempool_full": 503}
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 429: "Too Many Requests",
             500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 class HttpError(Exception):
-    """An error answer: HTTP status plus the JSON error object."""
+    """An error answer: the JSON error object and its HTTP status, which is the
+    error code's status in node/base/errors.py unless ``status`` says otherwise
+    (405 for a known route with another method; h11's hint for a malformed request)."""
 
-    def __init__(self, status: int, code: int, message: str, data: Any = None, *, close: bool = False) -> None:
+    def __init__(self, code: int, message: str, data: Any = None, *, status: int | None = None, close: bool = False) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.data, self.close = status, code, message, data, close
+        self.code, self.message, self.data, self.close = int(code), message, data, close
+        self.status = http_status_of(code, data) if status is None else status
 
     def body(self) -> bytes:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -90,17 +70,12 @@ class HttpError(Exception):
 
     @classmethod
     def from_rpc(cls, error: dict[str, Any]) -> "HttpError":
-        code, data = error.get("code", INTERNAL_ERROR), error.get("data")
-        status = _STATUS.get(code, 500)
-        if code == 1310 and isinstance(data, dict):
-            status = _REJECTED_STATUS.get(data.get("reason"), 400)
-        elif code == WRONG_TX and isinstance(data, dict) and data.get("signed_by_caller") is False:
-            status = 403
-        return cls(status, code, error.get("message", ""), data)
+        """The answer to a JSON-RPC error from the dispatcher (an unknown code is 500)."""
+        return cls(error.get("code", ErrorCode.INTERNAL_ERROR), error.get("message", ""), error.get("data"))
 
 
 def _unauthorized(reason: str) -> HttpError:
-    return HttpError(401, UNAUTHORIZED, "Unauthorized", {"reason": reason})
+    return HttpError(ErrorCode.UNAUTHORIZED, "Unauthorized", {"reason": reason})
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -196,11 +171,13 @@ class HttpGateway:
     async def _connection(self, stream: trio.SocketStream) -> None:
         async with stream:
             if self.connections >= self.max_connections:
-                busy = HttpError(503, SERVER_BUSY, "too many connections; retry", {"limit": self.max_connections}).body()
+                busy = HttpError(ErrorCode.SERVER_BUSY, "too many connections; retry", {"limit": self.max_connections})
+                body = busy.body()
                 with trio.move_on_after(2):
                     try:  # before any request is read, so written by hand rather than through h11
-                        await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(busy), busy))
+                        await stream.send_all(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                              % (busy.status, _REASONS[busy.status].encode(), len(body), body))
                         await self._linger(stream)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
@@ -222,8 +199,8 @@ class HttpGateway:
                 with trio.fail_after(HEAD_TIMEOUT_S):  # a whole request head, however slowly it trickles
                     event = await self._next_event(conn, stream)
             except h11.RemoteProtocolError as exc:
-                await self._error(conn, stream, HttpError(exc.error_status_hint, INVALID_REQUEST, "malformed HTTP request",
-                                                          {"reason": str(exc)}, close=True))
+                await self._error(conn, stream, HttpError(ErrorCode.INVALID_REQUEST, "malformed HTTP request", {"reason": str(exc)},
+                                                          status=exc.error_status_hint, close=True))
                 break
             if not isinstance(event, h11.Request):
                 return  # the client closed
@@ -281,10 +258,10 @@ class HttpGateway:
             try:
                 target = event.target.decode("ascii")
             except UnicodeDecodeError:
-                raise HttpError(400, INVALID_REQUEST, "the request target must be ASCII (percent-encode it)") from None
+                raise HttpError(ErrorCode.INVALID_REQUEST, "the request target must be ASCII (percent-encode it)") from None
             parts = urlsplit(target)
             if not target.startswith("/") or parts.fragment:
-                raise HttpError(400, INVALID_REQUEST, "the request target must be a path such as /v1/jobs", {"target": target[:200]})
+                raise HttpError(ErrorCode.INVALID_REQUEST, "the request target must be a path such as /v1/jobs", {"target": target[:200]})
             route, args = self._match(method, parts.path)
             params = self._params(route, self._query(parts.query))
             headers: dict[bytes, list[bytes]] = {}
@@ -293,7 +270,7 @@ class HttpGateway:
             limit = self.max_body_bytes if route.body == "dataset" else MAX_JSON_BODY
             length = headers.get(b"content-length")
             if length and int(length[0]) > limit:  # h11 has checked it is a number
-                raise HttpError(413, BODY_TOO_LARGE, f"request body is larger than {limit} bytes", {"limit": limit}, close=True)
+                raise HttpError(ErrorCode.BODY_TOO_LARGE, f"request body is larger than {limit} bytes", {"limit": limit}, close=True)
             auth = headers.get(b"authorization", [])
             if len(auth) > 1:
                 raise _unauthorized("more than one Authorization header")
@@ -305,15 +282,15 @@ class HttpGateway:
             body, size, digest = await self._read_body(conn, stream, limit, spool)
             self.verifier.verify(creds, method, target, digest)
             if self.allowed is not None and creds.key not in self.allowed:
-                raise HttpError(403, 1301, "tenant not allowed on this gateway", {"tenant": creds.key.hex()})
+                raise HttpError(ErrorCode.TENANT_NOT_ALLOWED, "tenant not allowed on this gateway", {"tenant": creds.key.hex()})
             peer_id = peer_id_from_public_key(creds.key)
             server = self.rpc()
             wait = server.limiter.take(peer_id, trio.current_time()) if server.limiter is not None else 0
             if wait:
                 server.rate_limited += 1
-                raise HttpError(429, RATE_LIMITED, "Rate limited", {"retry_after_s": math.ceil(wait * 1000) / 1000})
+                raise HttpError(ErrorCode.RATE_LIMITED, "Rate limited", {"retry_after_s": math.ceil(wait * 1000) / 1000})
             if route.body == "none" and size:
-                raise HttpError(400, INVALID_REQUEST, f"{method} {parts.path} takes no request body")
+                raise HttpError(ErrorCode.INVALID_REQUEST, f"{method} {parts.path} takes no request body")
             if spool is not None:
                 spool.seek(0)
             request = Request(method, target, params, args, body, spool, size, creds.key, CallContext(peer_id=peer_id))
@@ -327,13 +304,13 @@ class HttpGateway:
         except HttpError as exc:
             await self._error(conn, stream, exc)
         except h11.RemoteProtocolError as exc:
-            await self._error(conn, stream, HttpError(exc.error_status_hint, INVALID_REQUEST, "malformed HTTP request",
-                                                      {"reason": str(exc)}, close=True))
+            await self._error(conn, stream, HttpError(ErrorCode.INVALID_REQUEST, "malformed HTTP request", {"reason": str(exc)},
+                                                      status=exc.error_status_hint, close=True))
         except (_Gone, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception as exc:  # a bug (or a full disk) costs one request, never the daemon
             log.exception("http request failed", target=event.target[:200].decode("ascii", "replace"))
-            await self._error(conn, stream, HttpError(500, INTERNAL_ERROR, "Internal error", {"reason": type(exc).__name__}, close=True))
+            await self._error(conn, stream, HttpError(ErrorCode.INTERNAL_ERROR, "Internal error", {"reason": type(exc).__name__}, close=True))
         finally:
             if spool is not None:
                 spool.close()
@@ -347,8 +324,8 @@ class HttpGateway:
                     return route, match.groupdict()
                 allowed.append(route.method)
         if allowed:
-            raise HttpError(405, METHOD_NOT_FOUND, f"{method} is not allowed on {path}", {"allowed": allowed})
-        raise HttpError(404, METHOD_NOT_FOUND, "no such route", {"path": path[:200], "routes": sorted({r.pattern.pattern[1:-1] for r in ROUTES})})
+            raise HttpError(ErrorCode.METHOD_NOT_FOUND, f"{method} is not allowed on {path}", {"allowed": allowed}, status=405)
+        raise HttpError(ErrorCode.METHOD_NOT_FOUND, "no such route", {"path": path[:200], "routes": sorted({r.pattern.pattern[1:-1] for r in ROUTES})})
 
     async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int,
                          spool: BinaryIO | None) -> tuple[bytes, int, str]:
@@ -358,7 +335,7 @@ class HttpGateway:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise HttpError(413, BODY_TOO_LARGE, f"request body is larger than {limit} bytes", {"limit": limit}, close=True)
+                    raise HttpError(ErrorCode.BODY_TOO_LARGE, f"request body is larger than {limit} bytes", {"limit": limit}, close=True)
                 hasher.update(event.data)
                 if spool is not None:
                     spool.write(event.data)
@@ -374,11 +351,11 @@ class HttpGateway:
         try:
             pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=20)
         except ValueError as exc:
-            raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": "query", "reason": str(exc)}) from None
+            raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "query", "reason": str(exc)}) from None
         query: dict[str, str] = {}
         for name, value in pairs:
             if name in query:
-                raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": name, "reason": "given more than once"})
+                raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": name, "reason": "given more than once"})
             query[name] = value
         return query
 
@@ -397,9 +374,9 @@ class HttpGateway:
         for name, value in query.items():
             kind = route.query.get(name)
             if kind is None:
-                raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": name, "reason": f"unknown query parameter; expected {sorted(route.query) or 'none'}"})
+                raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": name, "reason": f"unknown query parameter; expected {sorted(route.query) or 'none'}"})
             if kind is int and not re.fullmatch(r"-?[0-9]{1,18}", value):
-                raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": name, "reason": "an integer"})
+                raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": name, "reason": "an integer"})
             params[name] = kind(value)
         return params
 
@@ -408,12 +385,12 @@ class HttpGateway:
         try:
             doc = parse_json(request.body)
         except ValueError as exc:
-            raise HttpError(400, PARSE_ERROR, "request body is not valid JSON", {"reason": str(exc)}) from None
+            raise HttpError(ErrorCode.PARSE_ERROR, "request body is not valid JSON", {"reason": str(exc)}) from None
         if not isinstance(doc, dict):
-            raise HttpError(400, INVALID_REQUEST, "request body must be a JSON object", {"expected": list(allowed)})
+            raise HttpError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object", {"expected": list(allowed)})
         extra = sorted(set(doc) - set(allowed))
         if extra:
-            raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": extra[0], "reason": f"unknown member; expected {list(allowed)}"})
+            raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": extra[0], "reason": f"unknown member; expected {list(allowed)}"})
         return doc
 
     async def _nonce(self, r: Request) -> tuple[int, Any]:
@@ -422,7 +399,7 @@ class HttpGateway:
     async def _upload(self, r: Request) -> tuple[int, Any]:
         """The body, fed to dataset_upload in chunks (the same path, quota and receipts as over p2p)."""
         if "name" not in r.query:
-            raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": "name", "reason": "missing required query parameter"})
+            raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "name", "reason": "missing required query parameter"})
         params: dict[str, Any] = {"name": r.query["name"], "format": r.query.get("format", "csv")}
         sent, file = 0, r.file
         while file is not None:
@@ -433,7 +410,7 @@ class HttpGateway:
             if params["final"]:
                 return 201, answer
             params = {"upload": answer["upload"]}
-        raise HttpError(500, INTERNAL_ERROR, "dataset body was not spooled")
+        raise HttpError(ErrorCode.INTERNAL_ERROR, "dataset body was not spooled")
 
     async def _submit(self, r: Request) -> tuple[int, Any]:
         body = self._json(r, ("tx",))
@@ -446,20 +423,20 @@ class HttpGateway:
         body = self._json(r, ("tx", "mode", "timeout"))
         mode = body.get("mode", "sync")
         if mode not in ("sync", "commit"):
-            raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": "mode", "reason": 'one of "sync", "commit"'})
+            raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "mode", "reason": 'one of "sync", "commit"'})
         if not isinstance(body.get("tx"), str):
-            raise HttpError(400, INVALID_PARAMS, "Invalid params", {"param": "tx", "reason": "a hex string (a signed transaction)"})
+            raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "tx", "reason": "a hex string (a signed transaction)"})
         try:
             raw = bytes.fromhex(body["tx"])
             tx = decode_tx(raw)
         except (ValueError, TxError) as exc:
-            raise HttpError(400, WRONG_TX, "not a transaction", {"param": "tx", "reason": str(exc)[:200]}) from None
+            raise HttpError(ErrorCode.WRONG_TX, "not a transaction", {"param": "tx", "reason": str(exc)[:200]}) from None
         raw_hex = raw.hex()
         if tx.sender != r.tenant:
-            raise HttpError(403, WRONG_TX, "the transaction must be signed by the caller", {"signed_by_caller": False})
+            raise HttpError(ErrorCode.WRONG_TX, "the transaction must be signed by the caller", {"signed_by_caller": False})
         if tx.type not in TENANT_TX_TYPES:
             hint = "; submit jobs with POST /v1/jobs" if tx.type == "job.submit" else ""
-            raise HttpError(400, WRONG_TX, f"a tenant may send {list(TENANT_TX_TYPES)} here{hint}", {"type": tx.type})
+            raise HttpError(ErrorCode.WRONG_TX, f"a tenant may send {list(TENANT_TX_TYPES)} here{hint}", {"type": tx.type})
         commit = {"tx": raw_hex, "mode": "commit", **({"timeout": body["timeout"]} if "timeout" in body else {})}
         if tx.type == "job.cancel":
             answer = await self.call("analytics_cancel", {"tx": raw_hex}, r.ctx)
@@ -468,5 +445,5 @@ class HttpGateway:
             return 200, answer
         refused = self.check_tx(tx) if self.check_tx is not None else None
         if refused is not None:
-            raise HttpError(409, STATE_REFUSED, "refused by the chain state", {"reason": refused})
+            raise HttpError(ErrorCode.STATE_REFUSED, "refused by the chain state", {"reason": refused})
         return 200, await self.call("tx_submit", commit if mode == "commit" else {"tx": raw_hex, "mode": "sync"}, r.ctx)

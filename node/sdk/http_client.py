@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from node.base.errors import ErrorCode
 from node.base.keys import Identity
 from node.base.http_auth import sign_request
 
@@ -189,7 +190,7 @@ class HttpClient:
             try:
                 return self.get(f"/v1/jobs/{job_id}/result")
             except HttpError as exc:
-                unavailable_now = exc.code == 1405 and isinstance(exc.data, dict) and "holders" in exc.data
+                unavailable_now = exc.code == ErrorCode.RESULT_NOT_AVAILABLE and isinstance(exc.data, dict) and "holders" in exc.data
                 if not unavailable_now or time.monotonic() >= deadline:
                     raise
             time.sleep(0.5)

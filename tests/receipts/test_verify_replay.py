@@ -12,12 +12,13 @@ import pytest
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cage.witness import encode_witness_file, witness_digest
+from node.base.errors import EXIT_REPLAY, EXIT_USAGE, EXIT_WITNESS
 from node.cli.main import main
 from node.receipts.api import build_bundle
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities
 from node.receipts.execution import NO_DIGEST, exec_fields, exec_fields_from_outcome, replay_exec
-from node.receipts.verify import EXIT_REPLAY, EXIT_USAGE, EXIT_WITNESS, BundleVerifier
+from node.receipts.verify import BundleVerifier
 
 VALIDATORS = dev_identities(4)
 GENESIS = dev_genesis(VALIDATORS)

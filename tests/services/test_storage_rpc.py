@@ -9,20 +9,12 @@ from pathlib import Path
 import pytest
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from node.base.errors import ErrorCode
 from node.base.keys import Identity
 from node.p2p.host import build_host, running_host
 from node.p2p.jsonrpc import Dispatcher, Registry
 from node.p2p.rpc import RPC_PROTOCOL, RpcCallError, RpcServer, open_rpc_client
 from node.roles.storage import QuotaPolicy, register_storage_methods
-from node.roles.storage.errors import (
-    BAD_CHUNK,
-    DATASET_NOT_FOUND,
-    DATASET_UNREADABLE,
-    INVALID_DATASET,
-    QUOTA_EXCEEDED,
-    TOO_MANY_UPLOADS,
-    UPLOAD_NOT_FOUND,
-)
 from tests.services.test_storage_support import LOOPBACK, storage_nodes
 
 
@@ -55,7 +47,7 @@ async def test_upload_list_get_and_tenant_isolation(tmp_path: Path):
                 assert first["received"] == 50
                 # Another tenant cannot add to (or learn about) alice's upload.
                 err = await rpc_error(bob, "dataset_upload", {"upload": first["upload"], "chunk": b64(b"x")})
-                assert err.code == UPLOAD_NOT_FOUND
+                assert err.code == ErrorCode.UPLOAD_NOT_FOUND
                 done = await alice.call("dataset_upload", {"upload": first["upload"], "chunk": b64(data[50:]), "final": True})
                 digest = hashlib.sha256(data).hexdigest()
                 assert done["digest"] == digest and done["row_count"] == 28 and done["name"] == "../../etc/passwd"
@@ -72,20 +64,20 @@ async def test_upload_list_get_and_tenant_isolation(tmp_path: Path):
                 assert (await alice.call("dataset_get", {"digest": digest}))["row_count"] == 28
                 assert (await bob.call("dataset_list"))["datasets"] == []
                 err = await rpc_error(bob, "dataset_get", {"digest": digest})
-                assert err.code == DATASET_NOT_FOUND and err.data["digest"] == digest
+                assert err.code == ErrorCode.DATASET_NOT_FOUND and err.data["digest"] == digest
 
                 # Clear errors, each naming what was wrong.
                 err = await rpc_error(alice, "dataset_upload", {"chunk": b64(b"a")})
-                assert err.code == INVALID_DATASET and err.data["param"] == "name"
+                assert err.code == ErrorCode.INVALID_DATASET and err.data["param"] == "name"
                 err = await rpc_error(alice, "dataset_upload", {"name": "x", "format": "csv", "chunk": "not base64!"})
-                assert err.code == BAD_CHUNK and err.data["param"] == "chunk"
+                assert err.code == ErrorCode.BAD_CHUNK and err.data["param"] == "chunk"
                 err = await rpc_error(alice, "dataset_upload", {"name": "x", "format": "json", "chunk": ""})
                 assert err.code == -32602 and err.data["param"] == "format"
                 err = await rpc_error(alice, "dataset_upload", {"name": "bin", "format": "csv", "chunk": b64(bytes(range(256)) * 8), "final": True})
-                assert err.code == DATASET_UNREADABLE and "csv" in err.message
+                assert err.code == ErrorCode.DATASET_UNREADABLE and "csv" in err.message
                 assert node.store.total_bytes() == len(data)  # unreadable content is not kept
                 err = await rpc_error(alice, "dataset_upload", {"name": "big", "format": "csv", "chunk": b64(b"1\n" * 100_000)})
-                assert err.code == QUOTA_EXCEEDED
+                assert err.code == ErrorCode.STORAGE_QUOTA_EXCEEDED
                 assert err.data == {"reason": err.message, "used": len(data), "limit": 200_000, "requested": 200_000}
                 assert len(uploads) == 0
 
@@ -93,7 +85,7 @@ async def test_upload_list_get_and_tenant_isolation(tmp_path: Path):
                 for _ in range(uploads.max_per_peer):
                     await alice.call("dataset_upload", {"name": "p", "format": "csv", "chunk": b64(b"a\n")})
                 err = await rpc_error(alice, "dataset_upload", {"name": "p", "format": "csv", "chunk": b64(b"a\n")})
-                assert err.code == TOO_MANY_UPLOADS and err.data["limit"] == uploads.max_per_peer
+                assert err.code == ErrorCode.TOO_MANY_UPLOADS and err.data["limit"] == uploads.max_per_peer
                 assert len(list((node.store.root / "incoming").iterdir())) == uploads.max_per_peer
                 assert uploads.sweep(10**9) == uploads.max_per_peer
                 assert list((node.store.root / "incoming").iterdir()) == []

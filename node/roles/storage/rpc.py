@@ -24,12 +24,12 @@ from typing import Any
 
 import trio
 
+from node.base.errors import ErrorCode
 from node.base.keys import public_key_from_peer_id
-from node.p2p.jsonrpc import UNAUTHORIZED, CallContext, Registry, RpcError
+from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.roles.storage.blobstore import BlobWriter
 from node.roles.storage.catalog import FORMATS, MAX_NAME, check_name_and_format
 from node.roles.storage.errors import (
-    NODE_NOT_READY,
     BadChunk,
     DatasetNotFound,
     InvalidDataset,
@@ -112,7 +112,7 @@ def tenant_of(ctx: CallContext) -> bytes:
     try:
         return public_key_from_peer_id(ctx.peer_id)
     except ValueError:
-        raise RpcError(UNAUTHORIZED, "Unauthorized", {"reason": "the caller's peer id is not an Ed25519 key"}) from None
+        raise RpcError(ErrorCode.UNAUTHORIZED, "Unauthorized", {"reason": "the caller's peer id is not an Ed25519 key"}) from None
 
 
 def _rpc_error(exc: StorageError) -> RpcError:
@@ -166,7 +166,7 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
                              name: str | None = None, format: str | None = None) -> dict[str, Any]:
         tenant = tenant_of(ctx)
         if upload is None and (reason := not_ready()) is not None:
-            raise RpcError(NODE_NOT_READY, "this node cannot take uploads yet; retry shortly", {"reason": reason})
+            raise RpcError(ErrorCode.NODE_NOT_READY, "this node cannot take uploads yet; retry shortly", {"reason": reason})
         now = trio.current_time()
         uploads.sweep(now)
         try:
