@@ -1,17 +1,17 @@
 """State checks and transitions of each transaction type.
 
-For every type, ``check_*`` reads the state and returns why the transaction
-cannot apply (or None), and ``apply_*`` makes the change once the check has
-passed. The mempool's pre-screen runs only the checks; applying a block runs
-check then apply for each transaction, in order, on the block's
-:class:`WorkingState`, so a check sees the effects of the block's earlier
-transactions. Reasons are deterministic text: they become part of the state.
+For every type, ``reads_*`` names the stored rows its check and change may
+read (loaded in bulk for the whole block), ``check_*`` reads the state and
+returns why the transaction cannot apply (or None), and ``apply_*`` makes the
+change once the check has passed. The mempool's pre-screen runs only the
+checks; applying a block runs check then apply for each transaction, in
+order, on the block's :class:`WorkingState`, so a check sees the effects of
+the block's earlier transactions. Reasons are deterministic text: they become
+part of the state. The table of transaction types (:mod:`node.app.txtypes`)
+names these functions, one entry per type.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from node.base.codec import encode, to_hex
 from node.consensus.tx import Transaction
@@ -29,22 +29,8 @@ from node.app.model import (
     SUBMITTED,
     BlockContext,
 )
-from node.app.txtypes import (
-    DATASET_REGISTER,
-    JOB_CANCEL,
-    JOB_RESULT,
-    JOB_SUBMIT,
-    NODE_REGISTER,
-    RECEIPTS_BATCH,
-    DatasetRegister,
-    JobCancel,
-    JobResult,
-    JobSubmit,
-    NodeRegister,
-    Payload,
-    ReceiptsBatch,
-)
-from node.app.working import JobRow, NodeRow, ResultRow, WorkingState
+from node.app.payloads import DatasetRegister, JobCancel, JobResult, JobSubmit, NodeRegister, ReceiptsBatch
+from node.app.working import JobRow, NodeRow, Reads, ResultRow, WorkingState
 
 
 def record_receipt(ws: WorkingState, ctx: BlockContext, tx: Transaction, receipt: Receipt) -> None:
@@ -55,6 +41,10 @@ def record_receipt(ws: WorkingState, ctx: BlockContext, tx: Transaction, receipt
 
 
 # -- node.register --------------------------------------------------------------
+
+def reads_node_register(tx: Transaction, p: NodeRegister) -> Reads:
+    return Reads()  # nodes are loaded whole, on first use
+
 
 def check_node_register(ws: WorkingState, tx: Transaction, p: NodeRegister) -> str | None:
     return None  # a node may register, and re-register to change roles or capacity, at any time
@@ -72,6 +62,10 @@ def apply_node_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p:
 
 
 # -- dataset.register -----------------------------------------------------------
+
+def reads_dataset_register(tx: Transaction, p: DatasetRegister) -> Reads:
+    return Reads(datasets=((tx.sender, p.digest),))
+
 
 def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister) -> str | None:
     if ws.has_dataset(tx.sender, p.digest):
@@ -100,6 +94,10 @@ def apply_dataset_register(ws: WorkingState, ctx: BlockContext, tx: Transaction,
 
 # -- job.submit -------------------------------------------------------------------
 
+def reads_job_submit(tx: Transaction, p: JobSubmit) -> Reads:
+    return Reads(datasets=tuple((tx.sender, d) for d in p.inputs.values()), jobs=(tx.hash,))
+
+
 def check_job_submit(ws: WorkingState, tx: Transaction, p: JobSubmit) -> str | None:
     for name, digest in p.inputs.items():  # sorted by name
         if not ws.has_dataset(tx.sender, digest):
@@ -117,6 +115,10 @@ def apply_job_submit(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
 
 
 # -- job.result -------------------------------------------------------------------
+
+def reads_job_result(tx: Transaction, p: JobResult) -> Reads:
+    return Reads(jobs=(p.job,), receipts=(p.receipt.id,))
+
 
 def check_job_result(ws: WorkingState, tx: Transaction, p: JobResult) -> str | None:
     job = ws.job(p.job)
@@ -160,6 +162,10 @@ def apply_job_result(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
 
 # -- job.cancel -------------------------------------------------------------------
 
+def reads_job_cancel(tx: Transaction, p: JobCancel) -> Reads:
+    return Reads(jobs=(p.job,))
+
+
 def check_job_cancel(ws: WorkingState, tx: Transaction, p: JobCancel) -> str | None:
     job = ws.job(p.job)
     if job is None:
@@ -179,6 +185,10 @@ def apply_job_cancel(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
 
 # -- receipts.batch -------------------------------------------------------------
 
+def reads_receipts_batch(tx: Transaction, p: ReceiptsBatch) -> Reads:
+    return Reads(receipts=tuple(r.id for r in p.receipts))
+
+
 def check_receipts_batch(ws: WorkingState, tx: Transaction, p: ReceiptsBatch) -> str | None:
     for i, receipt in enumerate(p.receipts):
         if ws.receipt_on_chain(receipt.id):
@@ -190,18 +200,3 @@ def apply_receipts_batch(ws: WorkingState, ctx: BlockContext, tx: Transaction, p
     for receipt in p.receipts:
         record_receipt(ws, ctx, tx, receipt)
 
-
-@dataclass(frozen=True)
-class Handler:
-    check: Callable[[WorkingState, Transaction, Payload], str | None]
-    apply: Callable[[WorkingState, BlockContext, Transaction, Payload], None]
-
-
-HANDLERS: dict[str, Handler] = {
-    NODE_REGISTER: Handler(check_node_register, apply_node_register),  # type: ignore[arg-type]
-    DATASET_REGISTER: Handler(check_dataset_register, apply_dataset_register),  # type: ignore[arg-type]
-    JOB_SUBMIT: Handler(check_job_submit, apply_job_submit),  # type: ignore[arg-type]
-    JOB_RESULT: Handler(check_job_result, apply_job_result),  # type: ignore[arg-type]
-    JOB_CANCEL: Handler(check_job_cancel, apply_job_cancel),  # type: ignore[arg-type]
-    RECEIPTS_BATCH: Handler(check_receipts_batch, apply_receipts_batch),  # type: ignore[arg-type]
-}

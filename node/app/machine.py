@@ -41,10 +41,9 @@ from node.consensus.store import ChainStore
 from node.consensus.tx import PayloadError, Transaction, decode_tx
 from node.base.db import transaction
 from node.app import lifecycle, queries, tables
-from node.app.handlers import HANDLERS
 from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.txtypes import Payload, parse_payload
+from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
 from node.app.working import WorkingState
 
 MAX_HEIGHT = 2**63 - 1
@@ -140,7 +139,7 @@ class StateMachine(queries.StateQueries):
             ctx = BlockContext.start(height, block_hash, timestamp_ms)
             work = WorkingState(conn)
             parsed = [self._parse(tx) for tx in txs]
-            work.prefetch((tx, payload) for tx, (payload, _) in zip(txs, parsed))
+            work.prefetch(reads_of(tx, payload) for tx, (payload, _) in zip(txs, parsed) if payload is not None)
             for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
                 self._apply_tx(work, ctx, index, tx, payload, problem)
             lifecycle.expire_deadlines(work, ctx, self.rules)
@@ -156,7 +155,7 @@ class StateMachine(queries.StateQueries):
     def _parse(self, tx: Transaction) -> tuple[Payload | None, str | None]:
         """(payload, None) for a valid state transaction, (None, reason) for an
         invalid one, (None, None) for a type that is not the state machine's."""
-        if tx.type not in HANDLERS:
+        if tx.type not in STATE_TX_TYPES:
             return None, None
         try:
             return parse_payload(tx, self.rules), None
@@ -169,10 +168,10 @@ class StateMachine(queries.StateQueries):
     ) -> None:
         if payload is None and problem is None:
             return
-        handler = HANDLERS[tx.type]
+        handler = STATE_TX_TYPES[tx.type]
         reason = problem if payload is None else handler.check(work, tx, payload)
         if reason is None:
-            handler.apply(work, ctx, tx, payload)  # type: ignore[arg-type]
+            handler.apply(work, ctx, tx, payload)
             return
         work.add_rejection((ctx.height, index, tx.hash, tx.type, tx.sender, reason))
         ctx.effects.rejected.append(Rejection(index, tx.hash, tx.type, reason))
@@ -189,8 +188,8 @@ class StateMachine(queries.StateQueries):
         if payload is None:
             return problem
         work = WorkingState(self._conn)
-        work.prefetch([(tx, payload)])
-        return HANDLERS[tx.type].check(work, tx, payload)
+        work.prefetch([reads_of(tx, payload)])
+        return STATE_TX_TYPES[tx.type].check(work, tx, payload)
 
     # -- rebuilding ------------------------------------------------------------------
     def reset(self) -> None:

@@ -21,9 +21,15 @@ from typing import Any
 
 import duckdb
 
-from node.consensus.tx import Transaction
-from node.app import txtypes
-from node.app.txtypes import Payload
+
+@dataclass(frozen=True)
+class Reads:
+    """The stored rows one transaction's check and change may read (its type's
+    ``reads`` hook says which), loaded in bulk with the rest of the block's."""
+
+    datasets: tuple[tuple[bytes, bytes], ...] = ()  # (tenant, digest)
+    jobs: tuple[bytes, ...] = ()  # loaded whole: row, assignments, results
+    receipts: tuple[bytes, ...] = ()  # whether each is on chain
 
 
 @dataclass
@@ -130,24 +136,15 @@ class WorkingState:
         }
 
     # -- loading ---------------------------------------------------------------
-    def prefetch(self, items: Iterable[tuple[Transaction, Payload | None]]) -> None:
+    def prefetch(self, reads: Iterable[Reads]) -> None:
         """Load, in bulk, every row that these (parsed) transactions may read."""
         datasets: set[tuple[bytes, bytes]] = set()
         jobs: set[bytes] = set()
         receipts: set[bytes] = set()
-        for tx, payload in items:
-            if isinstance(payload, txtypes.DatasetRegister):
-                datasets.add((tx.sender, payload.digest))
-            elif isinstance(payload, txtypes.JobSubmit):
-                datasets.update((tx.sender, d) for d in payload.inputs.values())
-                jobs.add(tx.hash)
-            elif isinstance(payload, txtypes.JobResult):
-                jobs.add(payload.job)
-                receipts.add(payload.receipt.id)
-            elif isinstance(payload, txtypes.JobCancel):
-                jobs.add(payload.job)
-            elif isinstance(payload, txtypes.ReceiptsBatch):
-                receipts.update(r.id for r in payload.receipts)
+        for read in reads:
+            datasets.update(read.datasets)
+            jobs.update(read.jobs)
+            receipts.update(read.receipts)
         self._load_datasets(datasets)
         self.load_jobs(jobs)
         self._load_receipts(receipts)
@@ -219,7 +216,9 @@ class WorkingState:
 
     def next_seq(self) -> int:
         if self._next_seq is None:
-            (self._next_seq,) = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM state_jobs").fetchone()
+            row = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM state_jobs").fetchone()
+            assert row is not None  # an aggregate always answers one row
+            self._next_seq = int(row[0])
         seq = self._next_seq
         self._next_seq += 1
         return seq
@@ -270,13 +269,13 @@ class WorkingState:
     def flush(self) -> None:
         """Write every changed row back (inside the caller's transaction)."""
         nodes = [self.nodes()[k] for k in sorted(self._dirty_nodes)]
-        jobs = [self._jobs[k] for k in sorted(self._dirty_jobs)]
+        jobs = [job for job in (self._jobs[k] for k in sorted(self._dirty_jobs)) if job is not None]  # dirty: loaded
         _upsert(self.conn, "state_nodes", _columns(NodeRow), [_values(n) for n in nodes])
-        _upsert(self.conn, "state_jobs", _JOB_COLUMNS, [_values(j) for j in jobs])  # type: ignore[arg-type]
+        _upsert(self.conn, "state_jobs", _JOB_COLUMNS, [_values(j) for j in jobs])
         _upsert(self.conn, "state_assignments", _columns(AssignmentRow),
-                [_values(a) for j in jobs for _, a in sorted(j.assignments.items())])  # type: ignore[union-attr]
+                [_values(a) for j in jobs for _, a in sorted(j.assignments.items())])
         _upsert(self.conn, "state_results", _columns(ResultRow),
-                [_values(r) for j in jobs for _, r in sorted(j.results.items())])  # type: ignore[union-attr]
+                [_values(r) for j in jobs for _, r in sorted(j.results.items())])
         for table, rows in self._inserts.items():
             _insert(self.conn, table, rows)
             rows.clear()

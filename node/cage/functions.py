@@ -6,6 +6,12 @@ finds them without reading any file. A function receives a
 :class:`JobContext` (a confined DuckDB connection with one view per input,
 the job's seed, logical clock and output directory) and its parameters, and
 returns a :class:`Table` (``ctx.query(sql)`` builds one from a SELECT).
+
+A job type of the chain that runs Python names its function here by its
+registered name (the job-type registry, node/app/jobtypes.py, sits above the
+cage, which knows nothing of chains). Functions the shipped job types use live
+in the modules every pool imports (``node.cage.pool.DEFAULT_FUNCTION_MODULES``:
+this one and node/cage/trend.py).
 """
 
 from __future__ import annotations

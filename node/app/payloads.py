@@ -1,0 +1,59 @@
+"""The typed payloads of the state machine's transaction types.
+
+A payload's schema (:mod:`node.app.txtypes`) turns the CBOR map a transaction
+carries into one of these values; the state checks and transitions
+(:mod:`node.app.handlers`) read only these. They sit in a module of their own
+so that the handlers, below the table of transaction types, can name them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from node.receipts.envelope import Receipt
+
+
+@dataclass(frozen=True)
+class NodeRegister:
+    roles: tuple[str, ...]  # sorted
+    capacity: int
+    moniker: str
+
+
+@dataclass(frozen=True)
+class DatasetRegister:
+    digest: bytes
+    size: int
+    name: str
+    format: str
+    receipt: bytes  # id of the data.store receipt (on chain) of this tenant's upload of digest
+
+
+@dataclass(frozen=True)
+class JobSubmit:
+    job_type: str
+    inputs: dict[str, bytes]  # input name -> dataset digest
+    params: dict[str, Any]
+    replication: int
+    deadline_blocks: int
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: bytes
+    receipt: Receipt  # verified job.exec receipt issued by the sender
+    error: str | None = None  # why the job failed, as the node saw it (only with exit != 0)
+
+
+@dataclass(frozen=True)
+class JobCancel:
+    job: bytes
+
+
+@dataclass(frozen=True)
+class ReceiptsBatch:
+    receipts: tuple[Receipt, ...]  # verified, issued by the sender, in payload order
+
+
+Payload = NodeRegister | DatasetRegister | JobSubmit | JobResult | JobCancel | ReceiptsBatch
