@@ -41,3 +41,29 @@ async def test_metrics_follow_blocks_and_rpc(node_dir):
     assert samples[("metanode_rpc_calls_total", (("method", "chain_head"),))] >= 1
     assert samples[("metanode_peers", ())] >= 0
     assert ("metanode_mempool_transactions", ()) in samples
+
+
+def test_confined_daemon_serves_metrics_and_stops_cleanly(tmp_path):
+    """The daemon confines itself (Landlock, seccomp) before the metrics server
+    starts its thread: that server still answers, and SIGTERM stops the daemon
+    with exit code 0 (the server thread joined, its socket closed)."""
+    import json
+    import signal
+    import urllib.request
+
+    from tests.support import DaemonProcess, free_port, node_addr, rpc_json, wait_until
+
+    port, metrics_port = free_port(), free_port()
+    cfg = write_node_config(tmp_path / "node", "c", port=port, roles=["gateway"], service_policy=None,
+                            extra=f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    addr = node_addr(port, "c")
+    with DaemonProcess(cfg) as proc:
+        status = wait_until(lambda: rpc_json(addr, "node_status"), 60, what="daemon")
+        assert {"landlock", "seccomp"} <= set(status["cage"]["layers"]), json.dumps(status["cage"])
+        assert status["metrics"] == f"127.0.0.1:{metrics_port}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            body = answer.read().decode()
+        assert "metanode_height" in body and "metanode_rpc_calls_total" in body
+        proc.signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0, proc.log()[-2000:]
+    assert "Traceback" not in proc.log()

@@ -19,9 +19,9 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 def _progress(quiet: bool, as_json: bool) -> Any:
     """Progress lines go to stderr, so stdout stays the answer; off for --quiet / --json."""
-    if quiet or as_json:
-        return lambda text: None
-    return lambda text: click.echo(text, err=True)
+    from node.cli.present import progress
+
+    return progress(enabled=not (quiet or as_json))
 
 
 def _state_line(job_id: str, status: dict[str, Any]) -> str:
@@ -61,6 +61,31 @@ def _run(key_path: str | None, node_addr: str, body: Any) -> Any:
         raise
 
 
+class JobTypeChoice(click.Choice[str]):
+    """``--type``'s choices: the job types of the registry (node/app/jobtypes.py),
+    read when the option is parsed or shown, so the CLI offers exactly what this
+    build's chain accepts (sorted by name)."""
+
+    def __init__(self) -> None:  # no fixed list: see choices
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from node.app.jobtypes import job_type_names
+
+        return tuple(sorted(job_type_names()))
+
+
+class JobTypeOption(click.Option):
+    """``--type``, whose help lists each registered job type's summary line."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from node.app.jobtypes import JOB_TYPES
+
+        self.help = "; ".join(f"{name}: {JOB_TYPES[name].summary}" for name in sorted(JOB_TYPES))
+        return super().get_help_record(ctx)
+
+
 @click.group()
 def analytics() -> None:
     """Submit analytics jobs and follow them to a verified result."""
@@ -79,7 +104,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @analytics.command("submit")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--type", "job_type", required=True, type=click.Choice(["sql", "summary", "trend-analysis"]))
+@click.option("--type", "job_type", cls=JobTypeOption, required=True, type=JobTypeChoice())
 @click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False), help="Upload this CSV/Parquet file first.")
 @click.option("--dataset", "dataset", help="One of your registered datasets: its name or its digest (64 hex).")
 @click.option("--name", "input_name", default=None, help="The input's name in the job (default: the file's stem, or the dataset's name).")
@@ -95,11 +120,14 @@ def submit(node_addr: str, key_path: str | None, job_type: str, data_file: str |
     """Upload (if --data) and submit a job; with --follow, wait for its verdict."""
     if (data_file is None) == (dataset is None):
         raise UserError("give exactly one of --data FILE or --dataset NAME|DIGEST", exit_code=2)
+    from node.app.jobtypes import job_type as registered_job_type
+
+    entry = registered_job_type(job_type)
     parameters = _params(params)
-    if job_type == "sql":
+    if entry.sql_param is not None:  # the type runs SQL text: --query gives it
         if not query:
-            raise UserError("--type sql needs --query \"SELECT ...\"", exit_code=2)
-        parameters["query"] = query
+            raise UserError(f"--type {job_type} needs --query \"SELECT ...\"", exit_code=2)
+        parameters[entry.sql_param] = query
 
     say = _progress(quiet, as_json)
 
@@ -108,9 +136,10 @@ def submit(node_addr: str, key_path: str | None, job_type: str, data_file: str |
             found = await client.find_dataset(dataset)
             digest, name = found["digest"], input_name or found["name"]
         else:
+            assert data_file is not None  # exactly one of --data and --dataset (checked above)
             name = input_name or Path(data_file).stem
-        if job_type != "sql":
-            parameters.setdefault("input", name)
+        if entry.input_param is not None:  # the type reads one input: it is the one uploaded or named
+            parameters.setdefault(entry.input_param, name)
         if data_file is not None:
             size = Path(data_file).stat().st_size
             say(f"uploading {data_file} ({size:,} bytes) ...")

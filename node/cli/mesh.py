@@ -14,6 +14,7 @@ import json
 import click
 
 from node.base.errors import UserError
+from node.cli.present import LIVE_MARKS, Column, echo_table
 
 
 @click.group()
@@ -49,7 +50,8 @@ def status(node_addr: str, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(summary(report))
-    click.echo(table(report["nodes"]))
+    echo_table(TABLE_COLUMNS, table_rows(report["nodes"]), marks=LIVE_MARKS)
+    click.echo(TABLE_NOTE)
 
 
 def summary(report: dict) -> str:  # type: ignore[type-arg]
@@ -62,17 +64,22 @@ def summary(report: dict) -> str:  # type: ignore[type-arg]
             f"{len(validators)} validators ({sum(1 for n in validators if n['live'])} live); {span}")
 
 
-def table(nodes: list) -> str:  # type: ignore[type-arg]
-    lines = [f"{'moniker':12} {'live':4} {'val':3} {'height':>7} {'round':>5} {'peers':>5} {'mempool':>7} {'jobs':>4}  {'roles':44} peer id"]
+TABLE_COLUMNS = [Column("moniker"), Column("live"), Column("val"), Column("height", right=True), Column("round", right=True),
+                 Column("peers", right=True), Column("mempool", right=True), Column("jobs", right=True), Column("roles"),
+                 Column("peer id"), Column("")]
+TABLE_NOTE = "* the node asked; jobs = submitted + scheduled + running"
+
+
+def table_rows(nodes: list) -> list[list[str]]:  # type: ignore[type-arg]
+    """One row per node under TABLE_COLUMNS; an unreachable node's last cell says why."""
+    rows = []
     for n in nodes:
-        shown = {k: "-" if n.get(k) is None else n[k] for k in ("height", "round", "peers", "mempool", "jobs")}
+        shown = {k: "-" if n.get(k) is None else str(n[k]) for k in ("height", "round", "peers", "mempool", "jobs")}
         moniker = (n["moniker"] or "?") + ("*" if n["entry"] else "")
-        line = (f"{moniker:12} {'yes' if n['live'] else 'NO':4} {'yes' if n['validator'] else '-':3} {shown['height']:>7} "
-                f"{shown['round']:>5} {shown['peers']:>5} {shown['mempool']:>7} {shown['jobs']:>4}  "
-                f"{','.join(n['roles'] or []) or '-':44} {n['peer_id']}")
+        note = ""
         if not n["live"]:
             error = n.get("error") or "no answer"
-            line += f"  (unreachable: {error if len(error) <= 100 else error[:97] + '...'})"
-        lines.append(line)
-    lines.append("* the node asked; jobs = submitted + scheduled + running")
-    return "\n".join(lines)
+            note = f"(unreachable: {error if len(error) <= 100 else error[:97] + '...'})"
+        rows.append([moniker, "yes" if n["live"] else "NO", "yes" if n["validator"] else "-", shown["height"], shown["round"],
+                     shown["peers"], shown["mempool"], shown["jobs"], ",".join(n["roles"] or []) or "-", n["peer_id"], note])
+    return rows

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
+from node.cli.present import LIVE_MARKS, Column, echo_table
 from node.testnet import layout, processes
 
 
@@ -25,8 +27,8 @@ def init(validators: int, non_validators: int, directory: Path, base_port: int |
     """Write keys (0600) and one config per node, peers filled in."""
     plans = layout.plan_testnet(validators, non_validators=non_validators, base_port=base_port, seed=seed)
     layout.write_testnet(directory, plans)
-    for plan in plans:
-        click.echo(f"{plan.name}  {','.join(plan.roles):45} {plan.address}")
+    echo_table([Column("node"), Column("roles"), Column("address")],
+               [[plan.name, ",".join(plan.roles), plan.address] for plan in plans], header=False)
     click.echo(f"wrote {len(plans)} nodes to {directory}; start them with: metanode testnet up --dir {directory}")
 
 
@@ -39,9 +41,10 @@ def init(validators: int, non_validators: int, directory: Path, base_port: int |
 def up(directory: Path, wait: bool, timeout: float, quiet: bool, as_json: bool) -> None:
     """Start every node in the background (logs: DIR/NODE.log)."""
     from node.base.logging import configure_client_logging
+    from node.cli.present import progress
 
     configure_client_logging()  # libp2p's dial errors while nodes start are not the user's business
-    say = (lambda text: None) if quiet or as_json else (lambda text: click.echo(text, err=True))
+    say = progress(enabled=not (quiet or as_json))
     pids = processes.up(directory)
     if not as_json:
         for name, pid in pids.items():
@@ -103,11 +106,18 @@ def status(directory: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'node':8} {'live':5} {'pid':>7} {'peers':>5} {'height':>7} {'round':>5} {'mempool':>7} {'jobs':>4}  {'roles':45} peer id")
-    for row in rows:
-        shown = {k: "-" if row[k] is None else row[k] for k in ("peers", "height", "round", "mempool", "jobs")}
-        click.echo(f"{row['name']:8} {'yes' if row['live'] else 'NO':5} {row['pid'] or '-':>7} {shown['peers']:>5} {shown['height']:>7} "
-                   f"{shown['round']:>5} {shown['mempool']:>7} {shown['jobs']:>4}  {','.join(row['roles']):45} {row['peer_id']}")
+    echo_table(STATUS_COLUMNS, [status_row(row) for row in rows], marks=LIVE_MARKS)
+
+
+STATUS_COLUMNS = [Column("node"), Column("live"), Column("pid", right=True), Column("peers", right=True), Column("height", right=True),
+                  Column("round", right=True), Column("mempool", right=True), Column("jobs", right=True), Column("roles"), Column("peer id")]
+
+
+def status_row(row: dict[str, Any]) -> list[str]:
+    """One node of ``cluster_status`` as the cells of STATUS_COLUMNS ("-" where a figure is unknown)."""
+    shown = {k: "-" if row[k] is None else str(row[k]) for k in ("peers", "height", "round", "mempool", "jobs")}
+    return [row["name"], "yes" if row["live"] else "NO", str(row["pid"] or "-"), shown["peers"], shown["height"], shown["round"],
+            shown["mempool"], shown["jobs"], ",".join(row["roles"]), row["peer_id"]]
 
 
 @testnet.command("logs")

@@ -9,18 +9,26 @@ metric names start with ``metanode_``.
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import structlog
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from node.base.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_RPC_METHOD_LABELS = 200  # method names come from clients: bound the label cardinality
 OTHER_METHOD = "other"
-_MAX_REQUEST_BYTES = 8192
 _REQUEST_TIMEOUT_S = 5.0
+_SHUTDOWN_POLL_S = 0.1  # how often the server thread looks for shutdown(): the longest a daemon's stop waits for it
+
+log = structlog.get_logger("metanode.metrics")
 
 
 class NodeMetrics:
@@ -92,60 +100,96 @@ class NodeMetrics:
     async def serve(self, host: str = DEFAULT_HOST, port: int = 9464, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve ``/metrics`` and ``/healthz`` until cancelled. Use with
         ``await nursery.start(metrics.serve, host, port)``, which returns the
-        bound port (useful with ``port=0``). A busy port raises ConfigError."""
+        bound port (useful with ``port=0``). A busy port raises ConfigError.
+
+        The server is prometheus_client's own (its threaded WSGI server and its
+        exposition app, which negotiates the format and compression a scraper
+        asks for), on a thread of its own: a scrape never waits for the trio
+        loop, nor the loop for a scraper. Cancelled, it stops that thread and
+        closes its socket before returning."""
         try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            server = await trio.to_thread.run_sync(_bind, host, port, self._app())
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"metrics: cannot listen on {host}:{port}: the port is already in use") from None
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        bound = listeners[0].socket.getsockname()[1]
-        task_status.started(bound)
-        await trio.serve_listeners(self._handle, listeners)
+        bound = int(server.server_address[1])
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": _SHUTDOWN_POLL_S},
+                                  name=f"metrics {host}:{bound}", daemon=True)
+        thread.start()
+        try:
+            task_status.started(bound)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_stop, server, thread)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                with trio.fail_after(_REQUEST_TIMEOUT_S):
-                    request = await _read_request_head(stream)
-                    await stream.send_all(self._respond(request))
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
-                return  # a slow or broken client only loses its own connection
+    def _app(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+        """prometheus_client's exposition app on ``/metrics`` (GET, and HEAD: its
+        headers without the body), ``/healthz`` beside it, 404 and 405 elsewhere."""
+        metrics_app = make_wsgi_app(self.registry)
 
-    def _respond(self, head: bytes | None) -> bytes:
-        if head is None:
-            return _response(400, b"bad request\n", "text/plain")
-        parts = head.split(b"\r\n", 1)[0].split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            return _response(400, b"bad request\n", "text/plain")
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method not in (b"GET", b"HEAD"):
-            return _response(405, b"only GET\n", "text/plain")
-        if target == b"/metrics":
-            body, ctype = self.exposition(), CONTENT_TYPE_LATEST
-        elif target == b"/healthz":
-            body, ctype = b"ok\n", "text/plain"
-        else:
-            return _response(404, b"not found; try /metrics or /healthz\n", "text/plain")
-        return _response(200, b"" if method == b"HEAD" else body, ctype, length=len(body))
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+            if method not in ("GET", "HEAD"):
+                return _plain(start_response, "405 Method Not Allowed", b"only GET\n")
+            if path == "/healthz":
+                return _plain(start_response, "200 OK", b"ok\n", head=method == "HEAD")
+            if path != "/metrics":
+                return _plain(start_response, "404 Not Found", b"not found; try /metrics or /healthz\n")
+            if method == "GET":
+                return metrics_app(environ, start_response)
+            answer: list[Any] = []
 
+            def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+                answer[:] = [status, [(k, v) for k, v in headers if k.lower() != "content-length"]]
 
-async def _read_request_head(stream: trio.SocketStream) -> bytes | None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return None
-        data += chunk
-        if len(data) > _MAX_REQUEST_BYTES:
-            return None
-    return data.split(b"\r\n\r\n", 1)[0]
+            body = b"".join(metrics_app({**environ, "REQUEST_METHOD": "GET"}, keep))
+            start_response(answer[0], answer[1] + [("Content-Length", str(len(body)))])
+            return [b""]
+
+        return app
 
 
-def _response(status: int, body: bytes, content_type: str, *, length: int | None = None) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[status]
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+class _QuietHandler(WSGIRequestHandler):
+    """One request per connection; no access log; a client silent for
+    _REQUEST_TIMEOUT_S loses its connection. Malformed requests are answered
+    ``HTTP/1.1 400`` with a one-line plain-text body."""
+
+    timeout = _REQUEST_TIMEOUT_S
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(explain)s\n"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+class _MetricsServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-request server; a client that times out or
+    hangs up costs its own connection and nothing on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics request failed", client=str(client_address), exc_info=True)
+
+
+def _bind(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> _MetricsServer:
+    """Bind (IPv4 or IPv6, as ``host`` is), as prometheus_client's start_http_server does."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(_MetricsServer):
+        address_family = family
+
+    return make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
+
+
+def _stop(server: _MetricsServer, thread: threading.Thread) -> None:
+    server.shutdown()  # returns once serve_forever has (within _SHUTDOWN_POLL_S)
+    server.server_close()
+    thread.join()
+
+
+def _plain(start_response: Callable[..., Any], status: str, body: bytes, *, head: bool = False) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [b"" if head else body]

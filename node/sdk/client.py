@@ -29,7 +29,8 @@ from typing import Any
 import trio
 
 from node.consensus.tx import sign_tx
-from node.base.errors import UserError
+from node.base.errors import EXIT_USAGE, ErrorCode, UserError
+from node.base.retry import Backoff, retry
 from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcClient
@@ -96,14 +97,9 @@ class AsyncClient:
         (a cluster just starting) is retried for up to ``wait_ready`` seconds."""
         from node.p2p.rpc import RpcCallError
 
-        deadline = trio.current_time() + wait_ready
-        while True:
-            try:
-                return await self.rpc.call("dataset_upload", params, timeout=300)
-            except RpcCallError as exc:
-                if exc.code != 1213 or trio.current_time() >= deadline:
-                    raise
-            await trio.sleep(0.5)
+        return await retry(lambda: self.rpc.call("dataset_upload", params, timeout=300), backoff=Backoff(0.5),
+                           retry_on=RpcCallError, when=lambda exc: exc.code == ErrorCode.NODE_NOT_READY,
+                           deadline=trio.current_time() + wait_ready)
 
     async def wait_for_receipt(self, receipt_id: str, *, timeout: float = 120.0) -> str:
         """Wait until a receipt is in the chain's log (registering an upload needs
@@ -111,14 +107,9 @@ class AsyncClient:
         from node.p2p.rpc import RpcCallError
 
         with trio.fail_after(timeout):
-            while True:
-                try:
-                    await self.rpc.call("receipt_get", {"id": receipt_id})
-                    return receipt_id
-                except RpcCallError as exc:
-                    if exc.code != 1404:
-                        raise
-                await trio.sleep(0.2)
+            await retry(lambda: self.rpc.call("receipt_get", {"id": receipt_id}), backoff=Backoff(0.2),
+                        retry_on=RpcCallError, when=lambda exc: exc.code == ErrorCode.NOT_FOUND)
+        return receipt_id
 
     async def datasets(self) -> list[dict[str, Any]]:
         """Every dataset of yours in this node's catalog (name, digest, format, size, schema, rows)."""
@@ -163,7 +154,7 @@ class AsyncClient:
         try:
             return await self.rpc.call("analytics_status", {"job_id": job_id})
         except RpcCallError as exc:
-            if exc.code == 1404:
+            if exc.code == ErrorCode.NOT_FOUND:
                 return None  # not in a committed block yet (or not ours)
             raise
 
@@ -192,15 +183,11 @@ class AsyncClient:
         the nodes holding it are briefly unreachable."""
         from node.p2p.rpc import RpcCallError
 
-        deadline = trio.current_time() + retry_for
-        while True:
-            try:
-                return await self.rpc.call("analytics_result", {"job_id": job_id}, timeout=60)
-            except RpcCallError as exc:
-                unavailable_now = exc.code == 1405 and isinstance(exc.data, dict) and "holders" in exc.data
-                if not unavailable_now or trio.current_time() >= deadline:
-                    raise
-            await trio.sleep(0.5)
+        def unavailable_now(exc: RpcCallError) -> bool:
+            return exc.code == ErrorCode.RESULT_NOT_AVAILABLE and isinstance(exc.data, dict) and "holders" in exc.data
+
+        return await retry(lambda: self.rpc.call("analytics_result", {"job_id": job_id}, timeout=60), backoff=Backoff(0.5),
+                           retry_on=RpcCallError, when=unavailable_now, deadline=trio.current_time() + retry_for)
 
     async def witness(self, job_id: str) -> dict[str, Any]:
         """The witness of each execution of the job (what it read, ran and produced)."""
@@ -287,10 +274,10 @@ class Client:
 def require_key(path: str | None) -> Identity:
     """The tenant key for CLI commands, with a helpful error when it is missing."""
     if not path:
-        raise UserError("no tenant key: pass --key FILE (create one with `metanode keys init --out tenant.key`)", exit_code=2)
+        raise UserError("no tenant key: pass --key FILE (create one with `metanode keys init --out tenant.key`)", exit_code=EXIT_USAGE)
     from node.base.keys import KeyFileError
 
     try:
         return Identity.load(path)
     except KeyFileError as exc:
-        raise UserError(f"--key: {exc}", exit_code=2) from None
+        raise UserError(f"--key: {exc}", exit_code=EXIT_USAGE) from None

@@ -36,7 +36,8 @@ import trio
 
 from node.consensus.genesis import load_genesis
 from node.consensus.tx import Transaction, sign_tx
-from node.base.errors import sole_exception
+from node.base.errors import ErrorCode, sole_exception
+from node.base.retry import Backoff, retry
 from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcClient, RpcCallError
@@ -47,7 +48,6 @@ CALL_TIMEOUT_S = 10.0
 STALL_S = 8.0  # a job not committed this long after it was sent is re-sent
 PER_TENANT_RATE = 0.5  # jobs per second one tenant submits; more rate means more tenants
 FINAL_STATES = ("verified", "disputed", "failed", "cancelled")
-NOT_SEALED = 1102  # receipt_bundle: the receipt is not in a sealed block yet
 MAX_PROBLEM_LINES = 12
 
 SQL_QUERIES = (
@@ -226,14 +226,8 @@ class AnalyticsWorkload:
         return False
 
     async def _receipt_on_chain(self, rpc: RpcClient, receipt_id: str, stop_at: float) -> None:
-        while True:
-            try:
-                await rpc.call("receipt_get", {"id": receipt_id})
-                return
-            except RpcCallError as exc:
-                if exc.code != 1404 or trio.current_time() >= stop_at:
-                    raise
-            await trio.sleep(0.3)
+        await retry(lambda: rpc.call("receipt_get", {"id": receipt_id}), backoff=Backoff(0.3), retry_on=RpcCallError,
+                    when=lambda exc: exc.code == ErrorCode.NOT_FOUND, deadline=stop_at)
 
     def _new_job(self, tenant: Tenant) -> TrackedJob:
         assert tenant.digest is not None and tenant.job_nonce is not None and self.chain_id is not None
@@ -402,7 +396,7 @@ class AnalyticsWorkload:
             try:
                 bundle = bytes.fromhex((await rpc.call("receipt_bundle", {"id": r["id"]}))["bundle"])
             except RpcCallError as exc:
-                if exc.code == NOT_SEALED and not final:
+                if exc.code == ErrorCode.RECEIPT_NOT_SEALED and not final:
                     return None
                 problems.append(f"{name}: receipt {r['kind']} {r['id'][:12]} has no bundle: {exc}")
                 continue

@@ -23,7 +23,6 @@ to ``DIR/tunswitch.log``. The namespaces and the switch pid are recorded in
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import fcntl
 import heapq
@@ -43,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import click
 
 from node.testnet.netbase import STATE_FILE, NetnsError, cleanup_recorded, delete_names, free_subnet, netns_unavailable_reason, run
 
@@ -261,13 +262,30 @@ class Switch:
                     self.route(src, packet, now)
 
 
+SWITCH_PROG = "python -m node.testnet.tunswitch"
+
+
+@click.command(name=SWITCH_PROG, help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--tag", required=True, help="the run's tag (for finding this process again)")
+@click.option("--seed", type=int, required=True, help="seed of the loss decisions")
+@click.option("--port", "port_specs", multiple=True, required=True, metavar="NAME:NETNS:DEVICE:ADDRESS",
+              help="one TUN per port; NETNS empty for the current namespace")
+@click.pass_context
+def switch_command(ctx: click.Context, tag: str, seed: int, port_specs: tuple[str, ...]) -> None:
+    ctx.exit(_run_switch(tag, seed, port_specs))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.testnet.tunswitch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tag", required=True, help="the run's tag (for finding this process again)")
-    parser.add_argument("--seed", type=int, required=True, help="seed of the loss decisions")
-    parser.add_argument("--port", action="append", required=True, metavar="NAME:NETNS:DEVICE:ADDRESS",
-                        help="one TUN per port; NETNS empty for the current namespace")
-    args = parser.parse_args(argv)
+    """The switch process (started by :class:`TunNetwork` with its argv); its exit
+    status: 0 stopped (stdin closed or SIGTERM), 1 a port could not be opened, 2 a usage error."""
+    try:
+        switch_command.main(args=argv, prog_name=SWITCH_PROG)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return 0
+
+
+def _run_switch(tag: str, seed: int, port_specs: tuple[str, ...]) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s tunswitch %(message)s")
     out = sys.stdout
 
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ports: list[Port] = []
     try:
-        for spec in args.port:
+        for spec in port_specs:
             if spec.count(":") != 3:
                 raise ValueError("expected NAME:NETNS:DEVICE:ADDRESS")
             name, netns, device, address = spec.split(":")
@@ -286,13 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         reply({"ok": False, "error": f"cannot open port {spec!r}: {exc}"})
         return 1
-    switch = Switch(ports, args.seed)
+    switch = Switch(ports, seed)
 
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_term)
-    log.info("tag %s seed %d ports %s", args.tag, args.seed, ", ".join(args.port))
+    log.info("tag %s seed %d ports %s", tag, seed, ", ".join(port_specs))
     reply({"ok": True, "ready": True, "pid": os.getpid()})
     try:
         switch.run(sys.stdin.fileno(), reply)

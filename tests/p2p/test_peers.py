@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import trio
 
-from node.p2p.peers import backoff_delay
+from node.base.retry import Backoff
 from tests.support import free_port, node_addr, running_daemon, write_node_config
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    return Backoff(base, factor=2.0, cap=cap).delay(attempt)
 
 
 def test_backoff_doubles_then_caps():

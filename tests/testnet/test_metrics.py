@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 
 import pytest
 import trio
@@ -108,3 +110,39 @@ async def test_busy_port_is_a_clear_error():
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"metrics: cannot listen on 127.0.0.1:{port}: the port is already in use"):
             await NodeMetrics().serve("127.0.0.1", port)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_cancelled_server_stops_its_thread_and_closes_its_socket():
+    """The daemon's stop cancels serve(): the server thread is joined and the
+    listening socket closed (no thread, no fd, no port left behind)."""
+    fds_before = _open_fds()
+    m = NodeMetrics()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(m.serve, "127.0.0.1", 0)
+        assert any(t.name == f"metrics 127.0.0.1:{port}" for t in threading.enumerate())
+        assert (await http_get(port, "/metrics"))[0] == 200
+        nursery.cancel_scope.cancel()
+    assert not any(t.name.startswith("metrics ") for t in threading.enumerate()), threading.enumerate()
+    assert _open_fds() <= fds_before
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    # The port is free again: a new server binds it.
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(m.serve, "127.0.0.1", port) == port
+        nursery.cancel_scope.cancel()
+
+
+async def test_head_of_healthz_and_a_silent_client_costs_only_its_connection():
+    m = NodeMetrics()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(m.serve, "127.0.0.1", 0)
+        status, headers, body = await http_get(port, "/healthz", method="HEAD")
+        assert (status, body, headers["Content-Length"]) == (200, b"", "3")
+        silent = await trio.open_tcp_stream("127.0.0.1", port)  # connects, never sends
+        assert (await http_get(port, "/metrics"))[0] == 200  # others are served meanwhile
+        await silent.aclose()
+        nursery.cancel_scope.cancel()

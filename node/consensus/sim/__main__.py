@@ -12,10 +12,11 @@ seed prints the one command that replays it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+import click
 
 from node.consensus.sim import SimResult, parse_faults, run_seed
 
@@ -24,36 +25,49 @@ def _one(args: tuple[int, int, tuple[str, ...]]) -> SimResult:
     return run_seed(*args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.consensus.sim", description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run (default 100)")
-    parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--seed", type=int, help="run exactly this one seed")
-    parser.add_argument("--n", default="4", help="validators, or a comma list run in turn (default 4)")
-    parser.add_argument("--faults", default="all", help="all | none | comma list (delay,drop,dup,partition,crash,silent,equivocate,shared-key)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every run's scenario and heights")
-    args = parser.parse_args(argv)
+PROG = "python -m node.consensus.sim"
+
+
+@click.command(name=PROG, help=__doc__.split("\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--seeds", type=int, default=100, help="how many seeds to run (default 100)")
+@click.option("--start", type=int, default=0, help="first seed (default 0)")
+@click.option("--seed", type=int, default=None, help="run exactly this one seed")
+@click.option("--n", "n", default="4", help="validators, or a comma list run in turn (default 4)")
+@click.option("--faults", default="all", help="all | none | comma list (delay,drop,dup,partition,crash,silent,equivocate,shared-key)")
+@click.option("--jobs", type=int, default=1, help="worker processes (default 1)")
+@click.option("-v", "--verbose", is_flag=True, help="print every run's scenario and heights")
+@click.pass_context
+def simulate(ctx: click.Context, seeds: int, start: int, seed: int | None, n: str, faults: str, jobs: int, verbose: bool) -> None:
     try:
-        faults = parse_faults(args.faults)
-        sizes = [int(x) for x in args.n.split(",")]
+        fault_kinds = parse_faults(faults)
+        sizes = [int(x) for x in n.split(",")]
     except ValueError as exc:
-        parser.error(str(exc))
+        raise click.UsageError(str(exc)) from None
     if any(size < 1 or size > 64 for size in sizes):
-        parser.error("--n must be between 1 and 64")
-    seeds = [args.seed] if args.seed is not None else list(range(args.start, args.start + args.seeds))
-    jobs = [(seed, size, faults) for size in sizes for seed in seeds]
+        raise click.UsageError("--n must be between 1 and 64")
+    seed_list = [seed] if seed is not None else list(range(start, start + seeds))
+    runs = [(one_seed, size, fault_kinds) for size in sizes for one_seed in seed_list]
     started = time.monotonic()
     failures = 0
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            results = pool.map(_one, jobs, chunksize=8)
-            failures = _report(results, args.verbose)
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            results = pool.map(_one, runs, chunksize=8)
+            failures = _report(results, verbose)
     else:
-        failures = _report(map(_one, jobs), args.verbose)
+        failures = _report(map(_one, runs), verbose)
     elapsed = time.monotonic() - started
-    print(f"{len(jobs) - failures}/{len(jobs)} runs passed (n={args.n}, faults={args.faults}) in {elapsed:.1f} s")
-    return 1 if failures else 0
+    print(f"{len(runs) - failures}/{len(runs)} runs passed (n={n}, faults={faults}) in {elapsed:.1f} s")
+    ctx.exit(1 if failures else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: this process's); the exit status
+    (0 all runs kept every invariant, 1 some did not, 2 a usage error)."""
+    try:
+        simulate.main(args=argv, prog_name=PROG)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return 0
 
 
 def _report(results, verbose: bool) -> int:
