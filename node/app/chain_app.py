@@ -1,6 +1,9 @@
 """What the chain means: transaction types, receipts sealed into headers, state on finalise.
 
-This is where consensus and the services meet (DESIGN.md). The consensus
+This is where consensus and the services meet (DESIGN.md): :class:`ChainApplication`
+implements :class:`node.consensus.app.Application`, the whole contract the
+consensus shell drives. Besides start-up (its transaction types, catching up
+after a restart) and the state's answers about single transactions, the
 shell asks it three things:
 
 * before proposing: the receipt log's size and root after this block's
@@ -24,15 +27,20 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import duckdb
 import structlog
 
+from node.app.machine import StateMachine, catch_up
+from node.app.model import BlockEffects
+from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.txtypes import carried_receipts, register_tx_types
+from node.base.db import transaction
+from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
 from node.consensus.store import ChainStore
 from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
-from node.base.db import transaction
 from node.receipts.envelope import Receipt, decode_receipt
 from node.receipts.log import LogHead, ReceiptLog
-from node.app import DEFAULT_RULES, StateMachine, catch_up, parse_payload, register_tx_types
 
 log = structlog.get_logger("metanode.chain")
 
@@ -41,7 +49,9 @@ _LIFECYCLE = {"api.call": 0, "job.schedule": 1, "job.exec": 2, "job.verdict": 3}
 
 
 class ChainApplication:
-    def __init__(self, conn: Any, store: ChainStore, rules: Any = DEFAULT_RULES) -> None:
+    """The chain's meaning on one node: the receipt log and the state machine, on ``conn``."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, store: ChainStore, rules: ChainRules = DEFAULT_RULES) -> None:
         self.conn = conn
         self.store = store
         self.rules = rules
@@ -50,9 +60,11 @@ class ChainApplication:
         self.state = StateMachine(conn, rules=rules)
         # Called with (effects, block) after each block is applied, e.g. to
         # sign the job.schedule / job.verdict receipts a block implies.
-        self.on_effects: list[Callable[[Any, Block], None]] = []
+        self.on_effects: list[Callable[[BlockEffects, Block], None]] = []
 
-    def register(self, registry: TxTypeRegistry) -> None:
+    # -- start-up ---------------------------------------------------------------------
+    def register_tx_types(self, registry: TxTypeRegistry) -> None:
+        """The state machine's transaction types, with their payload checks."""
         register_tx_types(registry, self.rules)
 
     # -- receipts carried by a block -----------------------------------------------
@@ -78,16 +90,19 @@ class ChainApplication:
         return found
 
     def _carried(self, tx: Transaction) -> Sequence[Receipt]:
-        if tx.type == "job.result":
-            return [parse_payload(tx, self.rules).receipt]  # type: ignore[union-attr]
-        if tx.type == "receipts.batch":
-            return parse_payload(tx, self.rules).receipts  # type: ignore[union-attr]
-        return []
+        return carried_receipts(tx, self.rules)  # its type's entry says which (the payload check passed before)
 
     def receipts_head_after(self, txs: Sequence[bytes]) -> LogHead:
+        """The receipt log's head once the receipts ``txs`` carry are appended."""
         return self.receipts.head_after([r.id for r in self.receipts_in(txs)])
 
-    def header_matches(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
+    # -- proposals ----------------------------------------------------------------------
+    def commitment_after(self, txs: Sequence[bytes]) -> Commitment:
+        """The header of a block holding ``txs`` seals the receipt log's head after them."""
+        head = self.receipts_head_after(txs)
+        return Commitment(receipts_size=head.size, receipts_root=head.root)
+
+    def accepts_proposal(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
         head = self.receipts_head_after(txs)
         if (header.receipts_size, header.receipts_root) != (head.size, head.root):
             log.warning("proposal carries a wrong receipt log head", height=header.height,
@@ -95,19 +110,24 @@ class ChainApplication:
             return False
         return True
 
+    # -- single transactions ------------------------------------------------------------
+    def check_tx_against_state(self, tx: Transaction) -> str | None:
+        """Why the current state would refuse ``tx``, or None (read-only)."""
+        return self.state.check_tx_against_state(tx)
+
+    def rejection_of(self, tx_hash: bytes) -> str | None:
+        """Why the state refused a committed transaction, or None."""
+        return self.state.rejection_of(tx_hash)
+
     # -- finalised blocks ---------------------------------------------------------------
-    def on_finalized(self, block: Block) -> None:
+    def apply_final_block(self, block: Block) -> None:
+        """Append the block's receipts to the log, then apply it to the state machine."""
         self._append_receipts(block)
         effects = self.state.apply_block(
             block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions]
         )
         for callback in self.on_effects:
             callback(effects, block)
-
-    def rejection_of(self, tx_hash: bytes) -> str | None:
-        """Why the state refused a committed transaction, or None."""
-        row = self.conn.execute("SELECT reason FROM state_rejections WHERE tx_hash = ?", [tx_hash]).fetchone()
-        return None if row is None else str(row[0])
 
     def job_receipts(self, job_id: bytes) -> list[dict[str, Any]]:
         """Every logged receipt about a job, in the job's order: the api.call
@@ -160,3 +180,8 @@ class ChainApplication:
         applied = catch_up(self.state, self.store)
         if missing or applied:
             log.info("caught up after restart", receipt_blocks=len(missing), state_blocks=applied)
+
+
+# The type checker holds ChainApplication to the whole contract the chain drives
+# (tests/consensus/test_application_contract.py checks the same at run time).
+_IMPLEMENTS: type[Application] = ChainApplication

@@ -10,10 +10,10 @@ from typing import Any
 
 import duckdb
 
-from node.base.codec import decode, to_hex
-from node.receipts.envelope import Receipt, decode_receipt
 from node.app.model import ACTIVE_STATES, JOB_STATES, PENDING
 from node.app.rules import DEFAULT_RULES, ChainRules
+from node.base.codec import decode, to_hex
+from node.receipts.envelope import Receipt, decode_receipt
 
 MAX_PAGE = 500
 
@@ -103,7 +103,8 @@ class StateQueries:
         Pass the answer's ``next`` as ``before`` for the following page (None
         when there is none). ``state`` filters by job state.
         """
-        clauses, args = ["tenant = ?"], [_key(tenant, "tenant")]
+        clauses: list[str] = ["tenant = ?"]
+        args: list[Any] = [_key(tenant, "tenant")]
         if before is not None:
             if type(before) is not int:
                 raise ValueError("before must be an integer (the previous page's next)")
@@ -121,6 +122,16 @@ class StateQueries:
         page = [_job_summary(row) for row in rows[:limit]]
         return {"jobs": page, "next": page[-1]["seq"] if len(rows) > limit else None}
 
+    def pending_assignments_of(self, node_key: bytes) -> list[tuple[bytes, int]]:
+        """``(job id, attempt)`` of every assignment of ``node_key`` still waiting
+        for its result, in job id order: what a processing node runs. Only the
+        keys, since it is asked on every block and most are already in hand."""
+        rows = self._conn.execute(
+            "SELECT job_id, attempt FROM state_assignments WHERE node_key = ? AND status = ? ORDER BY job_id, attempt",
+            [_key(node_key, "node key"), PENDING],
+        ).fetchall()
+        return [(bytes(job_id), attempt) for job_id, attempt in rows]
+
     def queue_depth(self) -> dict[str, int]:
         """How many jobs are in each active state, and how many wait for nodes."""
         counts = dict.fromkeys(ACTIVE_STATES, 0)
@@ -130,10 +141,11 @@ class StateQueries:
             list(ACTIVE_STATES),
         ).fetchall():
             counts[state] = count
-        (waiting,) = self._conn.execute(
+        row = self._conn.execute(
             "SELECT count(*) FROM state_jobs WHERE reason IS NOT NULL AND state IN (?, ?, ?)",
             list(ACTIVE_STATES),
         ).fetchone()
+        waiting = row[0] if row is not None else 0  # count(*) always answers one row
         return {**counts, "waiting_for_nodes": waiting}
 
     # -- datasets and nodes -----------------------------------------------------
@@ -192,6 +204,11 @@ class StateQueries:
         return [decode_receipt(bytes(envelope)) for (envelope,) in self._conn.execute(
             "SELECT envelope FROM state_receipts WHERE height = ? ORDER BY position", [height]
         ).fetchall()]
+
+    def rejection_of(self, tx_hash: bytes) -> str | None:
+        """Why the state refused the committed transaction ``tx_hash``, or None if it did not."""
+        row = self._conn.execute("SELECT reason FROM state_rejections WHERE tx_hash = ?", [tx_hash]).fetchone()
+        return None if row is None else str(row[0])
 
     def rejections_for_block(self, height: int) -> list[dict[str, Any]]:
         """The committed transactions of ``height`` that the state refused, and why."""

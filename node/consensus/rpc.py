@@ -6,28 +6,16 @@ import itertools
 from typing import Any
 
 import trio
+from libp2p.network.stream.exceptions import StreamError
 
+from node.base.errors import TX_REJECTED, ErrorCode
+from node.base.keys import peer_id_from_public_key
 from node.consensus.block import Block, tx_hash
+from node.consensus.mempool import Admission
 from node.consensus.service import BlockSummary, ConsensusService
 from node.consensus.tx import TxErrorCode, decode_tx
-from node.base.keys import peer_id_from_public_key
-from node.p2p.jsonrpc import INVALID_PARAMS, CallContext, Registry, RpcError
-
-# Stable application error codes (clients match on them; never renumber).
-TX_REJECTED_CODES = {
-    TxErrorCode.MALFORMED: 1001,
-    TxErrorCode.TOO_LARGE: 1002,
-    TxErrorCode.WRONG_CHAIN: 1003,
-    TxErrorCode.BAD_SIGNATURE: 1004,
-    TxErrorCode.UNKNOWN_TYPE: 1005,
-    TxErrorCode.INVALID_PAYLOAD: 1006,
-    TxErrorCode.BAD_NONCE: 1007,
-    TxErrorCode.DUPLICATE: 1008,
-    TxErrorCode.SENDER_LIMIT: 1009,
-    TxErrorCode.MEMPOOL_FULL: 1010,
-}
-TX_COMMIT_TIMEOUT = 1020
-NOT_FOUND = 1404
+from node.p2p.framing import FrameError
+from node.p2p.jsonrpc import CallContext, Registry, RpcError
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _subscription_ids = itertools.count(1)
@@ -37,7 +25,7 @@ def _hex_bytes(text: str, name: str) -> bytes:
     try:
         return bytes.fromhex(text)
     except ValueError:
-        raise RpcError(INVALID_PARAMS, "Invalid params", {"param": name, "reason": "not hex"}) from None
+        raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": name, "reason": "not hex"}) from None
 
 
 def summary_json(s: BlockSummary) -> dict[str, Any]:
@@ -63,6 +51,13 @@ def block_json(block: Block, *, include_txs: bool) -> dict[str, Any]:
     return out
 
 
+def rejected(admission: Admission) -> RpcError:
+    """The error answering a transaction the mempool refused, with its stable code."""
+    code = admission.code
+    assert code is not None  # a refused admission always says why
+    return RpcError(TX_REJECTED[code], "transaction rejected", {"reason": code.value, "detail": admission.message})
+
+
 def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
     async def tx_submit(ctx: CallContext, tx: str, mode: str = "sync", timeout: float = 30.0) -> dict[str, Any]:
         raw = _hex_bytes(tx, "tx")
@@ -77,25 +72,24 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
             committed = chain.commit_event(digest)
         admission = chain.submit(raw)
         if not admission.accepted and admission.code is not TxErrorCode.DUPLICATE:
-            raise RpcError(TX_REJECTED_CODES[admission.code], "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+            raise rejected(admission)
         if mode == "sync":
             if not admission.accepted:
-                raise RpcError(TX_REJECTED_CODES[admission.code], "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+                raise rejected(admission)
             return {"hash": digest.hex(), "status": "pending"}
         with trio.move_on_after(timeout):
             await committed.wait()
         stored = chain.store.tx_by_hash(digest)
         if stored is None:
             chain.forget_waiter(digest)
-            raise RpcError(TX_COMMIT_TIMEOUT, "not committed within the timeout", {"hash": digest.hex(), "timeout_s": timeout, "status": "pending" if digest in chain.mempool else "dropped"})
+            raise RpcError(ErrorCode.TX_COMMIT_TIMEOUT, "not committed within the timeout", {"hash": digest.hex(), "timeout_s": timeout, "status": "pending" if digest in chain.mempool else "dropped"})
         return committed_answer(digest, stored)
 
     def committed_answer(digest: bytes, stored: Any) -> dict[str, Any]:
         """A committed transaction can still be refused by the application
         state (it then changed nothing): say so, with the reason."""
         answer = {"hash": digest.hex(), "status": "committed", "height": stored.height, "index": stored.index}
-        rejection = getattr(chain.app, "rejection_of", None)
-        reason = rejection(digest) if rejection is not None else None
+        reason = chain.app.rejection_of(digest)
         if reason is not None:
             answer["state_rejected"] = reason
         return answer
@@ -108,7 +102,7 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         elif (pending := chain.mempool.get(digest)) is not None:
             raw, where = pending, {"status": "pending"}
         else:
-            raise RpcError(NOT_FOUND, "transaction not found", {"hash": hash})
+            raise RpcError(ErrorCode.NOT_FOUND, "transaction not found", {"hash": hash})
         tx = decode_tx(raw)
         return {"hash": hash, **where, "sender": tx.sender.hex(), "nonce": tx.nonce, "type": tx.type, "size": tx.size, "tx": raw.hex()}
 
@@ -119,10 +113,10 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
 
     async def chain_block(ctx: CallContext, height: int | None = None, hash: str | None = None, include_txs: bool = False) -> dict[str, Any]:
         if (height is None) == (hash is None):
-            raise RpcError(INVALID_PARAMS, "Invalid params", {"param": "height", "reason": "give exactly one of height or hash"})
+            raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "height", "reason": "give exactly one of height or hash"})
         stored = chain.store.block_by_height(height) if height is not None else chain.store.block_by_hash(_hex_bytes(hash, "hash"))  # type: ignore[arg-type]
         if stored is None:
-            raise RpcError(NOT_FOUND, "block not found", {"height": height, "hash": hash})
+            raise RpcError(ErrorCode.NOT_FOUND, "block not found", {"height": height, "hash": hash})
         return block_json(Block.decode(stored.block), include_txs=include_txs)
 
     async def chain_nonce(ctx: CallContext, sender: str) -> dict[str, Any]:
@@ -136,19 +130,19 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         return {"count": len(chain.mempool), "bytes": chain.mempool.size_bytes, "max_count": cfg.max_txs, "max_bytes": cfg.max_bytes}
 
     async def consensus_state(ctx: CallContext) -> dict[str, Any]:
-        core = chain.core
-        proposer = chain.proposer_for(core.round)
+        round_number = chain.round
+        proposer = chain.proposer_for(round_number)
         return {
-            "height": core.height, "round": core.round, "started": chain.started,
+            "height": chain.height, "round": round_number, "started": chain.started,
             "validator": chain.is_validator,
             "proposer": proposer.hex(), "proposer_peer_id": peer_id_from_public_key(proposer),
             "recent_blocks": [{"height": s.height, "commit_round": s.commit_round, "tx_count": s.tx_count} for s in chain.recent],
-            "counters": dict(core.counters), "inbox_dropped": chain.dropped_inbox,
+            "counters": chain.counters(), "inbox_dropped": chain.dropped_inbox,
         }
 
     async def validators_list(ctx: CallContext) -> list[dict[str, Any]]:
         connected = {p.to_base58() for p in chain.links.connected_peers()} if chain.links else set()
-        next_proposer = chain.proposer_for(chain.core.round)
+        next_proposer = chain.proposer_for(chain.round)
         return [
             {"public_key": key.hex(), "peer_id": peer_id_from_public_key(key),
              "connected": peer_id_from_public_key(key) in connected, "proposer": key == next_proposer}
@@ -157,14 +151,18 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
 
     async def chain_subscribe(ctx: CallContext) -> dict[str, Any]:
         if ctx.notify is None or ctx.nursery is None:
-            raise RpcError(INVALID_PARAMS, "subscriptions need a stream", {})
+            raise RpcError(ErrorCode.INVALID_PARAMS, "subscriptions need a stream", {})
         subscription = next(_subscription_ids)
         receive = chain.subscribe()
+        notify = ctx.notify
 
         async def forward() -> None:
             async with receive:
-                async for summary in receive:
-                    await ctx.notify("chain_newBlock", {"subscription": subscription, "block": summary_json(summary)})
+                try:
+                    async for summary in receive:
+                        await notify("chain_newBlock", {"subscription": subscription, "block": summary_json(summary)})
+                except (StreamError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the subscriber closed its stream: it must not take the RPC server down with it
 
         ctx.nursery.start_soon(forward)
         return {"subscription": subscription}

@@ -33,6 +33,8 @@ import trio
 from libp2p.peer.id import ID
 
 from node.base.codec import CodecError, decode, encode
+from node.base.keys import Identity, peer_id_from_public_key
+from node.consensus.app import Application, EmptyApplication
 from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
@@ -41,7 +43,6 @@ from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync,
 from node.consensus.safety import SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
-from node.base.keys import Identity, peer_id_from_public_key
 from node.p2p.framing import FramedStream, FrameError
 from node.p2p.links import PeerLinks, read_batch
 
@@ -55,6 +56,7 @@ SYNC_BATCH = 64
 SYNC_TIMEOUT_S = 10.0
 STARTUP_PEER_WAIT_S = 3.0
 RECENT_BLOCKS = 64
+DEFAULT_MEMPOOL = MempoolConfig()  # frozen: one shared default
 
 log = structlog.get_logger("metanode.consensus")
 
@@ -124,19 +126,26 @@ class ConsensusService:
         data_dir: Path,
         store: ChainStore | None = None,
         registry: TxTypeRegistry,
-        mempool_config: MempoolConfig = MempoolConfig(),
+        mempool_config: MempoolConfig = DEFAULT_MEMPOOL,
         max_frame: int,
-        app: Any = None,
+        app: Application | None = None,
     ) -> None:
-        """``app`` gives the chain its meaning (node/app/chain_app.py):
-        ``receipts_head_after(txs)``, ``header_matches(header, txs)`` and
-        ``on_finalized(block)``. Without one, blocks carry an empty receipt log."""
+        """``app`` gives the chain its meaning (node/consensus/app.py is the whole
+        contract; node/app/chain_app.py implements it). Without one, blocks carry
+        an empty receipt log (:class:`EmptyApplication`).
+
+        Building the service is the start-up handshake: the application adds its
+        transaction types to ``registry`` and catches up with the stored chain
+        before the core is built on the stored tip."""
         self.host = host
         self.genesis = genesis
         self.registry = registry
         self.max_frame = max_frame
         self.store = store or ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
         self.store.bind_chain(genesis.chain_id, genesis.hash)
+        self.app: Application = app if app is not None else EmptyApplication()
+        self.app.register_tx_types(registry)
+        self.app.catch_up()
         self.signatures = SignatureCache()
         self.mempool = Mempool(
             chain_id=genesis.chain_id, registry=registry, committed_nonce=self.store.next_nonce,
@@ -144,7 +153,6 @@ class ConsensusService:
         )
         self.safety = SafetyStore(data_dir / SAFETY_FILE)
         self.is_validator = identity.public_key in genesis.validator_set
-        self.app = app
         self.core = IbftCore(
             genesis, identity if self.is_validator else None, self.tip_header(),
             safety=self.safety.load(), validate_block=self._validate_block,
@@ -180,6 +188,32 @@ class ConsensusService:
 
     def proposer_for(self, round_number: int) -> bytes:
         return self.genesis.validator_set.proposer(self.core.tip.proposer, round_number)
+
+    # Read-only views of the core for everything outside node/consensus (roles
+    # never reach into the core: it belongs to the actor task).
+    @property
+    def tip(self) -> BlockHeader:
+        """The header of the latest finalised block (the genesis header before the first)."""
+        return self.core.tip
+
+    @property
+    def finalized_height(self) -> int:
+        """The height of the latest finalised block (0 before the first)."""
+        return self.core.tip.height
+
+    @property
+    def height(self) -> int:
+        """The height being decided now: the one after :attr:`finalized_height`."""
+        return self.core.height
+
+    @property
+    def round(self) -> int:
+        """The round of :attr:`height` the core is in."""
+        return self.core.round
+
+    def counters(self) -> dict[str, int]:
+        """A copy of the core's event counters (dropped messages, timeouts...)."""
+        return dict(self.core.counters)
 
     # -- lifecycle --------------------------------------------------------------
     def _when_ready(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -276,17 +310,11 @@ class ConsensusService:
         now = now_ms()
         timestamp = max(now, need.earliest_timestamp_ms)
         try:
-            outputs = self.core.propose(need.height, need.round, txs, timestamp, now, **self._receipts_fields(txs))
+            outputs = self.core.propose(need.height, need.round, txs, timestamp, now, **self.app.commitment_after(txs).header_fields())
         except BlockError as exc:
             log.error("proposal refused by the block limits; proposing an empty block", reason=str(exc))
-            outputs = self.core.propose(need.height, need.round, [], timestamp, now, **self._receipts_fields([]))
+            outputs = self.core.propose(need.height, need.round, [], timestamp, now, **self.app.commitment_after([]).header_fields())
         self._apply(outputs)
-
-    def _receipts_fields(self, txs: Sequence[bytes]) -> dict[str, Any]:
-        if self.app is None:
-            return {}
-        head = self.app.receipts_head_after(txs)
-        return {"receipts_size": head.size, "receipts_root": head.root}
 
     def _validate_block(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
         try:
@@ -295,7 +323,7 @@ class ConsensusService:
         except TxError as exc:
             log.warning("proposed block refused", height=header.height, reason=str(exc))
             return False
-        return self.app is None or self.app.header_matches(header, txs)
+        return self.app.accepts_proposal(header, txs)
 
     def _commit(self, block: Block) -> None:
         header = block.header
@@ -304,8 +332,7 @@ class ConsensusService:
             timestamp_ms=header.timestamp_ms, proposer=header.proposer, block=block.encode(),
             txs=list(block.transactions),
         )
-        if self.app is not None:
-            self.app.on_finalized(block)
+        self.app.apply_final_block(block)
         self.mempool.on_commit(header.height, block.transactions)
         summary = BlockSummary(header.height, block.hash, header.round, block.commit_round,
                                header.timestamp_ms, len(block.transactions), header.proposer)

@@ -27,9 +27,6 @@ import trio
 
 from node.base.errors import ErrorCode
 
-# node/consensus/rpc.py still imports this name; it goes when that module uses ErrorCode.
-INVALID_PARAMS = ErrorCode.INVALID_PARAMS
-
 _MAX_BATCH = 100
 
 

@@ -19,8 +19,11 @@ from typing import Any
 import structlog
 import trio
 
+from node.app.chain_app import ChainApplication
+from node.consensus.service import ConsensusService
 from node.consensus.tx import TxError, decode_tx
-from node.base.keys import public_key_from_peer_id
+from node.base.errors import ErrorCode
+from node.base.keys import Identity, public_key_from_peer_id
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
 from node.roles.artifacts import ArtifactFetcher, plain, result_json
@@ -28,18 +31,9 @@ from node.roles.publisher import ReceiptPublisher
 
 log = structlog.get_logger("metanode.gateway")
 
-UNAUTHORIZED_TENANT = 1301
-QUOTA_EXCEEDED = 1302
-WRONG_TX = 1303
-STATE_REFUSED = 1304
-JOB_NOT_FOUND = 1404
-RESULT_NOT_AVAILABLE = 1405
-REJECTED = 1310
-
-
 
 class Gateway:
-    def __init__(self, *, identity: Any, chain: Any, app: Any, publisher: ReceiptPublisher,
+    def __init__(self, *, identity: Identity, chain: ConsensusService, app: ChainApplication, publisher: ReceiptPublisher,
                  jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None,
                  artifacts: ArtifactFetcher | None = None) -> None:
         self.identity = identity
@@ -54,7 +48,7 @@ class Gateway:
     def tenant(self, ctx: CallContext) -> bytes:
         key = public_key_from_peer_id(ctx.peer_id)
         if self.allowed is not None and key not in self.allowed:
-            raise RpcError(UNAUTHORIZED_TENANT, "tenant not allowed on this gateway", {"tenant": key.hex()})
+            raise RpcError(ErrorCode.TENANT_NOT_ALLOWED, "tenant not allowed on this gateway", {"tenant": key.hex()})
         return key
 
     def receipt(self, method: str, tenant: bytes, request: bytes, outcome: str, code: int, response: bytes) -> str:
@@ -86,15 +80,17 @@ class Gateway:
         try:
             tx = decode_tx(raw)
         except TxError as exc:
-            raise RpcError(WRONG_TX, "not a transaction", {"reason": str(exc)}) from None
+            raise RpcError(ErrorCode.WRONG_TX, "not a transaction", {"reason": str(exc)}) from None
         if tx.type != tx_type or tx.sender != tenant:
-            raise RpcError(WRONG_TX, f"expected a {tx_type} transaction signed by the caller", {"type": tx.type, "signed_by_caller": tx.sender == tenant})
-        refused = self.app.state.check_tx_against_state(tx)
+            raise RpcError(ErrorCode.WRONG_TX, f"expected a {tx_type} transaction signed by the caller",
+                           {"type": tx.type, "signed_by_caller": tx.sender == tenant})
+        refused = self.app.check_tx_against_state(tx)
         if refused is not None:
-            raise RpcError(STATE_REFUSED, "refused by the chain state", {"reason": refused})
+            raise RpcError(ErrorCode.STATE_REFUSED, "refused by the chain state", {"reason": refused})
         admission = self.chain.submit(raw)
         if not admission.accepted:
-            raise RpcError(REJECTED, "transaction rejected", {"reason": admission.code.value, "detail": admission.message})
+            raise RpcError(ErrorCode.SUBMIT_REJECTED, "transaction rejected",
+                           {"reason": admission.code.value, "detail": admission.message})
         receipt_id = self.receipt(method, tenant, raw, "accepted", 0, tx.hash)
         return tx.hash, receipt_id
 
@@ -102,7 +98,7 @@ class Gateway:
         tenant = self.tenant(ctx)
         wait = self.jobs_quota.take(tenant.hex(), trio.current_time())
         if wait:
-            raise RpcError(QUOTA_EXCEEDED, "job quota exceeded", {"retry_after_s": round(wait, 3)})
+            raise RpcError(ErrorCode.JOB_QUOTA_EXCEEDED, "job quota exceeded", {"retry_after_s": round(wait, 3)})
         job_id, receipt_id = await self._submit_signed(ctx, tx, "job.submit", "analytics_submit")
         return {"job_id": job_id.hex(), "receipt_id": receipt_id, "status": "submitted"}
 
@@ -115,13 +111,13 @@ class Gateway:
         job = self.app.state.job(bytes.fromhex(job_id))
         # Another tenant's job is reported exactly like a missing one.
         if job is None or job.get("tenant") != tenant.hex():
-            raise RpcError(JOB_NOT_FOUND, "job not found", {"job_id": job_id})
+            raise RpcError(ErrorCode.NOT_FOUND, "job not found", {"job_id": job_id})
         return job
 
     async def _result(self, ctx: CallContext, job_id: str) -> dict[str, Any]:
         job = await self._status(ctx, job_id)
         if job["state"] != "verified":
-            raise RpcError(RESULT_NOT_AVAILABLE, "no verified result for this job", {
+            raise RpcError(ErrorCode.RESULT_NOT_AVAILABLE, "no verified result for this job", {
                 "state": job["state"], "reason": job.get("reason"),
                 "result_digests": sorted({r["result"] for r in job["results"]})})
         digest = job["results"][0]["result"]
@@ -153,7 +149,7 @@ class Gateway:
         if self.artifacts is not None:
             data = await self.artifacts.fetch(kind, bytes.fromhex(digest_hex), holders)
         if data is None and required:
-            raise RpcError(RESULT_NOT_AVAILABLE, f"no node that computed this {kind} could serve it now; try again",
+            raise RpcError(ErrorCode.RESULT_NOT_AVAILABLE, f"no node that computed this {kind} could serve it now; try again",
                            {"digest": digest_hex, "holders": holders})
         return data
 
@@ -162,12 +158,13 @@ class Gateway:
         try:
             return self.app.state.jobs_by_tenant(tenant, limit=limit, before=before, state=state)
         except ValueError as exc:
-            raise RpcError(-32602, "Invalid params", {"param": "state" if "state" in str(exc) else "before", "reason": str(exc)}) from None
+            param = "state" if "state" in str(exc) else "before"
+            raise RpcError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": param, "reason": str(exc)}) from None
 
     async def _health(self, ctx: CallContext) -> dict[str, Any]:
         nodes = self.app.state.nodes()
         return {
-            "height": self.chain.core.tip.height,
+            "height": self.chain.finalized_height,
             "validators": len(self.chain.genesis.validators),
             "processing_nodes": len(nodes),
             "healthy_processing_nodes": sum(1 for n in nodes if n.get("healthy")),

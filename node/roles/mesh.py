@@ -12,11 +12,30 @@ The client half (probing nodes, crawling the mesh) is :mod:`node.sdk.mesh`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from node.base.keys import peer_id_from_public_key
+from node.p2p.jsonrpc import CallContext, Registry
+from node.roles.metrics import NodeMetrics
+
+
+@dataclass(frozen=True)
+class MeshView:
+    """What the mesh methods read of a node, and nothing more. The callables are
+    read at each call: peers come and go, registrations follow the chain."""
+
+    peer_id: str
+    persistent_peers: Sequence[str]  # multiaddrs ending in /p2p/<peer id>, from the config
+    peer_snapshot: Callable[[], list[dict[str, Any]]]  # PeerManager.snapshot(): connected peers
+    registered_nodes: Callable[[], list[dict[str, Any]]]  # StateQueries.nodes(processing_only=False); [] without a chain
+    genesis_validators: Sequence[bytes]  # public keys; empty without a genesis
+    metrics: Callable[[], NodeMetrics | None]
 
 
 # -- served by the daemon -------------------------------------------------------------
-def metrics_figures(metrics: Any) -> dict[str, Any]:
+def metrics_figures(metrics: NodeMetrics | None) -> dict[str, Any]:
     """The daemon's gauges (node.roles.metrics.NodeMetrics) as plain numbers."""
     if metrics is None:  # not serving yet
         return {"height": 0, "round": 0, "peers": 0, "mempool_transactions": 0, "mempool_bytes": 0, "jobs": {}, "storage_bytes": 0}
@@ -33,34 +52,30 @@ def metrics_figures(metrics: Any) -> dict[str, Any]:
     }
 
 
-def known_nodes(daemon: Any) -> dict[str, Any]:
-    """Registered nodes, genesis validators and dialable addresses, as ``daemon`` knows them."""
-    from node.base.keys import peer_id_from_public_key
-
+def known_nodes(view: MeshView) -> dict[str, Any]:
+    """Registered nodes, genesis validators and dialable addresses, as the node behind ``view`` knows them."""
     addresses: dict[str, set[str]] = {}
-    for text in daemon.config.network["persistent_peers"]:
-        peer = text.rsplit("/p2p/", 1)[-1]
-        addresses.setdefault(peer, set()).add(text)
-    for peer in daemon.peers.snapshot() if daemon.peers else []:
+    for text in view.persistent_peers:
+        addresses.setdefault(text.rsplit("/p2p/", 1)[-1], set()).add(text)
+    for peer in view.peer_snapshot():
         if peer["direction"] == "outbound" and peer["address"]:
             addresses.setdefault(peer["peer_id"], set()).add(f"{peer['address']}/p2p/{peer['peer_id']}")
-    app = getattr(daemon, "app", None)
     registered = [
         {"peer_id": n["peer_id"], "moniker": n["moniker"], "roles": n["roles"], "capacity": n["capacity"],
          "registered_height": n["registered_height"], "healthy": n["healthy"]}
-        for n in app.state.nodes(processing_only=False)
-    ] if app is not None and daemon.chain is not None else []
-    validators = [peer_id_from_public_key(k) for k in daemon.genesis.validators] if daemon.genesis else []
-    return {"peer_id": daemon.identity.peer_id, "registered": registered, "validators": validators,
+        for n in view.registered_nodes()
+    ]
+    validators = [peer_id_from_public_key(k) for k in view.genesis_validators]
+    return {"peer_id": view.peer_id, "registered": registered, "validators": validators,
             "addresses": {peer: sorted(addrs) for peer, addrs in sorted(addresses.items())}}
 
 
-def register_mesh_methods(registry: Any, daemon: Any) -> None:
-    async def node_metrics(ctx: Any) -> dict[str, Any]:
-        return metrics_figures(getattr(daemon, "metrics", None))
+def register_mesh_methods(registry: Registry, view: MeshView) -> None:
+    async def node_metrics(ctx: CallContext) -> dict[str, Any]:
+        return metrics_figures(view.metrics())
 
-    async def mesh_nodes(ctx: Any) -> dict[str, Any]:
-        return known_nodes(daemon)
+    async def mesh_nodes(ctx: CallContext) -> dict[str, Any]:
+        return known_nodes(view)
 
     registry.register("node_metrics", node_metrics, {}, "This node's Prometheus gauges as JSON: height, round, peers, mempool, jobs, storage.")
     registry.register("mesh_nodes", mesh_nodes, {}, "Nodes this node knows: registered on chain, genesis validators, and where to dial them.")

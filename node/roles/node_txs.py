@@ -12,15 +12,16 @@ from typing import Any
 
 import structlog
 
-from node.consensus.mempool import Admission
-from node.consensus.tx import sign_tx
 from node.base.keys import Identity
+from node.consensus.mempool import Admission
+from node.consensus.service import ConsensusService
+from node.consensus.tx import sign_tx
 
 log = structlog.get_logger("metanode.node-txs")
 
 
 class NodeTransactions:
-    def __init__(self, identity: Identity, chain: Any) -> None:
+    def __init__(self, identity: Identity, chain: ConsensusService) -> None:
         self.identity = identity
         self.chain = chain
 

@@ -12,28 +12,38 @@ gets a receipt (with its exit status): the chain, not this node, decides.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 
-from node.cage.job import CageError, JobSpec
+from node.app.chain_app import ChainApplication
+from node.app.jobtypes import job_type
+from node.base.keys import Identity
+from node.cage.job import CageError, JobOutcome, JobSpec
+from node.consensus.service import ConsensusService
 from node.receipts.execution import exec_fields_from_outcome
 from node.roles.artifacts import ArtifactStore
 from node.roles.issuer import NodeIssuer
+from node.roles.metrics import NodeMetrics
 from node.roles.node_txs import NodeTransactions
+from node.roles.storage import StorageService
 
 log = structlog.get_logger("metanode.processing")
 
 InputResolver = Callable[[str], Awaitable[Path | None]]
 
-# Job types of the chain -> how the cage runs them.
-FUNCTIONS = {"summary": "table_summary", "trend-analysis": "trend_analysis"}
+
+class JobRunner(Protocol):
+    """What runs a job in the cage (node.cage.pool.CagePool)."""
+
+    async def run_async(self, job: JobSpec) -> JobOutcome: ...
 
 
-def storage_resolver(storage: Any, peers: Callable[[], list[str]]) -> InputResolver:
+def storage_resolver(storage: StorageService, peers: Callable[[], list[str]]) -> InputResolver:
     """Inputs from this node's store, fetched from a storage peer when missing
     (verified against the digest on arrival and on every read)."""
 
@@ -57,15 +67,16 @@ def error_text(status: str, detail: str) -> str:
 
 
 def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
+    """The cage job of an assigned job: its type's registry entry (node/app/jobtypes.py) says
+    what the cage runs; KeyError for a type this build does not know."""
     common = {"policy": "processing", "inputs": inputs, "seed": bytes.fromhex(job["seed"]), "clock": job["clock"]}
-    if job["type"] == "sql":
-        return JobSpec(kind="sql", sql=job["params"]["query"], **common)
-    return JobSpec(kind="python-fn", function=FUNCTIONS[job["type"]], params=dict(job["params"]), **common)
+    return JobSpec(**job_type(job["type"]).cage_job(job["params"]), **common)
 
 
 class ProcessingService:
-    def __init__(self, *, identity: Any, chain: Any, app: Any, pool: Any, issuer: NodeIssuer,
-                 node_txs: NodeTransactions, resolve_input: InputResolver, artifacts: ArtifactStore) -> None:
+    def __init__(self, *, identity: Identity, chain: ConsensusService, app: ChainApplication, pool: JobRunner, issuer: NodeIssuer,
+                 node_txs: NodeTransactions, resolve_input: InputResolver, artifacts: ArtifactStore,
+                 metrics: NodeMetrics | None = None) -> None:
         self.key = identity.public_key
         self.chain = chain
         self.app = app
@@ -74,6 +85,7 @@ class ProcessingService:
         self.node_txs = node_txs
         self.resolve_input = resolve_input
         self.artifacts = artifacts
+        self.metrics = metrics  # metanode_cage_runs / metanode_cage_run_seconds
         self._running: set[str] = set()
         self._done: set[tuple[str, int]] = set()  # (job id, attempt) already answered
         self.completed = 0
@@ -82,11 +94,8 @@ class ProcessingService:
         """Jobs assigned to this node and not answered yet: those already running
         here or answered for that attempt are left out before being loaded (this
         runs on every block)."""
-        rows = self.app.conn.execute(
-            "SELECT job_id, attempt FROM state_assignments WHERE node_key = ? AND status = 'pending'", [self.key]
-        ).fetchall()
-        fresh = [bytes(job_id) for job_id, attempt in rows
-                 if bytes(job_id).hex() not in self._running and (bytes(job_id).hex(), attempt) not in self._done]
+        fresh = [job_id for job_id, attempt in self.app.state.pending_assignments_of(self.key)
+                 if job_id.hex() not in self._running and (job_id.hex(), attempt) not in self._done]
         jobs = [self.app.state.job(job_id) for job_id in fresh]
         return [j for j in jobs if j is not None and j["state"] in ("scheduled", "running")]
 
@@ -112,7 +121,10 @@ class ProcessingService:
                 inputs[name] = str(path)
             try:
                 spec = job_spec(job, inputs)
+                started = time.monotonic()
                 outcome = await self.pool.run_async(spec)
+                if self.metrics is not None:
+                    self.metrics.on_cage_run(time.monotonic() - started, outcome.status)
             except (CageError, KeyError) as exc:
                 # Refused before it could run (no witness to sign): the deadline
                 # passes and the chain reassigns or fails the job with a reason.
@@ -123,7 +135,7 @@ class ProcessingService:
             if outcome.result_digest is not None and outcome.result is not None:
                 self.artifacts.put("result", outcome.result, expected=outcome.result_digest)
             self.artifacts.put("witness", outcome.witness_file, expected=outcome.witness_digest)
-            receipt = self.issuer.issue("job.exec", height=self.chain.core.tip.height, subject=bytes.fromhex(job["id"]),
+            receipt = self.issuer.issue("job.exec", height=self.chain.finalized_height, subject=bytes.fromhex(job["id"]),
                                         fields=exec_fields_from_outcome(outcome))
             payload: dict[str, Any] = {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}
             if outcome.status != "ok":

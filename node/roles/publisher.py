@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from node.consensus.service import ConsensusService
 from node.receipts.envelope import Receipt
 from node.roles.issuer import NodeIssuer
 from node.roles.node_txs import NodeTransactions
@@ -21,7 +22,7 @@ BATCH_INTERVAL_S = 1.0
 
 
 class ReceiptPublisher:
-    def __init__(self, *, issuer: NodeIssuer, node_txs: NodeTransactions, chain: Any, max_batch: int) -> None:
+    def __init__(self, *, issuer: NodeIssuer, node_txs: NodeTransactions, chain: ConsensusService, max_batch: int) -> None:
         self.issuer = issuer
         self.node_txs = node_txs
         self.chain = chain
@@ -30,7 +31,7 @@ class ReceiptPublisher:
         self.published = 0
 
     def issue(self, kind: str, *, subject: bytes, fields: Mapping[str, Any], height: int | None = None) -> Receipt:
-        receipt = self.issuer.issue(kind, height=self.chain.core.tip.height if height is None else height, subject=subject, fields=fields)
+        receipt = self.issuer.issue(kind, height=self.chain.finalized_height if height is None else height, subject=subject, fields=fields)
         self.pending.append(receipt.envelope)
         return receipt
 

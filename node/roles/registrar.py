@@ -13,6 +13,8 @@ from typing import Any
 import structlog
 import trio
 
+from node.app.chain_app import ChainApplication
+from node.consensus.service import ConsensusService
 from node.roles.node_txs import NodeTransactions
 
 log = structlog.get_logger("metanode.registrar")
@@ -25,7 +27,8 @@ def registration_payload(roles: list[str], capacity: int, moniker: str) -> dict[
 
 
 class Registrar:
-    def __init__(self, *, node_txs: NodeTransactions, chain: Any, app: Any, roles: list[str], capacity: int, moniker: str) -> None:
+    def __init__(self, *, node_txs: NodeTransactions, chain: ConsensusService, app: ChainApplication, roles: list[str],
+                 capacity: int, moniker: str) -> None:
         self.node_txs = node_txs
         self.chain = chain
         self.app = app
@@ -50,7 +53,7 @@ class Registrar:
             if self.registered:
                 submitted_at = None
                 continue
-            height = self.chain.core.tip.height
+            height = self.chain.finalized_height
             if submitted_at is None or height > submitted_at + 5:  # not committed after 5 blocks: resubmit
                 if self.node_txs.submit("node.register", self.wanted).accepted:
                     submitted_at = height

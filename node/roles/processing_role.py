@@ -1,0 +1,31 @@
+"""The processing role: run the jobs the chain assigns to this node in the cage
+(node/roles/processing.py), and serve their results and witnesses to registered
+gateways (``artifact_get``)."""
+
+from __future__ import annotations
+
+from node.base.config import NodeConfig
+from node.roles import processing
+from node.roles.artifacts import register_artifact_methods
+from node.roles.role import RoleContext, Service
+
+
+class ProcessingRole:
+    name = "processing"
+
+    def enabled(self, config: NodeConfig) -> bool:
+        return "processing" in config.roles
+
+    def build(self, context: RoleContext) -> list[Service]:
+        if context.cage_pool is None or context.storage is None:
+            raise RuntimeError("the processing role needs the cage pool and the storage role built before it")
+        artifacts = context.artifacts()
+        # Looked up on the module when built, so a test can run the real daemon with another service class.
+        service = processing.ProcessingService(
+            identity=context.identity, chain=context.chain, app=context.app, pool=context.cage_pool,
+            issuer=context.issuer, node_txs=context.node_txs,
+            resolve_input=processing.storage_resolver(context.storage, context.storage_peers),
+            artifacts=artifacts, metrics=context.metrics,
+        )
+        register_artifact_methods(context.registry, artifacts, lambda key: context.is_registered_as(key, {"gateway"}))
+        return [Service("processing", service.run, lambda: {"completed": service.completed})]

@@ -1,0 +1,68 @@
+"""The chain role: every node with a genesis follows the chain; a validator also votes.
+
+:func:`open_chain` builds the chain a node follows (the store, the application
+that gives it meaning, and the consensus service that drives both), before
+any other role, since every role lives on it. :class:`ChainRole` serves the
+chain's RPC methods and runs the consensus service; it comes last in the
+daemon's roles, so the consensus service starts after the roles that follow
+its blocks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+
+from node.app.chain_app import ChainApplication
+from node.base.config import NodeConfig
+from node.base.keys import Identity
+from node.consensus.block import Block, genesis_header
+from node.consensus.genesis import Genesis
+from node.consensus.mempool import MempoolConfig
+from node.consensus.rpc import register_chain_methods
+from node.consensus.service import ConsensusService
+from node.consensus.store import ChainStore
+from node.consensus.tx import TxTypeRegistry
+from node.receipts.rpc import register_receipt_methods
+from node.roles.metrics import NodeMetrics
+from node.roles.role import RoleContext, Service
+
+
+def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: object,
+               db: duckdb.DuckDBPyConnection) -> tuple[ChainApplication, ConsensusService]:
+    """The chain application and the consensus service that drives it, on ``db``.
+
+    Building the service registers the application's transaction types and
+    catches the application up with the stored chain (node/consensus/app.py)."""
+    store = ChainStore(db, first_height=1, first_parent=genesis_header(genesis).hash)
+    app = ChainApplication(db, store)
+    chain = ConsensusService(
+        host=host, identity=identity, genesis=genesis, conn=db, store=store, app=app,
+        data_dir=config.data_dir, registry=TxTypeRegistry.with_builtins(),
+        mempool_config=MempoolConfig(max_txs=config.consensus["mempool_max_txs"], max_bytes=config.consensus["mempool_max_bytes"]),
+        max_frame=config.limits["max_frame_bytes"],
+    )
+    return app, chain
+
+
+def record_block(metrics: NodeMetrics, block: Block) -> None:
+    """A finalised block in the metrics: height, commit round, time since its proposal."""
+    finality_s = max(0.0, (time.time_ns() // 1_000_000 - block.header.timestamp_ms) / 1000)
+    metrics.on_block(block.height, block.commit_round, finality_s)
+
+
+class ChainRole:
+    """Follow the chain (every node with a genesis); vote on it (validators)."""
+
+    name = "consensus"
+
+    def enabled(self, config: NodeConfig) -> bool:
+        return bool(config.consensus["genesis"])
+
+    def build(self, context: RoleContext) -> list[Service]:
+        chain, app, metrics = context.chain, context.app, context.metrics
+        register_chain_methods(context.registry, chain)
+        chain.on_finalized.append(lambda block: record_block(metrics, block))
+        register_receipt_methods(context.registry, app.receipts, chain.store, context.genesis, app)
+        return [Service("consensus", chain.run, lambda: {"height": chain.height, "validator": chain.is_validator})]
