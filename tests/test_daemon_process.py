@@ -127,9 +127,9 @@ def test_libp2p_logs_go_through_structlog_json(tmp_path):
         (lambda t: t + "\n[network]\nbogus = 1\n", None),  # duplicate table: TOML error
         (lambda t: t.replace("[network]", "[network]\nbogus_key = 1"), "[network] unknown key 'bogus_key'"),
         (lambda t: t.replace("keepalive_interval = 1.0", 'keepalive_interval = "fast"'), "[network] keepalive_interval: expected a number, got str 'fast'"),
-        (lambda t: t.replace("/ip4/127.0.0.1/tcp/0", "/ip4/999.1.1.1/tcp/0"), "[network] listen: expected a multiaddr"),
-        (lambda t: t.replace("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0"), "[network] listen: expected a TCP multiaddr"),
-        (lambda t: t.replace('roles = []', 'roles = ["miner"]'), "[node] roles: expected roles from"),
+        (lambda t: t.replace("/ip4/127.0.0.1/tcp/0", "/ip4/999.1.1.1/tcp/0"), "[network] listen[0]: expected a multiaddr"),
+        (lambda t: t.replace("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0"), "[network] listen[0]: expected a TCP multiaddr"),
+        (lambda t: t.replace('roles = []', 'roles = ["miner"]'), "[node] roles[0]: expected one of ['validator', 'scheduler', 'gateway', 'processing', 'storage'], got 'miner'"),
         (lambda t: t.replace('identity_key = "a.key"', 'identity_key = "missing.key"'), "[node] identity_key:"),
         (lambda t: t.replace("[network]", "[netwrk]"), "unknown section [netwrk]"),
         (lambda t: t.replace('moniker = "a"', "moniker = 5"), "[node] moniker: expected a string, got int 5"),

@@ -1,23 +1,23 @@
 """DockLock policies: what a caged job or service may do, read from TOML.
 
-A policy file holds ``[policies.<name>]`` tables. Every key is checked:
-an unknown key, a value of the wrong type, or a contradiction (network
-allowed while sockets are denied, a ``maximum`` policy without
-deterministic execution, ...) is refused with a message naming the file,
-the policy and the key. Whether *this host* can enforce a policy is a
+A policy file holds ``[policies.<name>]`` tables, declared in
+:data:`POLICY_FILE` (node/base/schema.py). Every key is checked: an unknown
+key, a value of the wrong type, or a contradiction (network allowed while
+sockets are denied, a ``maximum`` policy without deterministic execution,
+...) is refused with a message naming the file, the policy and the key. Whether *this host* can enforce a policy is a
 separate question answered by :func:`missing_layers` against the probed
 :class:`~node.cage.layers.HostCapabilities`.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from node.base.codec import hash_value
 from node.base.errors import ConfigError
+from node.base.schema import Array, Invalid, Key, Schema, Table, TableOf, read_toml
 
 LEVELS = ("permissive", "strict", "maximum")
 NETWORK = ("denied", "allowed")
@@ -92,88 +92,72 @@ class Policy:
         return self.network == "allowed"
 
 
-_TOP_KEYS = {
-    "enforcement_level": str,
-    "enable_witness_recording": bool,
-    "deterministic_execution": bool,
-    "network": str,
-    "rng_seed_source": str,
-    "clock_source": str,
-    "deny": list,
-    "kill": list,
-    "filesystem": dict,
-    "limits": dict,
-}
-_FS_KEYS = {"read_only_inputs": bool, "writable_output_dir": bool}
-_LIMIT_KEYS = {name: int for name in Limits.__dataclass_fields__}
-_CHOICES = {
-    "enforcement_level": LEVELS,
-    "network": NETWORK,
-    "rng_seed_source": RNG_SOURCES,
-    "clock_source": CLOCK_SOURCES,
-}
+def _names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
 
 
-def _check_keys(where: str, table: dict[str, Any], schema: dict[str, type]) -> None:
-    for key, value in table.items():
-        expected = schema.get(key)
-        if expected is None:
-            known = ", ".join(sorted(schema))
-            raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
-        # bool is an int subclass: an int field must not accept true/false.
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"{where}.{key}: expected {expected.__name__}, got {type(value).__name__}"
-            )
+def _rule_names_are_known(values: dict[str, Any]) -> None:
+    from node.cage.syscalls import validate_rule_names  # local: keeps policy light
+
+    for name, table in values["policies"].items():
+        for key in ("deny", "kill"):
+            try:
+                validate_rule_names(table[key])
+            except ValueError as exc:
+                raise Invalid(("policies", name, key), str(exc)) from None
+
+
+def _no_contradictions(values: dict[str, Any]) -> None:
+    for name, table in values["policies"].items():
+        contradiction = find_contradiction(_policy(name, table))
+        if contradiction:
+            raise Invalid(("policies", name), contradiction)
+
+
+_DEFAULT = Policy(name="")
+POLICY_FILE = Schema(
+    Table({
+        "policies": TableOf(
+            Table({
+                "enforcement_level": Key(str, _DEFAULT.enforcement_level, choices=LEVELS),
+                "enable_witness_recording": Key(bool, _DEFAULT.enable_witness_recording),
+                "deterministic_execution": Key(bool, _DEFAULT.deterministic_execution),
+                "network": Key(str, _DEFAULT.network, choices=NETWORK),
+                "rng_seed_source": Key(str, _DEFAULT.rng_seed_source, choices=RNG_SOURCES),
+                "clock_source": Key(str, _DEFAULT.clock_source, choices=CLOCK_SOURCES),
+                "deny": Array(Key(str), list(_DEFAULT.deny), "syscall groups or raw syscall names refused with an error",
+                              unique=True, noun="entry"),
+                "kill": Array(Key(str), list(_DEFAULT.kill), "syscall groups or raw syscall names that kill the job",
+                              unique=True, noun="entry"),
+                "filesystem": Table({name: Key(bool, getattr(_DEFAULT.filesystem, name)) for name in _names(Filesystem)}),
+                "limits": Table({name: Key(int, getattr(_DEFAULT.limits, name), gt=0) for name in _names(Limits)}),
+            }),
+            min_tables=1,
+            header="policies.<name>",
+        ),
+    }),
+    checks=[_rule_names_are_known, _no_contradictions],
+)
+
+
+def _policy(name: str, table: dict[str, Any]) -> Policy:
+    """A Policy from a validated table (every key present)."""
+    scalars = {k: v for k, v in table.items() if k not in ("deny", "kill", "filesystem", "limits")}
+    return Policy(
+        name=name,
+        **scalars,
+        deny=tuple(table["deny"]),
+        kill=tuple(table["kill"]),
+        filesystem=Filesystem(**table["filesystem"]),
+        limits=Limits(**table["limits"]),
+    )
 
 
 def parse_policy(name: str, table: dict[str, Any], *, source: str = "<policy>") -> Policy:
     """Validate one ``[policies.<name>]`` table into a :class:`Policy`.
 
     Raises ConfigError naming ``source``, the policy and the offending key."""
-    from node.cage.syscalls import validate_rule_names  # local: keeps policy light
-
-    where = f"{source}: policies.{name}"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    _check_keys(where, table, _TOP_KEYS)
-    for key, choices in _CHOICES.items():
-        if key in table and table[key] not in choices:
-            raise ConfigError(
-                f"{where}.{key}: {table[key]!r} is not one of {', '.join(choices)}"
-            )
-    fs_table = table.get("filesystem", {})
-    _check_keys(f"{where}.filesystem", fs_table, _FS_KEYS)
-    limit_table = table.get("limits", {})
-    _check_keys(f"{where}.limits", limit_table, _LIMIT_KEYS)
-    for key, value in limit_table.items():
-        if value <= 0:
-            raise ConfigError(f"{where}.limits.{key}: must be positive, got {value}")
-    lists: dict[str, tuple[str, ...]] = {}
-    for key in ("deny", "kill"):
-        items = table.get(key, [])
-        if not all(isinstance(item, str) for item in items):
-            raise ConfigError(f"{where}.{key}: every entry must be a string")
-        if len(set(items)) != len(items):
-            raise ConfigError(f"{where}.{key}: lists an entry twice")
-        try:
-            validate_rule_names(items)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{key}: {exc}") from None
-        lists[key] = tuple(items)
-    scalars = {k: v for k, v in table.items() if k not in ("deny", "kill", "filesystem", "limits")}
-    policy = Policy(
-        name=name,
-        **scalars,
-        deny=lists["deny"],
-        kill=lists["kill"],
-        filesystem=Filesystem(**fs_table),
-        limits=Limits(**limit_table),
-    )
-    contradiction = find_contradiction(policy)
-    if contradiction:
-        raise ConfigError(f"{where}: {contradiction}")
-    return policy
+    return parse_policies({"policies": {name: table}}, source=source)[name]
 
 
 def find_contradiction(policy: Policy) -> str | None:
@@ -214,27 +198,13 @@ def find_contradiction(policy: Policy) -> str | None:
 
 def load_policies(path: str | Path) -> dict[str, Policy]:
     """Read and validate every policy in a TOML file, keyed by name."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: policy file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read policy file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_policies(data, source=str(path))
+    return parse_policies(read_toml(path, "policy file"), source=str(path))
 
 
 def parse_policies(data: dict[str, Any], *, source: str = "<policies>") -> dict[str, Policy]:
     """Validate an already-parsed policy document (``{"policies": {...}}``)."""
-    unknown = sorted(set(data) - {"policies"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (expected 'policies')")
-    tables = data.get("policies")
-    if not isinstance(tables, dict) or not tables:
-        raise ConfigError(f"{source}: no [policies.<name>] tables")
-    return {name: parse_policy(name, table, source=source) for name, table in sorted(tables.items())}
+    values = POLICY_FILE.validate(data, source)
+    return {name: _policy(name, table) for name, table in sorted(values["policies"].items())}
 
 
 def policy_from_value(value: dict[str, Any]) -> Policy:

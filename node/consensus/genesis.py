@@ -14,8 +14,8 @@ A genesis file is TOML::
     max_txs_per_block = 10000
     max_timestamp_drift_ms = 5000        # how far ahead of a validator's clock
 
-Every key is required and unknown keys are refused, so a typo is an error and
-not a silently different chain. The genesis hash is
+Every key is required and unknown keys are refused (:data:`GENESIS_FILE`,
+node/base/schema.py), so a typo is an error and not a silently different chain. The genesis hash is
 ``hash_value("metanode/genesis/v1", genesis.to_value())`` over the canonical
 CBOR form (validators sorted), so two files that differ only in layout,
 comments or validator order name the same chain.
@@ -23,20 +23,19 @@ comments or validator order name the same chain.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.base.codec import hash_value
-from node.consensus.validators import ValidatorSet
 from node.base.errors import ConfigError
+from node.base.schema import REQUIRED, Array, Invalid, Key, Schema, Table, expected, parse_toml, read_toml
+from node.consensus.validators import ValidatorSet
 
 GENESIS_TAG = "metanode/genesis/v1"
-CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CHAIN_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 MAX_VALIDATORS = 256
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = r"[0-9a-f]{64}"
 
 # key -> (minimum, maximum) for the integer settings
 _TOP_INTS = {
@@ -152,82 +151,39 @@ class Genesis:
             raise ConfigError(f"{path}: cannot write genesis file: {exc.strerror}") from None
 
 
-def _fail(source: str, key: str, expected: str) -> ConfigError:
-    return ConfigError(f"{source}: key {key!r}: expected {expected}")
+def _round_timeout_cap_not_below_base(values: dict[str, Any]) -> None:
+    base, cap = values["round_timeout_base_ms"], values["round_timeout_cap_ms"]
+    if cap < base:
+        raise Invalid(("round_timeout_cap_ms",), expected(f"at least round_timeout_base_ms ({base})", cap))
 
 
-def _check_int(doc: dict[str, Any], key: str, bounds: tuple[int, int], source: str, prefix: str) -> int:
-    name = prefix + key
-    if key not in doc:
-        raise _fail(source, name, f"an integer in [{bounds[0]}, {bounds[1]}] (missing)")
-    value = doc[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
-        raise _fail(source, name, f"an integer in [{bounds[0]}, {bounds[1]}], got {value!r}")
-    return value
+GENESIS_FILE = Schema(
+    Table({
+        "chain_id": Key(str, pattern=CHAIN_ID_PATTERN, expect="1-64 characters of [a-z0-9._-] starting with a letter or digit"),
+        **{key: Key(int, ge=low, le=high) for key, (low, high) in _TOP_INTS.items()},
+        "validators": Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
+                            min_items=1, max_items=MAX_VALIDATORS, unique=True, noun="public key"),
+        "limits": Table({key: Key(int, ge=low, le=high) for key, (low, high) in _LIMIT_INTS.items()}, default=REQUIRED),
+    }),
+    checks=[_round_timeout_cap_not_below_base],
+)
 
 
 def _validate(doc: Any, source: str) -> dict[str, Any]:
     """Check a genesis document; return its typed fields. Raises ConfigError."""
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: a genesis file is a TOML table")
-    allowed = {"chain_id", "validators", "limits", *_TOP_INTS}
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; expected only {sorted(allowed)}")
-    chain_id = doc.get("chain_id")
-    if not isinstance(chain_id, str) or not CHAIN_ID_PATTERN.match(chain_id):
-        raise _fail(source, "chain_id", f"1-64 characters of [a-z0-9._-] starting with a letter or digit, got {chain_id!r}")
-    out: dict[str, Any] = {"chain_id": chain_id}
-    for key, bounds in _TOP_INTS.items():
-        out[key] = _check_int(doc, key, bounds, source, "")
-    if out["round_timeout_cap_ms"] < out["round_timeout_base_ms"]:
-        raise _fail(source, "round_timeout_cap_ms", f"at least round_timeout_base_ms ({out['round_timeout_base_ms']})")
-    validators = doc.get("validators")
-    if not isinstance(validators, list) or not 1 <= len(validators) <= MAX_VALIDATORS:
-        raise _fail(source, "validators", f"a list of 1 to {MAX_VALIDATORS} Ed25519 public keys (64 lowercase hex characters)")
-    keys: list[bytes] = []
-    for i, item in enumerate(validators):
-        if isinstance(item, (bytes, bytearray)) and len(item) == 32:
-            keys.append(bytes(item))
-            continue
-        if not isinstance(item, str) or not _HEX64.match(item):
-            raise _fail(source, f"validators[{i}]", f"64 lowercase hex characters (an Ed25519 public key), got {item!r}")
-        keys.append(bytes.fromhex(item))
-    if len(set(keys)) != len(keys):
-        raise _fail(source, "validators", "distinct public keys (a key is listed twice)")
-    limits = doc.get("limits")
-    if not isinstance(limits, dict):
-        raise _fail(source, "limits", "a table with " + ", ".join(_LIMIT_INTS))
-    unknown = sorted(set(limits) - set(_LIMIT_INTS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {['limits.' + k for k in unknown]}; expected only {sorted(_LIMIT_INTS)}")
-    out["limits"] = Limits(**{k: _check_int(limits, k, b, source, "limits.") for k, b in _LIMIT_INTS.items()})
-    out["validators"] = tuple(sorted(keys))
-    return out
+    values = GENESIS_FILE.validate(doc, source)
+    values["limits"] = Limits(**values["limits"])
+    values["validators"] = tuple(sorted(bytes.fromhex(key) for key in values["validators"]))
+    return values
 
 
 def parse_genesis(text: str, source: str = "<genesis>") -> Genesis:
     """Parse and validate genesis TOML text; ``source`` names it in errors."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    fields = _validate(doc, source)
+    fields = _validate(parse_toml(text, source), source)
     return Genesis(**fields)
 
 
 def load_genesis(path: str | Path) -> Genesis:
     """Read and validate a genesis file, raising ConfigError naming the file,
     the key and what was expected."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such genesis file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read genesis file: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: genesis file is not UTF-8") from None
-    return parse_genesis(text, str(path))
+    return Genesis(**_validate(read_toml(path, "genesis file"), str(path)))

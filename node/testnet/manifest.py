@@ -22,17 +22,17 @@ perturbations (in the manner of CometBFT's end-to-end runner).
     delay_ms = 50           # delay and loss only
     loss_pct = 5.0          # delay and loss only
 
-Parsing is pure; every error names the file, the table and the key.
+Parsing is pure; the file is declared in :data:`MANIFEST` (node/base/schema.py), and every
+error names the file, the table and the key.
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.base.errors import ConfigError
+from node.base.schema import OPTIONAL, REQUIRED, ArrayOfTables, Invalid, Key, Schema, Table, read_toml
 
 PROCESS_ACTIONS = ("kill", "pause", "restart")
 NETWORK_ACTIONS = ("disconnect", "delay", "loss")
@@ -83,121 +83,105 @@ class Manifest:
     source: str = "<manifest>"
 
 
-# key -> (accepted types, default or None when required)
-_TESTNET_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "validators": ((int,), 4),
-    "non_validators": ((int,), 0),
-    "netns": ((bool,), False),
-    "block_period_ms": ((int,), 500),
-}
-_LOAD_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "tx_rate": ((int, float), 2.0),
-    "duration_s": ((int, float), 30.0),
-    "job_rate": ((int, float), 0.0),
-}
-_PERTURBATION_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "at_s": ((int, float), None),
-    "node": ((str,), None),
-    "action": ((str,), None),
-    "duration_s": ((int, float), 0.0),
-    "delay_ms": ((int,), 0),
-    "loss_pct": ((int, float), 0.0),
-}
-
-
-def _typed(table: dict[str, Any], keys: dict[str, tuple[tuple[type, ...], Any]], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in table:
-        if key not in keys:
-            raise ConfigError(f"{where} unknown key {key!r}; expected one of {sorted(keys)}")
-    for key, (types, default) in keys.items():
-        if key not in table:
-            if default is None:
-                raise ConfigError(f"{where} {key} is required")
-            out[key] = default
-            continue
-        value = table[key]
-        # bool is an int subclass in Python; a number key must not accept true/false.
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            names = " or ".join("number" if t is float else t.__name__.replace("str", "string").replace("bool", "boolean").replace("int", "integer") for t in types)
-            raise ConfigError(f"{where} {key}: expected {names}, got {value!r}")
-        out[key] = value
-    return out
-
-
-def parse_manifest(doc: dict[str, Any], source: str = "<manifest>") -> Manifest:
-    """Validate a decoded manifest; ConfigError names the key that is wrong."""
-    for section in doc:
-        if section not in ("testnet", "load", "perturbation"):
-            raise ConfigError(f"{source}: unknown section [{section}]; expected [testnet], [load], [[perturbation]]")
-    for section in ("testnet", "load"):
-        if section in doc and not isinstance(doc[section], dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-    t = _typed(doc.get("testnet", {}), _TESTNET_KEYS, f"{source}: [testnet]")
-    if not 1 <= t["validators"] <= 64:
-        raise ConfigError(f"{source}: [testnet] validators: expected 1..64, got {t['validators']}")
+def _non_validators_fit(values: dict[str, Any]) -> None:
+    t = values["testnet"]
     if t["non_validators"] < 0 or t["validators"] + t["non_validators"] > 64:
-        raise ConfigError(f"{source}: [testnet] non_validators: expected 0..{64 - t['validators']}, got {t['non_validators']}")
-    if not 50 <= t["block_period_ms"] <= 60_000:
-        raise ConfigError(f"{source}: [testnet] block_period_ms: expected 50..60000, got {t['block_period_ms']}")
-    testnet = TestnetSpec(**t)
-
-    load_table = _typed(doc.get("load", {}), _LOAD_KEYS, f"{source}: [load]")
-    if not 0 <= load_table["tx_rate"] <= 1000:
-        raise ConfigError(f"{source}: [load] tx_rate: expected 0..1000 transactions per second, got {load_table['tx_rate']}")
-    if not 0 < load_table["duration_s"] <= 86_400:
-        raise ConfigError(f"{source}: [load] duration_s: expected more than 0 and at most 86400, got {load_table['duration_s']}")
-    if not 0 <= load_table["job_rate"] <= MAX_JOB_RATE:
-        raise ConfigError(f"{source}: [load] job_rate: expected 0..{MAX_JOB_RATE:g} jobs per second, got {load_table['job_rate']}")
-    load = LoadSpec(tx_rate=float(load_table["tx_rate"]), duration_s=float(load_table["duration_s"]), job_rate=float(load_table["job_rate"]))
-
-    raw = doc.get("perturbation", [])
-    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
-        raise ConfigError(f"{source}: perturbation must be an array of tables ([[perturbation]])")
-    perturbations = [_perturbation(p, i, testnet, load, source) for i, p in enumerate(raw, 1)]
-    _check_overlaps(perturbations, source)
-    return Manifest(testnet, load, tuple(sorted(perturbations, key=lambda p: p.at_s)), source)
+        raise Invalid(("testnet", "non_validators"), f"expected 0..{64 - t['validators']}, got {t['non_validators']}")
 
 
-def _perturbation(table: dict[str, Any], index: int, testnet: TestnetSpec, load: LoadSpec, source: str) -> Perturbation:
-    where = f"{source}: [[perturbation]] #{index}"
-    p = _typed(table, _PERTURBATION_KEYS, where)
-    if p["action"] not in ACTIONS:
-        raise ConfigError(f"{where} action: expected one of {list(ACTIONS)}, got {p['action']!r}")
+def _perturbations_fit_the_run(values: dict[str, Any]) -> None:
+    """Each perturbation names a node of this testnet, lies within the load, and
+    has the settings its action needs (and only those)."""
+    testnet, load = _testnet(values), _load(values)
+    for i, p in enumerate(values["perturbation"]):
+        problem = _perturbation_problem(p, testnet, load)
+        if problem:
+            raise Invalid(("perturbation", i, problem[0]), problem[1])
+
+
+def _perturbation_problem(p: dict[str, Any], testnet: TestnetSpec, load: LoadSpec) -> tuple[str, str] | None:
+    """The key of one validated [[perturbation]] table that does not fit the run, and why."""
+    action, at_s, duration_s = p["action"], p["at_s"], p["duration_s"]
     if p["node"] not in testnet.node_names:
-        raise ConfigError(f"{where} node: expected one of {testnet.node_names}, got {p['node']!r}")
-    if p["at_s"] < 0 or p["at_s"] >= load.duration_s:
-        raise ConfigError(f"{where} at_s: expected 0 <= at_s < [load] duration_s ({load.duration_s:g}), got {p['at_s']}")
-    if p["duration_s"] < 0 or p["at_s"] + p["duration_s"] > load.duration_s:
-        raise ConfigError(f"{where} duration_s: must be >= 0 and end within [load] duration_s ({load.duration_s:g}), got {p['duration_s']}")
-    if p["action"] in ("pause", "disconnect", "delay", "loss") and p["duration_s"] <= 0:
-        raise ConfigError(f"{where} duration_s: action {p['action']!r} needs a positive duration_s")
-    if p["action"] in NETWORK_ACTIONS and not testnet.netns:
-        raise ConfigError(f"{where} action: {p['action']!r} needs network namespaces; set [testnet] netns = true (root and iproute2 required)")
-    if not 0 <= p["delay_ms"] <= 10_000:
-        raise ConfigError(f"{where} delay_ms: expected 0..10000, got {p['delay_ms']}")
-    if not 0 <= p["loss_pct"] <= 100:
-        raise ConfigError(f"{where} loss_pct: expected 0..100, got {p['loss_pct']}")
-    if p["action"] not in ("delay", "loss") and ("delay_ms" in table or "loss_pct" in table):
-        raise ConfigError(f"{where} delay_ms/loss_pct: only for actions 'delay' and 'loss', not {p['action']!r}")
-    if p["action"] == "delay" and p["delay_ms"] <= 0:
-        raise ConfigError(f"{where} delay_ms: action 'delay' needs delay_ms > 0")
-    if p["action"] == "loss" and p["loss_pct"] <= 0:
-        raise ConfigError(f"{where} loss_pct: action 'loss' needs loss_pct > 0")
-    return Perturbation(float(p["at_s"]), p["node"], p["action"], float(p["duration_s"]), p["delay_ms"], float(p["loss_pct"]))
+        return "node", f"expected one of {testnet.node_names}, got {p['node']!r}"
+    if at_s < 0 or at_s >= load.duration_s:
+        return "at_s", f"expected 0 <= at_s < [load] duration_s ({load.duration_s:g}), got {at_s}"
+    if duration_s < 0 or at_s + duration_s > load.duration_s:
+        return "duration_s", f"must be >= 0 and end within [load] duration_s ({load.duration_s:g}), got {duration_s}"
+    if action in ("pause", "disconnect", "delay", "loss") and duration_s <= 0:
+        return "duration_s", f"action {action!r} needs a positive duration_s"
+    if action in NETWORK_ACTIONS and not testnet.netns:
+        return "action", f"{action!r} needs network namespaces; set [testnet] netns = true (root and iproute2 required)"
+    for key in ("delay_ms", "loss_pct"):
+        if action not in ("delay", "loss") and key in p:
+            return key, f"only for actions 'delay' and 'loss', not {action!r}"
+    if action == "delay" and p.get("delay_ms", 0) <= 0:
+        return "delay_ms", "action 'delay' needs delay_ms > 0"
+    if action == "loss" and p.get("loss_pct", 0) <= 0:
+        return "loss_pct", "action 'loss' needs loss_pct > 0"
+    return None
 
 
-def _check_overlaps(perturbations: list[Perturbation], source: str) -> None:
+def _perturbations_do_not_overlap(values: dict[str, Any]) -> None:
     """Two perturbations of one node at once would undo each other (a restart
     of a paused node, a netem change mid-disconnect): refuse them."""
     by_node: dict[str, list[tuple[int, Perturbation]]] = {}
-    for i, p in enumerate(perturbations, 1):
+    for i, p in enumerate(_perturbations(values)):
         by_node.setdefault(p.node, []).append((i, p))
     for items in by_node.values():
         items.sort(key=lambda ip: ip[1].at_s)
         for (i, a), (j, b) in zip(items, items[1:]):
             if b.at_s < a.at_s + a.duration_s + _settle(a):
-                raise ConfigError(f"{source}: [[perturbation]] #{j} at_s: overlaps #{i} on {a.node} (which lasts until {a.at_s + a.duration_s + _settle(a):g} s)")
+                raise Invalid(("perturbation", j, "at_s"),
+                              f"overlaps #{i + 1} on {a.node} (which lasts until {a.at_s + a.duration_s + _settle(a):g} s)")
+
+
+MANIFEST = Schema(
+    Table({
+        "testnet": Table({
+            "validators": Key(int, TestnetSpec.validators, ge=1, le=64),
+            "non_validators": Key(int, TestnetSpec.non_validators),
+            "netns": Key(bool, TestnetSpec.netns, "one network namespace per node (needs root and iproute2)"),
+            "block_period_ms": Key(int, TestnetSpec.block_period_ms, ge=50, le=60_000),
+        }),
+        "load": Table({
+            "tx_rate": Key(float, LoadSpec.tx_rate, ge=0, le=1000, unit="transactions per second"),
+            "duration_s": Key(float, LoadSpec.duration_s, "how long the load runs", gt=0, le=86_400),
+            "job_rate": Key(float, LoadSpec.job_rate, ge=0, le=MAX_JOB_RATE, unit="jobs per second"),
+        }),
+        "perturbation": ArrayOfTables(Table({
+            "at_s": Key(float, REQUIRED, "seconds after the load starts"),
+            "node": Key(str, REQUIRED, "a node name such as node3"),
+            "action": Key(str, REQUIRED, choices=ACTIONS),
+            "duration_s": Key(float, Perturbation.duration_s),
+            "delay_ms": Key(int, OPTIONAL, "delay and loss only", ge=0, le=10_000),
+            "loss_pct": Key(float, OPTIONAL, "delay and loss only", ge=0, le=100),
+        })),
+    }),
+    checks=[_non_validators_fit, _perturbations_fit_the_run, _perturbations_do_not_overlap],
+)
+
+
+def parse_manifest(doc: dict[str, Any], source: str = "<manifest>") -> Manifest:
+    """Validate a decoded manifest; ConfigError names the key that is wrong."""
+    values = MANIFEST.validate(doc, source)
+    perturbations = sorted(_perturbations(values), key=lambda p: p.at_s)
+    return Manifest(_testnet(values), _load(values), tuple(perturbations), source)
+
+
+def _testnet(values: dict[str, Any]) -> TestnetSpec:
+    return TestnetSpec(**values["testnet"])
+
+
+def _load(values: dict[str, Any]) -> LoadSpec:
+    load = values["load"]
+    return LoadSpec(tx_rate=float(load["tx_rate"]), duration_s=float(load["duration_s"]), job_rate=float(load["job_rate"]))
+
+
+def _perturbations(values: dict[str, Any]) -> list[Perturbation]:
+    """In file order (the order messages number them in)."""
+    return [Perturbation(float(p["at_s"]), p["node"], p["action"], float(p["duration_s"]), p.get("delay_ms", 0),
+                         float(p.get("loss_pct", 0.0))) for p in values["perturbation"]]
 
 
 def _settle(p: Perturbation) -> float:
@@ -206,15 +190,4 @@ def _settle(p: Perturbation) -> float:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such manifest") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read manifest: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid UTF-8 text") from None
-    return parse_manifest(doc, str(path))
+    return parse_manifest(read_toml(path, "manifest"), str(path))

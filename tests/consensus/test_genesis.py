@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.consensus.genesis import load_genesis, parse_genesis
 from node.base.errors import ConfigError
+from node.consensus.genesis import load_genesis, parse_genesis
 
 
 def _text(ibft, **replace) -> str:
@@ -45,13 +45,13 @@ def test_round_timeout_doubles_then_caps(ibft):
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        ({"block_period_ms = 1000": ""}, "key 'block_period_ms'"),
-        ({"block_period_ms = 1000": 'block_period_ms = "1s"'}, "key 'block_period_ms': expected an integer"),
-        ({'chain_id = "metanode-test"': 'chain_id = "Bad Chain"'}, "key 'chain_id'"),
-        ({"round_timeout_cap_ms = 16000": "round_timeout_cap_ms = 10"}, "key 'round_timeout_cap_ms': expected at least"),
-        ({"max_txs_per_block = 100": "max_txs_per_block = 0"}, "key 'limits.max_txs_per_block'"),
-        ({"[limits]": "surprise = 1\n[limits]"}, "unknown key(s) ['surprise']"),
-        ({"validators = [": 'validators = [\n  "zz",'}, "key 'validators[0]': expected 64 lowercase hex"),
+        ({"block_period_ms = 1000": ""}, "block_period_ms is required (an integer, 0..3600000)"),
+        ({"block_period_ms = 1000": 'block_period_ms = "1s"'}, "block_period_ms: expected an integer, got str '1s'"),
+        ({'chain_id = "metanode-test"': 'chain_id = "Bad Chain"'}, "chain_id: expected 1-64 characters of [a-z0-9._-] starting with a letter or digit, got 'Bad Chain'"),
+        ({"round_timeout_cap_ms = 16000": "round_timeout_cap_ms = 10"}, "round_timeout_cap_ms: expected at least round_timeout_base_ms"),
+        ({"max_txs_per_block = 100": "max_txs_per_block = 0"}, "[limits] max_txs_per_block: expected 1..1000000, got 0"),
+        ({"[limits]": "surprise = 1\n[limits]"}, "unknown key 'surprise'; expected one of ['block_period_ms', 'chain_id',"),
+        ({"validators = [": 'validators = [\n  "zz",'}, "validators[0]: expected 64 lowercase hex characters (an Ed25519 public key), got 'zz'"),
     ],
 )
 def test_errors_name_file_key_and_expectation(ibft, tmp_path, edit, expected):

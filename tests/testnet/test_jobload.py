@@ -32,8 +32,8 @@ def test_job_rate_parses_and_defaults_to_no_jobs():
     (-0.1, "job_rate: expected 0..20 jobs per second, got -0.1"),
     (21, "job_rate: expected 0..20 jobs per second, got 21"),
     (float("nan"), "job_rate: expected 0..20"),
-    ("fast", "job_rate: expected integer or number, got 'fast'"),
-    (True, "job_rate: expected integer or number, got True"),
+    ("fast", "job_rate: expected a number, got str 'fast'"),
+    (True, "job_rate: expected a number, got bool True"),
 ])
 def test_bad_job_rate_is_a_config_error_naming_the_key(value, message):
     with pytest.raises(ConfigError) as caught:

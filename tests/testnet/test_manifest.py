@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from node.base.errors import ConfigError
 from node.testnet.manifest import load_manifest, parse_manifest
 from tests.support import run_cli
@@ -52,10 +53,10 @@ def mutate(change) -> dict:
 BAD = {
     "unknown section": (lambda d: d.update(extra={}), "unknown section [extra]"),
     "unknown testnet key": (lambda d: d["testnet"].update(validator=3), "[testnet] unknown key 'validator'"),
-    "validators type": (lambda d: d["testnet"].update(validators="4"), "[testnet] validators: expected integer"),
+    "validators type": (lambda d: d["testnet"].update(validators="4"), "[testnet] validators: expected an integer, got str '4'"),
     "validators range": (lambda d: d["testnet"].update(validators=0), "[testnet] validators: expected 1..64"),
     "non_validators range": (lambda d: d["testnet"].update(non_validators=64), "[testnet] non_validators"),
-    "netns type": (lambda d: d["testnet"].update(netns="yes"), "[testnet] netns: expected boolean"),
+    "netns type": (lambda d: d["testnet"].update(netns="yes"), "[testnet] netns: expected true or false, got str 'yes'"),
     "block period": (lambda d: d["testnet"].update(block_period_ms=10), "[testnet] block_period_ms"),
     "tx_rate bool": (lambda d: d["load"].update(tx_rate=True), "[load] tx_rate: expected"),
     "tx_rate negative": (lambda d: d["load"].update(tx_rate=-1), "[load] tx_rate"),
@@ -70,10 +71,10 @@ BAD = {
     "at_s past the load": (lambda d: d["perturbation"][0].update(at_s=60), "#1 at_s"),
     "ends after the load": (lambda d: d["perturbation"][0].update(duration_s=45), "#1 duration_s"),
     "pause without duration": (lambda d: d["perturbation"][0].update(duration_s=0), "#1 duration_s: action 'pause' needs"),
-    "delay_ms on a kill": (lambda d: d["perturbation"][1].update(delay_ms=5), "#2 delay_ms/loss_pct"),
+    "delay_ms on a kill": (lambda d: d["perturbation"][1].update(delay_ms=5), "[[perturbation]] #2 delay_ms: only for actions 'delay' and 'loss', not 'kill'"),
     "loss without loss_pct": (lambda d: d["perturbation"][2].update(loss_pct=0), "#3 loss_pct: action 'loss' needs"),
     "loss over 100": (lambda d: d["perturbation"][2].update(loss_pct=101), "#3 loss_pct: expected 0..100"),
-    "delay_ms float": (lambda d: d["perturbation"][2].update(delay_ms=1.5), "#3 delay_ms: expected integer"),
+    "delay_ms float": (lambda d: d["perturbation"][2].update(delay_ms=1.5), "[[perturbation]] #3 delay_ms: expected an integer, got float 1.5"),
     "delay without delay_ms": (lambda d: d["perturbation"][2].update(action="delay", delay_ms=0), "#3 delay_ms: action 'delay' needs"),
     "unknown perturbation key": (lambda d: d["perturbation"][1].update(signal=9), "#2 unknown key 'signal'"),
     "overlap on one node": (lambda d: d["perturbation"].append({"at_s": 21, "node": "node1", "action": "kill"}), "#4 at_s: overlaps #1 on node1"),
