@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README):
 #   make demo   installs everything and runs the main job
-#   make test   installs everything and runs the test suite (CI runs this)
+#   make test   installs everything, lints (ruff), type-checks (mypy) and runs the test suite (CI runs this)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/metanode demo
 
 test: $(STAMP)
+	$(BIN)/ruff check node tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import nacl.signing
@@ -33,9 +33,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.consensus.tx import sign_tx  # noqa: E402
 from node.base.keys import Identity  # noqa: E402
 from node.base.logging import configure_client_logging  # noqa: E402
+from node.consensus.tx import sign_tx  # noqa: E402
 from node.p2p.client import call_node, connect_to_node  # noqa: E402
 from node.testnet import layout, processes  # noqa: E402
 

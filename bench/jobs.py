@@ -53,10 +53,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.sdk.client import FINAL_STATES, AsyncClient  # noqa: E402
 from node.base.keys import Identity  # noqa: E402
 from node.base.logging import configure_client_logging  # noqa: E402
 from node.p2p.rpc import RpcCallError  # noqa: E402
+from node.sdk.client import FINAL_STATES, AsyncClient  # noqa: E402
 from node.testnet import layout, processes  # noqa: E402
 
 QUERY = "SELECT product, count(*) AS n, sum(units) AS units FROM sales GROUP BY product"

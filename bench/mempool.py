@@ -21,11 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rates import Row, render, rows_json, timed  # noqa: E402
-
 import nacl.signing  # noqa: E402
 
+from bench.rates import Row, render, rows_json, timed  # noqa: E402
 from node.base.codec import hash_tagged  # noqa: E402
+from node.base.db import open_node_db  # noqa: E402
+from node.base.keys import Identity  # noqa: E402
 from node.consensus.mempool import Mempool, MempoolConfig  # noqa: E402
 from node.consensus.store import ChainStore  # noqa: E402
 from node.consensus.tx import (  # noqa: E402
@@ -36,8 +37,6 @@ from node.consensus.tx import (  # noqa: E402
     decode_tx,
     sign_tx,
 )
-from node.base.db import open_node_db  # noqa: E402
-from node.base.keys import Identity  # noqa: E402
 
 CHAIN = "bench"
 

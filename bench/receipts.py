@@ -29,18 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rates import Row, render, rows_json, timed  # noqa: E402
-
 import duckdb  # noqa: E402
 import nacl.signing  # noqa: E402
 
+from bench.rates import Row, render, rows_json, timed  # noqa: E402
 from node.base.keys import Identity  # noqa: E402
-from node.receipts.chain import ReceiptIssuer  # noqa: E402
-from node.receipts.envelope import RECEIPT_SIGN_TAG, Receipt, verify_receipt  # noqa: E402
-from node.receipts.api import build_bundle  # noqa: E402
-from node.receipts.devchain import DevChain, dev_genesis, dev_identities  # noqa: E402
-from node.receipts.log import ReceiptLog  # noqa: E402
 from node.base.merkle import leaf_hash, verify_inclusion  # noqa: E402
+from node.receipts.api import build_bundle  # noqa: E402
+from node.receipts.chain import ReceiptIssuer  # noqa: E402
+from node.receipts.devchain import DevChain, dev_genesis, dev_identities  # noqa: E402
+from node.receipts.envelope import RECEIPT_SIGN_TAG, Receipt, verify_receipt  # noqa: E402
+from node.receipts.log import ReceiptLog  # noqa: E402
 from node.receipts.verify import BundleVerifier  # noqa: E402
 
 

@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
-from tests.support import DaemonProcess, METANODE, free_port, node_addr, rpc_json, wait_until, write_node_config
+from tests.support import METANODE, DaemonProcess, free_port, node_addr, rpc_json, wait_until, write_node_config
 
 
 def call_error(addr: str, method: str, params: dict) -> dict:
-    from tests.support import run_cli
     import json
+
+    from tests.support import run_cli
 
     done = run_cli("rpc", method, json.dumps(params), "--node", addr)
     assert done.returncode == 1, done.stdout + done.stderr

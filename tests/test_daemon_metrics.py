@@ -7,8 +7,8 @@ import time
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.consensus.genesis import Genesis
 from node.base.keys import Identity
+from node.consensus.genesis import Genesis
 from node.p2p.client import connect_to_node
 from tests.support import running_daemon, write_node_config
 

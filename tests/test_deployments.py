@@ -32,8 +32,8 @@ import trio
 import yaml  # test extra: PyYAML
 
 from node.base.config import load_config
-from node.consensus.genesis import load_genesis
 from node.base.keys import Identity
+from node.consensus.genesis import load_genesis
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deployments"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.support import run_cli
-
 from node.testnet.layout import plan_testnet
+from tests.support import run_cli
 
 
 def test_plan_is_deterministic_given_a_seed():

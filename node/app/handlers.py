@@ -13,10 +13,6 @@ names these functions, one entry per type.
 
 from __future__ import annotations
 
-from node.base.codec import encode, to_hex
-from node.consensus.tx import Transaction
-from node.base.keys import peer_id_from_public_key
-from node.receipts.envelope import Receipt, decode_receipt
 from node.app.lifecycle import describe_job_ref, finish_job, settle_if_complete
 from node.app.model import (
     ACTIVE_STATES,
@@ -31,6 +27,10 @@ from node.app.model import (
 )
 from node.app.payloads import DatasetRegister, JobCancel, JobResult, JobSubmit, NodeRegister, ReceiptsBatch
 from node.app.working import JobRow, NodeRow, Reads, ResultRow, WorkingState
+from node.base.codec import encode, to_hex
+from node.base.keys import peer_id_from_public_key
+from node.consensus.tx import Transaction
+from node.receipts.envelope import Receipt, decode_receipt
 
 
 def record_receipt(ws: WorkingState, ctx: BlockContext, tx: Transaction, receipt: Receipt) -> None:

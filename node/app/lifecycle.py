@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from node.base.codec import to_hex
 from node.app.model import (
     ACTIVE_STATES,
     DELIVERED,
@@ -34,6 +33,7 @@ from node.app.model import (
 from node.app.rules import ChainRules
 from node.app.scheduler import Candidate, choose_nodes
 from node.app.working import AssignmentRow, JobRow, NodeRow, WorkingState
+from node.base.codec import to_hex
 
 
 def finish_job(ws: WorkingState, ctx: BlockContext, job: JobRow, state: str, reason: str | None) -> None:

@@ -36,15 +36,15 @@ from collections.abc import Callable, Sequence
 import duckdb
 import structlog
 
-from node.base.codec import to_hex
-from node.consensus.store import ChainStore
-from node.consensus.tx import PayloadError, Transaction, decode_tx
-from node.base.db import transaction
 from node.app import lifecycle, queries, tables
 from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
 from node.app.working import WorkingState
+from node.base.codec import to_hex
+from node.base.db import transaction
+from node.consensus.store import ChainStore
+from node.consensus.tx import PayloadError, Transaction, decode_tx
 
 MAX_HEIGHT = 2**63 - 1
 

@@ -62,11 +62,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from node.base.config import ROLES
-from node.base.verification import ReceiptError
-from node.cage.job import INPUT_NAME
-from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
-from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 from node.app import handlers
 from node.app.fields import MAX_UINT, choice, digest, integer, record, text
 from node.app.jobtypes import job_type, job_type_names
@@ -82,6 +77,11 @@ from node.app.payloads import (
 )
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.working import Reads, WorkingState
+from node.base.config import ROLES
+from node.base.verification import ReceiptError
+from node.cage.job import INPUT_NAME
+from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
+from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 
 __all__ = [
     "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "JOB_CANCEL", "JOB_RESULT", "JOB_SUBMIT",

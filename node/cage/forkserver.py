@@ -23,11 +23,11 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
 import sys
 import tempfile
 import time
-import shutil
 from typing import Any
 
 import duckdb
@@ -37,6 +37,7 @@ from node.cage.functions import get_function, registered_functions
 from node.cage.job import CAGE_ENVIRONMENT, encode_frame, read_frame, split_frames, write_frame
 from node.cage.policy import Policy, missing_layers, policy_from_value
 from node.cage.results import result_digest
+from node.cage.spare import rehearse, spare_child
 from node.cage.witness import (
     WITNESS_VERSION,
     describe_inputs,
@@ -49,7 +50,6 @@ from node.cage.witness import (
     witness_digest,
     worker_digest,
 )
-from node.cage.spare import rehearse, spare_child
 from node.cage.worker import _realpath, job_filter
 
 try:  # loaded here, once: importing it runs find_library, which a confined child cannot

@@ -114,10 +114,12 @@ def table_summary(ctx: JobContext, params: dict[str, Any]) -> Table:
     rows = []
     for column_name, column_type, *_ in described:
         col = quote_identifier(column_name)
-        total, non_null, distinct, low, high = ctx.con.execute(
+        stats = ctx.con.execute(
             f"SELECT count(*), count({col}), count(DISTINCT {col}), "
             f"min({col})::VARCHAR, max({col})::VARCHAR FROM {view}"
         ).fetchone()
+        assert stats is not None  # an aggregate without GROUP BY always yields one row
+        total, non_null, distinct, low, high = stats
         rows.append([column_name, column_type, total, non_null, distinct, low, high])
     columns = [("column_name", "VARCHAR"), ("column_type", "VARCHAR"), ("rows", "BIGINT"),
                ("non_null", "BIGINT"), ("distinct", "BIGINT"), ("min", "VARCHAR"), ("max", "VARCHAR")]

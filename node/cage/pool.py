@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from node.base.codec import CodecError
 from node.cage.job import CAGE_ENVIRONMENT, CageError, JobOutcome, JobSpec, read_frame, write_frame
 from node.cage.layers import HostCapabilities
 from node.cage.policy import Policy, default_policy_path, load_policies, missing_layers
-from node.base.codec import CodecError
 
 DEFAULT_FUNCTION_MODULES = ("node.cage.functions", "node.cage.trend")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.base.errors import ConfigError
 from node.cage.job import CageError, JobOutcome, JobSpec
 from node.cage.policy import policy_from_value
 from node.cage.pool import CagePool
 from node.cage.witness import decode_witness_file
-from node.base.errors import ConfigError
 
 
 @dataclass

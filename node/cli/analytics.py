@@ -36,10 +36,10 @@ def _state_line(job_id: str, status: dict[str, Any]) -> str:
 def _run(key_path: str | None, node_addr: str, body: Any) -> Any:
     import trio
 
-    from node.sdk.client import AsyncClient, require_key
     from node.base.errors import sole_exception
     from node.base.logging import configure_client_logging
     from node.p2p.rpc import RpcCallError
+    from node.sdk.client import AsyncClient, require_key
 
     configure_client_logging()
     identity = require_key(key_path)

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
+from node.base.codec import to_hex
+from node.base.errors import EXIT_REPLAY_MISMATCH, EXIT_RUNTIME, UserError
 from node.cage.job import CageError, JobOutcome, JobSpec
 from node.cage.layers import probe_host
 from node.cage.policy import default_policy_path, load_policies, missing_layers
 from node.cage.results import decode_result, display_cell
-from node.base.codec import to_hex
-from node.base.errors import EXIT_REPLAY_MISMATCH, EXIT_RUNTIME, UserError
 
 MAX_ROWS_SHOWN = 50
 
@@ -135,7 +135,8 @@ def run(policy_name: str, policy_file: str | None, inputs: tuple[str, ...], sql:
 def replay(witness_path: str, inputs: tuple[str, ...]) -> None:
     """Re-run a job from its witness and check that every digest matches."""
     from node.cage.pool import CagePool
-    from node.cage.replay import load_witness, replay as replay_witness
+    from node.cage.replay import load_witness
+    from node.cage.replay import replay as replay_witness
     from node.cage.witness import WitnessError
 
     data = load_witness(witness_path)

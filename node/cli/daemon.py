@@ -21,8 +21,8 @@ def start(config_path: str, log_format: str | None, log_level: str | None) -> No
     config = load_config(config_path)
     import trio
 
-    from node.roles.daemon import Daemon, run_until_signalled  # imports libp2p: only when starting
     from node.base.logging import configure_logging
+    from node.roles.daemon import Daemon, run_until_signalled  # imports libp2p: only when starting
 
     configure_logging(log_level or config.log["level"], log_format or config.log["format"])
     trio.run(run_until_signalled, Daemon(config))

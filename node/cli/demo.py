@@ -100,12 +100,12 @@ SQL_QUERY = ("SELECT product, year(day) AS year, sum(units) AS units, "
 async def _show_analytics(addresses: list[str], directory: Path) -> None:
     import trio
 
-    from node.sdk.client import AsyncClient
     from node.base.keys import Identity
-    from node.receipts.verify import BundleInvalid, BundleVerifier
-    from node.consensus.genesis import load_genesis
-    from node.testnet.sample_data import sales_path
     from node.cli.present import format_table
+    from node.consensus.genesis import load_genesis
+    from node.receipts.verify import BundleInvalid, BundleVerifier
+    from node.sdk.client import AsyncClient
+    from node.testnet.sample_data import sales_path
 
     tenant = Identity.generate()
     tenant.write(directory / "tenant.key")
@@ -169,8 +169,8 @@ async def _show_analytics(addresses: list[str], directory: Path) -> None:
 async def _show_consensus(addresses: list[str]) -> None:
     import trio
 
-    from node.consensus.tx import sign_tx
     from node.base.keys import Identity
+    from node.consensus.tx import sign_tx
     from node.p2p.client import call_node
     from node.testnet.layout import CHAIN_ID
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,11 +49,11 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round
 @click.option("--json", "as_json", is_flag=True)
 def show(path: Path, as_json: bool) -> None:
     """Validate a genesis file and print its hash and validators (compare the hash across nodes)."""
-    from node.consensus.genesis import load_genesis
     from node.base.keys import peer_id_from_public_key
+    from node.consensus.genesis import load_genesis
 
     g = load_genesis(path)
-    info = {
+    info: dict[str, Any] = {
         "chain_id": g.chain_id, "hash": g.hash.hex(), "genesis_time_ms": g.genesis_time_ms,
         "block_period_ms": g.block_period_ms, "quorum": g.validator_set.quorum,
         "validators": [{"public_key": k.hex(), "peer_id": peer_id_from_public_key(k)} for k in g.validators],

@@ -54,7 +54,7 @@ def status(node_addr: str, timeout: float, as_json: bool) -> None:
     click.echo(TABLE_NOTE)
 
 
-def summary(report: dict) -> str:  # type: ignore[type-arg]
+def summary(report: dict) -> str:
     nodes = report["nodes"]
     live = [n for n in nodes if n["live"]]
     validators = [n for n in nodes if n["validator"]]
@@ -70,7 +70,7 @@ TABLE_COLUMNS = [Column("moniker"), Column("live"), Column("val"), Column("heigh
 TABLE_NOTE = "* the node asked; jobs = submitted + scheduled + running"
 
 
-def table_rows(nodes: list) -> list[list[str]]:  # type: ignore[type-arg]
+def table_rows(nodes: list) -> list[list[str]]:
     """One row per node under TABLE_COLUMNS; an unreachable node's last cell says why."""
     rows = []
     for n in nodes:

@@ -99,10 +99,10 @@ def _bundle_from_node(node_addr: str, receipt_hex: str, timeout: float) -> bytes
 
 
 def _bundle_from_data_dir(data_dir: str, genesis_path: str, receipt_hex: str) -> bytes:
+    from node.base.db import open_node_db
     from node.consensus.block import genesis_header, max_encoded_block_size
     from node.consensus.genesis import load_genesis
     from node.consensus.store import ChainStore
-    from node.base.db import open_node_db
     from node.receipts.api import ReceiptQueryError, build_bundle
     from node.receipts.audit import open_audit_db
     from node.receipts.blocks import ChainStoreBlocks

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.base.codec import CodecError, decode, encode, hash_tagged, hash_value
-from node.consensus.genesis import Genesis
-from node.consensus.validators import ValidatorSet
 from node.base.keys import verify
 from node.base.merkle import merkle_root
+from node.consensus.genesis import Genesis
+from node.consensus.validators import ValidatorSet
 
 BLOCK_TAG = "metanode/block/v1"
 TX_TAG = "metanode/tx/v1"

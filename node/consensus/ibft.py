@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from node.base.keys import Identity, verify
 from node.consensus import messages as m
 from node.consensus.block import (
     EMPTY_ROOT,
@@ -61,7 +62,6 @@ from node.consensus.outputs import (
     SetTimer,
 )
 from node.consensus.safety import SafetyState
-from node.base.keys import Identity, verify
 
 FUTURE_HEIGHTS = 2  # messages for heights h+1..h+2 are buffered, further ones dropped
 FUTURE_PER_SENDER = 16  # buffered future-height messages per validator (and 2 blocks' bytes)

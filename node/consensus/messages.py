@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.base.codec import CodecError, decode, encode
+from node.base.keys import Identity
 from node.consensus.block import (
     HASH_SIZE,
     KEY_SIZE,
@@ -38,7 +39,6 @@ from node.consensus.block import (
     Block,
     BlockError,
 )
-from node.base.keys import Identity
 
 SIGN_TAG = "metanode/ibft/v1"
 PROPOSAL = "proposal"

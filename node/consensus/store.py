@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import duckdb
 
 from node.base.codec import to_hex
-from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
 from node.base.db import transaction
+from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
 
 SCHEMA_VERSION = 1
 MAX_TIME = 2**63 - 1

@@ -172,7 +172,7 @@ class RpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
         if params is not None:
             request["params"] = params
-        event, box = trio.Event(), []
+        event, box = trio.Event(), list[dict[str, Any]]()
         self._waiting[request_id] = (event, box)
         try:
             with trio.fail_after(timeout):
@@ -196,7 +196,7 @@ class RpcClient:
             {"jsonrpc": "2.0", "method": method, "id": request_id, **({"params": params} if params is not None else {})}
             for request_id, (method, params) in zip(ids, calls)
         ]
-        waiters = {request_id: (trio.Event(), []) for request_id in ids}
+        waiters = {request_id: (trio.Event(), list[dict[str, Any]]()) for request_id in ids}
         self._waiting.update(waiters)
         try:
             with trio.fail_after(timeout):

@@ -19,14 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from node.base import codec
+from node.base.merkle import leaf_hash, verify_inclusion
+from node.base.verification import ProofError, ReceiptError
 from node.consensus.genesis import Genesis
 from node.receipts.blocks import BlockSource
 from node.receipts.bundle import Bundle, BundleError, bundle_id, genesis_validator_sets
 from node.receipts.envelope import decode_receipt
-from node.base.verification import ProofError, ReceiptError
 from node.receipts.execution import witness_record_bytes
 from node.receipts.log import LogError, ReceiptLog
-from node.base.merkle import leaf_hash, verify_inclusion
 
 BAD_PARAM = "bad-param"
 NOT_FOUND = "not-found"

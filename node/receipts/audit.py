@@ -44,12 +44,12 @@ from typing import Any
 
 import duckdb
 
-from node.consensus.block import Block, BlockError
 from node.base.db import open_node_db
 from node.base.errors import EXIT_USAGE, UserError
+from node.base.verification import ReceiptError
+from node.consensus.block import Block, BlockError
 from node.receipts.api import jsonable
 from node.receipts.envelope import decode_receipt
-from node.base.verification import ReceiptError
 
 FORMATS = ("json", "csv", "parquet")
 RECEIPTS_TABLE = "receipts"

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.base import codec
+from node.base.merkle import MAX_PROOF_HASHES
 from node.consensus.genesis import Genesis
 from node.receipts.envelope import MAX_ENVELOPE_SIZE
-from node.base.merkle import MAX_PROOF_HASHES
 
 BUNDLE_VERSION = 1
 BUNDLE_TAG = "metanode/receipt-bundle/v1"

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from node.base.keys import Identity
 from node.consensus.block import SEAL_TAG, Block, BlockHeader, build_block, genesis_header, seal_message
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.store import ChainStore
-from node.base.keys import Identity
 from node.receipts.blocks import ChainStoreBlocks
 from node.receipts.envelope import Receipt
 from node.receipts.log import ReceiptLog
-
 
 DEV_GENESIS_TIME_MS = 1_767_225_600_000
 

@@ -25,7 +25,6 @@ import duckdb
 
 from node.base.codec import to_hex
 from node.base.db import one_row
-from node.receipts.envelope import Receipt
 from node.base.merkle import (
     Subtree,
     append_subtrees,
@@ -37,6 +36,7 @@ from node.base.merkle import (
     perfect_subtrees,
     proof_subtrees,
 )
+from node.receipts.envelope import Receipt
 
 # A subtree's row key packs (level, idx) into one BIGINT so that a proof's
 # rows come back through the primary-key index in one IN-list query

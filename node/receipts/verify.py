@@ -57,6 +57,8 @@ from node.base.errors import (
     EXIT_SEALS,
     EXIT_WITNESS,
 )
+from node.base.merkle import leaf_hash, verify_inclusion
+from node.base.verification import ProofError, ReceiptError
 from node.consensus.block import Block, BlockError, BlockHeader, verify_seals
 from node.consensus.genesis import Genesis
 from node.consensus.validators import ValidatorSet
@@ -77,9 +79,7 @@ from node.receipts.bundle import (
     genesis_validator_sets,
 )
 from node.receipts.envelope import Receipt, verify_receipt
-from node.base.verification import ProofError, ReceiptError
 from node.receipts.execution import EXEC_KIND, record_digest, witness_mismatches
-from node.base.merkle import leaf_hash, verify_inclusion
 
 # The documented exit code of each part's failure (the codes live with the CLI's others in node/base/errors.py).
 EXIT_CODES: dict[str, int] = {

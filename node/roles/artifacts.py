@@ -28,10 +28,10 @@ from typing import Any
 import structlog
 import trio
 
-from node.cage.results import ResultError, decode_result, result_digest
-from node.cage.witness import WitnessError, decode_witness_file
 from node.base.errors import ErrorCode
 from node.base.keys import public_key_from_peer_id
+from node.cage.results import ResultError, decode_result, result_digest
+from node.cage.witness import WitnessError, decode_witness_file
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 
 log = structlog.get_logger("metanode.artifacts")

@@ -20,10 +20,10 @@ import structlog
 import trio
 
 from node.app.chain_app import ChainApplication
-from node.consensus.service import ConsensusService
-from node.consensus.tx import TxError, decode_tx
 from node.base.errors import ErrorCode
 from node.base.keys import Identity, public_key_from_peer_id
+from node.consensus.service import ConsensusService
+from node.consensus.tx import TxError, decode_tx
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
 from node.roles.artifacts import ArtifactFetcher, plain, result_json
@@ -90,7 +90,7 @@ class Gateway:
         admission = self.chain.submit(raw)
         if not admission.accepted:
             raise RpcError(ErrorCode.SUBMIT_REJECTED, "transaction rejected",
-                           {"reason": admission.code.value, "detail": admission.message})
+                           {"reason": admission.code.value if admission.code else None, "detail": admission.message})
         receipt_id = self.receipt(method, tenant, raw, "accepted", 0, tx.hash)
         return tx.hash, receipt_id
 
@@ -122,6 +122,7 @@ class Gateway:
                 "result_digests": sorted({r["result"] for r in job["results"]})})
         digest = job["results"][0]["result"]
         data = await self._artifact("result", digest, [r["peer_id"] for r in job["results"]])
+        assert data is not None  # required=True: _artifact raises rather than answer None
         # Releasing a tenant's result is an operation on its data: it is receipted.
         receipt_id = self.receipt("analytics_result", self.tenant(ctx), b"analytics_result:" + bytes.fromhex(job_id), "accepted", 0, data)
         return {"job_id": job_id, "receipt_id": receipt_id, "state": job["state"], "result_digest": digest,

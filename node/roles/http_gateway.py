@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -30,10 +30,9 @@ import structlog
 import trio
 
 from node.base.errors import ErrorCode, http_status_of
+from node.base.http_auth import AUTH_SCHEME, AuthError, RequestVerifier, sign_request
 from node.base.keys import peer_id_from_public_key
 from node.p2p.jsonrpc import CallContext, dump_json, parse_json
-
-from node.base.http_auth import AUTH_SCHEME, AuthError, RequestVerifier, sign_request
 
 __all__ = ["HttpGateway", "HttpError", "ROUTES", "sign_request"]
 log = structlog.get_logger("metanode.http")
@@ -86,7 +85,7 @@ class Request:
     query: dict[str, Any]  # checked against the route's query parameters
     args: dict[str, str]  # from the route's path
     body: bytes
-    file: BinaryIO | None  # a spooled dataset body
+    file: IO[bytes] | None  # a spooled dataset body
     size: int
     tenant: bytes
     ctx: CallContext
@@ -252,7 +251,7 @@ class HttpGateway:
 
     async def _serve_request(self, conn: h11.Connection, stream: trio.SocketStream, event: h11.Request) -> None:
         self.requests += 1
-        spool: BinaryIO | None = None
+        spool: IO[bytes] | None = None
         try:
             method = event.method.decode("ascii", "replace")
             try:
@@ -278,7 +277,7 @@ class HttpGateway:
             if conn.client_is_waiting_for_100_continue:
                 await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
             if route.body == "dataset":
-                spool = tempfile.SpooledTemporaryFile(max_size=UPLOAD_CHUNK, dir=self.spool_dir)  # noqa: SIM115
+                spool = tempfile.SpooledTemporaryFile(max_size=UPLOAD_CHUNK, mode="w+b", dir=str(self.spool_dir))  # noqa: SIM115
             body, size, digest = await self._read_body(conn, stream, limit, spool)
             self.verifier.verify(creds, method, target, digest)
             if self.allowed is not None and creds.key not in self.allowed:
@@ -328,7 +327,7 @@ class HttpGateway:
         raise HttpError(ErrorCode.METHOD_NOT_FOUND, "no such route", {"path": path[:200], "routes": sorted({r.pattern.pattern[1:-1] for r in ROUTES})})
 
     async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int,
-                         spool: BinaryIO | None) -> tuple[bytes, int, str]:
+                         spool: IO[bytes] | None) -> tuple[bytes, int, str]:
         hasher, size, chunks = hashlib.sha256(), 0, []
         while True:
             event = await self._next_event(conn, stream)

@@ -97,7 +97,7 @@ class NodeMetrics:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
 
-    async def serve(self, host: str = DEFAULT_HOST, port: int = 9464, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, host: str = DEFAULT_HOST, port: int = 9464, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve ``/metrics`` and ``/healthz`` until cancelled. Use with
         ``await nursery.start(metrics.serve, host, port)``, which returns the
         bound port (useful with ``port=0``). A busy port raises ConfigError.
@@ -181,7 +181,7 @@ def _bind(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> _Metrics
     class Server(_MetricsServer):
         address_family = family
 
-    return make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
+    return make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
 
 
 def _stop(server: _MetricsServer, thread: threading.Thread) -> None:

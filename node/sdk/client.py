@@ -28,10 +28,10 @@ from typing import Any
 
 import trio
 
-from node.consensus.tx import sign_tx
 from node.base.errors import EXIT_USAGE, ErrorCode, UserError
-from node.base.retry import Backoff, retry
 from node.base.keys import Identity
+from node.base.retry import Backoff, retry
+from node.consensus.tx import sign_tx
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcClient
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from node.base.errors import ErrorCode
-from node.base.keys import Identity
 from node.base.http_auth import sign_request
+from node.base.keys import Identity
 
 FINAL_STATES = ("verified", "disputed", "failed", "cancelled")
 

@@ -34,13 +34,13 @@ from typing import Any
 
 import trio
 
+from node.base.errors import ErrorCode, sole_exception
+from node.base.keys import Identity
+from node.base.retry import Backoff, retry
 from node.consensus.genesis import load_genesis
 from node.consensus.tx import Transaction, sign_tx
-from node.base.errors import ErrorCode, sole_exception
-from node.base.retry import Backoff, retry
-from node.base.keys import Identity
 from node.p2p.client import connect_to_node
-from node.p2p.rpc import RpcClient, RpcCallError
+from node.p2p.rpc import RpcCallError, RpcClient
 from node.receipts.verify import BundleInvalid, BundleVerifier
 
 CONNECT_TIMEOUT_S = 5.0
@@ -374,10 +374,13 @@ class AnalyticsWorkload:
         for tenant in self.tenants:
             for job in [j for j in tenant.jobs if j.summary is not None]:
                 outcome: list[str] | None = None
+
+                async def verify(rpc: RpcClient, job: TrackedJob = job) -> list[str] | None:
+                    return await self._verify_job(rpc, job, verifier, final=trio.current_time() >= deadline)
+
                 while outcome is None:
                     try:
-                        outcome = await self._any_node(addresses, tenant.identity, lambda rpc, job=job: self._verify_job(rpc, job, verifier, final=trio.current_time() >= deadline),
-                                                       start=job.nonce, timeout=60)
+                        outcome = await self._any_node(addresses, tenant.identity, verify, start=job.nonce, timeout=60)
                     except (Exception, trio.TooSlowError) as exc:
                         if trio.current_time() >= deadline:
                             outcome = [f"job {job.job_id[:12]}: its receipts could not be read: {exc}"]

@@ -12,10 +12,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from node.consensus.genesis import Genesis
 from node.base.errors import UserError
 from node.base.keys import Identity
+from node.consensus.genesis import Genesis
 
 MANIFEST = "testnet.json"
 GENESIS = "genesis.toml"
@@ -131,7 +132,7 @@ def write_testnet(directory: Path, plans: list[NodePlan], genesis: Genesis | Non
     return manifest
 
 
-def read_manifest(directory: Path) -> list[dict[str, object]]:
+def read_manifest(directory: Path) -> list[dict[str, Any]]:
     try:
         return json.loads((directory / MANIFEST).read_text())["nodes"]
     except FileNotFoundError:

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import trio
 
-from node.consensus.tx import Transaction, sign_tx
 from node.base.keys import Identity
+from node.consensus.tx import Transaction, sign_tx
 from node.p2p.client import call_node
 from node.p2p.rpc import RpcCallError
 

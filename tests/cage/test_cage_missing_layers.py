@@ -38,7 +38,7 @@ def metanode_without(layer: str, *args: str) -> subprocess.CompletedProcess[str]
 def test_check_reports_the_missing_layer(layer: str):
     done = metanode_without(layer, "cage", "check")
     assert done.returncode == 0, done.stderr
-    line = next(l for l in done.stdout.splitlines() if l.strip().endswith(tuple(BLOCKED)) or layer in l)
+    line = next(out for out in done.stdout.splitlines() if out.strip().endswith(tuple(BLOCKED)) or layer in out)
     assert line.strip().startswith("NO")
     assert f"REFUSED: missing {layer}" in done.stdout
     assert "processing   maximum    REFUSED" in done.stdout

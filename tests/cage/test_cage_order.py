@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from node.base.codec import encode
 from node.cage.job import JobSpec
 from node.cage.results import ResultError, decode_result, encode_result
 from node.cage.sqlgate import has_top_level_order, parse_tree
-from node.base.codec import encode
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,12 +8,11 @@ import signal
 import time
 
 import psutil
+from conftest import HERE, all_policies
 
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cage.results import decode_result
-
-from conftest import HERE, all_policies
 
 
 def fn_job(function: str, **kwargs) -> JobSpec:

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import all_policies
 
+from node.app import parse_payload
+from node.base.keys import Identity
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cage.results import decode_result
 from node.cage.trend import rounded_division_sql
 from node.consensus.tx import PayloadError, sign_tx
-from node.base.keys import Identity
-from node.app import parse_payload
-
-from conftest import all_policies
 
 START = datetime.date(2024, 1, 3)  # a Wednesday: the first week is partial
 DAYS = 120

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from node.base.codec import decode, encode
 from node.cage.job import JobSpec
 from node.cage.replay import replay
 from node.cage.results import CANONICAL_NAN, encode_float, encode_result
 from node.cage.witness import WitnessError, decode_witness_file, inputs_root, witness_digest
-from node.base.codec import decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 

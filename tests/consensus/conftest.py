@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from node.base.keys import Identity
 from node.consensus import messages as m
 from node.consensus.block import genesis_header
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, NeedProposal
-from node.base.keys import Identity
 
 T0 = 1_767_225_600_000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from node.base.codec import decode, encode, hash_tagged
+from node.base.merkle import merkle_root
 from node.consensus.block import (
     SEAL_TAG,
     Block,
@@ -17,7 +18,6 @@ from node.consensus.block import (
     tx_hash,
     verify_block,
 )
-from node.base.merkle import merkle_root
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import time
 import pytest
 import trio
 
-from node.consensus.tx import sign_tx
 from node.base.keys import Identity
+from node.consensus.tx import sign_tx
 from node.p2p.client import call_node
 from node.testnet import layout, processes
 from tests.support import wait_until

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from node.consensus.genesis import load_genesis
 from node.base.keys import Identity
+from node.consensus.genesis import load_genesis
 from tests.support import run_cli
 
 

@@ -3,11 +3,11 @@ justification, re-proposal of a prepared block, f+1 round skip, timers."""
 
 from __future__ import annotations
 
+from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import Block, SEAL_TAG, build_block, seal_message
+from node.consensus.block import SEAL_TAG, Block, build_block, seal_message
 from node.consensus.ibft import FUTURE_PER_SENDER, IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
-from node.base.keys import Identity
 
 
 def feed(core, messages, now):
@@ -161,7 +161,7 @@ def test_prepared_block_must_be_re_proposed_with_its_certificate(ibft):
     block = ibft.prepare_round_zero_at(cluster, prepared)
     later = cluster.now + 2000
     rcs = []
-    for i, core in enumerate(cluster.cores):
+    for core in cluster.cores:
         rcs += ibft.broadcasts(core.tick(later), m.ROUND_CHANGE)
     mine = [rc for rc in rcs if rc.signed.sender == vset.keys[prepared]][0]
     assert (mine.signed.prepared_round, mine.signed.prepared_digest) == (0, block.hash)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.base.codec import encode, decode
+from node.base.codec import decode, encode
+from node.base.keys import Identity
 from node.consensus.mempool import Mempool, MempoolConfig
 from node.consensus.tx import (
     PayloadError,
@@ -15,7 +16,6 @@ from node.consensus.tx import (
     decode_tx,
     sign_tx,
 )
-from node.base.keys import Identity
 
 CHAIN = "testnet-1"
 ALICE, BOB, CAROL = (Identity.from_label(n) for n in ("alice", "bob", "carol"))

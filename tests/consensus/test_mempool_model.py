@@ -7,9 +7,9 @@ from functools import lru_cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node.base.keys import Identity
 from node.consensus.mempool import Mempool, MempoolConfig
 from node.consensus.tx import TxTypeRegistry, check_block_txs, decode_tx, sign_tx
-from node.base.keys import Identity
 
 CHAIN = "testnet-1"
 SENDERS = [Identity.from_label(f"model-{i}") for i in range(3)]

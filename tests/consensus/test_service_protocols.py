@@ -11,15 +11,13 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from node.base.db import open_node_db
+from node.base.keys import Identity
 from node.consensus.genesis import Genesis
 from node.consensus.service import IBFT_PROTOCOL, SYNC_PROTOCOL, TX_PROTOCOL, ConsensusService
 from node.consensus.tx import TxTypeRegistry
-from node.base.db import open_node_db
-from node.base.keys import Identity
 from node.p2p.host import build_host, running_host
 from node.p2p.links import PeerLinks
-
-
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 

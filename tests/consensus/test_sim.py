@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from node.consensus.sim import ALL_FAULTS, run_seed
+from node.consensus.sim import ALL_FAULTS, _check_agreement_and_validity, _run, run_seed
 from node.consensus.sim.__main__ import main
 from node.consensus.sim.scenario import Crash, Scenario, make_scenario, parse_faults
 from node.consensus.sim.world import InvariantViolation, World
-from node.consensus.sim import _check_agreement_and_validity, _run
 
 SEEDS_PER_SIZE = 150  # 300 runs in all
 

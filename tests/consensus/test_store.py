@@ -6,10 +6,10 @@ import duckdb
 import pytest
 
 from node.base.codec import hash_tagged
-from node.consensus.store import ChainHead, ChainStore, StoreError
-from node.consensus.tx import sign_tx
 from node.base.db import open_node_db
 from node.base.keys import Identity
+from node.consensus.store import ChainHead, ChainStore, StoreError
+from node.consensus.tx import sign_tx
 
 CHAIN = "testnet-1"
 ALICE, BOB = Identity.from_label("alice"), Identity.from_label("bob")

@@ -22,10 +22,10 @@ if __name__ == "__main__":  # the child runs from a bare interpreter
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from node.base.codec import hash_tagged
-from node.consensus.store import ChainStore
-from node.consensus.tx import sign_tx, tx_hash
 from node.base.db import open_node_db
 from node.base.keys import Identity
+from node.consensus.store import ChainStore
+from node.consensus.tx import sign_tx, tx_hash
 
 CHAIN = "crash-test"
 GENESIS = hash_tagged("test/genesis", CHAIN.encode())

@@ -6,6 +6,7 @@ import cbor2
 import pytest
 
 from node.base.codec import decode, encode, hash_tagged
+from node.base.keys import Identity
 from node.consensus.tx import (
     MAX_NONCE,
     MAX_TX_BYTES,
@@ -23,7 +24,6 @@ from node.consensus.tx import (
     tx_hash,
     verify_signature,
 )
-from node.base.keys import Identity
 
 ALICE = Identity.from_label("alice")
 BOB = Identity.from_label("bob")

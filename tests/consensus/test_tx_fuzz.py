@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.base.codec import encode
-from node.consensus.tx import TxError, TxErrorCode, decode_tx, sign_tx, verify_signature
 from node.base.keys import Identity
+from node.consensus.tx import TxError, TxErrorCode, decode_tx, sign_tx, verify_signature
 
 ALICE = Identity.from_label("alice")
 VALID = [

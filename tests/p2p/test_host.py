@@ -18,7 +18,6 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.host import build_host, check_port_free, running_host
-
 from tests.support import running_daemon, write_node_config
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")

@@ -17,7 +17,6 @@ from node.p2p.client import connect_to_node
 from node.p2p.framing import FramedStream, encode_uvarint
 from node.p2p.host import build_host, running_host
 from node.p2p.rpc import RPC_PROTOCOL, RpcCallError
-
 from tests.support import running_daemon, write_node_config
 
 

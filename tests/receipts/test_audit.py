@@ -10,12 +10,12 @@ import duckdb
 import pytest
 from receipt_samples import NODE_C, VALID_FIELDS
 
-from node.cli.main import main
 from node.base.db import NodeDatabaseError, open_node_db
+from node.base.merkle import leaf_hash, verify_inclusion
+from node.cli.main import main
 from node.receipts.audit import AuditError, ExportFilter, export_receipts, run_query
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities
-from node.base.merkle import leaf_hash, verify_inclusion
 
 VALIDATORS = dev_identities(4)
 GENESIS = dev_genesis(VALIDATORS)

@@ -9,6 +9,7 @@ import pytest
 from receipt_samples import VALID_FIELDS
 
 from node.base import codec
+from node.base.merkle import leaf_hash, verify_consistency, verify_inclusion
 from node.consensus.block import BLOCK_TAG, BlockHeader
 from node.receipts.api import (
     BAD_PARAM,
@@ -24,7 +25,6 @@ from node.receipts.api import (
 from node.receipts.bundle import BUNDLE_VERSION, BundleError, bundle_id, decode_bundle
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities
-from node.base.merkle import leaf_hash, verify_consistency, verify_inclusion
 from node.receipts.verify import BundleVerifier
 
 ISSUER = dev_identities(1, "bundle-test-processing")[0]

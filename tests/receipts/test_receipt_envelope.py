@@ -9,6 +9,7 @@ from receipt_samples import NODE_A, NODE_B, NODE_C, VALID_FIELDS, digest
 
 from node.base import codec
 from node.base.keys import Identity
+from node.base.verification import Reason, ReceiptError
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.envelope import (
     MAX_ENVELOPE_SIZE,
@@ -20,7 +21,6 @@ from node.receipts.envelope import (
     verify_chain,
     verify_receipt,
 )
-from node.base.verification import Reason, ReceiptError
 
 
 def build(kind: str, identity: Identity = NODE_A, prev: bytes | None = None, **changes) -> Receipt:

@@ -10,10 +10,10 @@ import duckdb
 import pytest
 from receipt_samples import NODE_A, NODE_B, VALID_FIELDS
 
+from node.base.merkle import EMPTY_ROOT, leaf_hash, merkle_root, verify_consistency, verify_inclusion
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.envelope import verify_receipt
 from node.receipts.log import LogError, LogHead, ReceiptLog
-from node.base.merkle import EMPTY_ROOT, leaf_hash, merkle_root, verify_consistency, verify_inclusion
 
 
 def rid(i: int) -> bytes:

@@ -11,7 +11,6 @@ import pymerkle
 import pytest
 from pymerkle.core import _inclusion_path_layout
 
-from node.receipts.log import ReceiptLog
 from node.base.merkle import (
     EMPTY_ROOT,
     leaf_hash,
@@ -21,6 +20,7 @@ from node.base.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from node.receipts.log import ReceiptLog
 
 MAX_SIZE = 1100
 # 0, 1, every power of two up to 1024 with its neighbours, and the maximum.

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.base.verification import ProofError, Reason
 from node.base.merkle import (
     EMPTY_ROOT,
     append_subtrees,
@@ -23,6 +22,7 @@ from node.base.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from node.base.verification import ProofError, Reason
 
 LEAVES = [hashlib.sha256(b"%d" % i).digest() for i in range(64)]
 HASHES = [leaf_hash(x) for x in LEAVES]

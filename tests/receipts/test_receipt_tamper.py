@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from receipt_samples import NODE_B, VALID_FIELDS
 
 from node.base import codec
-from node.receipts.envelope import build_receipt, decode_receipt, verify_receipt
 from node.base.verification import Reason, ReceiptError
+from node.receipts.envelope import build_receipt, decode_receipt, verify_receipt
 
 # Failures that depend only on the envelope itself (not on what a caller expected).
 INTRINSIC = {

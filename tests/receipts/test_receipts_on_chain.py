@@ -10,12 +10,12 @@ import time
 
 import trio
 
+from node.base.keys import Identity
+from node.base.merkle import EMPTY_ROOT
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.receipts.envelope import build_receipt
-from node.base.merkle import EMPTY_ROOT
 from tests.support import running_daemon, write_node_config
 
 CHAIN = "receipts-on-chain"

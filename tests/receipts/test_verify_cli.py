@@ -10,8 +10,8 @@ import pytest
 from receipt_samples import VALID_FIELDS
 
 from node.base import codec
-from node.cli.main import main
 from node.base.db import open_node_db
+from node.cli.main import main
 from node.receipts.bundle import decode_bundle
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.devchain import DevChain, dev_genesis, dev_identities

@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from node.base.errors import EXIT_REPLAY, EXIT_USAGE, EXIT_WITNESS
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cage.witness import encode_witness_file, witness_digest
-from node.base.errors import EXIT_REPLAY, EXIT_USAGE, EXIT_WITNESS
 from node.cli.main import main
 from node.receipts.api import build_bundle
 from node.receipts.chain import ReceiptIssuer

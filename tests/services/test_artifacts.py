@@ -8,8 +8,8 @@ import decimal
 import pytest
 
 from node.cage.results import encode_result, result_digest
-from node.roles.artifacts import ArtifactError, ArtifactStore, digest_of, result_json
 from node.cli.present import format_csv, format_table
+from node.roles.artifacts import ArtifactError, ArtifactStore, digest_of, result_json
 
 COLUMNS = [("product", "VARCHAR"), ("units", "BIGINT"), ("share", "DOUBLE"), ("price", "DECIMAL(10,2)")]
 ROWS = [("apples", 7, 0.5, decimal.Decimal("1.25")), ("pears", 5, float("nan"), None)]

@@ -8,9 +8,9 @@ import time
 import pytest
 import trio
 
+from node.base.keys import Identity
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from tests.support import running_daemon, upload_and_register, write_node_config
 
@@ -57,7 +57,7 @@ async def test_bad_jobs_fail_with_the_reason_on_chain(node_dir):
                     if all(s is not None and s["state"] in ("verified", "failed", "disputed") for s in statuses):
                         break
                     await trio.sleep(0.3)
-            for (job_type, params, named), status in zip(BAD_JOBS, statuses):
+            for (_job_type, params, named), status in zip(BAD_JOBS, statuses):
                 assert status["state"] == "failed", (params, status)
                 assert named in status["reason"], (params, status["reason"])
             assert (await rpc.call("node_status"))["peer_id"] == daemon.identity.peer_id  # still serving

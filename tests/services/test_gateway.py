@@ -10,9 +10,9 @@ import time
 import pytest
 import trio
 
+from node.base.keys import Identity
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
 from node.receipts.envelope import verify_receipt

@@ -17,15 +17,15 @@ import pytest
 import trio
 
 from node.base.config import parse_config
+from node.base.errors import ConfigError
+from node.base.http_auth import AuthError, ReplayGuard, RequestVerifier, sign_request
+from node.base.keys import Identity
 from node.consensus.genesis import Genesis
 from node.consensus.tx import sign_tx
-from node.base.errors import ConfigError
-from node.sdk.http_client import HttpClient, HttpError
-from node.base.keys import Identity
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
 from node.receipts.envelope import verify_receipt
-from node.base.http_auth import AuthError, ReplayGuard, RequestVerifier, sign_request
+from node.sdk.http_client import HttpClient, HttpError
 from tests.support import DaemonProcess, free_port, rpc_json, run_cli, wait_until, write_node_config
 
 CHAIN = "http-gateway-test"

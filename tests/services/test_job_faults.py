@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.sdk.client import AsyncClient, Client
 from node.receipts.bundle import decode_bundle
 from node.receipts.envelope import decode_receipt
+from node.sdk.client import AsyncClient, Client
 from node.testnet import layout, processes
 from tests.support import rpc_json, run_cli, wait_until
 

@@ -13,21 +13,21 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from node.app import parse_payload, register_tx_types
 from node.app.fields import record
 from node.app.jobtypes import JOB_TYPES, JobType, input_named, job_type, job_type_names, register_job_type
 from node.app.rules import ChainRules
 from node.base.errors import UserError
+from node.base.keys import Identity
 from node.cage.job import JobSpec
 from node.cage.pool import CagePool
 from node.cli.analytics import JobTypeChoice
 from node.cli.main import cli
 from node.consensus.tx import PayloadError, TxError, TxTypeRegistry, sign_tx
-from node.base.keys import Identity
 from node.receipts.envelope import build_receipt
 from node.receipts.execution import exec_fields_from_outcome
 from node.roles.artifacts import result_json
 from node.roles.processing import job_spec
-from node.app import parse_payload, register_tx_types
 from tests.services.test_state_support import ALICE, NODES, Chain
 
 HERE = Path(__file__).resolve().parent

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from node.app import ChainRules, job_seed
 from node.base.codec import hash_tagged
 from node.base.keys import Identity
 from node.receipts.envelope import build_receipt
-from node.app import ChainRules, job_seed
 from tests.services.test_state_support import ALICE, BLOCK_MS, NODES, START_MS, Chain, content_digest
 
 SALES = content_digest("sales")

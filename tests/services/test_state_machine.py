@@ -10,15 +10,24 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from node.app import ChainRules, StateError, StateMachine, catch_up, lifecycle
 from node.base.codec import hash_tagged
-from node.consensus.store import ChainStore
 from node.base.db import open_node_db
 from node.base.keys import Identity
+from node.consensus.store import ChainStore
 from node.receipts.envelope import build_receipt
 from node.receipts.log import ReceiptLog
-from node.app import ChainRules, StateError, StateMachine, catch_up, lifecycle
 from tests.services.test_state_support import (
-    ALICE, BOB, CHAIN_ID, GENESIS, NODES, Chain, content_digest, random_scenario, replay, scenario_digest,
+    ALICE,
+    BOB,
+    CHAIN_ID,
+    GENESIS,
+    NODES,
+    Chain,
+    content_digest,
+    random_scenario,
+    replay,
+    scenario_digest,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

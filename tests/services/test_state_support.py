@@ -12,11 +12,11 @@ from typing import Any
 
 import duckdb
 
+from node.app import DEFAULT_RULES, BlockEffects, ChainRules, StateMachine
 from node.base.codec import hash_tagged
-from node.consensus.tx import Transaction, sign_tx
 from node.base.keys import Identity
+from node.consensus.tx import Transaction, sign_tx
 from node.receipts.envelope import build_receipt
-from node.app import BlockEffects, ChainRules, StateMachine, DEFAULT_RULES
 
 CHAIN_ID = "state-test"
 GENESIS = hash_tagged("test/genesis", CHAIN_ID.encode())

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.consensus.tx import PayloadError, TxError, TxErrorCode, TxTypeRegistry, sign_tx
-from node.base.keys import Identity
-from node.receipts.envelope import build_receipt
 from node.app import ChainRules, parse_payload, register_tx_types
 from node.app.txtypes import TX_TYPES, JobResult, JobSubmit, NodeRegister, ReceiptsBatch
+from node.base.keys import Identity
+from node.consensus.tx import PayloadError, TxError, TxErrorCode, TxTypeRegistry, sign_tx
+from node.receipts.envelope import build_receipt
 
 NODE = Identity.from_label("txtypes-node")
 OTHER = Identity.from_label("txtypes-other")

@@ -36,7 +36,7 @@ class StorageNode:
 
 @asynccontextmanager
 async def storage_nodes(tmp_path: Path, count: int, *, replicas: int = 2,
-                        quotas: QuotaPolicy = QuotaPolicy()) -> AsyncIterator[list[StorageNode]]:
+                        quotas: QuotaPolicy | None = None) -> AsyncIterator[list[StorageNode]]:
     """``count`` storage nodes, each connected to every other."""
     nodes = []
     async with AsyncExitStack() as stack:
@@ -44,7 +44,7 @@ async def storage_nodes(tmp_path: Path, count: int, *, replicas: int = 2,
             identity = Identity.from_label(f"storage-{i}")
             host = build_host(identity)
             store = BlobStore(tmp_path / f"node{i}" / "blobs")
-            service = StorageService(store, Catalog(duckdb.connect(), quotas), BlobClient(host),
+            service = StorageService(store, Catalog(duckdb.connect(), quotas or QuotaPolicy()), BlobClient(host),
                                      node_id=identity.peer_id, replicas=replicas)
             service.install(host)
             await stack.enter_async_context(running_host(host, [LOOPBACK]))

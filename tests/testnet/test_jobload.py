@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.consensus.genesis import Genesis
 from node.base.errors import ConfigError
 from node.base.keys import Identity
+from node.consensus.genesis import Genesis
 from node.testnet import layout
 from node.testnet.jobload import AnalyticsWorkload, percentile, tenant_dataset
 from node.testnet.manifest import parse_manifest

@@ -13,14 +13,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.base.keys import Identity, verify
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockHeader, SEAL_TAG, genesis_header, seal_message, transactions_root
+from node.consensus.block import SEAL_TAG, Block, BlockHeader, genesis_header, seal_message, transactions_root
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
 from node.consensus.safety import SafetyState
 from node.consensus.sim.scenario import Scenario
-from node.base.keys import Identity, verify
 
 GENESIS_TIME_MS = 1_767_225_600_000
 ADMITTED = b"ok/"  # the simulated application admits only transactions with this prefix

@@ -13,6 +13,7 @@ short-lived DuckDB connection that can open that one file and nothing else
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ class Catalog:
             [tenant, limit, offset]).fetchall()
         return [self._info(r) for r in rows]
 
-    def holders(self, digest: bytes) -> list[str]:
+    def holders(self, digest: bytes) -> builtins.list[str]:
         """Every storage node any tenant's row says holds ``digest``."""
         rows = self.conn.execute("SELECT nodes_json FROM storage_catalog WHERE digest = ?", [digest]).fetchall()
         return sorted({node for (nodes,) in rows for node in json.loads(nodes)})

@@ -14,11 +14,10 @@ with its partial bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
