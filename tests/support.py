@@ -57,8 +57,10 @@ def write_node_config(
     net = {
         "listen": [f"/ip4/127.0.0.1/tcp/{port}"],
         "persistent_peers": list(peers),
+        # Generous enough that a test client on a loaded 2-core CI machine still answers
+        # pings in time; the keepalive test itself asks for 1 + 2 s.
         "keepalive_interval": 1.0,
-        "keepalive_timeout": 2.0,
+        "keepalive_timeout": 5.0,
         "dial_timeout": 2.0,
         "redial_backoff_base": 0.1,
         "redial_backoff_cap": 1.0,

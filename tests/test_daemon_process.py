@@ -94,8 +94,9 @@ def test_frozen_peer_is_detected_and_dropped(tmp_path):
     """py-libp2p never notices a peer stopped with SIGSTOP; keepalive must,
     within keepalive_interval + keepalive_timeout (here 1 + 2 s)."""
     port_a, port_b = free_port(), free_port()
-    cfg_a = write_node_config(tmp_path, "a", port=port_a)
-    cfg_b = write_node_config(tmp_path, "b", port=port_b, peers=[node_addr(port_a, "a")])
+    fast = {"keepalive_interval": 1.0, "keepalive_timeout": 2.0}
+    cfg_a = write_node_config(tmp_path, "a", port=port_a, network=fast)
+    cfg_b = write_node_config(tmp_path, "b", port=port_b, peers=[node_addr(port_a, "a")], network=fast)
     addr_a = node_addr(port_a, "a")
     b_id = node_addr(port_b, "b").rsplit("/", 1)[1]
     with DaemonProcess(cfg_a), DaemonProcess(cfg_b) as b:
