@@ -11,7 +11,7 @@ every bench at tiny sizes, as CI does, so the benchmarks never rot: there a
 missed goal means nothing, only a bench that crashes or prints no JSON
 fails the run.
 
-    python bench/run_all.py                  # full sizes (tens of minutes: jobs and consensus start testnets)
+    python bench/run_all.py                  # full sizes (tens of minutes: jobs, consensus and adversary start testnets)
     python bench/run_all.py --smoke          # CI
     python bench/run_all.py --only cage,receipts --json-out figures.json
 
@@ -106,6 +106,22 @@ def jobs_rows(doc: dict[str, Any]) -> list[Row]:
             for r in doc["rows"]]
 
 
+def adversary_rows(doc: dict[str, Any]) -> list[Row]:
+    """Each attack beside the no-attack phase of the same run (the first row)."""
+    base = doc["rows"][0]
+    rows = []
+    for r in doc["rows"][1:]:
+        name = r["attack"]
+        rows += [
+            Row("adversary", f"honest call p50 under {name}", r["p50_ms"], "ms", base["p50_ms"], "no attack"),
+            Row("adversary", f"honest call p99 under {name}", r["p99_ms"], "ms", base["p99_ms"], "no attack"),
+            Row("adversary", f"honest calls failed under {name}", r["failed_calls"], "calls", None, "",
+                "0 (node stays up)", r["failed_calls"] == 0 and r["node0_alive"]),
+            Row("adversary", f"committed tx/s under {name}", r["tx_s"], "tx/s", base["tx_s"] or None, "no attack"),
+        ]
+    return rows
+
+
 BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "transport": ("transport.py", transport_rows),
     "cage": ("cage.py", cage_rows),
@@ -114,6 +130,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "mempool": ("mempool.py", _rate_rows("mempool", {})),  # the mempool issue set no figure to reach
     "consensus": ("consensus.py", consensus_rows),
     "jobs": ("jobs.py", jobs_rows),
+    "adversary": ("adversary.py", adversary_rows),
 }
 
 

@@ -26,10 +26,14 @@ EXPECTED = {
     "consensus": ["committed tx/s, 4 validators", "finality p50, submit to commit", "finality p99", "rounds per height"],
     "jobs": ["jobs/s verified at 2 jobs/s offered (4 processing, r=2)", "submit to verified p50 (4 processing, r=2)",
              "submit to verified p99 (4 processing, r=2)"],
+    "adversary": [f"{figure} under {attack}"
+                  for attack in ("silent_tcp", "authenticated", "idle_streams", "slowloris", "garbage", "batch_flood",
+                                 "vanishing_subscribers")
+                  for figure in ("honest call p50", "honest call p99", "honest calls failed", "committed tx/s")],
 }
 WITH_GOALS = {"BPCI round trip 100 B, median", "BPCI bulk, one stream", "cage overhead per job",
               "bundle verify (headers cached)", "committed tx/s, 4 validators", "finality p50, submit to commit",
-              "jobs/s verified at 2 jobs/s offered", "submit to verified p50"}
+              "jobs/s verified at 2 jobs/s offered", "submit to verified p50", "honest calls failed under"}
 
 
 def test_run_all_smoke_produces_every_bench_rows(tmp_path: Path) -> None:
