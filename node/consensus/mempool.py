@@ -13,6 +13,16 @@ every admission.
 
 Admission never raises for bad input and never reports a refusal as
 success: each call returns an :class:`Admission` with a stable code.
+
+No sender is ever wedged. A sender's transactions past a gap in its nonces
+(an earlier one refused, lost with a dead node, or not arrived yet) are held,
+within the sender's bounds (``max_per_sender``, ``max_nonce_ahead``), and
+become eligible for blocks the moment the gap is filled. Every refusal and
+every admission behind a gap says which nonce the pool needs next from that
+sender (``Admission.expected_nonce``), so a client resends from there instead
+of guessing. Held transactions behind a gap are the first to go when the pool
+is full and a transaction that could go into the next block arrives: a
+sender's queue that cannot be included never keeps out one that can.
 """
 
 from __future__ import annotations
@@ -64,10 +74,24 @@ class Admission:
     code: TxErrorCode | None
     message: str
     tx_hash: bytes | None  # None only when the input was not bytes
+    # The nonce the pool needs next from this sender (the first gap after its
+    # committed and pending transactions). Set on every refusal about nonces or
+    # room (bad_nonce, sender_limit, mempool_full) and on an admission that
+    # waits behind a gap; None otherwise (the sender has nothing to fix).
+    expected_nonce: int | None = None
+    evicted: tuple[bytes, ...] = ()  # held transactions removed to make room for this one
 
     @property
     def accepted(self) -> bool:
         return self.code is None
+
+    def rejection_data(self) -> dict[str, object]:
+        """The ``data`` of the RPC error answering a refusal: the stable reason,
+        the message, and ``expected_nonce`` when the sender should resend from there."""
+        data: dict[str, object] = {"reason": self.code.value if self.code else None, "detail": self.message}
+        if self.expected_nonce is not None:
+            data["expected_nonce"] = self.expected_nonce
+        return data
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,18 @@ class _SenderQueue:
     committed_next: int  # the sender's committed next nonce, kept current by on_commit
     by_nonce: dict[int, Transaction] = field(default_factory=dict)
     size: int = 0
+    ready_end: int = 0  # the first nonce missing from committed_next on: [committed_next, ready_end) may be reaped
+
+    def advance(self) -> None:
+        """Move ``ready_end`` up past every pending nonce that now follows without a gap."""
+        self.ready_end = max(self.ready_end, self.committed_next)
+        while self.ready_end in self.by_nonce:
+            self.ready_end += 1
+
+    @property
+    def held(self) -> int:
+        """How many pending transactions wait behind a gap (not reapable yet)."""
+        return len(self.by_nonce) - (self.ready_end - self.committed_next)
 
 
 class Mempool:
@@ -136,6 +172,14 @@ class Mempool:
             return []
         return [queue.by_nonce[n] for n in sorted(queue.by_nonce)]
 
+    def expected_nonce(self, sender: bytes) -> int:
+        """The nonce this pool needs next from ``sender``: its committed next
+        nonce, past every pending one that follows without a gap. A new
+        transaction signed with it goes into a block; one signed with a
+        higher nonce waits behind the gap."""
+        queue = self._senders.get(sender)
+        return queue.ready_end if queue is not None else self._committed_nonce(sender)
+
     # -- admission ------------------------------------------------------------
     def add(self, tx_bytes: bytes) -> Admission:
         """Admit one encoded transaction, or say precisely why not.
@@ -167,23 +211,64 @@ class Mempool:
                            f"transaction type {tx.type!r} is not registered")
         queue = self._senders.get(tx.sender)
         committed_next = queue.committed_next if queue else self._committed_nonce(tx.sender)
+        expected = queue.ready_end if queue else committed_next
         refusal = self._check_nonce_and_share(tx, queue, committed_next)
         if refusal is not None:
-            return _reject(digest, *refusal)
-        if len(self._by_hash) >= cfg.max_txs:
+            return _reject(digest, *refusal, expected_nonce=expected)
+        # Room: a transaction that extends its sender's reapable run may take
+        # the place of transactions held behind gaps; nothing else may.
+        fits_next_block = tx.nonce == expected
+        victims = self._victims_for(tx) if fits_next_block else []
+        freed_count, freed_bytes = len(victims), sum(v.size for v in victims)
+        if len(self._by_hash) - freed_count >= cfg.max_txs:
             return _reject(digest, TxErrorCode.MEMPOOL_FULL,
                            f"mempool full: {len(self._by_hash)} transactions pending "
-                           f"(limit {cfg.max_txs}); retry later")
-        if self._size + tx.size > cfg.max_bytes:
+                           f"(limit {cfg.max_txs}); retry later", expected_nonce=expected)
+        if self._size - freed_bytes + tx.size > cfg.max_bytes:
             return _reject(digest, TxErrorCode.MEMPOOL_FULL,
                            f"mempool full: {self._size} bytes pending, this transaction "
-                           f"needs {tx.size} more (limit {cfg.max_bytes}); retry later")
+                           f"needs {tx.size} more (limit {cfg.max_bytes}); retry later",
+                           expected_nonce=expected)
         try:
             check_tx(tx, chain_id=self.chain_id, registry=self.registry, signatures=self.signatures)
         except TxError as exc:
             return _reject(digest, exc.code, exc.message)
-        self._insert(tx, queue, committed_next)
-        return Admission(None, "accepted", digest)
+        for victim in victims:
+            self._remove(victim)
+        queue = self._insert(tx, self._senders.get(tx.sender), committed_next)
+        evicted = tuple(v.hash for v in victims)
+        if queue.ready_end <= tx.nonce:
+            return Admission(None, f"accepted; held until nonce {queue.ready_end} of this sender arrives",
+                             digest, expected_nonce=queue.ready_end, evicted=evicted)
+        return Admission(None, "accepted", digest, evicted=evicted)
+
+    def _victims_for(self, tx: Transaction) -> list[Transaction]:
+        """Held transactions (behind a gap, of other senders) to remove so that
+        ``tx`` fits, or [] when the pool has room or eviction could not make
+        enough. Victims are taken from the sender holding the most, highest
+        nonce first: its least useful transactions go first, and no sender can
+        keep the pool full of transactions no block may include."""
+        cfg = self.config
+        need_count = len(self._by_hash) + 1 - cfg.max_txs
+        need_bytes = self._size + tx.size - cfg.max_bytes
+        if need_count <= 0 and need_bytes <= 0:
+            return []
+        held: dict[bytes, list[Transaction]] = {}
+        for sender, queue in self._senders.items():
+            if sender != tx.sender and queue.held:
+                held[sender] = [queue.by_nonce[n] for n in sorted(queue.by_nonce) if n > queue.ready_end]
+        victims: list[Transaction] = []
+        while need_count > 0 or need_bytes > 0:
+            if not held:
+                return []
+            sender = max(held, key=lambda s: (len(held[s]), s))
+            victim = held[sender].pop()
+            if not held[sender]:
+                del held[sender]
+            victims.append(victim)
+            need_count -= 1
+            need_bytes -= victim.size
+        return victims
 
     def _check_nonce_and_share(
         self, tx: Transaction, queue: _SenderQueue | None, committed_next: int
@@ -214,20 +299,27 @@ class Mempool:
                     f"exceed the per-sender limit of {cfg.max_bytes_per_sender}")
         return None
 
-    def _insert(self, tx: Transaction, queue: _SenderQueue | None, committed_next: int) -> None:
+    def _insert(self, tx: Transaction, queue: _SenderQueue | None, committed_next: int) -> _SenderQueue:
         if queue is None:
             queue = _SenderQueue(order=self._order, committed_next=committed_next)
             self._order += 1
             self._senders[tx.sender] = queue
         queue.by_nonce[tx.nonce] = tx
         queue.size += tx.size
+        queue.advance()
         self._by_hash[tx.hash] = tx
         self._size += tx.size
+        return queue
 
     def _remove(self, tx: Transaction) -> None:
         queue = self._senders[tx.sender]
         del queue.by_nonce[tx.nonce]
         queue.size -= tx.size
+        if tx.nonce < queue.ready_end:
+            # Only a committed or stale nonce (below committed_next) leaves from
+            # inside the reapable run; anything else would open a gap in it.
+            queue.ready_end = min(queue.ready_end, max(tx.nonce, queue.committed_next))
+            queue.advance()
         del self._by_hash[tx.hash]
         self._size -= tx.size
         if not queue.by_nonce:
@@ -247,11 +339,7 @@ class Mempool:
         """
         runs: list[list[Transaction]] = []
         for queue in sorted(self._senders.values(), key=lambda q: q.order):
-            run: list[Transaction] = []
-            nonce = queue.committed_next
-            while nonce in queue.by_nonce:
-                run.append(queue.by_nonce[nonce])
-                nonce += 1
+            run = [queue.by_nonce[n] for n in range(queue.committed_next, queue.ready_end)]
             if run:
                 runs.append(run)
         chosen: list[bytes] = []
@@ -304,6 +392,7 @@ class Mempool:
             queue = self._senders.get(tx.sender)
             if queue is not None:
                 queue.committed_next = max(queue.committed_next, tx.nonce + 1)
+                queue.advance()
                 touched.add(tx.sender)
         dropped = [d for sender in sorted(touched) for d in self._drop_stale(sender)]
         return CommitResult(committed, dropped)
@@ -314,7 +403,10 @@ class Mempool:
         without :meth:`on_commit` (for example after a bulk sync)."""
         dropped: list[bytes] = []
         for sender in sorted(self._senders):
-            self._senders[sender].committed_next = self._committed_nonce(sender)
+            queue = self._senders[sender]
+            queue.committed_next = self._committed_nonce(sender)
+            queue.ready_end = queue.committed_next
+            queue.advance()
             dropped.extend(self._drop_stale(sender))
         return dropped
 
@@ -328,5 +420,5 @@ class Mempool:
         return [tx.hash for tx in stale]
 
 
-def _reject(digest: bytes, code: TxErrorCode, message: str) -> Admission:
-    return Admission(code, message, digest)
+def _reject(digest: bytes, code: TxErrorCode, message: str, *, expected_nonce: int | None = None) -> Admission:
+    return Admission(code, message, digest, expected_nonce=expected_nonce)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.base.codec import CodecError, decode, encode
-from node.base.errors import UserError
+from node.base.errors import DataDirError, UserError
 
 SAFETY_FILE_VERSION = 1
 _MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -30,6 +30,12 @@ _MAX_FILE_BYTES = 512 * 1024 * 1024
 class SafetyStateError(UserError):
     """The safety file is unreadable or corrupt. Never start afresh over it:
     that is exactly how a validator would come to double-sign."""
+
+
+class SafetyWriteError(DataDirError):
+    """The safety state could not be made durable (disk full, read-only,
+    I/O error). What was about to be signed must then not be sent: the
+    validator stops voting, and the daemon stops with one line saying why."""
 
 
 @dataclass(frozen=True)
@@ -135,24 +141,38 @@ class SafetyStore:
 
     def save(self, state: SafetyState) -> None:
         """Durably replace the stored state: when this returns, a crash at any
-        point leaves either the old or the new state, never a mix."""
+        point leaves either the old or the new state, never a mix.
+
+        Raises :class:`SafetyWriteError` (naming the file and the cause) when
+        the disk refuses: the old state is then still in place, and the caller
+        must not send what it was about to sign."""
         body = state.encode()
         data = hashlib.sha256(body).digest() + body
         directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)  # a half-written temp file would only take more room
+            except OSError:
+                pass
+            raise SafetyWriteError(
+                f"{exc.filename or self.path}: cannot write the consensus safety state: "
+                f"{exc.strerror or exc} (errno {exc.errno}); this validator stopped voting"
+            ) from None

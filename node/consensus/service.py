@@ -17,6 +17,13 @@ On the first two, each frame is a CBOR array of messages (node/p2p/links.py).
 
 A node that is behind (new, restarted, partitioned) syncs before its core
 starts, and again whenever the core says validators are ahead.
+
+A validator that starts without its safety state (a wiped data directory)
+follows the chain without signing until the :class:`SigningGate` opens
+(node/consensus/gate.py): synced to the head, then ``double_sign_check_height``
+heights finalised without it. A safety state that cannot be written stops
+the service before what was to be signed is sent (:class:`SafetyWriteError`,
+which the daemon reports as one line and an exit code).
 """
 
 from __future__ import annotations
@@ -36,11 +43,12 @@ from node.base.codec import CodecError, decode, encode
 from node.base.keys import Identity, peer_id_from_public_key
 from node.consensus.app import Application, EmptyApplication
 from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
+from node.consensus.gate import SigningGate
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
 from node.consensus.mempool import Admission, Mempool, MempoolConfig
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted
-from node.consensus.safety import SafetyStore
+from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
 from node.p2p.framing import FramedStream, FrameError
@@ -55,6 +63,8 @@ INBOX_SIZE = 4096
 SYNC_BATCH = 64
 SYNC_TIMEOUT_S = 10.0
 STARTUP_PEER_WAIT_S = 3.0
+GATE_SYNC_INTERVAL_S = 1.0  # a validator without safety state retries learning the head this often
+DOUBLE_SIGN_CHECK_HEIGHT = 2  # the [consensus] key's default
 RECENT_BLOCKS = 64
 DEFAULT_MEMPOOL = MempoolConfig()  # frozen: one shared default
 
@@ -129,6 +139,8 @@ class ConsensusService:
         mempool_config: MempoolConfig = DEFAULT_MEMPOOL,
         max_frame: int,
         app: Application | None = None,
+        double_sign_check_height: int = DOUBLE_SIGN_CHECK_HEIGHT,
+        unsafe_sign_immediately: bool = False,
     ) -> None:
         """``app`` gives the chain its meaning (node/consensus/app.py is the whole
         contract; node/app/chain_app.py implements it). Without one, blocks carry
@@ -136,7 +148,10 @@ class ConsensusService:
 
         Building the service is the start-up handshake: the application adds its
         transaction types to ``registry`` and catches up with the stored chain
-        before the core is built on the stored tip."""
+        before the core is built on the stored tip.
+
+        ``double_sign_check_height`` and ``unsafe_sign_immediately``: what a
+        validator without its safety state does (node/consensus/gate.py)."""
         self.host = host
         self.genesis = genesis
         self.registry = registry
@@ -152,11 +167,14 @@ class ConsensusService:
             config=mempool_config, signatures=self.signatures,
         )
         self.safety = SafetyStore(data_dir / SAFETY_FILE)
+        self.identity = identity
         self.is_validator = identity.public_key in genesis.validator_set
-        self.core = IbftCore(
-            genesis, identity if self.is_validator else None, self.tip_header(),
-            safety=self.safety.load(), validate_block=self._validate_block,
-        )
+        saved = self.safety.load()
+        self.gate = SigningGate.at_start(check_heights=double_sign_check_height, has_safety_state=saved is not None,
+                                         unsafe_sign_immediately=unsafe_sign_immediately)
+        # Until the gate opens the core is built without the key: it follows, it cannot sign.
+        self.core = self._build_core(saved)
+        self._peer_answered_sync = False
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
         self._timer = WallClockTimer(now_ms, lambda: self._post("tick"))
         self._committed: dict[bytes, trio.Event] = {}
@@ -176,6 +194,22 @@ class ConsensusService:
         self._ready = trio.Event()
         for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self._handle_tx), (SYNC_PROTOCOL, self._handle_sync)):
             host.set_stream_handler(protocol, self._when_ready(handler))
+
+    def _build_core(self, safety: SafetyState | None) -> IbftCore:
+        """The IBFT core on the stored tip: signing with our key only when we
+        are a validator and the gate is open; a follower otherwise."""
+        signing = self.is_validator and self.gate.open
+        return IbftCore(
+            self.genesis, self.identity if signing else None, self.tip_header(),
+            safety=safety, validate_block=self._validate_block,
+        )
+
+    @property
+    def signing(self) -> dict[str, Any]:
+        """Whether this validator signs, and if not why and from when (node_status)."""
+        if not self.is_validator:
+            return {"state": "not-a-validator"}
+        return self.gate.status()
 
     # -- chain views ------------------------------------------------------------
     def tip_header(self) -> BlockHeader:
@@ -232,8 +266,13 @@ class ConsensusService:
             task_status.started()
             await self._catch_up_before_voting()
             self.started = True
+            if self.is_validator and not self.gate.open:
+                self._gate_synced(self._peer_answered_sync, starting=True)
             self._apply(self.core.start(now_ms()))
-            log.info("consensus started", height=self.core.height, validator=self.is_validator, validators=len(self.genesis.validators))
+            log.info("consensus started", height=self.core.height, validator=self.is_validator,
+                     signing=self.gate.open if self.is_validator else False, validators=len(self.genesis.validators))
+            if self.is_validator and not self.gate.open:
+                nursery.start_soon(self._learn_head_for_gate)
             async for kind, payload in self._inbox:
                 self._handle_event(kind, payload)
 
@@ -251,6 +290,52 @@ class ConsensusService:
                 if not fetched:
                     break
 
+    # -- the signing gate (node/consensus/gate.py) ---------------------------------
+    def _gate_synced(self, peer_answered: bool, *, starting: bool = False) -> None:
+        """A sync attempt ended: tell the gate where the head is; sign if it opens."""
+        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=len(self.genesis.validators) == 1)
+        if opened:
+            self._start_signing(starting=starting)
+        elif self.gate.state != "await-sync" or starting:
+            # Loud on purpose: a validator that does not vote is a validator the chain lacks.
+            log.warning("validator not signing: double-sign protection after a start without safety state",
+                        reason=self.gate.reason, safety_file=str(self.safety.path))
+
+    def _start_signing(self, *, starting: bool = False) -> None:
+        """The gate opened: record from where our signatures are tracked, and
+        rebuild the core with our key on the current tip (at a height boundary:
+        right after a finalised block, or before the core started)."""
+        tip = self.core.tip.height
+        mark = SafetyState(height=tip)  # nothing signed at or below the tip by this incarnation
+        self.safety.save(mark)  # so a restart from here need not watch again
+        counters = self.core.counters
+        self.core = self._build_core(mark)
+        self.core.counters.update(counters)
+        log.warning("validator signing", reason=self.gate.reason, from_height=tip + 1)
+        if not starting:
+            self._apply(self.core.start(now_ms()))
+
+    async def _learn_head_for_gate(self) -> None:
+        """Without safety state and without a peer's answer at start, keep asking
+        peers for blocks until one answers: only then is the head known."""
+        while self.gate.state == "await-sync":
+            await trio.sleep(GATE_SYNC_INTERVAL_S)
+            answered = False
+            for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
+                if not self.links.speaks(peer, SYNC_PROTOCOL):  # type: ignore[union-attr]
+                    continue
+                height = self.core.height
+                while True:
+                    blocks: list[Block] = []
+                    fetched = await self._sync_batch(peer, height, feed=blocks.append)
+                    for block in blocks:
+                        self._post("block", block)
+                    if not fetched:
+                        break
+                    height += fetched
+                answered = answered or self._peer_answered_sync
+            self._post("gate-synced", answered)
+
     # -- the actor ----------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:
         try:
@@ -266,6 +351,8 @@ class ConsensusService:
             self._feed_block(payload)
         elif kind == "tick":
             self._apply(self.core.tick(now))
+        elif kind == "gate-synced":
+            self._gate_synced(bool(payload))
 
     def _feed_block(self, block: Block) -> None:
         self._apply(self.core.on_block(block, now_ms()))
@@ -276,6 +363,9 @@ class ConsensusService:
             # Only now does the store and application state hold the block, so
             # only now may the core judge proposals that waited for its successor.
             outputs = self.core.resume(now_ms()) if finalized else []
+        if self.gate.finalized(self.core.tip.height):
+            self._start_signing()
+            return
         # The timer follows the core's own next deadline, read after every batch,
         # rather than carrying out SetTimer outputs one by one: one carried out
         # after a nested proposal (NeedProposal inside a tick's batch) can be
@@ -290,7 +380,10 @@ class ConsensusService:
         finalized = False
         for output in outputs:
             if isinstance(output, Persist):
-                self.safety.save(output.state)  # durable (fsync) before what follows
+                # Durable (fsync) before what follows. If the disk refuses,
+                # SafetyWriteError ends this batch here: what was signed is never
+                # sent, and the service stops (the daemon says why, in one line).
+                self.safety.save(output.state)
             elif isinstance(output, Broadcast):
                 self.links.broadcast(IBFT_PROTOCOL, output.message)  # type: ignore[union-attr]
             elif isinstance(output, NeedProposal):
@@ -433,6 +526,7 @@ class ConsensusService:
                     feed(block)
                     count += 1
                 await framed.close()
+            self._peer_answered_sync = True  # the head we reach is a peer's, not only ours
         except Exception as exc:  # a bad or absent peer: try another
             log.debug("sync from peer failed", peer=peer.to_base58(), reason=str(exc)[:200])
         return count

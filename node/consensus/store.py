@@ -26,6 +26,7 @@ import duckdb
 
 from node.base.codec import to_hex
 from node.base.db import transaction
+from node.base.faults import data_dir_failure
 from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
 
 SCHEMA_VERSION = 1
@@ -100,6 +101,9 @@ class ChainStore:
         if first_height < 0:
             raise ValueError("first_height must be >= 0")
         self._conn = conn
+        # Named in the error that stops the node when a write fails (disk full...).
+        files = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+        self.db_file: str = files[0][0] if files and files[0][0] else "the in-memory chain store"
         self.first_height = first_height
         self.first_parent = first_parent
         with transaction(conn):
@@ -195,7 +199,22 @@ class ChainStore:
             raise StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored")
         decoded = self._decode_block_txs(height, txs)
         nonces = self._check_nonces(height, decoded)
+        try:
+            self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded, nonces)
+        except duckdb.Error as exc:
+            # The checks above passed, so a failure here is the disk's (full,
+            # read-only, I/O error): the block is not stored, and the node must
+            # stop rather than go on as if it were (the transaction rolled back).
+            fault = data_dir_failure(exc, db_file=self.db_file)
+            if fault is None:
+                raise
+            raise type(fault)(f"{fault}; block {height} was not stored") from None
+        self._head = ChainHead(height, block_hash)
+        self._nonces.update(nonces)  # only once the transaction has committed
+        return self._head
 
+    def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
+                     block: bytes, decoded: list[Transaction], nonces: dict[bytes, int]) -> None:
         with transaction(self._conn) as conn:
             conn.execute(
                 f"INSERT INTO chain_blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -223,9 +242,6 @@ class ChainStore:
                 "ON CONFLICT (id) DO UPDATE SET height = excluded.height, hash = excluded.hash",
                 (height, block_hash),
             )
-        self._head = ChainHead(height, block_hash)
-        self._nonces.update(nonces)  # only once the transaction has committed
-        return self._head
 
     def _decode_block_txs(self, height: int, txs: Sequence[bytes]) -> list[Transaction]:
         decoded: list[Transaction] = []

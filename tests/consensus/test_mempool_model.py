@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from node.base.keys import Identity
 from node.consensus.mempool import Mempool, MempoolConfig
-from node.consensus.tx import TxTypeRegistry, check_block_txs, decode_tx, sign_tx
+from node.consensus.tx import TxErrorCode, TxTypeRegistry, check_block_txs, decode_tx, sign_tx
 
 CHAIN = "testnet-1"
 SENDERS = [Identity.from_label(f"model-{i}") for i in range(3)]
@@ -56,11 +56,21 @@ def test_invariants_hold_under_random_operations(operations):
         if op[0] == "add":
             _, who, nonce, variant = op
             data = signed(who, nonce, variant)
+            sender = SENDERS[who].public_key
+            first_gap = committed.get(sender, 0)
+            while any(t.nonce == first_gap for t in mp.pending(sender)):
+                first_gap += 1
             result = mp.add(data)
+            assert set(result.evicted) <= expected
+            expected.difference_update(result.evicted)
             if result.accepted:
                 expected.add(result.tx_hash)
+                # An admission behind a gap names the gap; one that fills it names nothing.
+                assert result.expected_nonce == (first_gap if nonce > first_gap else None)
             else:
                 assert result.code is not None and result.message
+                if result.code in (TxErrorCode.BAD_NONCE, TxErrorCode.SENDER_LIMIT, TxErrorCode.MEMPOOL_FULL):
+                    assert result.expected_nonce == first_gap  # where the sender must resend from
         elif op[0] == "commit_reap":
             _, count, max_bytes = op
             block = mp.reap(max_bytes, count)
