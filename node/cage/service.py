@@ -59,6 +59,7 @@ class AppliedConfinement:
     read_paths: tuple[str, ...] = field(default=())
     denied_syscalls: tuple[str, ...] = field(default=())
     landlock_abi: int = 0
+    open_files: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class AppliedConfinement:
             "layers": list(self.layers), "missing": list(self.missing), "network": self.network,
             "data_dir": self.data_dir, "read_paths": list(self.read_paths),
             "denied_syscalls": list(self.denied_syscalls), "landlock_abi": self.landlock_abi,
+            "open_files": self.open_files,
         }
 
 
@@ -76,10 +78,13 @@ def confine_service(
     read_paths: Sequence[str | Path] = (),
     allow_network: bool | None = None,
     capabilities: L.HostCapabilities | None = None,
+    open_files: int | None = None,
 ) -> AppliedConfinement:
     """Confine the current process for good (it cannot be undone).
 
-    ``allow_network`` None follows the policy's ``network``. Raises CageError
+    ``allow_network`` None follows the policy's ``network``; ``open_files``
+    None follows the policy's ``open_files`` (a service with a budget of its
+    own, such as the daemon, passes it: a job policy's limit is a job's). Raises CageError
     if the process already runs threads, or if the policy's level needs a
     layer this host lacks (naming it); a ``permissive`` policy applies what
     the host offers and reports the rest as missing."""
@@ -102,13 +107,15 @@ def confine_service(
             f"missing {', '.join(missing)} ({details})"
         )
     applied: list[str] = []
+    nofile_in_force: int | None = None
     if L.LAYER_RLIMITS in caps.layers:
-        nofile = policy.limits.open_files
+        nofile = policy.limits.open_files if open_files is None else open_files
         current = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         if current != resource.RLIM_INFINITY:
             nofile = min(nofile, current)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        nofile_in_force = nofile
         applied.append(L.LAYER_RLIMITS)
     extra = [str(Path(p).resolve()) for p in read_paths]
     deny = list(SERVICE_DENY)
@@ -147,4 +154,5 @@ def confine_service(
         read_paths=tuple(extra),
         denied_syscalls=tuple(expand(deny)) if L.LAYER_SECCOMP in applied else (),
         landlock_abi=caps.landlock_abi if L.LAYER_LANDLOCK in applied else 0,
+        open_files=nofile_in_force,
     )

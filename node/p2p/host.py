@@ -18,6 +18,14 @@ tests/p2p/:
    management is ours (node/p2p/peers.py);
 11. libp2p logs to stderr's last resort -> node/logging.py routes them.
 
+And one it did not list: a silent TCP connection costs a descriptor for as
+long as the upgrade timeout, counted like an authenticated one, and nothing
+keeps strangers from the slots validators need -> connections are admitted
+on a budget (:class:`node.p2p.swarm.ConnectionAdmission`, the books in
+node/p2p/budget.py): pending handshakes capped in total and per source IP
+under a handshake deadline, authenticated ones capped at ``max_peers`` with
+slots reserved for privileged peers.
+
 Keepalive (4, 5), deadlines and framing (7, 8) live in node/p2p/peers.py and
 node/p2p/framing.py.
 """
@@ -25,7 +33,7 @@ node/p2p/framing.py.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,7 +53,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.base.keys import Identity
 from node.base.logging import route_libp2p_logs
-from node.p2p.swarm import HardenedSwarm, NoAutoConnector
+from node.p2p.budget import ResourceBudget
+from node.p2p.peers import PING_PROTOCOL
+from node.p2p.swarm import ConnectionAdmission, ConnectionLimits, HardenedSwarm, NoAutoConnector
 
 route_libp2p_logs()
 
@@ -59,18 +69,36 @@ def libp2p_key_pair(identity: Identity) -> Any:
     return ed25519_key_pair(identity.seed)
 
 
-def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> IHost:
-    """A py-libp2p host restricted to Noise XX + yamux, with our fixes applied."""
+def build_host(
+    identity: Identity,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    limits: ConnectionLimits | None = None,
+    privileged_peers: Iterable[str] = (),
+    budget: ResourceBudget | None = None,
+) -> IHost:
+    """A py-libp2p host restricted to Noise XX + yamux, with our fixes applied.
+
+    ``limits`` (default: ``max_connections`` peers and the other defaults of
+    :class:`ConnectionLimits`) is enforced by the swarm's admission on
+    ``budget`` (a fresh one if None; ``host.get_network().admission`` holds
+    both); ``privileged_peers`` (base58 peer ids) may use the reserved slots.
+    """
+    limits = limits or ConnectionLimits(max_peers=max_connections)
+    # Upstream's own caps sit above ours, so the admission is the one that
+    # refuses (upstream's refusal logs a traceback at WARNING).
+    upstream_cap = limits.max_peers + limits.max_pending + 16
     key_pair = libp2p_key_pair(identity)
     noise = NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)
     config = ConnectionConfig(
-        max_connections=max_connections,
+        max_connections=upstream_cap,
         max_connections_per_peer=1,
         min_connections=0,
         low_watermark=0,
-        high_watermark=max_connections,
+        high_watermark=upstream_cap,
         dial_timeout=DIAL_TIMEOUT_S,
-        inbound_upgrade_timeout=DIAL_TIMEOUT_S,
+        # A backstop only: the admission's handshake deadline closes first.
+        inbound_upgrade_timeout=limits.handshake_timeout + 1.0,
         outbound_upgrade_timeout=DIAL_TIMEOUT_S,
         inbound_stream_protocol_negotiation_timeout=DIAL_TIMEOUT_S,
         outbound_stream_protocol_negotiation_timeout=DIAL_TIMEOUT_S,
@@ -88,6 +116,9 @@ def build_host(identity: Identity, *, max_connections: int = DEFAULT_MAX_CONNECT
     if type(swarm) is not Swarm:  # the pin guarantees this; fail loudly if not
         raise RuntimeError(f"unexpected libp2p network type {type(swarm).__name__}")
     swarm.__class__ = HardenedSwarm
+    # py-libp2p types the network as INetworkService; build_host just made it a HardenedSwarm.
+    swarm.admission = ConnectionAdmission(  # type: ignore[attr-defined]
+        limits, budget, privileged=privileged_peers, idle_protocols=[PING_PROTOCOL])
     # A duck-typed stand-in: libp2p types the attribute as its concrete class, not an interface.
     swarm.auto_connector = NoAutoConnector()  # type: ignore[assignment]
     # Redial policy (capped backoff, no 60 s negative cache) is ours:

@@ -7,14 +7,20 @@ and why; tests/p2p/ fails if any of them stops applying.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
 import os
 import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import (
@@ -27,6 +33,8 @@ from libp2p.stream_muxer.yamux.yamux import (
     YamuxStream,
 )
 
+from node.p2p.budget import CONNECTIONS, PENDING, BudgetExceeded, Reservation, ResourceBudget
+
 log = logging.getLogger("metanode.p2p.swarm")
 
 # go-yamux semantics for window updates: one update per half window
@@ -37,26 +45,304 @@ log = logging.getLogger("metanode.p2p.swarm")
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What a host lets strangers hold (node/base/config.py's [limits] keys).
+
+    ``max_peers`` authenticated connections in all, ``reserved_slots`` of
+    them kept for privileged peers (validators, persistent peers);
+    ``max_pending`` inbound connections still in their Noise + yamux
+    handshake, ``max_pending_per_ip`` of them from one source address, each
+    closed if not done within ``handshake_timeout`` seconds."""
+
+    max_peers: int = 512
+    max_pending: int = 64
+    max_pending_per_ip: int = 32
+    handshake_timeout: float = 5.0
+    reserved_slots: int = 0
+
+    @property
+    def evict_after(self) -> float:
+        """How long a pending handshake or an idle stranger's connection is
+        safe from eviction. An honest Noise + yamux handshake takes ~10 ms on
+        loopback (shared/notes/py-libp2p.md), so one still pending after a
+        fifth of the deadline is most likely a slowloris."""
+        return self.handshake_timeout / 5
+
+
+# A dialer speaks first (its multistream-select header): a connection that
+# has sent nothing this long after accept is silent, and is the first to go.
+SILENT_AFTER_S = 0.1
+
+
+# The pending handshake of the task running an inbound upgrade: add_conn,
+# called from inside upstream's upgrade, finds it here.
+_CURRENT_HANDSHAKE: contextvars.ContextVar[PendingHandshake | None] = contextvars.ContextVar(
+    "metanode_pending_handshake", default=None)
+
+
+class PendingHandshake:
+    """One inbound connection between accept and the end of its handshake."""
+
+    def __init__(self, admission: ConnectionAdmission, ip: str, reservation: Reservation, deadline: float) -> None:
+        self.admission, self.ip, self.reservation = admission, ip, reservation
+        self.started = trio.current_time()
+        self.received = 0  # bytes the dialer sent so far
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.evicted = False
+        self.done = False
+
+    def evict(self) -> None:
+        """Make room for a newcomer: give the slot back now, close this one soon."""
+        self.evicted = True
+        self.finish()
+        self.scope.cancel()
+
+    def finish(self) -> None:
+        """Leave the pending table (handshake done, failed, timed out or evicted)."""
+        if not self.done:
+            self.done = True
+            self.reservation.release()
+            self.admission.pending.pop(id(self), None)
+            # Registration (add_conn) is local work: no handshake deadline on it.
+            self.scope.deadline = math.inf
+
+
+@dataclass
+class _Admitted:
+    """An authenticated connection's slot."""
+
+    reservation: Reservation
+    peer: str
+    since: float
+
+
+class ConnectionAdmission:
+    """Decides which connections the host keeps, on the books of a :class:`ResourceBudget`.
+
+    Before authentication: a connection takes a ``pending_connections`` slot
+    (system and per source IP) at accept. When one of those is full, the
+    oldest pending handshake of the full scope is closed to make room if it
+    has been pending for ``evict_after`` (it is almost certainly silent);
+    otherwise the newcomer is closed at once. Either way the descriptors
+    held by handshakes stay within ``max_pending``.
+
+    After authentication: a connection takes a ``connections`` slot. A
+    stranger may use ``max_peers - reserved_slots`` of them; privileged
+    peers (validators, persistent peers) all of them. When a stranger finds
+    them full, the oldest stranger connection that carries no stream but
+    keepalive pings and is older than ``evict_after`` is closed for it; if
+    there is none the newcomer is refused (closed right after its handshake).
+    """
+
+    def __init__(self, limits: ConnectionLimits, budget: ResourceBudget | None = None,
+                 privileged: Iterable[str] = (), idle_protocols: Iterable[str] = ()) -> None:
+        self.limits = limits
+        self.budget = budget or ResourceBudget()
+        self.privileged = set(privileged)
+        self.idle_protocols = frozenset(idle_protocols)
+        reserved = min(limits.reserved_slots, limits.max_peers)
+        self.budget.set_limit("system", CONNECTIONS, limits.max_peers, reserved=reserved)
+        self.budget.set_limit("system", PENDING, limits.max_pending)
+        self.budget.set_limit("ip", PENDING, limits.max_pending_per_ip)
+        self.pending: dict[int, PendingHandshake] = {}
+        self.admitted: dict[int, _Admitted] = {}  # id(muxed_conn) -> slot
+        self.evicted_pending = 0
+        self.evicted_idle = 0
+        self.handshake_timeouts = 0
+
+    # -- before authentication ---------------------------------------------------
+    def admit_pending(self, ip: str) -> PendingHandshake | None:
+        """A pending slot for a connection just accepted from ``ip``, or None (close it)."""
+        for _ in range(2):  # the per-IP scope, then the system scope, may each need a victim
+            full = self.budget.check(PENDING, ip=ip)
+            if full is None:
+                break
+            victim = self._oldest_pending(ip if full.scope == "ip" else None)
+            if victim is None:
+                break
+            self.evicted_pending += 1
+            victim.evict()
+        try:
+            reservation = self.budget.reserve(PENDING, ip=ip)  # counts the refusal if still full
+        except BudgetExceeded:
+            return None
+        handshake = PendingHandshake(self, ip, reservation, trio.current_time() + self.limits.handshake_timeout)
+        self.pending[id(handshake)] = handshake
+        return handshake
+
+    def _oldest_pending(self, ip: str | None) -> PendingHandshake | None:
+        """The handshake to close for a newcomer: the oldest silent one, else
+        the oldest past ``evict_after``; None if every one is young."""
+        now = trio.current_time()
+        scope = [h for h in self.pending.values() if ip is None or h.ip == ip]
+        silent = [h for h in scope if h.received == 0 and h.started <= now - SILENT_AFTER_S]
+        stale = [h for h in scope if h.started <= now - self.limits.evict_after]
+        return min(silent or stale, key=lambda h: h.started, default=None)
+
+    # -- after authentication ----------------------------------------------------
+    async def admit(self, swarm: Swarm, muxed_conn: Any) -> None:
+        """Take a connection slot for ``muxed_conn`` or raise BudgetExceeded."""
+        peer = muxed_conn.peer_id.to_base58()
+        privileged = peer in self.privileged
+        if self.budget.check(CONNECTIONS, peer=peer, privileged=privileged) is not None:
+            victim = self._idlest_stranger(swarm)
+            if victim is not None:
+                self.evicted_idle += 1
+                await self._evict(victim)
+        # Raises (and counts the refusal) if there was no room and no one to make it.
+        reservation = self.budget.reserve(CONNECTIONS, peer=peer, privileged=privileged)
+        self.admitted[id(muxed_conn)] = _Admitted(reservation, peer, trio.current_time())
+
+    def release(self, muxed_conn: Any) -> None:
+        slot = self.admitted.pop(id(muxed_conn), None)
+        if slot is not None:
+            slot.reservation.release()
+
+    def _idlest_stranger(self, swarm: Swarm) -> Any:
+        cutoff = trio.current_time() - self.limits.evict_after
+        oldest: tuple[float, Any] | None = None
+        for conns in list(swarm.connections.values()):
+            for conn in conns:
+                slot = self.admitted.get(id(conn.muxed_conn))
+                if slot is None or slot.peer in self.privileged or slot.since > cutoff:
+                    continue
+                if any(_protocol_of(s) not in self.idle_protocols for s in getattr(conn, "streams", ())):
+                    continue  # it is doing something
+                if oldest is None or slot.since < oldest[0]:
+                    oldest = (slot.since, conn)
+        return oldest[1] if oldest else None
+
+    async def _evict(self, conn: Any) -> None:
+        self.release(conn.muxed_conn)  # its slot is the newcomer's from now on
+        with trio.move_on_after(2):
+            await _close_quietly(conn)
+
+    def report(self) -> dict[str, Any]:
+        """Books and eviction counts, for node_status and metrics."""
+        return {
+            **self.budget.report(),
+            "handshake_timeout_s": self.limits.handshake_timeout,
+            "evicted": {"pending": self.evicted_pending, "idle_strangers": self.evicted_idle},
+            "handshake_timeouts": self.handshake_timeouts,
+            "accept_overloads": ACCEPT_OVERLOAD.count,
+        }
+
+
+class AcceptOverloadLog(logging.Filter):
+    """Turns trio's account of an overloaded accept into one counted line.
+
+    libp2p's TCP listener accepts through ``trio.serve_listeners``, which on
+    EMFILE/ENFILE/ENOMEM/ENOBUFS sleeps 100 ms and tries again: the right
+    behaviour (the listener never dies of it). But it logs each retry at
+    ERROR with a traceback, ten a second while the condition lasts. This
+    filter keeps the first line of each second (at WARNING, no traceback,
+    with how many were folded into it) and counts them all for node_status.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._last_logged = -math.inf
+        self._folded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last_logged < 1.0:
+            self._folded += 1
+            return False
+        errno_name = ""
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            errno_name = os.strerror(record.exc_info[1].errno or 0)
+        record.msg = "accept failed (%s); the listener backs off 100 ms and keeps accepting (%d more since the last report)"
+        record.args = (errno_name or "out of resources", self._folded)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self._last_logged, self._folded = now, 0
+        return True
+
+
+ACCEPT_OVERLOAD = AcceptOverloadLog()
+logging.getLogger("trio.serve_listeners").addFilter(ACCEPT_OVERLOAD)
+
+
+class _CountingRawConnection(RawConnection):
+    """A raw connection that tells its pending handshake when the dialer speaks."""
+
+    handshake: PendingHandshake | None = None
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await super().read(n)
+        if self.handshake is not None:
+            self.handshake.received += len(data)
+        return data
+
+
+def _protocol_of(stream: Any) -> str | None:
+    try:
+        protocol = stream.get_protocol()
+    except Exception:
+        return None
+    return None if protocol is None else str(protocol)
+
+
+def _remote_ip(read_write_closer: Any) -> str:
+    try:
+        remote = read_write_closer.get_remote_address()
+    except Exception:
+        remote = None
+    return str(remote[0]) if remote else "unknown"
+
+
 class HardenedSwarm(Swarm):
-    """A Swarm whose inbound handler lives exactly as long as its connection.
+    """A Swarm that admits connections on a budget and whose inbound handler
+    lives exactly as long as its connection.
 
     Upstream keeps every accepted connection's handler task (and its
     inbound-limiter slot) alive until the whole swarm stops, so a daemon
     stops accepting after ``max_connections - min_connections`` inbound
-    connections in its lifetime and leaks a task per connection.
+    connections in its lifetime and leaks a task per connection. Upstream
+    also counts a silent TCP connection like an authenticated one and gives
+    it the whole upgrade timeout: :class:`ConnectionAdmission` (set by
+    node/p2p/host.py's build_host) replaces that inbound limiter.
     """
 
+    admission: ConnectionAdmission
+
+    async def _handle_inbound_connection(self, read_write_closer: Any, maddr: Any) -> None:
+        handshake = self.admission.admit_pending(_remote_ip(read_write_closer))
+        if handshake is None:
+            # Closed at once: a refused stranger costs a descriptor for one accept.
+            await _close_quietly(read_write_closer)
+            return
+        token = _CURRENT_HANDSHAKE.set(handshake)
+        try:
+            await self._do_handle_inbound_connection(read_write_closer, maddr, handshake)
+        finally:
+            handshake.finish()
+            _CURRENT_HANDSHAKE.reset(token)
+
     async def _do_handle_inbound_connection(self, read_write_closer: Any, maddr: Any, failure_event: Any) -> None:
+        handshake = failure_event if isinstance(failure_event, PendingHandshake) else None
         remote_maddr = self._build_remote_multiaddr(read_write_closer)
         if remote_maddr is not None and not await self.connection_gate.is_allowed(remote_maddr):
             await _close_quietly(read_write_closer)
             return
-        raw_conn = RawConnection(read_write_closer, False)
-        try:
-            muxed_conn = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
-        except Exception:
-            # Handshake failures (garbage, plaintext dialers, timeouts) are
-            # expected from hostile or confused peers: drop this one only.
+        raw_conn = _CountingRawConnection(read_write_closer, False)
+        raw_conn.handshake = handshake
+        muxed_conn = None
+        with handshake.scope if handshake is not None else trio.CancelScope():
+            try:
+                muxed_conn = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
+            except Exception:
+                # Handshake failures (garbage, plaintext dialers, timeouts,
+                # refusals) are expected from hostile or confused peers: drop this one only.
+                pass
+        if muxed_conn is None:
+            if handshake is not None and handshake.scope.cancelled_caught and not handshake.evicted:
+                self.admission.handshake_timeouts += 1
             await _close_quietly(raw_conn)
             return
         # The swarm's connections are SwarmConns (typed upstream as INetConn, which has no event_closed).
@@ -71,14 +357,38 @@ class HardenedSwarm(Swarm):
         await swarm_conn.event_closed.wait()
 
     async def add_conn(self, muxed_conn: Any, direction: str = "unknown") -> Any:
+        handshake = _CURRENT_HANDSHAKE.get()
+        if handshake is not None:
+            handshake.finish()  # authenticated: no longer pending, no handshake deadline
+        already = any(c.muxed_conn is muxed_conn for c in self.connections.get(muxed_conn.peer_id, []))
+        admission = getattr(self, "admission", None)
+        if admission is not None and not already:
+            try:
+                await admission.admit(self, muxed_conn)
+            except BudgetExceeded as refusal:
+                log.debug("connection refused: %s (peer %s)", refusal, muxed_conn.peer_id)
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await _close_quietly(muxed_conn)
+                raise SwarmException(f"connection refused: {refusal}") from None
         # Upstream's muxer negotiation constructs Yamux directly, ignoring the
         # configured class, so the subclass is applied here, before start.
         if type(muxed_conn) is Yamux:
             muxed_conn.__class__ = BpciYamux
-        conn = await super().add_conn(muxed_conn, direction)
+        try:
+            conn = await super().add_conn(muxed_conn, direction)
+        except BaseException:
+            if admission is not None and not already:
+                admission.release(muxed_conn)
+            raise
         if type(conn) is SwarmConn:
             conn.__class__ = BpciSwarmConn
         return conn
+
+    def remove_conn(self, swarm_conn: Any) -> None:
+        super().remove_conn(swarm_conn)
+        admission = getattr(self, "admission", None)
+        if admission is not None and not getattr(swarm_conn, "_shared_muxed_conn", False):
+            admission.release(swarm_conn.muxed_conn)
 
     def _schedule_auto_connect(self) -> None:
         """Never dial peers on our behalf: node/p2p/peers.py decides whom to dial."""
