@@ -113,6 +113,8 @@ class PeerManager:
         self.dial_timeout = dial_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        # A connection that lives this long is stable: the flap backoff starts over.
+        self._stable_after_s = max(keepalive_interval, 1.0)
         self.peers: dict[str, PeerState] = {}
         self.dial_attempts: dict[str, int] = {}
         self.keepalive_failures = 0
@@ -231,7 +233,12 @@ class PeerManager:
     async def _maintain(self, info: Any) -> None:
         """Keep one persistent peer connected, forever: while it is connected, wait
         for a change; once it is not, redial it until it is (backoff from the first
-        failure of each outage on)."""
+        failure of each outage on).
+
+        A dial that succeeds but whose connection dies at once (the peer refuses
+        us after the handshake, or still holds our dead connection) is a failure
+        too: the backoff carries over such flaps, or the loop would redial as fast
+        as handshakes complete and starve the node."""
         key = info.peer_id.to_base58()
         # Jitter spreads the redials of a restarted cluster.
         redial = Backoff(self.backoff_base, factor=2.0, cap=self.backoff_cap, jitter=(0.5, 1.0))
@@ -256,11 +263,22 @@ class PeerManager:
         def failed(attempt: int, delay: float, exc: BaseException) -> None:
             log.debug("dial failed", peer=key, attempt=attempt, retry_in_s=round(delay, 2), reason=str(exc)[:200])
 
+        connected_at: float | None = None  # when our last successful dial connected
+        flaps = 0  # consecutive connections that died before they were stable
         while True:
             if self._is_connected(info.peer_id):
                 changed = self._changed
                 if self._is_connected(info.peer_id):
                     await changed.wait()
                 continue
+            if connected_at is not None:
+                lived = trio.current_time() - connected_at
+                flaps = flaps + 1 if lived < self._stable_after_s else 0
+                connected_at = None
+                if flaps:
+                    log.debug("persistent peer connection died at once", peer=key, flaps=flaps)
+                    await trio.sleep(redial.delay(flaps - 1))
             if await retry(dial, backoff=redial, retry_on=Exception, on_retry=failed):
-                log.info("connected to persistent peer", peer=key)
+                connected_at = trio.current_time()
+                if not flaps:
+                    log.info("connected to persistent peer", peer=key)
