@@ -92,10 +92,6 @@ def run_and_check(tmp_path, doc: dict, expected_events: list[str]):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-# Known daemon bug (node/p2p/peers.py, not the runner): after keepalive closes the
-# links of a cut node, its persistent-peer loop sometimes spins logging "connected to
-# persistent peer" (824,124 lines in one failed run), starving the node so it never
-# answers or catches up. Not strict: passes when the bug does not strike. Remove once fixed.
 def test_four_validators_in_namespaces_survive_a_disconnect(tmp_path):
     report = run_and_check(tmp_path, manifest([{"at_s": 3, "node": "node3", "action": "disconnect", "duration_s": 6}]),
                            ["disconnect node3", "reconnect node3"])
