@@ -55,7 +55,7 @@ def rejected(admission: Admission) -> RpcError:
     """The error answering a transaction the mempool refused, with its stable code."""
     code = admission.code
     assert code is not None  # a refused admission always says why
-    return RpcError(TX_REJECTED[code], "transaction rejected", {"reason": code.value, "detail": admission.message})
+    return RpcError(TX_REJECTED[code], "transaction rejected", admission.rejection_data())
 
 
 def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
@@ -76,6 +76,8 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         if mode == "sync":
             if not admission.accepted:
                 raise rejected(admission)
+            if admission.expected_nonce is not None:  # held behind a gap: the sender should send that nonce
+                return {"hash": digest.hex(), "status": "pending", "expected_nonce": admission.expected_nonce}
             return {"hash": digest.hex(), "status": "pending"}
         with trio.move_on_after(timeout):
             await committed.wait()
@@ -123,7 +125,8 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         key = _hex_bytes(sender, "sender")
         committed = chain.store.next_nonce(key)
         pending = [t.nonce for t in chain.mempool.pending(key)]
-        return {"sender": sender, "committed_next": committed, "pending_next": max([committed - 1, *pending]) + 1}
+        return {"sender": sender, "committed_next": committed, "pending_next": max([committed - 1, *pending]) + 1,
+                "expected_next": chain.mempool.expected_nonce(key)}  # the nonce to sign next: the first gap
 
     async def mempool_status(ctx: CallContext) -> dict[str, Any]:
         cfg = chain.mempool.config
@@ -150,21 +153,29 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         ]
 
     async def chain_subscribe(ctx: CallContext) -> dict[str, Any]:
-        if ctx.notify is None or ctx.nursery is None:
+        if ctx.notify is None or ctx.start_subscription is None:
             raise RpcError(ErrorCode.INVALID_PARAMS, "subscriptions need a stream", {})
         subscription = next(_subscription_ids)
-        receive = chain.subscribe()
         notify = ctx.notify
+        receive = chain.subscribe()
 
         async def forward() -> None:
+            # The RPC server runs this as the stream's subscription: whatever it
+            # raises (the subscriber reset its stream mid-notification, say)
+            # ends this subscription only. Leaving closes our end of the
+            # channel, so the chain stops feeding it.
             async with receive:
                 try:
                     async for summary in receive:
                         await notify("chain_newBlock", {"subscription": subscription, "block": summary_json(summary)})
-                except (StreamError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the subscriber closed its stream: it must not take the RPC server down with it
+                except (StreamError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                    return  # the subscriber is gone or not reading: a quiet end
 
-        ctx.nursery.start_soon(forward)
+        try:
+            ctx.start_subscription(forward)
+        except RpcError:
+            receive.close()  # refused (too many on this stream): the chain must not keep feeding it
+            raise
         return {"subscription": subscription}
 
     tx_schema = {
@@ -179,7 +190,7 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
     registry.register("tx_get", tx_get, {"properties": {"hash": _HEX32}, "required": ["hash"]}, "A committed or pending transaction by hash.")
     registry.register("chain_head", chain_head, {}, "The latest finalised block.")
     registry.register("chain_block", chain_block, {"properties": {"height": {"type": "integer", "minimum": 0}, "hash": _HEX32, "include_txs": {"type": "boolean"}}}, "A finalised block by height or hash.")
-    registry.register("chain_nonce", chain_nonce, {"properties": {"sender": _HEX32}, "required": ["sender"]}, "A sender's next nonce (committed and with pending transactions).")
+    registry.register("chain_nonce", chain_nonce, {"properties": {"sender": _HEX32}, "required": ["sender"]}, "A sender's next nonce: committed, after its pending transactions, and the first gap (expected_next: sign the next transaction with it).")
     registry.register("mempool_status", mempool_status, {}, "Pending transactions and limits.")
     registry.register("consensus_state", consensus_state, {}, "Height, round, proposer, rounds of recent blocks, counters.")
     registry.register("validators_list", validators_list, {}, "The validator set with peer ids and connection state.")

@@ -10,8 +10,10 @@ caller resets that stream (and only that stream).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+import trio
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
@@ -92,13 +94,22 @@ class FrameDecoder:
 
 
 class FramedStream:
-    """Frames over a libp2p stream. Deadlines belong to the caller's cancel scopes."""
+    """Frames over a libp2p stream. Deadlines belong to the caller's cancel scopes.
 
-    def __init__(self, stream: Any, max_size: int = DEFAULT_MAX_FRAME) -> None:
+    ``partial_since`` is when the frame now half received began (trio time),
+    None between frames: a server's deadline for finishing a frame starts
+    there, however slowly the rest trickles in (slowloris). ``on_partial``
+    is called whenever a new partial frame begins, so that deadline can be
+    set while a read is still waiting.
+    """
+
+    def __init__(self, stream: Any, max_size: int = DEFAULT_MAX_FRAME, *, on_partial: Callable[[], None] | None = None) -> None:
         self.stream = stream
         self.max_size = max_size
         self._decoder = FrameDecoder(max_size)
         self._ready: deque[bytes] = deque()
+        self.partial_since: float | None = None
+        self.on_partial = on_partial
 
     async def read_frame(self) -> bytes | None:
         """The next frame, or None on a clean end of stream between frames."""
@@ -111,7 +122,14 @@ class FramedStream:
                 if self._decoder.at_boundary():
                     return None
                 raise FrameError("stream ended inside a frame")
-            self._ready.extend(self._decoder.feed(chunk))
+            frames = self._decoder.feed(chunk)
+            self._ready.extend(frames)
+            if self._decoder.at_boundary():
+                self.partial_since = None
+            elif frames or self.partial_since is None:  # a new frame has begun
+                self.partial_since = trio.current_time()
+                if self.on_partial is not None:
+                    self.on_partial()
         return self._ready.popleft()
 
     async def write_frame(self, payload: bytes) -> None:

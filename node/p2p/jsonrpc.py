@@ -12,6 +12,11 @@ Methods are registered with a JSON Schema for their named parameters
 (positional arrays are mapped onto the schema's properties in order). A
 bad parameter is named in the error's ``data``. Handlers raise
 :class:`RpcError` for application errors with a stable code.
+
+Every call is admitted separately (``admit``, the transport's rate limit),
+so a batch of n calls costs what n single calls cost, and a refused call in
+a batch is answered in its place while the others go on. A whole message
+has one deadline: a batch cannot hold the server for n request timeouts.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class RpcError(Exception):
         return error
 
 
+Subscription = Callable[[], Awaitable[None]]
+
+
 @dataclass
 class CallContext:
     """What a handler knows about its caller."""
@@ -53,6 +61,14 @@ class CallContext:
     peer_id: str  # the authenticated libp2p peer id of the caller
     notify: Callable[[str, Any], Awaitable[None]] | None = None  # push a notification on the same stream
     nursery: trio.Nursery | None = None  # lives as long as the caller's stream
+    # Run a subscription (a task pushing notifications) for as long as the
+    # caller's stream: whatever it raises ends only that subscription. Raises
+    # RpcError when the stream already has as many as it may.
+    start_subscription: Callable[[Subscription], None] | None = None
+
+
+# The transport's admission of one call: None to run it, or the error to answer instead (rate limited).
+Admit = Callable[[], "RpcError | None"]
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -161,24 +177,61 @@ class Dispatcher:
         self.default_timeout = default_timeout
         self.on_call = on_call  # metrics hook: (method, ok)
 
-    async def handle(self, data: bytes, ctx: CallContext) -> bytes | None:
-        """Bytes of one received message in; bytes of the response (or None) out."""
+    async def handle(self, data: bytes, ctx: CallContext, *, admit: Admit | None = None) -> bytes | None:
+        """Bytes of one received message in; bytes of the response (or None) out.
+
+        ``admit`` is asked once per call (once for a message that is not
+        JSON, or a batch refused whole): a call it refuses is answered with
+        its error instead of being run."""
         try:
             message = parse_json(data)
         except ValueError as exc:
-            return dump_json(_error(None, RpcError(ErrorCode.PARSE_ERROR, "Parse error", {"reason": str(exc)})))
+            refused = admit() if admit is not None else None
+            return dump_json(_error(None, refused or RpcError(ErrorCode.PARSE_ERROR, "Parse error", {"reason": str(exc)})))
         if isinstance(message, list):
-            if not message:
-                return dump_json(_error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": "empty batch"})))
-            if len(message) > _MAX_BATCH:
-                return dump_json(_error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": f"batch of more than {_MAX_BATCH} calls"})))
-            responses = [await self.handle_one(item, ctx) for item in message]
-            answered = [r for r in responses if r is not None]
+            if not message or len(message) > _MAX_BATCH:
+                refused = admit() if admit is not None else None
+                reason = "empty batch" if not message else f"batch of more than {_MAX_BATCH} calls"
+                return dump_json(_error(None, refused or RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": reason})))
+            answered = [r for r in await self._handle_batch(message, ctx, admit) if r is not None]
             return dump_json(answered) if answered else None
-        response = await self.handle_one(message, ctx)
+        response = await self.handle_one(message, ctx, admit=admit)
         return None if response is None else dump_json(response)
 
-    async def handle_one(self, request: Any, ctx: CallContext) -> dict[str, Any] | None:
+    def _message_timeout(self, requests: list[Any]) -> float:
+        """The deadline of a whole batch: the longest its methods allow, at least the default."""
+        longest = self.default_timeout
+        for request in requests:
+            name = request.get("method") if isinstance(request, dict) else None
+            method = self.registry.get(name) if isinstance(name, str) else None
+            if method is not None and method.timeout:
+                longest = max(longest, method.timeout)
+        return longest
+
+    async def _handle_batch(self, requests: list[Any], ctx: CallContext, admit: Admit | None) -> list[dict[str, Any] | None]:
+        """The calls of a batch, in order, within one deadline; calls the
+        deadline cuts off are answered as timed out (notifications are not)."""
+        timeout = self._message_timeout(requests)
+        responses: list[dict[str, Any] | None] = []
+        with trio.move_on_after(timeout):
+            for request in requests:
+                responses.append(await self.handle_one(request, ctx, admit=admit))
+        for request in requests[len(responses):]:
+            if isinstance(request, dict) and "id" not in request:
+                responses.append(None)
+                continue
+            id_ = request.get("id") if isinstance(request, dict) else None
+            responses.append(_error(id_ if _valid_id(id_) else None, RpcError(
+                ErrorCode.REQUEST_TIMEOUT, "Request timed out", {"reason": "the batch did not finish within its deadline", "timeout_s": timeout})))
+        return responses
+
+    async def handle_one(self, request: Any, ctx: CallContext, *, admit: Admit | None = None) -> dict[str, Any] | None:
+        refused = admit() if admit is not None else None
+        if refused is not None:
+            if isinstance(request, dict) and "id" not in request:
+                return None  # a notification gets no answer, not even a refusal
+            id_ = request.get("id") if isinstance(request, dict) else None
+            return _error(id_ if _valid_id(id_) else None, refused)
         if not isinstance(request, dict):
             return _error(None, RpcError(ErrorCode.INVALID_REQUEST, "Invalid Request", {"reason": "a request must be a JSON object"}))
         is_notification = "id" not in request
