@@ -440,7 +440,10 @@ class ConsensusService:
             try:
                 channel.send_nowait(summary)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove(channel)  # a subscriber that cannot keep up is dropped
+                # A subscriber that cannot keep up is dropped: closing its channel ends its
+                # forwarding task (and frees its stream) instead of leaving it waiting forever.
+                self._subscribers.remove(channel)
+                channel.close()
 
     # -- inbound protocols ------------------------------------------------------------
     async def _handle_ibft(self, stream: Any) -> None:

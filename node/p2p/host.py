@@ -38,12 +38,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import multiaddr
+import structlog
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
-from libp2p.custom_types import TProtocol
+from libp2p.custom_types import StreamHandlerFn, TProtocol
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
@@ -59,6 +61,8 @@ from node.p2p.swarm import ConnectionAdmission, ConnectionLimits, HardenedSwarm,
 
 route_libp2p_logs()
 
+log = structlog.get_logger("metanode.p2p")
+
 DEFAULT_MAX_CONNECTIONS = 512
 DIAL_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
@@ -67,6 +71,34 @@ CLOSE_TIMEOUT_S = 5.0
 def libp2p_key_pair(identity: Identity) -> Any:
     """The libp2p Ed25519 key pair of a metanode identity."""
     return ed25519_key_pair(identity.seed)
+
+
+class ContainedHost(BasicHost):
+    """A host whose stream handlers cannot take their connection down.
+
+    libp2p awaits a protocol's handler inside the connection's own task: an
+    exception a handler lets out (a disk error in the blob protocol, a bug)
+    would end every stream of that peer's connection. Each handler registered
+    here runs wrapped: an unexpected failure is logged as one line and resets
+    that stream only. Cancellation passes through untouched."""
+
+    def set_stream_handler(self, protocol_id: TProtocol, stream_handler: StreamHandlerFn) -> None:
+        async def contained(stream: Any) -> None:
+            try:
+                await stream_handler(stream)
+            except Exception as exc:  # noqa: BLE001 - the point is to contain anything a handler lets out
+                self.stream_handler_failures += 1
+                log.warning("stream handler failed; stream reset", protocol=str(protocol_id),
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+                with trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:  # noqa: BLE001 - already broken; the reset is a courtesy
+                        pass
+
+        super().set_stream_handler(protocol_id, contained)
+
+    stream_handler_failures = 0
 
 
 def build_host(
@@ -112,6 +144,9 @@ def build_host(
         enable_mDNS=False,
         enable_upnp=False,
     )
+    if type(host) is not BasicHost:  # the pin guarantees this; fail loudly if not
+        raise RuntimeError(f"unexpected libp2p host type {type(host).__name__}")
+    host.__class__ = ContainedHost
     swarm = host.get_network()
     if type(swarm) is not Swarm:  # the pin guarantees this; fail loudly if not
         raise RuntimeError(f"unexpected libp2p network type {type(swarm).__name__}")

@@ -104,3 +104,36 @@ async def test_shutdown_closes_every_socket_and_task(node_dir):
     leaked = {fd: target for fd, target in _open_fds().items() if fd not in fds_before}
     assert not leaked, os.popen(f"ss -tanpe | grep pid={os.getpid()},").read()
     check_port_free(port)  # nobody listens any more
+
+
+async def test_a_failing_stream_handler_resets_its_stream_only(node_dir):
+    """A handler that lets an exception out (a disk error, a bug) must not end the
+    peer's connection: libp2p awaits handlers inside the connection's own task."""
+    from node.p2p.client import open_rpc_client
+    from node.p2p.framing import FramedStream
+
+    boom = "/metanode/test-boom/1.0.0"
+
+    async def failing_handler(stream):
+        await FramedStream(stream, 1024).read_frame()
+        raise OSError(28, "No space left on device")
+
+    async with running_daemon(write_node_config(node_dir, "a")) as daemon:
+        daemon.host.set_stream_handler(boom, failing_handler)
+        info = info_from_p2p_addr(multiaddr.Multiaddr(daemon.listen_addrs()[0]))
+        client = build_host(Identity.generate(), max_connections=8)
+        async with running_host(client, []):
+            with trio.fail_after(20):
+                await client.connect(info)
+                [conn] = client.get_network().get_connections(info.peer_id)
+                framed = FramedStream(await client.new_stream(info.peer_id, [boom]), 1024)
+                await framed.write_frame(b"go")
+                with pytest.raises(Exception):
+                    if await framed.read_frame() is None:  # reset or closed: either way, no answer
+                        raise EOFError
+                while daemon.host.stream_handler_failures < 1:
+                    await trio.sleep(0.02)
+                assert not conn.is_closed  # the connection outlived the failing stream
+                async with open_rpc_client(client, info.peer_id) as rpc:
+                    assert (await rpc.call("node_status"))["peer_id"] == daemon.identity.peer_id
+                assert client.get_network().get_connections(info.peer_id) == [conn]
