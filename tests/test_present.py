@@ -50,13 +50,14 @@ def test_result_table_keeps_its_layout():
 def test_node_tables_keep_their_columns():
     nodes = [
         {"moniker": "node0", "entry": True, "live": True, "validator": True, "height": 12, "round": 0, "peers": 3, "mempool": 0,
-         "jobs": 1, "roles": ["validator", "gateway"], "peer_id": PEER},
+         "jobs": 1, "under_replicated": 2, "roles": ["validator", "gateway"], "peer_id": PEER},
         {"moniker": "node1", "entry": False, "live": False, "validator": False, "height": None, "round": None, "peers": None,
          "mempool": None, "jobs": None, "roles": None, "peer_id": PEER.replace("a", "b"), "error": "x" * 150},
     ]
     lines = render_table(mesh.TABLE_COLUMNS, mesh.table_rows(nodes)).splitlines()
-    assert lines[0].split() == ["moniker", "live", "val", "height", "round", "peers", "mempool", "jobs", "roles", "peer", "id"]
-    assert lines[1].split() == ["node0*", "yes", "yes", "12", "0", "3", "0", "1", "validator,gateway", PEER]
+    assert lines[0].split() == ["moniker", "live", "val", "height", "round", "peers", "mempool", "jobs", "missing", "roles",
+                                "peer", "id"]
+    assert lines[1].split() == ["node0*", "yes", "yes", "12", "0", "3", "0", "1", "2", "validator,gateway", PEER]
     assert lines[2].split()[:2] == ["node1", "NO"] and lines[2].endswith("(unreachable: " + "x" * 97 + "...)")
     rows = [{"name": "node0", "live": True, "pid": 4242, "peers": 3, "height": 100, "round": 0, "mempool": 2, "jobs": 0,
              "roles": ["validator"], "peer_id": PEER}]

@@ -17,7 +17,9 @@ from node.app.lifecycle import describe_job_ref, finish_job, settle_if_complete
 from node.app.model import (
     ACTIVE_STATES,
     CANCELLED,
+    DECLINED,
     DELIVERED,
+    LOCAL_FAULT,
     MISSED,
     PENDING,
     RUNNING,
@@ -25,7 +27,15 @@ from node.app.model import (
     SUBMITTED,
     BlockContext,
 )
-from node.app.payloads import DatasetRegister, JobCancel, JobResult, JobSubmit, NodeRegister, ReceiptsBatch
+from node.app.payloads import (
+    DatasetRegister,
+    JobCancel,
+    JobDecline,
+    JobResult,
+    JobSubmit,
+    NodeRegister,
+    ReceiptsBatch,
+)
 from node.app.working import JobRow, NodeRow, Reads, ResultRow, WorkingState
 from node.base.codec import encode, to_hex
 from node.base.keys import peer_id_from_public_key
@@ -120,17 +130,20 @@ def reads_job_result(tx: Transaction, p: JobResult) -> Reads:
     return Reads(jobs=(p.job,), receipts=(p.receipt.id,))
 
 
-def check_job_result(ws: WorkingState, tx: Transaction, p: JobResult) -> str | None:
-    job = ws.job(p.job)
+def _check_pending_assignee(ws: WorkingState, tx: Transaction, job_id: bytes) -> str | None:
+    """Why the sender may not answer for ``job_id`` now (job.result, job.decline), or None."""
+    job = ws.job(job_id)
     if job is None:
-        return f"{describe_job_ref(p.job)} does not exist"
+        return f"{describe_job_ref(job_id)} does not exist"
     if job.state not in (SCHEDULED, RUNNING):
-        return f"{describe_job_ref(p.job)} is {job.state}, not waiting for results"
+        return f"{describe_job_ref(job_id)} is {job.state}, not waiting for results"
     assignment = job.assignments.get(tx.sender)
     if assignment is None:
-        return f"the sender is not assigned to {describe_job_ref(p.job)}"
+        return f"the sender is not assigned to {describe_job_ref(job_id)}"
     if assignment.status == DELIVERED:
-        return f"the sender already delivered its result for {describe_job_ref(p.job)}"
+        return f"the sender already delivered its result for {describe_job_ref(job_id)}"
+    if assignment.status == DECLINED:
+        return f"the sender already declined {describe_job_ref(job_id)}"
     if assignment.status == MISSED:
         return (
             f"the sender's assignment (attempt {assignment.attempt}) missed its deadline "
@@ -138,6 +151,15 @@ def check_job_result(ws: WorkingState, tx: Transaction, p: JobResult) -> str | N
         )
     if assignment.status != PENDING:  # pragma: no cover - withdrawn only once the job is final
         return f"the sender's assignment is {assignment.status}"
+    return None
+
+
+def check_job_result(ws: WorkingState, tx: Transaction, p: JobResult) -> str | None:
+    problem = _check_pending_assignee(ws, tx, p.job)
+    if problem is not None:
+        return problem
+    job = ws.job(p.job)
+    assert job is not None  # checked
     if p.receipt.fields["seed"] != job.seed:
         return f"receipt: seed is not the seed of {describe_job_ref(p.job)}"
     if ws.receipt_on_chain(p.receipt.id):
@@ -158,6 +180,34 @@ def apply_job_result(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
     ws.touch_node(node)
     record_receipt(ws, ctx, tx, p.receipt)
     settle_if_complete(ws, ctx, job)
+
+
+# -- job.decline ------------------------------------------------------------------
+
+def reads_job_decline(tx: Transaction, p: JobDecline) -> Reads:
+    return Reads(jobs=(p.job,))
+
+
+def check_job_decline(ws: WorkingState, tx: Transaction, p: JobDecline) -> str | None:
+    return _check_pending_assignee(ws, tx, p.job)
+
+
+def apply_job_decline(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: JobDecline) -> None:
+    """The slot opens at once (the scheduling pass of this block fills it, or
+    lifecycle.settle_declines fails the job); the sender never gets the job again."""
+    job = ws.job(p.job)
+    assert job is not None  # checked
+    assignment = job.assignments[tx.sender]
+    assignment.status = DECLINED
+    assignment.note = f"{p.reason}: {p.detail}"
+    node = ws.nodes()[tx.sender]
+    node.declined += 1
+    if p.reason == LOCAL_FAULT:  # a node that says it is broken gets no new work for a while
+        node.last_missed_height = ctx.height
+    ws.touch_node(node)
+    ws.touch_job(job)
+    ctx.declines.pop(p.job, None)  # keep transaction order: the last note given is the latest
+    ctx.declines[p.job] = assignment.note
 
 
 # -- job.cancel -------------------------------------------------------------------

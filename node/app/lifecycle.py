@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from node.app.model import (
     ACTIVE_STATES,
+    DECLINED,
     DELIVERED,
     DISPUTED,
     FAILED,
@@ -117,6 +118,54 @@ def expire_deadlines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> 
                 f"{job.attempt} attempt(s); {len(missed)} assignee(s) missed the deadline at height "
                 f"{max(a.deadline for a in missed)}"
             ))
+
+
+def settle_declines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> None:
+    """Jobs an assignee declined in this block (job.decline): fail them, or leave
+    the open slot to this block's scheduling pass.
+
+    A declined job fails at once when its ``max_attempts`` are used up (as a
+    missed deadline would fail it at its last attempt), or when fewer registered
+    processing nodes that have never held it are left than it has open slots
+    (no one could ever take them: without this a job whose input every node
+    finds unavailable would wait for nodes forever). Otherwise the scheduling
+    pass of the same block gives the slot to another node as the next attempt,
+    without waiting for the deadline. Runs in job id order.
+    """
+    if not ctx.declines:
+        return
+    processing = {key for key, node in ws.nodes().items() if node.capacity > 0}
+    for job_id in sorted(ctx.declines):
+        job = ws.job(job_id)
+        assert job is not None  # a decline was applied to it in this block
+        if job.state not in ACTIVE_STATES:  # finished by a later transaction of the block
+            continue
+        open_slots = _open_slots(job)
+        if open_slots == 0:
+            continue
+        unheld = len(processing - set(job.assignments))
+        summary = decline_summary(job, ctx.declines[job_id])
+        if job.attempt >= rules.max_attempts:
+            finish_job(ws, ctx, job, FAILED, (
+                f"attempts exhausted: {len(job.results)} of {job.replication} results after "
+                f"{job.attempt} attempt(s); {summary}"
+            ))
+        elif unheld < open_slots:
+            finish_job(ws, ctx, job, FAILED, (
+                f"no processing node left to run it: {open_slots} open slot(s), {unheld} registered "
+                f"processing node(s) that have not held it; {summary}"
+            ))
+
+
+def decline_summary(job: JobRow, latest: str) -> str:
+    """How many assignees could not run a job and why, for its failure reason."""
+    reasons: dict[str, int] = {}
+    for _, assignment in sorted(job.assignments.items()):
+        if assignment.status == DECLINED and assignment.note:
+            code = assignment.note.split(":", 1)[0]
+            reasons[code] = reasons.get(code, 0) + 1
+    counted = ", ".join(f"{code} x{count}" for code, count in sorted(reasons.items()))
+    return f"{sum(reasons.values())} assignee(s) could not run it ({counted}); latest: {latest}"
 
 
 def eligible_candidates(nodes: dict[bytes, NodeRow], height: int, rules: ChainRules) -> tuple[list[Candidate], int]:

@@ -12,7 +12,9 @@ Applying a block:
    (:func:`parse_payload`), then against the state (tenant rights, references,
    assignee); a transaction that fails is recorded as rejected with a
    reason and changes nothing else, so every node reaches the same state;
-2. pending assignments whose deadline is this height are missed: their jobs
+2. jobs an assignee declined (``job.decline``: it could not run them) fail when
+   no attempt or no untried processing node is left (``settle_declines``);
+   pending assignments whose deadline is this height are missed: their jobs
    get replacements or, with no attempt left, fail;
 3. the scheduler assigns every job with open slots (new jobs first get their
    seed and clock from this block);
@@ -142,6 +144,7 @@ class StateMachine(queries.StateQueries):
             work.prefetch(reads_of(tx, payload) for tx, (payload, _) in zip(txs, parsed) if payload is not None)
             for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
                 self._apply_tx(work, ctx, index, tx, payload, problem)
+            lifecycle.settle_declines(work, ctx, self.rules)
             lifecycle.expire_deadlines(work, ctx, self.rules)
             lifecycle.schedule_jobs(work, ctx, self.rules)
             work.flush()

@@ -21,7 +21,16 @@ ACTIVE_STATES = (SUBMITTED, SCHEDULED, RUNNING)
 PENDING = "pending"
 DELIVERED = "delivered"
 MISSED = "missed"
+DECLINED = "declined"  # the assignee could not run it (job.decline) and said why; the slot is given again
 WITHDRAWN = "cancelled"  # the job was cancelled while the assignment was pending
+
+# Why an assignee could not run a job (job.decline): never a property of the job
+# itself, so never a signed result. ``input_unavailable``: no copy of an input
+# that matched its digest could be obtained; ``local_fault``: the node itself
+# failed (disk, cage, I/O), and it gets no new work for ``exclusion_blocks``.
+INPUT_UNAVAILABLE = "input_unavailable"
+LOCAL_FAULT = "local_fault"
+DECLINE_REASONS = (INPUT_UNAVAILABLE, LOCAL_FAULT)
 
 JOB_SEED_TAG = "metanode/job-seed/v1"
 
@@ -128,6 +137,9 @@ class BlockContext:
     block_hash: bytes
     timestamp_ms: int
     effects: BlockEffects
+    # Jobs an assignee declined in this block (job.decline), with the last note
+    # given for each, in transaction order: settled after the block's transactions.
+    declines: dict[bytes, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, height: int, block_hash: bytes, timestamp_ms: int) -> "BlockContext":

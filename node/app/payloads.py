@@ -47,6 +47,15 @@ class JobResult:
 
 
 @dataclass(frozen=True)
+class JobDecline:
+    """An assignee could not run the job (not a result: nothing about the job is claimed)."""
+
+    job: bytes
+    reason: str  # one of model.DECLINE_REASONS
+    detail: str  # what the node saw (1..300 printable); its claim, not checked
+
+
+@dataclass(frozen=True)
 class JobCancel:
     job: bytes
 
@@ -56,4 +65,4 @@ class ReceiptsBatch:
     receipts: tuple[Receipt, ...]  # verified, issued by the sender, in payload order
 
 
-Payload = NodeRegister | DatasetRegister | JobSubmit | JobResult | JobCancel | ReceiptsBatch
+Payload = NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobCancel | ReceiptsBatch

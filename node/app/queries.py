@@ -69,15 +69,15 @@ class StateQueries:
             return None
         job = _job_summary(row)
         assignments = self._conn.execute(
-            "SELECT a.attempt, a.node_key, n.peer_id, a.assigned_height, a.deadline, a.status "
+            "SELECT a.attempt, a.node_key, n.peer_id, a.assigned_height, a.deadline, a.status, a.note "
             "FROM state_assignments a JOIN state_nodes n USING (node_key) WHERE a.job_id = ? "
             "ORDER BY a.attempt, a.node_key",
             [job_id],
         ).fetchall()
         job["assignments"] = [
             {"attempt": attempt, "node": _hex(key), "peer_id": peer, "assigned_height": assigned,
-             "deadline": deadline, "status": status}
-            for attempt, key, peer, assigned, deadline, status in assignments
+             "deadline": deadline, "status": status, "note": note}
+            for attempt, key, peer, assigned, deadline, status, note in assignments
         ]
         results = self._conn.execute(
             "SELECT r.node_key, n.peer_id, r.height, r.tx_hash, r.receipt_id, r.result, r.witness, r.exit, r.error "
@@ -167,25 +167,26 @@ class StateQueries:
         """Registered nodes with roles, capacity and health.
 
         Health is as the next block's scheduler sees it: ``excluded_until``
-        is the first height at which a node that missed a deadline gets new
-        work again (None, and ``healthy``, when it is not excluded).
+        is the first height at which a node that missed a deadline (or declined
+        a job for a local fault) gets new work again (None, and ``healthy``,
+        when it is not excluded). ``declined``: assignments it could not run.
         """
         next_height = (self.height() or 0) + 1
         where = "WHERE n.capacity > 0" if processing_only else ""
         rows = self._conn.execute(
             "SELECT n.node_key, n.peer_id, n.moniker, n.roles, n.capacity, n.registered_height, "
-            "n.delivered, n.missed, n.last_missed_height, "
+            "n.delivered, n.missed, n.declined, n.last_missed_height, "
             "(SELECT count(*) FROM state_assignments a WHERE a.node_key = n.node_key AND a.status = ?) "
             f"FROM state_nodes n {where} ORDER BY n.node_key",
             [PENDING],
         ).fetchall()
         answer = []
-        for key, peer, moniker, roles, capacity, registered, delivered, missed, last_missed, pending in rows:
+        for key, peer, moniker, roles, capacity, registered, delivered, missed, declined, last_missed, pending in rows:
             excluded = last_missed is not None and next_height - last_missed < self.rules.exclusion_blocks
             answer.append({
                 "node": _hex(key), "peer_id": peer, "moniker": moniker, "roles": roles.split(","),
                 "capacity": capacity, "registered_height": registered, "pending": pending,
-                "delivered": delivered, "missed": missed, "last_missed_height": last_missed,
+                "delivered": delivered, "missed": missed, "declined": declined, "last_missed_height": last_missed,
                 "healthy": not excluded,
                 "excluded_until": last_missed + self.rules.exclusion_blocks if excluded else None,
             })

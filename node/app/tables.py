@@ -5,14 +5,16 @@ table                  one row per
 =====================  =======================================================
 ``state_meta``         key (schema version, rules digest)
 ``state_height``       the single applied head: height, block hash, time
-``state_nodes``        registered node: roles, capacity, delivered/missed
-                       counts, height of its last missed deadline
+``state_nodes``        registered node: roles, capacity, delivered/missed/
+                       declined counts, height of its last missed deadline
+                       (or of its last decline for a local fault)
 ``state_datasets``     (tenant, digest): name, size, format
 ``state_jobs``         job: tenant, type, inputs and params (CBOR), r,
                        deadline_blocks, state, reason, attempt, and the
                        scheduling block, seed and clock once scheduled
 ``state_assignments``  (job, node): attempt, assigned height, deadline,
-                       status pending | delivered | missed | cancelled
+                       status pending | delivered | missed | declined |
+                       cancelled, and the note of a declined one
 ``state_results``      (job, node): the committed result: receipt id, result
                        and witness digests, exit status, the error the node
                        reported when the job failed
@@ -34,7 +36,7 @@ import duckdb
 
 from node.base.codec import encode
 
-SCHEMA_VERSION = 2  # 2: state_results.error
+SCHEMA_VERSION = 3  # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note)
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -47,7 +49,8 @@ TABLES: tuple[tuple[str, str, str], ...] = (
         node_key BLOB PRIMARY KEY, peer_id VARCHAR NOT NULL, moniker VARCHAR NOT NULL,
         roles VARCHAR NOT NULL, capacity INTEGER NOT NULL,
         registered_height BIGINT NOT NULL, updated_height BIGINT NOT NULL,
-        delivered INTEGER NOT NULL, missed INTEGER NOT NULL, last_missed_height BIGINT)"""),
+        delivered INTEGER NOT NULL, missed INTEGER NOT NULL, last_missed_height BIGINT,
+        declined INTEGER NOT NULL)"""),
     ("state_datasets", "tenant, digest", """CREATE TABLE IF NOT EXISTS state_datasets (
         tenant BLOB NOT NULL, digest BLOB NOT NULL, name VARCHAR NOT NULL, size BIGINT NOT NULL,
         format VARCHAR NOT NULL, height BIGINT NOT NULL, tx_hash BLOB NOT NULL,
@@ -62,7 +65,7 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_assignments", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_assignments (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, attempt INTEGER NOT NULL,
         assigned_height BIGINT NOT NULL, deadline BIGINT NOT NULL, status VARCHAR NOT NULL,
-        PRIMARY KEY (job_id, node_key))"""),
+        note VARCHAR, PRIMARY KEY (job_id, node_key))"""),
     ("state_results", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_results (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, height BIGINT NOT NULL,
         tx_hash BLOB NOT NULL, receipt_id BLOB NOT NULL, result BLOB NOT NULL,

@@ -30,6 +30,16 @@ type                payload
 ``job.result``      ``job`` 32 bytes; ``receipt`` bytes: the sender's signed
                     ``job.exec`` receipt envelope with subject = job;
                     optional ``error`` text (1..300 printable) when exit != 0
+``job.decline``     ``job`` 32 bytes; ``reason`` ``input_unavailable`` |
+                    ``local_fault``; ``detail`` text (1..300 printable).
+                    The sender, a pending assignee, could not run the job
+                    for a reason that is not the job's own (no verified copy
+                    of an input from any holder; its own disk, I/O or cage
+                    failed): no result is claimed. The slot is given to
+                    another node in the same block, or the job fails once its
+                    ``max_attempts`` are used up or no registered processing
+                    node that has not held it is left; ``local_fault`` also
+                    keeps the sender from new work for ``exclusion_blocks``
 ``job.cancel``      ``job`` 32 bytes
 ``receipts.batch``  ``receipts`` [envelope, ...] (1..max_batch_receipts,
                     distinct), each signed by the sender, of kind
@@ -65,10 +75,11 @@ from typing import Any, Generic, TypeVar
 from node.app import handlers
 from node.app.fields import MAX_UINT, choice, digest, integer, record, text
 from node.app.jobtypes import job_type, job_type_names
-from node.app.model import BlockContext
+from node.app.model import DECLINE_REASONS, BlockContext
 from node.app.payloads import (
     DatasetRegister,
     JobCancel,
+    JobDecline,
     JobResult,
     JobSubmit,
     NodeRegister,
@@ -84,8 +95,9 @@ from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
 from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 
 __all__ = [
-    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "JOB_CANCEL", "JOB_RESULT", "JOB_SUBMIT",
-    "NODE_REGISTER", "RECEIPTS_BATCH", "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel", "JobResult",
+    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
+    "JOB_SUBMIT", "NODE_REGISTER", "RECEIPTS_BATCH", "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel",
+    "JobDecline", "JobResult",
     "JobSubmit", "NodeRegister", "Payload", "ReceiptsBatch", "TxType", "carried_receipts", "parse_payload",
     "reads_of", "register_tx_types",
 ]
@@ -95,6 +107,7 @@ DATASET_REGISTER = "dataset.register"
 JOB_SUBMIT = "job.submit"
 MAX_ERROR_TEXT = 300
 JOB_RESULT = "job.result"
+JOB_DECLINE = "job.decline"
 JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
 
@@ -190,6 +203,14 @@ def _parse_job_result(tx: Transaction, rules: ChainRules) -> JobResult:
     return JobResult(job, receipt, error)
 
 
+def _parse_job_decline(tx: Transaction, rules: ChainRules) -> JobDecline:
+    p = record(tx.payload, "", ("job", "reason", "detail"))
+    detail = p["detail"]
+    if not isinstance(detail, str) or not 1 <= len(detail) <= MAX_ERROR_TEXT or not detail.isprintable():
+        raise PayloadError(f"detail: must be printable text of 1 to {MAX_ERROR_TEXT} characters")
+    return JobDecline(digest(p["job"], "job"), choice(p["reason"], "reason", DECLINE_REASONS), detail)
+
+
 def _parse_job_cancel(tx: Transaction, rules: ChainRules) -> JobCancel:
     p = record(tx.payload, "", ("job",))
     return JobCancel(digest(p["job"], "job"))
@@ -262,6 +283,10 @@ STATE_TX_TYPES: dict[str, TxType[Any]] = _table(
         JOB_RESULT, _parse_job_result,
         handlers.reads_job_result, handlers.check_job_result, handlers.apply_job_result,
         carries=lambda p: (p.receipt,),
+    ),
+    TxType(
+        JOB_DECLINE, _parse_job_decline,
+        handlers.reads_job_decline, handlers.check_job_decline, handlers.apply_job_decline,
     ),
     TxType(
         JOB_CANCEL, _parse_job_cancel,

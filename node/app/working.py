@@ -43,7 +43,8 @@ class NodeRow:
     updated_height: int
     delivered: int
     missed: int
-    last_missed_height: int | None
+    last_missed_height: int | None  # last missed deadline, or last job.decline for a local fault
+    declined: int = 0  # assignments it declined (job.decline)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class AssignmentRow:
     assigned_height: int
     deadline: int
     status: str
+    note: str | None = None  # why the node declined it: "<reason>: <detail>" (status declined only)
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 * ``node_metrics``: this node's Prometheus gauges as JSON (height, round,
   peers, mempool, jobs by state, storage bytes), read from the same registry
-  ``/metrics`` exposes, so RPC readers and Prometheus see the same figures.
+  ``/metrics`` exposes, so RPC readers and Prometheus see the same figures;
+  and ``under_replicated``: the replicas this storage node should hold and
+  does not have now (missing or quarantined, being fetched again), as
+  ``{"count", "datasets": [{digest, size, missing_s, attempts, last_error}]}``.
 * ``mesh_nodes``: the nodes this node knows: those registered on chain (roles,
   moniker), the genesis validators, and the addresses it can dial them at (its
   persistent peers and outbound connections).
@@ -32,6 +35,8 @@ class MeshView:
     registered_nodes: Callable[[], list[dict[str, Any]]]  # StateQueries.nodes(processing_only=False); [] without a chain
     genesis_validators: Sequence[bytes]  # public keys; empty without a genesis
     metrics: Callable[[], NodeMetrics | None]
+    # StorageService.under_replicated: {"count", "datasets"}; nothing on a node without a store.
+    under_replicated: Callable[[], dict[str, Any]] = lambda: {"count": 0, "datasets": []}
 
 
 # -- served by the daemon -------------------------------------------------------------
@@ -72,10 +77,11 @@ def known_nodes(view: MeshView) -> dict[str, Any]:
 
 def register_mesh_methods(registry: Registry, view: MeshView) -> None:
     async def node_metrics(ctx: CallContext) -> dict[str, Any]:
-        return metrics_figures(view.metrics())
+        return {**metrics_figures(view.metrics()), "under_replicated": view.under_replicated()}
 
     async def mesh_nodes(ctx: CallContext) -> dict[str, Any]:
         return known_nodes(view)
 
-    registry.register("node_metrics", node_metrics, {}, "This node's Prometheus gauges as JSON: height, round, peers, mempool, jobs, storage.")
+    registry.register("node_metrics", node_metrics, {}, "This node's Prometheus gauges as JSON: height, round, peers, mempool, jobs, storage; "
+                      "the replicas it should hold and does not have now (under_replicated).")
     registry.register("mesh_nodes", mesh_nodes, {}, "Nodes this node knows: registered on chain, genesis validators, and where to dial them.")

@@ -1,13 +1,68 @@
 """The processing role: run the jobs the chain assigned to this node, in the cage.
 
 On every finalised block it looks up this node's pending assignments (the
-state machine, a pure function of the chain, decided them), resolves each
-input digest to a local file, runs the job in a DockLock cage under the
-``processing`` policy with the seed and logical clock the scheduling block
+state machine, a pure function of the chain, decided them), obtains a
+verified copy of each input (the local one re-hashed, else fetched from a
+peer and checked against its digest), runs the job in a DockLock cage under
+the ``processing`` policy with the seed and logical clock the scheduling block
 fixed, keeps the canonical result and the witness (node/roles/artifacts.py)
-for gateways to fetch, and submits ``job.result``
-carrying its signed ``job.exec`` receipt. A job that fails in the cage still
-gets a receipt (with its exit status): the chain, not this node, decides.
+for gateways to fetch, and submits ``job.result`` carrying its signed
+``job.exec`` receipt.
+
+Only what the job itself decides is signed. A run can end three ways:
+
+* **the job's own outcome**, signed in ``job.result``: its result, or a failure
+  that any honest node replays identically from the same verified inputs,
+  seed and policy. The chain compares these across assignees, so a signed
+  failure must be a property of the job, never of this machine.
+* **could not run here**: a reason that is a property of this node or of the
+  inputs' copies, not of the job. It is never signed as a result (it would
+  make an honest job ``disputed``): the node tries again after
+  :data:`RETRY_DELAY_S`, up to :data:`MAX_LOCAL_TRIES` times, and then submits
+  ``job.decline`` so the
+  chain gives the slot to another node at once (or fails the job with the
+  reason once its attempts are used up). Two kinds:
+
+  - ``input_unavailable``: no peer gave a copy of an input that matches its
+    digest (every copy corrupt, or no holder reachable);
+  - ``local_fault``: this node failed: its disk or I/O (out of space, a
+    blob path that cannot be written or opened), the cage's machinery (fork
+    server died, policy layers unavailable, worker lost or killed by something
+    other than the job), a run whose witness shows inputs other than the
+    digests the job names (an input changed or vanished between fetching and
+    the cage opening it), a job type this build does not know, or a result it
+    cannot store.
+
+How a cage outcome (node/cage/job.py JobOutcome) is classified, by status:
+
+============== ================== ==============================================
+status         classified as      why
+============== ================== ==============================================
+``ok``         the job's own      the result; the witness must name the inputs
+``refused``    the job's own      the SQL gate refused the text: a function of
+                                  the SQL and the policy only
+``output_limit`` the job's own    the output's size, fixed by the result
+``killed``     the job's own only for seccomp's SIGSYS (a forbidden system
+                                  call the job made); any other signal (the
+                                  host's OOM killer, an operator) is local
+``error``      by exception class the worker reports ``Class: message``; only
+                                  :data:`JOB_ERRORS` (DuckDB's parser, binder,
+                                  catalog, conversion, invalid input, range,
+                                  type errors; a job function's ValueError,
+                                  KeyError, arithmetic errors) are the job's;
+                                  IOException, PermissionException,
+                                  InternalException, OSError and anything
+                                  unknown are local
+``cpu_limit``  local              CPU seconds depend on the host's speed
+``timeout``    local              wall-clock time depends on the host's load
+``memory_limit`` local            address space under RLIMIT_AS and the
+                                  allocator depend on the host
+``crashed``    local              the worker died without a report
+============== ================== ==============================================
+
+When unsure the classification says "could not run": a retry on another node
+is cheap, a false verdict is not. A job that cannot run anywhere still ends,
+``failed`` with the nodes' reasons, once the chain's ``max_attempts`` are used.
 """
 
 from __future__ import annotations
@@ -22,8 +77,9 @@ import trio
 
 from node.app.chain_app import ChainApplication
 from node.app.jobtypes import job_type
+from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT
 from node.base.keys import Identity
-from node.cage.job import CageError, JobOutcome, JobSpec
+from node.cage.job import JobOutcome, JobSpec
 from node.consensus.service import ConsensusService
 from node.receipts.execution import exec_fields_from_outcome
 from node.roles.artifacts import ArtifactStore
@@ -31,10 +87,41 @@ from node.roles.issuer import NodeIssuer
 from node.roles.metrics import NodeMetrics
 from node.roles.node_txs import NodeTransactions
 from node.roles.storage import StorageService
+from node.roles.storage.errors import BlobTransferError, StorageError
 
 log = structlog.get_logger("metanode.processing")
 
-InputResolver = Callable[[str], Awaitable[Path | None]]
+MAX_LOCAL_TRIES = 3  # runs (or input fetch rounds) of one assignment before this node declines it
+RETRY_DELAY_S = 2.0  # between them: a peer that was briefly unreachable, a blob being repaired
+MAX_DETAIL = 300  # the chain's bound on job.decline's detail and job.result's error
+
+# Outcome statuses that are a property of the job (see the module docstring).
+JOB_STATUSES = frozenset({"ok", "refused", "output_limit"})
+SECCOMP_KILL = "killed by seccomp (SIGSYS)"
+# Exception classes (the worker's "Class: message" detail) whose failure replays
+# identically from the same SQL, parameters, verified input bytes and policy.
+JOB_ERRORS = frozenset({
+    # DuckDB: the SQL text, the input's bytes or the data's values
+    "ParserException", "SyntaxException", "BinderException", "CatalogException", "ConversionException",
+    "InvalidInputException", "OutOfRangeException", "TypeMismatchException", "InvalidTypeException",
+    "NotImplementedException", "ConstraintException", "SequenceException", "DependencyException",
+    # a registered job function refusing its parameters or data, or a result it cannot encode
+    "ValueError", "KeyError", "TypeError", "IndexError", "ZeroDivisionError", "OverflowError",
+    "ArithmeticError", "InvalidOperation", "DivisionByZero", "ResultError",
+})
+
+
+class CouldNotRun(Exception):
+    """This node could not run a job, for a reason that is not the job's own:
+    ``reason`` is one of the chain's decline reasons, ``detail`` what was seen."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+InputResolver = Callable[[str], Awaitable[Path]]  # digest hex -> a verified local copy; raises CouldNotRun
 
 
 class JobRunner(Protocol):
@@ -43,17 +130,28 @@ class JobRunner(Protocol):
     async def run_async(self, job: JobSpec) -> JobOutcome: ...
 
 
-def storage_resolver(storage: StorageService, peers: Callable[[], list[str]]) -> InputResolver:
-    """Inputs from this node's store, fetched from a storage peer when missing
-    (verified against the digest on arrival and on every read)."""
+def one_line(text: str, limit: int = MAX_DETAIL) -> str:
+    """Printable single-line text of at most ``limit`` characters (what the chain takes)."""
+    text = " ".join(str(text).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text[:limit] or "?"
 
-    async def resolve(digest_hex: str) -> Path | None:
+
+def storage_resolver(storage: StorageService, peers: Callable[[], list[str]]) -> InputResolver:
+    """Inputs from this node's store, re-hashed before use (a corrupt copy is
+    quarantined), fetched from a storage peer when missing or corrupt (verified
+    against the digest on arrival). Raises CouldNotRun: ``input_unavailable``
+    when no peer gave a verified copy, ``local_fault`` when this node's own
+    disk or store failed."""
+
+    async def resolve(digest_hex: str) -> Path:
         digest = bytes.fromhex(digest_hex)
         try:
-            await storage.ensure_local(digest, peers())
-        except Exception as exc:
-            log.info("input not fetched", digest=digest_hex, reason=str(exc)[:200])
-            return None
+            await storage.ensure_verified(digest, peers())
+        except BlobTransferError as exc:
+            raise CouldNotRun(INPUT_UNAVAILABLE, f"input {digest_hex}: {exc}") from None
+        except (StorageError, OSError) as exc:
+            raise CouldNotRun(LOCAL_FAULT, f"input {digest_hex}: {type(exc).__name__}: {exc}") from None
         return storage.store.path(digest)
 
     return resolve
@@ -61,9 +159,32 @@ def storage_resolver(storage: StorageService, peers: Callable[[], list[str]]) ->
 
 def error_text(status: str, detail: str) -> str:
     """The one-line reason a failed run reports on chain (printable, bounded)."""
-    text = " ".join(f"{status}: {detail}".split())
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text[:300]
+    return one_line(f"{status}: {detail}")
+
+
+def error_class(detail: str) -> str:
+    """The exception class a worker's ``error`` detail names (``Class: message``)."""
+    head = detail.split(":", 1)[0].strip()
+    return head if head.isidentifier() else ""
+
+
+def local_failure(outcome: JobOutcome, inputs: dict[str, str]) -> str | None:
+    """Why ``outcome`` is this node's failure rather than the job's own (None:
+    it is the job's own and may be signed). ``inputs``: input name -> digest hex,
+    as the job names them. See the table in the module docstring."""
+    described = {item.get("name"): item.get("sha256") for item in outcome.witness.get("inputs", [])}
+    expected = {name: bytes.fromhex(digest) for name, digest in inputs.items()}
+    if described != expected:
+        changed = sorted(n for n in set(described) | set(expected) if described.get(n) != expected.get(n))
+        return f"the cage read inputs other than the job's digests ({', '.join(map(str, changed))}): changed on disk"
+    status, detail = outcome.status, outcome.detail
+    if status in JOB_STATUSES:
+        return None
+    if status == "killed" and detail == SECCOMP_KILL:
+        return None
+    if status == "error" and error_class(detail) in JOB_ERRORS:
+        return None
+    return f"{status}: {detail}"
 
 
 def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
@@ -87,16 +208,22 @@ class ProcessingService:
         self.artifacts = artifacts
         self.metrics = metrics  # metanode_cage_runs / metanode_cage_run_seconds
         self._running: set[str] = set()
-        self._done: set[tuple[str, int]] = set()  # (job id, attempt) already answered
+        self._done: set[tuple[str, int]] = set()  # (job id, attempt) answered: result or decline submitted
+        self._tries: dict[tuple[str, int], int] = {}  # (job id, attempt) -> runs that could not run here
         self.completed = 0
+        self.declined = 0
 
     def pending_assignments(self) -> list[dict[str, Any]]:
         """Jobs assigned to this node and not answered yet: those already running
         here or answered for that attempt are left out before being loaded (this
-        runs on every block)."""
-        fresh = [job_id for job_id, attempt in self.app.state.pending_assignments_of(self.key)
-                 if job_id.hex() not in self._running and (job_id.hex(), attempt) not in self._done]
-        jobs = [self.app.state.job(job_id) for job_id in fresh]
+        runs on every block). What is remembered of assignments no longer pending
+        on chain is dropped, so it stays bounded by the pending ones."""
+        pending = {(job_id.hex(), attempt) for job_id, attempt in self.app.state.pending_assignments_of(self.key)}
+        self._done &= pending
+        self._tries = {key: count for key, count in self._tries.items() if key in pending}
+        fresh = [job_id for job_id, attempt in sorted(pending)
+                 if job_id not in self._running and (job_id, attempt) not in self._done]
+        jobs = [self.app.state.job(bytes.fromhex(job_id)) for job_id in fresh]
         return [j for j in jobs if j is not None and j["state"] in ("scheduled", "running")]
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,37 +239,67 @@ class ProcessingService:
 
     async def _execute(self, job: dict[str, Any]) -> None:
         try:
-            inputs: dict[str, str] = {}
-            for name, digest in job["inputs"].items():
-                path = await self.resolve_input(digest)
-                if path is None:
-                    log.info("input not available yet", job=job["id"], input=name, digest=digest)
-                    return  # tried again on the next block
-                inputs[name] = str(path)
             try:
-                spec = job_spec(job, inputs)
-                started = time.monotonic()
-                outcome = await self.pool.run_async(spec)
-                if self.metrics is not None:
-                    self.metrics.on_cage_run(time.monotonic() - started, outcome.status)
-            except (CageError, KeyError) as exc:
-                # Refused before it could run (no witness to sign): the deadline
-                # passes and the chain reassigns or fails the job with a reason.
-                log.warning("job cannot run here", job=job["id"], reason=str(exc))
-                self._done.add((job["id"], job["attempt"]))
+                outcome = await self._run(job)
+            except CouldNotRun as exc:
+                if not self._could_not_run(job, exc):
+                    await trio.sleep(RETRY_DELAY_S)  # still marked running: no new try before this passes
                 return
+            self._submit_result(job, outcome)
+        finally:
+            self._running.discard(job["id"])
+
+    async def _run(self, job: dict[str, Any]) -> JobOutcome:
+        """The job's own outcome on verified inputs, kept for gateways; CouldNotRun otherwise."""
+        inputs = {name: str(await self.resolve_input(digest)) for name, digest in sorted(job["inputs"].items())}
+        try:
+            spec = job_spec(job, inputs)
+        except KeyError as exc:
+            raise CouldNotRun(LOCAL_FAULT, f"this build cannot run job type {job['type']!r}: {exc}") from None
+        started = time.monotonic()
+        try:
+            outcome = await self.pool.run_async(spec)
+        except Exception as exc:  # CageError (refused before running, fork server lost), OSError, codec
+            raise CouldNotRun(LOCAL_FAULT, f"the cage could not run it: {type(exc).__name__}: {exc}") from None
+        if self.metrics is not None:
+            self.metrics.on_cage_run(time.monotonic() - started, outcome.status)
+        problem = local_failure(outcome, job["inputs"])
+        if problem is not None:
+            raise CouldNotRun(LOCAL_FAULT, problem)
+        try:
             # Kept before the receipt that names them goes out: a gateway may ask at once.
             if outcome.result_digest is not None and outcome.result is not None:
                 self.artifacts.put("result", outcome.result, expected=outcome.result_digest)
             self.artifacts.put("witness", outcome.witness_file, expected=outcome.witness_digest)
-            receipt = self.issuer.issue("job.exec", height=self.chain.finalized_height, subject=bytes.fromhex(job["id"]),
-                                        fields=exec_fields_from_outcome(outcome))
-            payload: dict[str, Any] = {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}
-            if outcome.status != "ok":
-                payload["error"] = error_text(outcome.status, outcome.detail)
-            if self.node_txs.submit("job.result", payload).accepted:
-                self._done.add((job["id"], job["attempt"]))
-                self.completed += 1
-                log.info("job executed", job=job["id"], status=outcome.status, result=outcome.result_digest.hex() if outcome.result_digest else None)
-        finally:
-            self._running.discard(job["id"])
+        except Exception as exc:  # a result this node cannot keep (disk full), it cannot serve: not signed
+            raise CouldNotRun(LOCAL_FAULT, f"cannot keep the result: {type(exc).__name__}: {exc}") from None
+        return outcome
+
+    def _submit_result(self, job: dict[str, Any], outcome: JobOutcome) -> None:
+        receipt = self.issuer.issue("job.exec", height=self.chain.finalized_height, subject=bytes.fromhex(job["id"]),
+                                    fields=exec_fields_from_outcome(outcome))
+        payload: dict[str, Any] = {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}
+        if outcome.status != "ok":
+            payload["error"] = error_text(outcome.status, outcome.detail)
+        if self.node_txs.submit("job.result", payload).accepted:
+            self._done.add((job["id"], job["attempt"]))
+            self.completed += 1
+            log.info("job executed", job=job["id"], status=outcome.status,
+                     result=outcome.result_digest.hex() if outcome.result_digest else None)
+
+    def _could_not_run(self, job: dict[str, Any], exc: CouldNotRun) -> bool:
+        """Count a try that could not run; after MAX_LOCAL_TRIES, decline the
+        assignment on chain. True once the decline is submitted."""
+        key = (job["id"], job["attempt"])
+        tries = self._tries[key] = self._tries.get(key, 0) + 1
+        log.warning("job could not run here", job=job["id"], attempt=job["attempt"], reason=exc.reason,
+                    detail=one_line(exc.detail), tries=tries, of=MAX_LOCAL_TRIES)
+        if tries < MAX_LOCAL_TRIES:
+            return False
+        payload = {"job": bytes.fromhex(job["id"]), "reason": exc.reason, "detail": one_line(exc.detail)}
+        if not self.node_txs.submit("job.decline", payload).accepted:
+            return False
+        self._done.add(key)
+        self.declined += 1
+        log.warning("job declined: could not run here", job=job["id"], reason=exc.reason)
+        return True

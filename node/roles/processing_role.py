@@ -28,4 +28,4 @@ class ProcessingRole:
             artifacts=artifacts, metrics=context.metrics,
         )
         register_artifact_methods(context.registry, artifacts, lambda key: context.is_registered_as(key, {"gateway"}))
-        return [Service("processing", service.run, lambda: {"completed": service.completed})]
+        return [Service("processing", service.run, lambda: {"completed": service.completed, "declined": service.declined})]

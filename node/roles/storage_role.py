@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from node.base.config import NodeConfig
 from node.roles.role import RoleContext, Service, started_then
-from node.roles.storage import BlobClient, BlobStore, Catalog, QuotaPolicy, StorageService, register_storage_methods
+from node.roles.storage import (
+    BlobClient,
+    BlobStore,
+    Catalog,
+    QuotaPolicy,
+    RepairSettings,
+    StorageService,
+    register_storage_methods,
+)
 
 KEEPS_A_STORE = frozenset({"storage", "gateway", "processing"})
 TAKES_UPLOADS = frozenset({"storage", "gateway"})  # also: the nodes that may push blobs to this one
@@ -38,6 +48,8 @@ class StorageRole:
             BlobClient(context.host), node_id=context.identity.peer_id,
             replicas=services["storage_replicas"] if "storage" in config.roles else 1,
             storage_peers=context.storage_peers, clock=lambda: chain.finalized_height, accept_push=accept_push,
+            repair=RepairSettings(services["storage_repair_interval_s"], services["storage_repair_concurrency"],
+                                  services["storage_repair_bytes_per_s"], services["storage_scrub_bytes_per_s"]),
         )
         storage.install(context.host)
         context.storage = storage
@@ -53,4 +65,12 @@ class StorageRole:
             return None if registered else "not yet registered on chain as a storage or gateway node"
 
         uploads = register_storage_methods(context.registry, storage, on_stored=data_store_receipt, not_ready=not_ready)
-        return [Service("storage", started_then(uploads.run_sweeper), lambda: {"bytes": storage.store.total_bytes()})]
+
+        async def sweep_and_repair() -> None:
+            # Only storage and gateway nodes hold replicas (processing's fetched inputs are a cache).
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(uploads.run_sweeper)
+                nursery.start_soon(storage.repair.run)
+
+        return [Service("storage", started_then(sweep_and_repair), lambda: {
+            "bytes": storage.store.total_bytes(), "under_replicated": storage.under_replicated()["count"]})]

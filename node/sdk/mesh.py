@@ -3,7 +3,8 @@
 :func:`probe_node` (one connection, one batch: status, peers, figures) and
 :func:`mesh_status` (an entry node, then every node it knows, then every node
 those know). ``metanode mesh status`` and ``metanode testnet status`` both
-build their rows with :func:`figures_row`. The node side is
+build their rows with :func:`figures_row`; :func:`under_replicated` gathers the
+datasets storage nodes report missing (being fetched again from a peer). The node side is
 :mod:`node.roles.mesh` (``node_metrics``, ``mesh_nodes``).
 """
 
@@ -57,17 +58,38 @@ def figures_row(probe: dict[str, Any]) -> dict[str, Any]:
     """The per-node figures both status commands print (None where the node did not say)."""
     if not probe.get("live"):
         return {"live": False, "moniker": None, "roles": None, "height": None, "round": None, "peers": None, "peer_ids": [],
-                "mempool": None, "jobs": None, "error": probe.get("error")}
+                "mempool": None, "jobs": None, "under_replicated": None, "error": probe.get("error")}
     status, figures = probe["status"], probe.get("figures") or {}
     jobs = figures.get("jobs")
+    missing = figures.get("under_replicated")
     return {
         "live": True, "moniker": status.get("moniker"), "roles": status.get("roles"),
         "height": figures.get("height"), "round": figures.get("round"),
         "peers": len(probe["peers"]), "peer_ids": sorted(p["peer_id"] for p in probe["peers"]),
         "mempool": figures.get("mempool_transactions"),
         "jobs": sum(jobs.get(s, 0) for s in ACTIVE_JOB_STATES) if isinstance(jobs, dict) else None,
+        # Replicas this node should hold and does not have now (None: a node that does not say).
+        "under_replicated": missing.get("count") if isinstance(missing, dict) else None,
         "uptime_s": status.get("uptime_s"), "version": status.get("version"),
     }
+
+
+def under_replicated(probes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Datasets some live node should hold and does not have now, by digest: size and
+    the nodes missing it (``[{digest, size, missing_on: [{peer_id, missing_s, attempts,
+    last_error}]}]``, in digest order)."""
+    datasets: dict[str, dict[str, Any]] = {}
+    for peer, probe in sorted(probes.items()):
+        report = (probe.get("figures") or {}).get("under_replicated") if probe.get("live") else None
+        if not isinstance(report, dict):
+            continue
+        for item in report.get("datasets") or []:
+            if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+                continue
+            entry = datasets.setdefault(item["digest"], {"digest": item["digest"], "size": item.get("size"), "missing_on": []})
+            entry["missing_on"].append({"peer_id": peer, "missing_s": item.get("missing_s"),
+                                        "attempts": item.get("attempts"), "last_error": item.get("last_error")})
+    return [datasets[digest] for digest in sorted(datasets)]
 
 
 async def mesh_status(entry: str, *, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
@@ -133,4 +155,4 @@ async def mesh_status(entry: str, *, timeout: float = PROBE_TIMEOUT_S) -> dict[s
                    entry=peer == entry_id, connected_to_entry=peer in entry_peers or peer == entry_id)
         rows.append(row)
     rows.sort(key=lambda r: (not r["entry"], r["moniker"] or "~", r["peer_id"]))
-    return {"entry": entry_id, "nodes": rows}
+    return {"entry": entry_id, "nodes": rows, "under_replicated": under_replicated(probes)}

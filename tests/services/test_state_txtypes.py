@@ -39,6 +39,7 @@ VALID = {
     "job.submit": {"type": "sql", "inputs": {"sales": D1}, "params": {"query": "SELECT 1"},
                    "replication": 3, "deadline_blocks": 10},
     "job.result": {"job": JOB, "receipt": exec_envelope()},
+    "job.decline": {"job": JOB, "reason": "input_unavailable", "detail": "no peer gave a verified copy"},
     "job.cancel": {"job": JOB},
     "receipts.batch": {"receipts": [store_envelope(), store_envelope(subject=D2)]},
 }

@@ -4,7 +4,9 @@ A blob is written to a temporary file under ``root/incoming`` (same file
 system as its final place), fsynced, checked against its digest, and only
 then renamed to its name, so a crash never leaves a partial blob under a
 digest. Every read re-hashes what it reads: a blob whose bytes no longer
-match its name is moved to ``root/quarantine`` and never served.
+match its name is moved to ``root/quarantine`` and never served, and
+``on_quarantine(digest)`` is called (the repair loop fetches it again; it may
+be called from a worker thread).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from node.roles.storage.errors import (
@@ -116,6 +118,7 @@ class BlobStore:
     def __init__(self, root: Path, *, max_blob_size: int = DEFAULT_MAX_BLOB_SIZE) -> None:
         self.root = Path(root)
         self.max_blob_size = max_blob_size
+        self.on_quarantine: Callable[[bytes], None] | None = None  # told of every blob quarantined
         (self.root / _INCOMING).mkdir(parents=True, exist_ok=True)
         (self.root / _QUARANTINE).mkdir(exist_ok=True)
         # Partial files of a previous run can never be completed: drop them.
@@ -221,4 +224,13 @@ class BlobStore:
         try:
             os.replace(self.path(digest), target)
         except FileNotFoundError:
-            pass
+            return
+        if self.on_quarantine is not None:
+            self.on_quarantine(bytes(digest))
+
+    def quarantined_count(self) -> int:
+        """Files in the quarantine directory (corrupt copies kept for inspection)."""
+        try:
+            return sum(1 for _ in (self.root / _QUARANTINE).iterdir())
+        except OSError:
+            return 0

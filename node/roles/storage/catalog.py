@@ -195,3 +195,52 @@ class Catalog:
     def _info(row: Any) -> DatasetInfo:
         return DatasetInfo(bytes(row[0]), bytes(row[1]), row[2], row[3], int(row[4]), json.loads(row[5]),
                            int(row[6]), json.loads(row[7]), int(row[8]))
+
+
+_HOLDINGS_TABLE = """CREATE TABLE IF NOT EXISTS storage_holdings (
+    digest BLOB PRIMARY KEY,
+    size BIGINT NOT NULL,
+    since BIGINT NOT NULL
+)"""
+
+
+class Holdings:
+    """The blobs this node holds as a storage replica (``storage_holdings``).
+
+    A blob becomes a holding when this node takes it as a replica: a dataset
+    uploaded here, or a blob a peer pushed here (which then counts this node
+    among the holders). Copies fetched only as a processing node's inputs are a
+    cache, not holdings. The repair loop keeps every holding present and
+    verified, fetching it again when it is missing or quarantined.
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+        conn.execute(_HOLDINGS_TABLE)
+
+    def hold(self, digest: bytes, size: int, since: int) -> None:
+        """Record a holding (the first record of a digest is kept)."""
+        self.conn.execute("INSERT INTO storage_holdings VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                          [digest, size, since])
+
+    def release(self, digest: bytes) -> None:
+        self.conn.execute("DELETE FROM storage_holdings WHERE digest = ?", [digest])
+
+    def all(self) -> builtins.list[tuple[bytes, int]]:
+        """(digest, size) of every holding, in digest order."""
+        rows = self.conn.execute("SELECT digest, size FROM storage_holdings ORDER BY digest").fetchall()
+        return [(bytes(d), int(size)) for d, size in rows]
+
+    def adopt_catalog(self, node_id: str, since: int) -> int:
+        """Hold every catalogued blob whose row names this node as a holder (a data
+        directory from before holdings were recorded); returns how many were added."""
+        before = self.count()
+        for digest, size, nodes in self.conn.execute(
+                "SELECT digest, max(size), list(nodes_json) FROM storage_catalog GROUP BY digest ORDER BY digest").fetchall():
+            if any(node_id in json.loads(text) for text in nodes):
+                self.hold(bytes(digest), int(size), since)
+        return self.count() - before
+
+    def count(self) -> int:
+        row = self.conn.execute("SELECT count(*) FROM storage_holdings").fetchone()
+        return int(row[0]) if row else 0

@@ -23,7 +23,7 @@ fields) resets that stream only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,8 @@ def error_header(code: str, detail: str) -> bytes:
 
 
 PushPolicy = Callable[[str, PutRequest], bool]  # (pushing peer id, request) -> accept?
-OnStored = Callable[[str, PutRequest], None]
+OnStored = Callable[[str, PutRequest], None]  # a push this node now holds (stored now, or held already)
+Throttle = Callable[[int], Awaitable[None]]  # awaited with the bytes just moved
 
 
 class BlobServer:
@@ -199,6 +200,8 @@ class BlobServer:
             await self._answer_error(framed, "too_large", f"limit is {self.store.max_blob_size} bytes")
             return
         if self.store.has(request.digest):
+            if self.on_stored is not None:  # the pusher counts this node as a holder from now on
+                self.on_stored(peer, request)
             await framed.write_frame(encode({"ok": True, "size": request.size, "stored": True}))
             await framed.close()
             return
@@ -267,8 +270,13 @@ class BlobClient:
                                     peer=str(peer), error=str(header.get("error"))[:40])
         return header
 
-    async def fetch(self, peer: Any, digest: bytes, dest: BlobStore) -> int:
-        """Copy blob ``digest`` from ``peer`` into ``dest``, verified; return its size."""
+    async def fetch(self, peer: Any, digest: bytes, dest: BlobStore, *, throttle: Throttle | None = None) -> int:
+        """Copy blob ``digest`` from ``peer`` into ``dest``, verified; return its size.
+
+        BlobTransferError when the peer does not give a good copy; an OSError
+        of this node's own disk (out of space, a path that cannot be written)
+        propagates as it is. ``throttle(n)`` is awaited after each ``n`` bytes
+        received (the repair loop's bandwidth budget)."""
         if dest.has(digest):
             return dest.size(digest)
         framed = await self._open(peer)
@@ -279,6 +287,8 @@ class BlobClient:
             writer = dest.writer(digest, header["size"])
             while (frame := await self._read(framed, peer)) is not None and frame:
                 writer.write(frame)
+                if throttle is not None:
+                    await throttle(len(frame))
             if frame is None:
                 raise BlobTransferError(f"peer {peer} ended the blob early", peer=str(peer))
             writer.commit()
@@ -293,15 +303,20 @@ class BlobClient:
             if writer is not None:
                 writer.abort()
             raise BlobTransferError(f"stream to {peer} failed: {exc}", peer=str(peer)) from None
+        except BaseException:  # this node's own failure (disk), or cancelled: no partial file left behind
+            if writer is not None:
+                writer.abort()
+            raise
         finally:
             await framed.close()
 
-    async def fetch_any(self, peers: Sequence[Any], digest: bytes, dest: BlobStore) -> str:
+    async def fetch_any(self, peers: Sequence[Any], digest: bytes, dest: BlobStore, *,
+                        throttle: Throttle | None = None) -> str:
         """Fetch from the first of ``peers`` that gives a verified copy; return its id."""
         failures: list[str] = []
         for peer in peers:
             try:
-                await self.fetch(peer, digest, dest)
+                await self.fetch(peer, digest, dest, throttle=throttle)
                 return str(peer)
             except BlobTransferError as exc:
                 log.info("blob fetch failed; trying the next peer", peer=str(peer), reason=str(exc))

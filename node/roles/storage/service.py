@@ -4,8 +4,11 @@
 bytes arrive), reads its schema with DuckDB, pushes it to other storage
 nodes until ``replicas`` nodes hold it, records it in the catalog and
 returns the catalog row; :meth:`receipt_fields` gives the ``data.store``
-receipt body for the caller to sign. ``ensure_local`` fetches a blob this
-node does not hold (the processing service's inputs).
+receipt body for the caller to sign. ``ensure_verified`` gives the
+processing service a verified copy of an input (the local one re-hashed,
+else fetched). Blobs taken as a replica (uploads, pushes from peers) are
+recorded as holdings, which :class:`RepairLoop` (repair.py) keeps present
+and verified.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import structlog
 import trio
 
 from node.roles.storage.blobstore import BlobStore, BlobWriter
-from node.roles.storage.catalog import Catalog, DatasetInfo, check_name_and_format, inspect_dataset
-from node.roles.storage.errors import BlobTransferError, ReplicationFailed
-from node.roles.storage.protocol import BlobClient, BlobServer, PushPolicy
+from node.roles.storage.catalog import Catalog, DatasetInfo, Holdings, check_name_and_format, inspect_dataset
+from node.roles.storage.errors import BlobCorrupt, BlobNotFound, BlobTransferError, ReplicationFailed
+from node.roles.storage.protocol import BlobClient, BlobServer, PushPolicy, PutRequest
+from node.roles.storage.repair import DEFAULT_REPAIR, RepairLoop, RepairSettings
 
 log = structlog.get_logger("metanode.storage")
 
@@ -39,12 +43,14 @@ class StorageService:
     chain). ``clock``: the creation mark of new catalog rows (block height
     or milliseconds; wall-clock milliseconds by default). ``accept_push``:
     which peers may push blobs here (the lead should admit registered
-    storage and gateway nodes only); None admits any peer.
+    storage and gateway nodes only); None admits any peer. ``repair``: the
+    replica repair loop's budgets (its ``run`` is started by the storage role).
     """
 
     def __init__(self, store: BlobStore, catalog: Catalog, client: BlobClient | None, *, node_id: str,
                  replicas: int = DEFAULT_REPLICAS, storage_peers: Callable[[], Sequence[str]] = lambda: (),
-                 clock: Callable[[], int] = _now_ms, accept_push: PushPolicy | None = None) -> None:
+                 clock: Callable[[], int] = _now_ms, accept_push: PushPolicy | None = None,
+                 repair: RepairSettings = DEFAULT_REPAIR) -> None:
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
         self.store = store
@@ -54,7 +60,17 @@ class StorageService:
         self.replicas = replicas
         self.storage_peers = storage_peers
         self.clock = clock
-        self.server = BlobServer(store, accept_push=accept_push)
+        self.holdings = Holdings(catalog.conn)
+        self.server = BlobServer(store, accept_push=accept_push, on_stored=self._pushed_here)
+        self.repair = RepairLoop(self, repair)
+
+    def _pushed_here(self, peer: str, request: PutRequest) -> None:
+        """A peer pushed a replica here (or found it already here): this node holds it now."""
+        self.holdings.hold(request.digest, request.size, self.clock())
+
+    def under_replicated(self) -> dict[str, Any]:
+        """Replicas this node should hold and does not have now (RepairLoop.under_replicated)."""
+        return self.repair.under_replicated()
 
     def install(self, host: Any) -> None:
         """Serve ``/metanode/blob/1.0.0`` on ``host``."""
@@ -98,7 +114,9 @@ class StorageService:
             nodes = await self.replicate(digest, tenant=tenant, peers=peers)
             info = DatasetInfo(tenant, digest, name, fmt, size, schema, rows, nodes,
                                self.clock() if created is None else created)
-            return self.catalog.add(info)
+            row = self.catalog.add(info)
+            self.holdings.hold(digest, size, info.created)
+            return row
         except BaseException:
             # Content nobody catalogued (unreadable, under-replicated, over
             # quota) is not kept: it would hold disk space no one is charged for.
@@ -141,6 +159,20 @@ class StorageService:
         return {"content": content, "tenant": info.tenant, "size": info.size, "replicas": min(255, max(1, len(info.nodes)))}
 
     # -- blobs for other services -----------------------------------------------
+    async def ensure_verified(self, digest: bytes, peers: Sequence[str]) -> None:
+        """Make sure this node holds a copy of ``digest`` that matches it now: the
+        local one is re-hashed (a corrupt one is quarantined, which also starts its
+        repair), else a copy is fetched from the first of ``peers`` that has a good
+        one. BlobTransferError when no peer gave one; an OSError of this node's own
+        disk propagates."""
+        if self.store.has(digest):
+            try:
+                await trio.to_thread.run_sync(self.store.verify, digest)
+                return
+            except (BlobCorrupt, BlobNotFound) as exc:
+                log.warning("local copy unusable; fetching another", digest=digest.hex(), reason=str(exc)[:200])
+        await self.ensure_local(digest, peers)
+
     async def ensure_local(self, digest: bytes, peers: Sequence[str]) -> None:
         """Make sure this node holds a verified copy of ``digest``, fetching it
         from the first of ``peers`` that has a good one."""
