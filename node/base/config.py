@@ -87,6 +87,13 @@ def _http_listen_is_loopback_host_port(values: dict[str, Any]) -> None:
                       "so bind it to 127.0.0.1 (or set http_allow_remote = true behind a TLS proxy)")
 
 
+def _pending_per_ip_within_total(values: dict[str, Any]) -> None:
+    limits = values["limits"]
+    if limits["max_pending_per_ip"] > limits["max_pending_connections"]:
+        raise Invalid(("limits", "max_pending_per_ip"), expected(
+            f"at most max_pending_connections ({limits['max_pending_connections']})", limits["max_pending_per_ip"]))
+
+
 def _seconds(default: float, doc: str = "", *, at_least: float | None = None) -> Key:
     if at_least is None:
         return Key(float, default, doc, gt=0)
@@ -115,7 +122,22 @@ NODE_CONFIG = Schema(
             "max_peers": Key(int, 64, ge=1, le=10_000),
             "rpc_rate_per_peer": Key(float, 200.0, "sustained RPC requests per second per peer", gt=0),
             "rpc_burst_per_peer": Key(int, 400, gt=0),
-            "request_timeout": _seconds(30.0, "deadline of every RPC request, seconds"),
+            # Calls, not frames: a batch of n calls costs n (node/p2p/ratelimit.py).
+            "rpc_rate_total": Key(float, 1000.0, "sustained RPC calls per second from all peers together", gt=0),
+            "rpc_burst_total": Key(int, 2000, "RPC calls all peers together may make at once", gt=0),
+            "request_timeout": _seconds(30.0, "deadline of every RPC request (a batch: of the whole batch), seconds"),
+            # RPC streams (node/p2p/rpc.py StreamLimits).
+            "max_streams_per_connection": Key(int, 32, "RPC streams one connection may hold open", ge=1, le=10_000),
+            "max_streams_per_peer": Key(int, 64, "RPC streams one peer may hold open over all its connections",
+                                        ge=1, le=10_000),
+            "stream_idle_timeout": Key(float, 30.0, "an RPC stream that completes no request within this (and has none "
+                                       "running, or leaves a frame half sent) is closed", ge=0.1, le=3600, unit="seconds"),
+            # Connections before authentication (node/p2p/swarm.py ConnectionAdmission).
+            "max_pending_connections": Key(int, 64, "inbound connections still in their Noise + yamux handshake",
+                                           ge=1, le=10_000),
+            "max_pending_per_ip": Key(int, 32, "of max_pending_connections, from one source address", ge=1, le=10_000),
+            "handshake_timeout": Key(float, 5.0, "a connection not authenticated within this is closed",
+                                     ge=0.1, le=120, unit="seconds"),
         }),
         "log": Table({
             "level": Key(str, "info", choices=LOG_LEVELS),
@@ -125,6 +147,11 @@ NODE_CONFIG = Schema(
             "genesis": Key(str, "", "genesis file of the chain this node follows; empty: no chain (transport only)"),
             "mempool_max_txs": Key(int, 10_000, ge=1, le=1_000_000),
             "mempool_max_bytes": Key(int, 64 * 1024 * 1024, ge=1024, le=4 * 1024**3),
+            "double_sign_check_height": Key(int, 2, "a validator started without its safety state (wiped data "
+                                            "directory) signs only after syncing and watching this many heights "
+                                            "finalised without it", ge=0, le=1000),
+            "unsafe_sign_immediately": Key(bool, False, "sign at once even without safety state (risks a double "
+                                           "sign after a wipe; a new chain at height 0 never needs it)"),
         }),
         "services": Table({
             "processing_capacity": Key(int, 2, "jobs weight this node declares on chain (processing role)", ge=1, le=64),
@@ -135,6 +162,14 @@ NODE_CONFIG = Schema(
             "storage_replicas": Key(int, 2, "storage nodes that must hold each dataset", ge=1, le=16),
             "storage_quota_bytes": Key(int, 1024**3, "bytes each tenant may store on this node", gt=0),
             "max_blob_bytes": Key(int, 256 * 1024**2, ge=1024, le=16 * 1024**3),
+            # Replica repair (node/roles/storage/repair.py).
+            "storage_repair_interval_s": Key(float, 30.0, "how often the replicas this node holds are checked "
+                                             "(a quarantine triggers a check at once)", ge=0.2, le=3600, unit="seconds"),
+            "storage_repair_concurrency": Key(int, 2, "replicas fetched again at the same time", ge=1, le=16),
+            "storage_repair_bytes_per_s": Key(int, 32 * 1024**2, "bandwidth of replica repair fetches",
+                                              ge=64 * 1024, le=16 * 1024**3),
+            "storage_scrub_bytes_per_s": Key(int, 4 * 1024**2, "held replicas re-hashed per second, in the background",
+                                             ge=64 * 1024, le=16 * 1024**3),
             "http_listen": Key(str, "", 'HTTP gateway "HOST:PORT" (gateway role; e.g. "127.0.0.1:8080"); empty: off'),
             "http_allow_remote": Key(bool, False, "let http_listen name a non-loopback host (put TLS in front of it)"),
             "http_max_body_bytes": Key(int, 256 * 1024**2, "largest dataset upload over HTTP", ge=1024, le=16 * 1024**3),
@@ -152,7 +187,8 @@ NODE_CONFIG = Schema(
             "enable_debug_rpc": Key(bool, False, "expose debug_* RPC methods (tests only)"),
         }),
     }),
-    checks=[_multiaddrs_parse, _redial_cap_not_below_base, _metrics_listen_is_host_port, _http_listen_is_loopback_host_port],
+    checks=[_multiaddrs_parse, _redial_cap_not_below_base, _metrics_listen_is_host_port, _http_listen_is_loopback_host_port,
+            _pending_per_ip_within_total],
 )
 
 

@@ -23,6 +23,10 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2  # usage or config error
 EXIT_UNREACHABLE = 3  # could not reach a node
 EXIT_REPLAY_MISMATCH = 4  # `metanode cage replay`: the replay ran, but some digest differs
+# `metanode daemon start`: the node's data directory failed under it (disk full, unwritable or
+# broken, its lock lost); the daemon stopped, before voting on anything it could not record,
+# with one error line naming the path and the cause.
+EXIT_DATA_DIR = 5
 
 # `metanode receipt verify`: the first failed check decides the code (documented in
 # node/receipts/verify.py and the command's --help). 0, 1 (the replay could not run)
@@ -72,8 +76,11 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = -32603, 500, EXIT_RUNTIME, "the handler failed unexpectedly (a bug on the node)"
     # Implementation-defined server errors (-32000..-32099)
     REQUEST_TIMEOUT = -32001, 504, EXIT_RUNTIME, "the request did not finish within its deadline"
-    RATE_LIMITED = -32002, 429, EXIT_RUNTIME, "the caller's per-peer rate limit is used up; data.retry_after_s"
+    RATE_LIMITED = -32002, 429, EXIT_RUNTIME, "the caller's (data.scope peer) or the node's (total) call rate is used up; data.retry_after_s"
     UNAUTHORIZED = -32003, 401, EXIT_RUNTIME, "the caller is not authenticated (peer id or HTTP signature)"
+    TOO_MANY_STREAMS = -32004, 503, EXIT_RUNTIME, "the caller has as many RPC streams open as allowed (data.scope, data.limit); this one is closed"
+    STREAM_IDLE = -32005, 504, EXIT_RUNTIME, "the stream completed no request within data.idle_timeout_s and was closed; open a new one"
+    TOO_MANY_SUBSCRIPTIONS = -32006, 429, EXIT_RUNTIME, "the stream has as many subscriptions as allowed (data.limit)"
 
     # Transactions refused by the mempool (node/consensus/rpc.py; data.reason is the mempool's reason)
     TX_MALFORMED = 1001, 400, EXIT_RUNTIME, "not a well-formed transaction encoding"
@@ -82,10 +89,10 @@ class ErrorCode(IntEnum):
     TX_BAD_SIGNATURE = 1004, 400, EXIT_RUNTIME, "the transaction's signature is not its sender's"
     TX_UNKNOWN_TYPE = 1005, 400, EXIT_RUNTIME, "no such transaction type"
     TX_INVALID_PAYLOAD = 1006, 400, EXIT_RUNTIME, "the payload is not valid for the transaction type"
-    TX_BAD_NONCE = 1007, 409, EXIT_RUNTIME, "the nonce is stale, already taken or too far ahead"
+    TX_BAD_NONCE = 1007, 409, EXIT_RUNTIME, "the nonce is stale, already taken or too far ahead; resend from data.expected_nonce"
     TX_DUPLICATE = 1008, 409, EXIT_RUNTIME, "this exact transaction is already pending"
-    TX_SENDER_LIMIT = 1009, 429, EXIT_RUNTIME, "the sender's share of the mempool is used up"
-    TX_MEMPOOL_FULL = 1010, 503, EXIT_RUNTIME, "the mempool is full"
+    TX_SENDER_LIMIT = 1009, 429, EXIT_RUNTIME, "the sender's share of the mempool is used up; later, resend from data.expected_nonce"
+    TX_MEMPOOL_FULL = 1010, 503, EXIT_RUNTIME, "the mempool is full; retry later from data.expected_nonce"
     TX_COMMIT_TIMEOUT = 1020, 504, EXIT_RUNTIME, "the transaction was not committed within the timeout"
 
     # Receipt queries (node/receipts/rpc.py; data.reason is the query's own stable code)
@@ -185,6 +192,7 @@ class UserError(Exception):
     """A failure to report as one clear line and an exit code, never a traceback."""
 
     exit_code = EXIT_RUNTIME
+    reported = False  # already logged as one line (the daemon's stops): the CLI only exits with the code
 
     def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
@@ -196,6 +204,14 @@ class ConfigError(UserError):
     """Bad configuration: names the file, the key and what was expected."""
 
     exit_code = EXIT_USAGE
+
+
+class DataDirError(UserError):
+    """The data directory failed under a running node (disk full, a write or
+    read refused, a file broken, the directory's lock lost). The message names
+    the path and the cause; the daemon stops with :data:`EXIT_DATA_DIR`."""
+
+    exit_code = EXIT_DATA_DIR
 
 
 class UnreachableError(UserError):

@@ -33,8 +33,8 @@ from node.consensus.service import ConsensusService
 from node.p2p.host import build_host, running_host
 from node.p2p.jsonrpc import CallContext, Dispatcher, Registry, RpcError
 from node.p2p.peers import PeerManager
-from node.p2p.rpc import RPC_PROTOCOL, RpcServer
-from node.roles.confinement import confine_daemon
+from node.p2p.rpc import RPC_PROTOCOL, RpcServer, StreamLimits
+from node.roles.confinement import FdBudget, confine_daemon, daemon_connection_limits, fit_fd_budget, open_fd_count
 from node.roles.gateway_role import GatewayRole
 from node.roles.issuer import NodeIssuer
 from node.roles.mesh import MeshView, register_mesh_methods
@@ -47,6 +47,7 @@ from node.roles.registrar_role import RegistrarRole
 from node.roles.role import Role, RoleContext, Service
 from node.roles.scheduler import SchedulerRole
 from node.roles.storage_role import StorageRole
+from node.roles.supervise import StartedProxy, Supervisor, daemon_failure, data_dir_lost_error, lock_lost
 from node.roles.validator import ChainRole, open_chain
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("metanode.daemon")
 
 SHUTDOWN_GRACE_S = 4.0
+DATA_DIR_CHECK_S = 1.0  # how often the data directory lock is checked
 METRICS_INTERVAL_S = 2.0
 LOCK_NAME = "daemon.lock"
 
@@ -86,6 +88,11 @@ class DataDirLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor holding the lock (None when not held)."""
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -120,12 +127,14 @@ class Daemon:
         self.peers: PeerManager | None = None
         self.rpc_server: RpcServer | None = None
         self.confinement: dict[str, Any] | None = None
+        self.fd_budget: FdBudget | None = None
         self.metrics = NodeMetrics()
         self.metrics_port: int | None = None
         self.registry = Registry()
         self.services: list[Service] = []
         self.started_at = time.monotonic()
         self._cancel: trio.CancelScope | None = None
+        self.supervisor = Supervisor()
         self._register_core_methods()
         if config.debug["enable_debug_rpc"]:
             register_debug_methods(self.registry)
@@ -142,6 +151,7 @@ class Daemon:
             registered_nodes=self._registered_nodes,
             genesis_validators=tuple(self.genesis.validators) if self.genesis else (),
             metrics=lambda: self.metrics,
+            under_replicated=lambda: self.storage.under_replicated() if self.storage else {"count": 0, "datasets": []},
         ))
 
     def _registered_nodes(self) -> list[dict[str, Any]]:
@@ -161,7 +171,17 @@ class Daemon:
             "peers": len(self.peers.peers) if self.peers else 0,
             "cage": self.confinement,
             "metrics": f"{self.config.metrics['listen'].rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else None,
+            "budget": self.budget_report(),
         }
+
+    def budget_report(self) -> dict[str, Any]:
+        """Open files, connections, handshakes (and streams): limits, use, refusals."""
+        report: dict[str, Any] = {}
+        if self.fd_budget is not None:
+            report["open_files"] = {**self.fd_budget.to_dict(), "in_use": open_fd_count()}
+        if self.host is not None:
+            report.update(self.host.get_network().admission.report())
+        return report
 
     async def _net_peers(self, ctx: CallContext) -> list[dict[str, Any]]:
         return self.peers.snapshot() if self.peers else []
@@ -178,8 +198,32 @@ class Daemon:
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled (or :meth:`stop`). ``task_status.started(self)`` once serving."""
+        """Run until cancelled (or :meth:`stop`). ``task_status.started(self)`` once serving.
+
+        A failure that ends the daemon leaves as one UserError (node/roles/supervise.py):
+        a failed data directory as DataDirError (exit code 5) naming the path and cause.
+        Once serving, it is also logged, as one error line, and marked ``reported``."""
+        serving = StartedProxy(task_status)
+        try:
+            await self._run(task_status=serving)
+        except BaseException as exc:
+            verdict = daemon_failure(exc, self.config.data_dir, self.supervisor.failed[0] if self.supervisor.failed else None)
+            if verdict is None:
+                raise
+            failure, unexpected = verdict
+            if serving.done:
+                log.error("daemon stopped by a failure", cause=str(failure), exit_code=failure.exit_code,
+                          task=self.supervisor.failed[0] if self.supervisor.failed else None,
+                          exc_info=exc if unexpected else None)  # a traceback only for a bug
+                failure.reported = True
+            raise failure from None
+
+    async def _run(self, *, task_status: Any) -> None:
         cfg = self.config
+        # Refused before anything starts: limits the OS's descriptor limit cannot hold.
+        self.fd_budget = fit_fd_budget(cfg)
+        connection_limits, privileged = daemon_connection_limits(
+            cfg, self.genesis.validators if self.genesis else (), self.identity.peer_id)
         lock = DataDirLock(cfg.data_dir)
         lock.acquire()
         try:
@@ -189,13 +233,16 @@ class Daemon:
 
                 self.cage_pool = CagePool(cfg.cage["policies_file"])
             # Before any thread starts or any peer byte is parsed.
-            self.confinement = confine_daemon(cfg)
+            self.confinement = confine_daemon(cfg, open_files=self.fd_budget.total)
             net, limits = cfg.network, cfg.limits
-            self.host = build_host(self.identity, max_connections=limits["max_peers"])
+            self.host = build_host(self.identity, limits=connection_limits, privileged_peers=privileged)
             if self.genesis is not None:
                 self._compose_roles(self.genesis)
             dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"], on_call=self.metrics.on_rpc)
-            self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"])
+            self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"],
+                                        rate_total=limits["rpc_rate_total"], burst_total=limits["rpc_burst_total"], idle_timeout=limits["stream_idle_timeout"],
+                                        streams=StreamLimits(limits["max_streams_per_connection"], limits["max_streams_per_peer"],
+                                                             budget=self.host.get_network().admission.budget))
             self.host.set_stream_handler(RPC_PROTOCOL, self.rpc_server.handle_stream)
             self.peers = PeerManager(
                 self.host,
@@ -211,13 +258,14 @@ class Daemon:
                 try:
                     async with running_host(self.host, listen):
                         async with trio.open_nursery() as nursery:
-                            await nursery.start(self.peers.run)
+                            await nursery.start(self.supervisor.task("peers", self.peers.run))
+                            nursery.start_soon(self.supervisor.loop("data-dir", self._watch_data_dir, lock))
                             if cfg.metrics["listen"]:
                                 host, port = cfg.metrics["listen"].rsplit(":", 1)
-                                self.metrics_port = await nursery.start(self.metrics.serve, host, int(port))
-                            nursery.start_soon(self._update_metrics)
+                                self.metrics_port = await nursery.start(self.supervisor.task("metrics", self.metrics.serve, host, int(port)))
+                            nursery.start_soon(self.supervisor.loop("metrics-sampler", self._update_metrics))
                             for service in self.services:
-                                await nursery.start(service.run)
+                                await nursery.start(self.supervisor.task(service.name, service.run))
                             log.info("daemon started", peer_id=self.identity.peer_id, listen=self.listen_addrs(), roles=cfg.roles)
                             task_status.started(self)
                 except OSError as exc:
@@ -226,7 +274,10 @@ class Daemon:
             if self.cage_pool is not None:
                 self.cage_pool.close()
             if self.db is not None:
-                self.db.close()
+                try:
+                    self.db.close()
+                except Exception as exc:  # a database that failed under us: the failure is reported already
+                    log.debug("node database close failed", reason=str(exc)[:200])
             lock.release()
             log.info("daemon stopped", peer_id=self.identity.peer_id)
 
@@ -249,10 +300,21 @@ class Daemon:
                 self.services.extend(role.build(context))
         self.storage = context.storage
 
+    async def _watch_data_dir(self, lock: DataDirLock) -> None:
+        """Stop the daemon when its data directory lock is lost (the file removed
+        or replaced): another daemon could then take the directory and sign with
+        the same key."""
+        while True:
+            await trio.sleep(DATA_DIR_CHECK_S)
+            why = lock_lost(lock.path, lock.fd)
+            if why is not None:
+                raise data_dir_lost_error(lock.path, why)
+
     async def _update_metrics(self) -> None:
         """Gauges sampled every few seconds; counters are updated where events happen."""
         while True:
             self.metrics.set_peers(len(self.peers.peers) if self.peers else 0)
+            self.metrics.set_budget(self.budget_report())
             if self.chain is not None and self.app is not None:
                 self.metrics.set_mempool(len(self.chain.mempool), self.chain.mempool.size_bytes)
                 self.metrics.set_jobs(self.app.state.queue_depth())

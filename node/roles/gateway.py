@@ -89,8 +89,7 @@ class Gateway:
             raise RpcError(ErrorCode.STATE_REFUSED, "refused by the chain state", {"reason": refused})
         admission = self.chain.submit(raw)
         if not admission.accepted:
-            raise RpcError(ErrorCode.SUBMIT_REJECTED, "transaction rejected",
-                           {"reason": admission.code.value if admission.code else None, "detail": admission.message})
+            raise RpcError(ErrorCode.SUBMIT_REJECTED, "transaction rejected", admission.rejection_data())
         receipt_id = self.receipt(method, tenant, raw, "accepted", 0, tx.hash)
         return tx.hash, receipt_id
 

@@ -50,6 +50,9 @@ class NodeMetrics:
         self.cage_runs = Counter("metanode_cage_runs", "Cage runs by outcome.", ["status"], registry=r)
         self.cage_seconds = Histogram("metanode_cage_run_seconds", "Wall time of cage runs.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
         self.storage_bytes = Gauge("metanode_storage_bytes", "Bytes in the node's data directory (database and blobs).", registry=r)
+        self.budget_in_use = Gauge("metanode_budget_in_use", "Budgeted resources held (open_files, connections, pending_connections, streams...).", ["resource"], registry=r)
+        self.budget_limit = Gauge("metanode_budget_limit", "Limit of each budgeted resource (node-wide).", ["resource"], registry=r)
+        self.budget_refused = Gauge("metanode_budget_refused", "Reservations of each resource refused since start.", ["resource"], registry=r)
         self._rpc_methods: set[str] = set()
         self._job_states: set[str] = set()
 
@@ -66,6 +69,19 @@ class NodeMetrics:
 
     def set_peers(self, n: int) -> None:
         self.peers.set(n)
+
+    def set_budget(self, report: Mapping[str, Any]) -> None:
+        """The daemon's budget report (Daemon.budget_report): each resource's use, limit and refusals."""
+        for resource, entry in report.items():
+            if not isinstance(entry, Mapping) or "limit" not in entry:
+                continue
+            if isinstance(entry.get("in_use"), int):
+                self.budget_in_use.labels(resource=resource).set(entry["in_use"])
+            if isinstance(entry["limit"], int):
+                self.budget_limit.labels(resource=resource).set(entry["limit"])
+            refused = entry.get("refused")
+            if isinstance(refused, Mapping):
+                self.budget_refused.labels(resource=resource).set(sum(refused.values()))
 
     def on_rpc(self, method: str, ok: bool) -> None:
         """Count one answered call; past MAX_RPC_METHOD_LABELS distinct names, new ones count as "other"."""

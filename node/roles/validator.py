@@ -42,6 +42,8 @@ def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: o
         data_dir=config.data_dir, registry=TxTypeRegistry.with_builtins(),
         mempool_config=MempoolConfig(max_txs=config.consensus["mempool_max_txs"], max_bytes=config.consensus["mempool_max_bytes"]),
         max_frame=config.limits["max_frame_bytes"],
+        double_sign_check_height=config.consensus["double_sign_check_height"],
+        unsafe_sign_immediately=config.consensus["unsafe_sign_immediately"],
     )
     return app, chain
 
@@ -65,4 +67,4 @@ class ChainRole:
         register_chain_methods(context.registry, chain)
         chain.on_finalized.append(lambda block: record_block(metrics, block))
         register_receipt_methods(context.registry, app.receipts, chain.store, context.genesis, app)
-        return [Service("consensus", chain.run, lambda: {"height": chain.height, "validator": chain.is_validator})]
+        return [Service("consensus", chain.run, lambda: {"height": chain.height, "validator": chain.is_validator, "signing": chain.signing})]

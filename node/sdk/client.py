@@ -60,9 +60,32 @@ class AsyncClient:
             head = await rpc.call("chain_head")
             yield cls(rpc, identity, head["chain_id"])
 
-    async def _signed(self, tx_type: str, payload: Any) -> bytes:
-        nonce = (await self.rpc.call("chain_nonce", {"sender": self.identity.public_key.hex()}))["pending_next"]
+    async def _signed(self, tx_type: str, payload: Any, *, nonce: int | None = None) -> bytes:
+        if nonce is None:
+            answer = await self.rpc.call("chain_nonce", {"sender": self.identity.public_key.hex()})
+            # The first gap in our nonces: signed past it, a transaction would wait behind it.
+            nonce = answer.get("expected_next", answer["pending_next"])
         return sign_tx(self.identity, chain_id=self.chain_id, nonce=nonce, tx_type=tx_type, payload=payload).encoded
+
+    async def _submit(self, method: str, tx_type: str, payload: Any, *, timeout: float | None = None) -> Any:
+        """Sign and submit one transaction through ``method``; when the node
+        answers that it needs another nonce from us (``expected_nonce``: ours
+        was taken by a transaction we sent meanwhile, or a gap opened), sign
+        again with that nonce and resend (README: "after each rejection code")."""
+        from node.p2p.rpc import RpcCallError
+
+        tx = await self._signed(tx_type, payload)
+        wait = {"mode": "commit", "timeout": timeout} if timeout else {}
+        for attempt in range(3):
+            try:
+                return await self.rpc.call(method, {"tx": tx.hex(), **wait}, timeout=(timeout or 0) + 30)
+            except RpcCallError as exc:
+                data = exc.data if isinstance(exc.data, dict) else {}
+                expected = data.get("expected_nonce")
+                if data.get("reason") != "bad_nonce" or not isinstance(expected, int) or attempt == 2:
+                    raise
+                tx = await self._signed(tx_type, payload, nonce=expected)
+        raise AssertionError("unreachable")
 
     async def upload_dataset(self, path: str | Path, *, name: str | None = None, format: str | None = None,
                              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -85,9 +108,8 @@ class AsyncClient:
                 progress(min(start + UPLOAD_CHUNK, len(data)), len(data))
         digest = bytes.fromhex(info["digest"])
         receipt_id = await self.wait_for_receipt(info["receipt"]["id"])
-        tx = await self._signed("dataset.register", {"digest": digest, "size": len(data), "name": name, "format": fmt,
-                                                     "receipt": bytes.fromhex(receipt_id)})
-        done = await self.rpc.call("tx_submit", {"tx": tx.hex(), "mode": "commit", "timeout": 120}, timeout=150)
+        done = await self._submit("tx_submit", "dataset.register", {"digest": digest, "size": len(data), "name": name,
+                                                                     "format": fmt, "receipt": bytes.fromhex(receipt_id)}, timeout=120)
         if done.get("state_rejected"):
             raise UserError(f"dataset {name} was uploaded but its registration was refused: {done['state_rejected']}")
         return info
@@ -139,14 +161,14 @@ class AsyncClient:
         """Submit a job over datasets (a digest, or {input name: digest}); returns the job id."""
         sources = data_source if isinstance(data_source, dict) else {parameters.get("input", "data"): data_source}
         inputs = {name: bytes.fromhex(digest) for name, digest in sources.items()}
-        tx = await self._signed("job.submit", {"type": job_type, "inputs": inputs, "params": parameters,
-                                               "replication": replication, "deadline_blocks": deadline_blocks})
-        return (await self.rpc.call("analytics_submit", {"tx": tx.hex()}))["job_id"]
+        answer = await self._submit("analytics_submit", "job.submit", {"type": job_type, "inputs": inputs, "params": parameters,
+                                                                       "replication": replication, "deadline_blocks": deadline_blocks})
+        return str(answer["job_id"])
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Ask the chain to cancel one of your jobs (it must not be final yet)."""
-        tx = await self._signed("job.cancel", {"job": bytes.fromhex(job_id)})
-        return await self.rpc.call("analytics_cancel", {"tx": tx.hex()})
+        answer: dict[str, Any] = await self._submit("analytics_cancel", "job.cancel", {"job": bytes.fromhex(job_id)})
+        return answer
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
         from node.p2p.rpc import RpcCallError
