@@ -64,6 +64,10 @@ route_libp2p_logs()
 log = structlog.get_logger("metanode.p2p")
 
 DEFAULT_MAX_CONNECTIONS = 512
+# libp2p listens with a backlog of 128. A flood of connections fills a queue that
+# short and the kernel then drops every newcomer's SYN, an honest client's too,
+# before our admission can judge it. The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 DIAL_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 
@@ -156,10 +160,24 @@ def build_host(
         limits, budget, privileged=privileged_peers, idle_protocols=[PING_PROTOCOL])
     # A duck-typed stand-in: libp2p types the attribute as its concrete class, not an interface.
     swarm.auto_connector = NoAutoConnector()  # type: ignore[assignment]
+    # Upstream's own resource manager (libp2p.rcmgr) keeps opaque limits of its own and,
+    # under a connection flood, "gracefully degrades" by refusing streams on every
+    # connection, honest ones included. The admission's budget is the one authority.
+    swarm.set_resource_manager(None)
     # Redial policy (capped backoff, no 60 s negative cache) is ours:
     # node/p2p/peers.py. One attempt per dial here.
     swarm.retry_config = RetryConfig(max_retries=0)
     return host
+
+
+def _deepen_listen_backlog(host: IHost) -> None:
+    """Re-``listen`` every TCP listener of ``host`` with :data:`LISTEN_BACKLOG`
+    (Linux applies a new backlog to a socket that is already listening)."""
+    for transport_listener in host.get_network().listeners.values():
+        for socket_listener in getattr(transport_listener, "listeners", []):
+            sock = getattr(socket_listener, "socket", None)
+            if sock is not None:
+                sock.listen(LISTEN_BACKLOG)
 
 
 def check_port_free(addr: multiaddr.Multiaddr) -> None:
@@ -211,6 +229,7 @@ async def running_host(
                 try:
                     if listen_addrs and not host.get_addrs():
                         raise OSError(f"could not listen on {', '.join(map(str, listen_addrs))}")
+                    _deepen_listen_backlog(host)
                     task_status.started()
                     await stop.wait()
                 finally:

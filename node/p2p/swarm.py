@@ -13,6 +13,7 @@ import math
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,7 @@ class _Admitted:
     reservation: Reservation
     peer: str
     since: float
+    ip: str = ""  # source address of an inbound connection ("" for one we dialled)
 
 
 class ConnectionAdmission:
@@ -124,6 +126,9 @@ class ConnectionAdmission:
     (system and per source IP) at accept. When one of those is full, the
     oldest pending handshake of the full scope is closed to make room if it
     has been pending for ``evict_after`` (it is almost certainly silent);
+    else, when the whole table is full of young handshakes (a fast flood),
+    the oldest of the address holding the most, if that is more than one
+    beyond the newcomer's address (fair shares per source address);
     otherwise the newcomer is closed at once. Either way the descriptors
     held by handshakes stay within ``max_pending``.
 
@@ -158,7 +163,7 @@ class ConnectionAdmission:
             full = self.budget.check(PENDING, ip=ip)
             if full is None:
                 break
-            victim = self._oldest_pending(ip if full.scope == "ip" else None)
+            victim = self._oldest_pending(ip if full.scope == "ip" else None, newcomer_ip=ip)
             if victim is None:
                 break
             self.evicted_pending += 1
@@ -171,47 +176,73 @@ class ConnectionAdmission:
         self.pending[id(handshake)] = handshake
         return handshake
 
-    def _oldest_pending(self, ip: str | None) -> PendingHandshake | None:
+    def _oldest_pending(self, ip: str | None, *, newcomer_ip: str) -> PendingHandshake | None:
         """The handshake to close for a newcomer: the oldest silent one, else
-        the oldest past ``evict_after``; None if every one is young."""
+        the oldest past ``evict_after``; else, when the whole table is full, the
+        oldest of the source address holding the most handshakes, if it holds
+        more than one beyond the newcomer's address (fair shares: a flood, from
+        however many addresses, cannot keep a quiet address's handshake out);
+        None if no handshake may go."""
         now = trio.current_time()
         scope = [h for h in self.pending.values() if ip is None or h.ip == ip]
+        per_ip = Counter(h.ip for h in scope)
         silent = [h for h in scope if h.received == 0 and h.started <= now - SILENT_AFTER_S]
         stale = [h for h in scope if h.started <= now - self.limits.evict_after]
-        return min(silent or stale, key=lambda h: h.started, default=None)
+        # The busiest address's first, then the oldest: a flood's own handshakes go before a quiet address's.
+        victim = min(silent or stale, key=lambda h: (-per_ip[h.ip], h.started), default=None)
+        if victim is not None or ip is not None:
+            return victim
+        held = max(per_ip.values(), default=0)
+        if held <= per_ip.get(newcomer_ip, 0) + 1:
+            return None
+        return min((h for h in scope if per_ip[h.ip] == held), key=lambda h: h.started)
 
     # -- after authentication ----------------------------------------------------
-    async def admit(self, swarm: Swarm, muxed_conn: Any) -> None:
-        """Take a connection slot for ``muxed_conn`` or raise BudgetExceeded."""
+    async def admit(self, swarm: Swarm, muxed_conn: Any, ip: str = "") -> None:
+        """Take a connection slot for ``muxed_conn`` (inbound from ``ip``) or raise BudgetExceeded."""
         peer = muxed_conn.peer_id.to_base58()
         privileged = peer in self.privileged
         if self.budget.check(CONNECTIONS, peer=peer, privileged=privileged) is not None:
-            victim = self._idlest_stranger(swarm)
+            victim = self._idlest_stranger(swarm, newcomer_ip=ip)
             if victim is not None:
                 self.evicted_idle += 1
                 await self._evict(victim)
         # Raises (and counts the refusal) if there was no room and no one to make it.
         reservation = self.budget.reserve(CONNECTIONS, peer=peer, privileged=privileged)
-        self.admitted[id(muxed_conn)] = _Admitted(reservation, peer, trio.current_time())
+        self.admitted[id(muxed_conn)] = _Admitted(reservation, peer, trio.current_time(), ip)
 
     def release(self, muxed_conn: Any) -> None:
         slot = self.admitted.pop(id(muxed_conn), None)
         if slot is not None:
             slot.reservation.release()
 
-    def _idlest_stranger(self, swarm: Swarm) -> Any:
+    def _idlest_stranger(self, swarm: Swarm, *, newcomer_ip: str = "") -> Any:
+        """The stranger connection to close for a newcomer: the oldest idle one
+        past ``evict_after``; else (a flood keeps every slot young) the oldest
+        idle one of the source address holding the most stranger connections,
+        if it holds more than one beyond the newcomer's address (fair shares);
+        None if none may go. Idle: no stream but keepalive pings."""
         cutoff = trio.current_time() - self.limits.evict_after
-        oldest: tuple[float, Any] | None = None
+        idle: list[tuple[_Admitted, Any]] = []
+        per_ip: Counter[str] = Counter()
         for conns in list(swarm.connections.values()):
             for conn in conns:
                 slot = self.admitted.get(id(conn.muxed_conn))
-                if slot is None or slot.peer in self.privileged or slot.since > cutoff:
+                if slot is None or slot.peer in self.privileged:
                     continue
-                if any(_protocol_of(s) not in self.idle_protocols for s in getattr(conn, "streams", ())):
-                    continue  # it is doing something
-                if oldest is None or slot.since < oldest[0]:
-                    oldest = (slot.since, conn)
-        return oldest[1] if oldest else None
+                per_ip[slot.ip] += 1
+                if not any(_busy(s, self.idle_protocols) for s in getattr(conn, "streams", ())):
+                    idle.append((slot, conn))
+        stale = [(slot, conn) for slot, conn in idle if slot.since <= cutoff]
+        if stale:
+            # The busiest address's first: under a flood of reconnecting strangers the
+            # longest-lived idle connection is often the one honest client.
+            return min(stale, key=lambda item: (-per_ip[item[0].ip], item[0].since))[1]
+        held = max((per_ip[slot.ip] for slot, _ in idle if slot.ip), default=0)
+        if held <= per_ip.get(newcomer_ip, 0) + 1:
+            return None
+        busiest = [(slot, conn) for slot, conn in idle if slot.ip and per_ip[slot.ip] == held]
+        return min(busiest, key=lambda item: item[0].since)[1]
 
     async def _evict(self, conn: Any) -> None:
         self.release(conn.muxed_conn)  # its slot is the newcomer's from now on
@@ -268,6 +299,26 @@ ACCEPT_OVERLOAD = AcceptOverloadLog()
 logging.getLogger("trio.serve_listeners").addFilter(ACCEPT_OVERLOAD)
 
 
+class CancelledRegistrationLog(logging.Filter):
+    """Drops upstream's traceback for a connection whose registration we cancelled.
+
+    The admission closes a handshake it evicts or that missed its deadline by
+    cancelling its scope; when that lands while upstream's ``add_conn`` waits
+    for the muxer, upstream logs ``[ADDCONN_FAIL]`` with a full traceback at
+    WARNING. It is the admission working (counted in node_status under
+    ``budget.evicted`` and ``handshake_timeouts``), not a fault. Any other
+    ``add_conn`` failure still gets through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("[ADDCONN_FAIL]"):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, trio.Cancelled) for arg in args)
+
+
+logging.getLogger("libp2p.network.swarm").addFilter(CancelledRegistrationLog())
+
+
 class _CountingRawConnection(RawConnection):
     """A raw connection that tells its pending handshake when the dialer speaks."""
 
@@ -286,6 +337,16 @@ def _protocol_of(stream: Any) -> str | None:
     except Exception:
         return None
     return None if protocol is None else str(protocol)
+
+
+def _busy(stream: Any, idle_protocols: frozenset[str]) -> bool:
+    """Whether ``stream`` shows its peer doing something: a stream the peer
+    opened, on a protocol other than keepalive. Streams we opened to it
+    (identify, consensus gossip trying its luck) say nothing of the peer."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if getattr(muxed, "is_initiator", False):
+        return False
+    return _protocol_of(stream) not in idle_protocols
 
 
 def _remote_ip(read_write_closer: Any) -> str:
@@ -364,7 +425,7 @@ class HardenedSwarm(Swarm):
         admission = getattr(self, "admission", None)
         if admission is not None and not already:
             try:
-                await admission.admit(self, muxed_conn)
+                await admission.admit(self, muxed_conn, handshake.ip if handshake is not None else "")
             except BudgetExceeded as refusal:
                 log.debug("connection refused: %s (peer %s)", refusal, muxed_conn.peer_id)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):

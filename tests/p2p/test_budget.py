@@ -232,3 +232,23 @@ def test_pending_per_ip_above_the_total_is_a_config_error(tmp_path):
     doc = {"node": {"identity_key": "k", "data_dir": "d"}, "limits": {"max_pending_connections": 8, "max_pending_per_ip": 9}}
     with pytest.raises(ConfigError, match=r"\[limits\] max_pending_per_ip: expected at most max_pending_connections \(8\)"):
         parse_config(doc, tmp_path / "node.toml")
+
+
+async def test_a_flood_from_many_addresses_cannot_keep_a_quiet_address_out():
+    """When every pending slot is taken by young handshakes (a fast flood: none is
+    silent or stale yet), a newcomer from an address holding fewer takes the oldest
+    slot of the busiest address; an address already at its fair share cannot."""
+    from node.p2p.swarm import ConnectionAdmission, ConnectionLimits
+
+    admission = ConnectionAdmission(ConnectionLimits(max_peers=8, max_pending=6, max_pending_per_ip=6))
+    flood = [admission.admit_pending(f"10.0.0.{i % 2}") for i in range(6)]  # two flooding addresses, 3 each
+    assert all(h is not None for h in flood)
+    honest = admission.admit_pending("192.0.2.7")
+    assert honest is not None and not honest.evicted
+    assert sum(h.evicted for h in flood if h is not None) == 1
+    assert flood[0] is not None and flood[0].evicted  # the oldest of the busiest address
+    # Now 10.0.0.1 holds 3, 10.0.0.0 holds 2, 192.0.2.7 holds 1: the flooders are at their share.
+    assert admission.admit_pending("10.0.0.0") is None
+    assert admission.admit_pending("10.0.0.1") is None
+    second = admission.admit_pending("192.0.2.8")  # another quiet address still gets in
+    assert second is not None
