@@ -51,11 +51,19 @@ async def connect_to_node(
             raise UnreachableError(f"could not reach {maddr} within {timeout:g} s") from None
         except Exception as exc:
             raise UnreachableError(f"could not reach {maddr}: {_short(exc)}") from None
+        opened = False
         try:
             async with open_rpc_client(host, info.peer_id, timeout=timeout, max_frame=max_frame) as client:
+                opened = True
                 yield client
         except trio.TooSlowError:
             raise UnreachableError(f"{maddr} did not open an RPC stream within {timeout:g} s") from None
+        except Exception as exc:
+            if opened:
+                raise  # the caller's own failure, not ours to rename
+            # Connected, then the node closed the connection or refused the stream
+            # (limits, shutting down): as unreachable as a failed dial.
+            raise UnreachableError(f"{maddr} did not open an RPC stream: {_short(exc)}") from None
 
 
 async def call_node(addr: str, method: str, params: Any = None, *, timeout: float = 30.0) -> Any:

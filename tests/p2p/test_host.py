@@ -137,3 +137,20 @@ async def test_a_failing_stream_handler_resets_its_stream_only(node_dir):
                 async with open_rpc_client(client, info.peer_id) as rpc:
                     assert (await rpc.call("node_status"))["peer_id"] == daemon.identity.peer_id
                 assert client.get_network().get_connections(info.peer_id) == [conn]
+
+
+async def test_a_node_that_refuses_the_rpc_stream_is_unreachable_not_a_traceback():
+    """Connected, then the stream refused (no RPC handler, limits, shutting down):
+    the client says the node is unreachable (exit 3 in the CLI), with no traceback."""
+    from node.base.errors import EXIT_UNREACHABLE, UnreachableError, sole_exception
+
+    server = build_host(Identity.generate(), max_connections=8)  # speaks no /metanode/rpc
+    async with running_host(server, [LOOPBACK]):
+        address = f"{server.get_addrs()[0]}"
+        with pytest.raises(BaseException) as raised:  # trio wraps it in exception groups; the CLI unwraps
+            async with connect_to_node(address, timeout=10):
+                pass
+        refused = sole_exception(raised.value)
+        assert isinstance(refused, UnreachableError), repr(refused)
+        assert "did not open an RPC stream" in str(refused)
+        assert refused.exit_code == EXIT_UNREACHABLE
