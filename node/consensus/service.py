@@ -324,17 +324,21 @@ class ConsensusService:
             for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
                 if not self.links.speaks(peer, SYNC_PROTOCOL):  # type: ignore[union-attr]
                     continue
-                height = self.core.height
-                while True:
-                    blocks: list[Block] = []
-                    fetched = await self._sync_batch(peer, height, feed=blocks.append)
-                    for block in blocks:
-                        self._post("block", block)
-                    if not fetched:
-                        break
-                    height += fetched
+                await self._sync_from(peer, self.core.height)
                 answered = answered or self._peer_answered_sync
             self._post("gate-synced", answered)
+
+    async def _sync_from(self, peer: Any, height: int) -> int:
+        """Fetch blocks after ``height`` from ``peer`` batch by batch until it has no
+        more, posting each to the actor; returns the height reached."""
+        while True:
+            blocks: list[Block] = []
+            fetched = await self._sync_batch(peer, height, feed=blocks.append)
+            for block in blocks:
+                self._post("block", block)
+            if not fetched:
+                return height
+            height += fetched
 
     # -- the actor ----------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:
@@ -502,14 +506,7 @@ class ConsensusService:
             peers = preferred + [p for p in connected.values() if p not in preferred and self.links.speaks(p, SYNC_PROTOCOL)]  # type: ignore[union-attr]
             height = need.height
             for peer in peers:
-                while True:
-                    blocks: list[Block] = []
-                    fetched = await self._sync_batch(peer, height, feed=blocks.append)
-                    for block in blocks:
-                        self._post("block", block)
-                    if not fetched:
-                        break
-                    height += fetched
+                height = await self._sync_from(peer, height)
                 if height > need.height:
                     break
         finally:
