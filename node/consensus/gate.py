@@ -5,12 +5,22 @@ The safety file (``safety.py``) keeps a validator from signing twice at one
 starts without it (an empty or wiped data directory, a lost file) with a key
 that has signed before cannot know what it signed. So it does not sign at
 once: it follows the chain (syncs to the head the network has finalised, from
-a peer that answered), then watches ``check_heights`` more heights be
-finalised without it, and only then signs, from the height after that. What
+a peer that answered) and looks at the commit seals of the last
+``check_heights`` blocks, as CometBFT's ``double_sign_check_height`` does. If
+its key sealed none of them it was not taking part when it lost its state,
+and it signs. If its key sealed one, it was: it watches ``check_heights``
+more heights be finalised without it, and only then signs, from the height
+after that. What
 it may have signed before the wipe was at or below the head it synced to
 (plus the height then being decided), so everything it signs afterwards is at
 a height it cannot have signed before. CometBFT's ``double_sign_check_height``
-guards the same risk.
+guards the same risk (and refuses to start in the second case; here the
+validator waits instead, and says so loudly: if the others cannot finalise
+without it, the operator decides, with ``--unsafe-sign-immediately``).
+
+Without the seal check a validator that merely joined after block 1 (a
+normal start of a new network, or a new validator) would also watch, and if
+the others needed its vote for a quorum the chain would stall for good.
 
 A chain whose head is its genesis (height 0) has nothing final to double-sign
 on: a validator that finds it so, from a peer's answer, signs at once, so a
@@ -55,11 +65,12 @@ class SigningGate:
     def open(self) -> bool:
         return self.state == OPEN
 
-    def synced(self, head: int, *, peer_answered: bool, alone: bool) -> bool:
+    def synced(self, head: int, *, peer_answered: bool, alone: bool, sealed_recently: bool = True) -> bool:
         """A sync attempt ended at finalised ``head``; ``peer_answered``: some
         peer answered it (so ``head`` is the network's, not only ours); ``alone``:
-        this validator is the whole validator set (its chain is the network's).
-        Returns True when this opened the gate."""
+        this validator is the whole validator set (its chain is the network's);
+        ``sealed_recently``: its key is among the commit seals of the last
+        ``check_heights`` blocks up to ``head``. Returns True when this opened the gate."""
         if self.state != AWAIT_SYNC or not (peer_answered or alone):
             return False
         self.synced_head = head
@@ -68,6 +79,11 @@ class SigningGate:
             return True
         if self.check_heights == 0:
             self.state, self.reason = OPEN, f"no safety state; synced to height {head} (double_sign_check_height = 0)"
+            return True
+        if not sealed_recently:
+            self.state = OPEN
+            self.reason = (f"no safety state; synced to height {head}, and our key sealed none of the last "
+                           f"{self.check_heights} blocks (double_sign_check_height): we were not taking part")
             return True
         self.state, self.open_after = WATCHING, head + self.check_heights
         self.reason = (f"no safety state: synced to height {head}; not signing until height {self.open_after} "

@@ -293,13 +293,23 @@ class ConsensusService:
     # -- the signing gate (node/consensus/gate.py) ---------------------------------
     def _gate_synced(self, peer_answered: bool, *, starting: bool = False) -> None:
         """A sync attempt ended: tell the gate where the head is; sign if it opens."""
-        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=len(self.genesis.validators) == 1)
+        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=len(self.genesis.validators) == 1,
+                                  sealed_recently=self._sealed_recently())
         if opened:
             self._start_signing(starting=starting)
         elif self.gate.state != "await-sync" or starting:
             # Loud on purpose: a validator that does not vote is a validator the chain lacks.
             log.warning("validator not signing: double-sign protection after a start without safety state",
                         reason=self.gate.reason, safety_file=str(self.safety.path))
+
+    def _sealed_recently(self) -> bool:
+        """Whether our key is among the commit seals of the last ``double_sign_check_height`` finalised blocks."""
+        tip, me = self.core.tip.height, self.identity.public_key
+        for height in range(max(1, tip - self.gate.check_heights + 1), tip + 1):
+            stored = self.store.block_by_height(height)
+            if stored is not None and any(key == me for key, _ in Block.decode(stored.block).seals):
+                return True
+        return False
 
     def _start_signing(self, *, starting: bool = False) -> None:
         """The gate opened: record from where our signatures are tracked, and

@@ -44,3 +44,15 @@ def test_zero_check_heights_signs_once_synced_and_negative_is_refused():
     assert g.synced(7, peer_answered=True, alone=False) and g.open
     with pytest.raises(ValueError):
         gate(check_heights=-1)
+
+
+def test_a_key_that_sealed_none_of_the_recent_blocks_signs_once_synced():
+    """CometBFT's double_sign_check_height: a validator whose key is in none of the last
+    check-height blocks' seals was not taking part (it joined late, or is new): it signs
+    after syncing instead of watching, or a chain that needs its vote would stall for good."""
+    g = SigningGate.at_start(check_heights=2, has_safety_state=False, unsafe_sign_immediately=False)
+    assert g.synced(7, peer_answered=True, alone=False, sealed_recently=False) and g.open
+    assert "sealed none" in g.status()["reason"]
+    watched = SigningGate.at_start(check_heights=2, has_safety_state=False, unsafe_sign_immediately=False)
+    assert not watched.synced(7, peer_answered=True, alone=False, sealed_recently=True)
+    assert watched.status()["signs_from_height"] == 10
