@@ -74,12 +74,19 @@ def apply_node_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p:
 # -- dataset.register -----------------------------------------------------------
 
 def reads_dataset_register(tx: Transaction, p: DatasetRegister) -> Reads:
-    return Reads(datasets=((tx.sender, p.digest),))
+    return Reads(dataset_names=((tx.sender, p.name),))
 
 
 def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister) -> str | None:
-    if ws.has_dataset(tx.sender, p.digest):
-        return f"dataset {to_hex(p.digest)} is already registered by this tenant"
+    """A tenant's name has versions 1, 2, 3...: each registration under it adds
+    one, and one digest may be registered under several names. Only repeating
+    the name's latest version is refused (it would add a version identical to
+    the one before); registering older content again makes it the latest."""
+    latest = ws.latest_dataset(tx.sender, p.name)
+    if latest is not None and latest[1] == p.digest:
+        # "already registered" is what clients (node/testnet/jobload.py) match on.
+        return (f"dataset {to_hex(p.digest)} is already registered by this tenant: "
+                f"already the latest version of {p.name} ({p.name}@{latest[0]})")
     # Digests are public (receipts name them): owning a dataset on chain takes
     # proof that this tenant uploaded those bytes to a storage node.
     envelope = ws.receipt_envelope(p.receipt)
@@ -99,7 +106,7 @@ def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister
 
 
 def apply_dataset_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: DatasetRegister) -> None:
-    ws.add_dataset((tx.sender, p.digest, p.name, p.size, p.format, ctx.height, tx.hash))
+    ws.add_dataset(tx.sender, p.name, p.digest, p.size, p.format, ctx.height, tx.hash)
 
 
 # -- job.submit -------------------------------------------------------------------

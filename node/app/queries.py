@@ -6,7 +6,8 @@ nodes also by peer id. Nothing here writes.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -16,6 +17,17 @@ from node.base.codec import decode, to_hex
 from node.receipts.envelope import Receipt, decode_receipt
 
 MAX_PAGE = 500
+MAX_DATASET_PAGE = 1000
+MAX_DATASET_REF = 128 + 1 + 19  # a name (as dataset.register allows), "@", a version
+BAD_DATASET_REF = "expected a name, name@version or 64 hex characters"
+
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_VERSIONED = re.compile(r"(.+)@([1-9][0-9]{0,17})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DATASET_COLUMNS = (
+    "name, version, digest, size, format, height, tx_hash, "
+    "version = max(version) OVER (PARTITION BY tenant, name) AS latest"
+)
 
 _JOB_COLUMNS = (
     "job_id, seq, tenant, type, inputs, params, replication, deadline_blocks, state, reason, attempt, "
@@ -27,10 +39,50 @@ def _hex(value: Any) -> str | None:
     return None if value is None else to_hex(bytes(value))
 
 
-def _limit(limit: int) -> int:
-    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be an integer in 1..{MAX_PAGE}, got {limit!r}")
+def _limit(limit: int, maximum: int = MAX_PAGE) -> int:
+    if type(limit) is not int or not 1 <= limit <= maximum:
+        raise ValueError(f"limit must be an integer in 1..{maximum}, got {limit!r}")
     return limit
+
+
+class DatasetRef(NamedTuple):
+    """What a dataset reference names: a digest, or a name and (None: the
+    latest) version. See :func:`parse_dataset_ref`."""
+
+    digest: bytes | None
+    name: str | None
+    version: int | None
+
+
+def parse_dataset_ref(ref: str) -> DatasetRef:
+    """Read ``name`` (its latest version), ``name@version`` or a 64-hex digest.
+
+    64 hex characters always mean a digest. ``a@b`` with ``b`` a positive
+    integer means version ``b`` of ``a``; any other text is a whole name (names
+    may hold ``@``). Raises ValueError (:data:`BAD_DATASET_REF`) for what no
+    registration can be called: empty, too long, control characters,
+    version 0.
+    """
+    if not isinstance(ref, str) or not 1 <= len(ref) <= MAX_DATASET_REF or _CONTROL.search(ref):
+        raise ValueError(BAD_DATASET_REF)
+    if _HEX_DIGEST.fullmatch(ref):
+        return DatasetRef(bytes.fromhex(ref), None, None)
+    versioned = _VERSIONED.fullmatch(ref)
+    if versioned is not None:
+        name, version = versioned.group(1), int(versioned.group(2))
+    elif re.fullmatch(r".+@0+", ref):
+        raise ValueError(BAD_DATASET_REF)  # versions start at 1
+    else:
+        name, version = ref, None
+    if len(name) > 128:
+        raise ValueError(BAD_DATASET_REF)
+    return DatasetRef(None, name, version)
+
+
+def _dataset_row(row: tuple) -> dict[str, Any]:
+    name, version, digest, size, fmt, height, tx, latest = row
+    return {"name": name, "version": version, "digest": _hex(digest), "size": size, "format": fmt,
+            "height": height, "tx": _hex(tx), "latest": bool(latest)}
 
 
 def _key(value: bytes, what: str) -> bytes:
@@ -149,19 +201,54 @@ class StateQueries:
         return {**counts, "waiting_for_nodes": waiting}
 
     # -- datasets and nodes -----------------------------------------------------
-    def datasets_by_tenant(self, tenant: bytes, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """A tenant's registered datasets, oldest first."""
+    def datasets_by_tenant(
+        self, tenant: bytes, *, name: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """A tenant's dataset registrations by name, then version: each row
+        {name, version, digest, size, format, height, tx, latest}. ``name``
+        keeps only that name's versions."""
         if type(offset) is not int or offset < 0:
             raise ValueError("offset must be a non-negative integer")
+        where, args = "tenant = ?", list[Any]([_key(tenant, "tenant")])
+        if name is not None:
+            where += " AND name = ?"
+            args.append(name)
         rows = self._conn.execute(
-            "SELECT digest, name, size, format, height, tx_hash FROM state_datasets WHERE tenant = ? "
-            "ORDER BY height, digest LIMIT ? OFFSET ?",
-            [_key(tenant, "tenant"), _limit(limit), offset],
+            f"SELECT {_DATASET_COLUMNS} FROM state_datasets WHERE {where} "
+            "ORDER BY name, version LIMIT ? OFFSET ?",
+            [*args, _limit(limit, MAX_DATASET_PAGE), offset],
         ).fetchall()
-        return [
-            {"digest": _hex(d), "name": name, "size": size, "format": fmt, "height": h, "tx": _hex(tx)}
-            for d, name, size, fmt, h, tx in rows
-        ]
+        return [_dataset_row(row) for row in rows]
+
+    def dataset(self, tenant: bytes, ref: str | DatasetRef) -> dict[str, Any] | None:
+        """The registration ``ref`` names (see :func:`parse_dataset_ref`), or None.
+
+        A name alone means its latest version. A digest registered several
+        times answers the newest registration: the highest height, and within
+        one block the first name, then the highest version. Raises ValueError
+        for a ref that cannot name one.
+        """
+        parsed = parse_dataset_ref(ref) if isinstance(ref, str) else ref
+        args: list[Any]
+        if parsed.digest is not None:
+            where, args = "digest = ?", [parsed.digest]
+        elif parsed.version is None:
+            where, args = "name = ?", [parsed.name]
+        else:
+            where, args = "name = ? AND version = ?", [parsed.name, parsed.version]
+        # ``latest`` looks at all of the tenant's versions of a name: filter after the window.
+        rows = self._conn.execute(
+            f"SELECT * FROM (SELECT {_DATASET_COLUMNS} FROM state_datasets WHERE tenant = ?) WHERE {where} "
+            "ORDER BY height DESC, name, version DESC LIMIT 1",
+            [_key(tenant, "tenant"), *args],
+        ).fetchall()
+        return _dataset_row(rows[0]) if rows else None
+
+    def dataset_names(self, tenant: bytes) -> list[str]:
+        """The names a tenant registered datasets under, sorted."""
+        return [name for (name,) in self._conn.execute(
+            "SELECT DISTINCT name FROM state_datasets WHERE tenant = ? ORDER BY name", [_key(tenant, "tenant")]
+        ).fetchall()]
 
     def nodes(self, *, processing_only: bool = True) -> list[dict[str, Any]]:
         """Registered nodes with roles, capacity and health.

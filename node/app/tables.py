@@ -8,7 +8,10 @@ table                  one row per
 ``state_nodes``        registered node: roles, capacity, delivered/missed/
                        declined counts, height of its last missed deadline
                        (or of its last decline for a local fault)
-``state_datasets``     (tenant, digest): name, size, format
+``state_datasets``     registration (tenant, name, version): digest, size,
+                       format, height and tx. Versions of one name count
+                       1, 2, 3... per tenant; one digest may appear under
+                       several names (and several versions of one name)
 ``state_jobs``         job: tenant, type, inputs and params (CBOR), r,
                        deadline_blocks, state, reason, attempt, and the
                        scheduling block, seed and clock once scheduled
@@ -36,7 +39,9 @@ import duckdb
 
 from node.base.codec import encode
 
-SCHEMA_VERSION = 3  # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note)
+# 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note);
+# 4: dataset versions (state_datasets keyed by tenant, name, version)
+SCHEMA_VERSION = 4
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -51,10 +56,10 @@ TABLES: tuple[tuple[str, str, str], ...] = (
         registered_height BIGINT NOT NULL, updated_height BIGINT NOT NULL,
         delivered INTEGER NOT NULL, missed INTEGER NOT NULL, last_missed_height BIGINT,
         declined INTEGER NOT NULL)"""),
-    ("state_datasets", "tenant, digest", """CREATE TABLE IF NOT EXISTS state_datasets (
-        tenant BLOB NOT NULL, digest BLOB NOT NULL, name VARCHAR NOT NULL, size BIGINT NOT NULL,
-        format VARCHAR NOT NULL, height BIGINT NOT NULL, tx_hash BLOB NOT NULL,
-        PRIMARY KEY (tenant, digest))"""),
+    ("state_datasets", "tenant, name, version", """CREATE TABLE IF NOT EXISTS state_datasets (
+        tenant BLOB NOT NULL, name VARCHAR NOT NULL, version INTEGER NOT NULL, digest BLOB NOT NULL,
+        size BIGINT NOT NULL, format VARCHAR NOT NULL, height BIGINT NOT NULL, tx_hash BLOB NOT NULL,
+        PRIMARY KEY (tenant, name, version))"""),
     ("state_jobs", "job_id", """CREATE TABLE IF NOT EXISTS state_jobs (
         job_id BLOB PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, tenant BLOB NOT NULL,
         type VARCHAR NOT NULL, inputs BLOB NOT NULL, params BLOB NOT NULL,

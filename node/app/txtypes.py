@@ -17,10 +17,15 @@ type                payload
                     ``moniker`` text (1-64 of ``A-Za-z0-9._-``)
 ``dataset.register`` ``digest`` 32 bytes (SHA-256 of the content); ``size``
                     uint; ``name`` text (1-128, no control characters);
-                    ``format`` ``csv`` | ``parquet``; ``receipt`` 32 bytes:
-                    the id of the on-chain ``data.store`` receipt a storage
-                    or gateway node signed for this tenant's upload of
-                    ``digest`` (so a tenant registers only data it uploaded)
+                    ``format`` ``csv`` | ``parquet`` | ``jsonl``; ``receipt``
+                    32 bytes: the id of the on-chain ``data.store`` receipt a
+                    storage or gateway node signed for this tenant's upload
+                    of ``digest`` (so a tenant registers only data it
+                    uploaded). It makes ``digest`` version 1 + the highest
+                    version of ``name`` for this tenant (``name@version``);
+                    one digest may be registered under several names, and
+                    registering the digest that is already the name's
+                    latest version is refused
 ``job.submit``      ``type`` a registered job type (``sql`` |
                     ``trend-analysis`` | ``summary``);
                     ``inputs`` {input name: dataset digest} (1..max_inputs);
@@ -111,7 +116,7 @@ JOB_DECLINE = "job.decline"
 JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
 
-DATASET_FORMATS = ("csv", "parquet")
+DATASET_FORMATS = ("csv", "parquet", "jsonl")
 BATCH_RECEIPT_KINDS = ("api.call", "data.store", "job.schedule", "job.verdict")
 
 _MONIKER = re.compile(r"[A-Za-z0-9._-]{1,64}")

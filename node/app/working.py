@@ -27,7 +27,8 @@ class Reads:
     """The stored rows one transaction's check and change may read (its type's
     ``reads`` hook says which), loaded in bulk with the rest of the block's."""
 
-    datasets: tuple[tuple[bytes, bytes], ...] = ()  # (tenant, digest)
+    datasets: tuple[tuple[bytes, bytes], ...] = ()  # (tenant, digest): whether the tenant registered it
+    dataset_names: tuple[tuple[bytes, str], ...] = ()  # (tenant, name): its latest version and digest
     jobs: tuple[bytes, ...] = ()  # loaded whole: row, assignments, results
     receipts: tuple[bytes, ...] = ()  # whether each is on chain
 
@@ -128,6 +129,8 @@ class WorkingState:
         self._jobs: dict[bytes, JobRow | None] = {}
         self._datasets: set[tuple[bytes, bytes]] = set()  # known to exist
         self._datasets_checked: set[tuple[bytes, bytes]] = set()
+        # (tenant, name) -> (latest version, its digest), None when the name has none yet
+        self._latest_versions: dict[tuple[bytes, str], tuple[int, bytes] | None] = {}
         self._receipts: set[bytes] = set()  # known to be on chain
         self._receipts_checked: set[bytes] = set()
         self._next_seq: int | None = None
@@ -141,13 +144,16 @@ class WorkingState:
     def prefetch(self, reads: Iterable[Reads]) -> None:
         """Load, in bulk, every row that these (parsed) transactions may read."""
         datasets: set[tuple[bytes, bytes]] = set()
+        names: set[tuple[bytes, str]] = set()
         jobs: set[bytes] = set()
         receipts: set[bytes] = set()
         for read in reads:
             datasets.update(read.datasets)
+            names.update(read.dataset_names)
             jobs.update(read.jobs)
             receipts.update(read.receipts)
         self._load_datasets(datasets)
+        self._load_latest_versions(names)
         self.load_jobs(jobs)
         self._load_receipts(receipts)
 
@@ -158,12 +164,26 @@ class WorkingState:
         tenants = sorted({t for t, _ in keys})
         digests = sorted({d for _, d in keys})
         for tenant, digest in self.conn.execute(
-            "SELECT tenant, digest FROM state_datasets "
+            "SELECT DISTINCT tenant, digest FROM state_datasets "
             "WHERE tenant IN (SELECT unnest(?)) AND digest IN (SELECT unnest(?))",
             [tenants, digests],
         ).fetchall():
             self._datasets.add((bytes(tenant), bytes(digest)))
         self._datasets_checked |= keys
+
+    def _load_latest_versions(self, keys: set[tuple[bytes, str]]) -> None:
+        keys = {key for key in keys if key not in self._latest_versions}
+        if not keys:
+            return
+        found: dict[tuple[bytes, str], tuple[int, bytes]] = {}
+        for tenant, name, version, digest in self.conn.execute(
+            "SELECT tenant, name, max(version), arg_max(digest, version) FROM state_datasets "
+            "WHERE tenant IN (SELECT unnest(?)) AND name IN (SELECT unnest(?)) GROUP BY tenant, name",
+            [sorted({t for t, _ in keys}), sorted({n for _, n in keys})],
+        ).fetchall():
+            found[(bytes(tenant), name)] = (int(version), bytes(digest))
+        for key in keys:  # the query's cross product may answer pairs nobody asked for
+            self._latest_versions[key] = found.get(key)
 
     def _load_receipts(self, ids: set[bytes]) -> None:
         ids -= self._receipts_checked
@@ -242,10 +262,22 @@ class WorkingState:
         self._load_datasets({(tenant, digest)})
         return (tenant, digest) in self._datasets
 
-    def add_dataset(self, values: tuple[Any, ...]) -> None:
-        """Insert a state_datasets row (tenant, digest, ...)."""
-        self._datasets.add((values[0], values[1]))
-        self._inserts["state_datasets"].append(values)
+    def latest_dataset(self, tenant: bytes, name: str) -> tuple[int, bytes] | None:
+        """(version, digest) of the newest registration of ``name`` by
+        ``tenant``, counting this block's earlier ones; None if there is none."""
+        self._load_latest_versions({(tenant, name)})
+        return self._latest_versions[(tenant, name)]
+
+    def add_dataset(
+        self, tenant: bytes, name: str, digest: bytes, size: int, fmt: str, height: int, tx_hash: bytes
+    ) -> int:
+        """Register ``digest`` as the next version of ``name``; return that version."""
+        latest = self.latest_dataset(tenant, name)
+        version = 1 if latest is None else latest[0] + 1
+        self._latest_versions[(tenant, name)] = (version, digest)
+        self._datasets.add((tenant, digest))
+        self._inserts["state_datasets"].append((tenant, name, version, digest, size, fmt, height, tx_hash))
+        return version
 
     def receipt_on_chain(self, receipt_id: bytes) -> bool:
         self._load_receipts({receipt_id})

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from node.base.config import NodeConfig
 from node.roles.artifacts import ArtifactFetcher
+from node.roles.datasets_rpc import register_dataset_rpcs
 from node.roles.gateway import Gateway
 from node.roles.http_gateway import HttpGateway
 from node.roles.role import RoleContext, Service, no_background_task
+from node.roles.submit_check import catalog_schemas
 
 
 class GatewayRole:
@@ -21,8 +23,10 @@ class GatewayRole:
         gateway = Gateway(identity=context.identity, chain=context.chain, app=context.app, publisher=context.publisher,
                           jobs_per_minute=services["gateway_jobs_per_minute"],
                           allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None,
-                          artifacts=ArtifactFetcher(context.artifacts(), context.host, context.identity.peer_id))
+                          artifacts=ArtifactFetcher(context.artifacts(), context.host, context.identity.peer_id),
+                          schemas=catalog_schemas(lambda: context.storage))  # the storage role is built after this one
         gateway.register(context.registry)
+        register_dataset_rpcs(context.registry, context.app, gateway.tenant)  # same tenant check as the gateway's
         built = [Service("gateway", no_background_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"})]
         if services["http_listen"]:
             # Same registry, rate limits and receipts as the JSON-RPC gateway.
