@@ -117,3 +117,13 @@ def test_from_hex_checks_size_and_case():
         from_hex("ab" * 31)
     with pytest.raises(CodecError):
         from_hex("zz" * 32)
+
+
+def test_text_that_is_not_valid_unicode_is_a_codec_error() -> None:
+    """A lone surrogate (invalid UTF-8 in argv becomes one) is refused as a
+    CodecError naming where it is, not a UnicodeEncodeError traceback."""
+    bad = b"SELECT \xff".decode("utf-8", "surrogateescape")
+    with pytest.raises(CodecError, match=r"\$\.query: text is not valid Unicode"):
+        encode({"query": bad})
+    with pytest.raises(CodecError, match="not valid Unicode"):
+        encode({bad: 1})

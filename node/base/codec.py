@@ -35,7 +35,10 @@ def _check(value: Any, depth: int, path: str) -> None:
     if depth > MAX_DEPTH:
         raise CodecError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     # bool is a subclass of int: test it first.
-    if value is None or isinstance(value, (bool, str, bytes)):
+    if value is None or isinstance(value, (bool, bytes)):
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
         return
     if isinstance(value, int):
         if not MIN_INT <= value <= MAX_INT:
@@ -51,9 +54,19 @@ def _check(value: Any, depth: int, path: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CodecError(f"{path}: map key {key!r} is not a text string")
+            _check_text(key, path)
             _check(item, depth + 1, f"{path}.{key}")
         return
     raise CodecError(f"{path}: type {type(value).__name__} cannot be encoded")
+
+
+def _check_text(text: str, path: str) -> None:
+    """CBOR text is UTF-8: a lone surrogate (what Python makes of invalid
+    UTF-8 in a command-line argument or a file name) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"{path}: text is not valid Unicode (character {exc.start} is a lone surrogate)") from None
 
 
 def encode(value: Any) -> bytes:
