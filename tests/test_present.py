@@ -88,3 +88,37 @@ def test_commands_without_tables_do_not_import_rich(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "peer" in done.stdout.lower()
+
+
+def _column_of(line: str, text: str) -> int:
+    """The terminal column (in cells) at which ``text`` starts in ``line``."""
+    from rich.cells import cell_len
+
+    return cell_len(line[:line.index(text)])
+
+
+def test_emoji_wide_characters_and_newlines_stay_aligned_one_row_per_line():
+    columns = [Column("name"), Column("note"), Column("n", right=True)]
+    rows = [["🚀 rocket", "two\nlines", "1"], ["日本語", "tab\there", "22"], ["❤️", "esc \x1b[31mred", "333"],
+            ["plain", "line\u2028sep\r", "4"]]
+    lines = render_table(columns, rows).splitlines()
+    assert len(lines) == 1 + len(rows)  # a newline in a cell never starts a new row
+    assert "\x1b" not in "".join(lines) and "\n" not in "".join(lines[1:])
+    assert lines[1].split("  ")[0] == "🚀 rocket" and "two\\nlines" in lines[1] and "tab\\there" in lines[2]
+    assert "esc \\x1b[31mred" in lines[3] and "line\\u2028sep\\r" in lines[4]
+    # Every row's second column starts at the same terminal column, and the right-aligned
+    # numbers end at the same one, counting an emoji or a CJK character as two cells.
+    from rich.cells import cell_len
+
+    notes = ["note", "two\\nlines", "tab\\there", "esc \\x1b[31mred", "line\\u2028sep\\r"]
+    assert len({_column_of(line, note) for line, note in zip(lines, notes)}) == 1
+    assert len({cell_len(line) for line in lines}) == 1
+    header = render_table([Column("a\nb")], [["x"]]).splitlines()
+    assert header == ["a\\nb", "x"]
+
+
+def test_escape_cell_keeps_printable_text():
+    from node.cli.present import escape_cell
+
+    assert escape_cell("naïve 🚀 日本 [b] :smile:") == "naïve 🚀 日本 [b] :smile:"
+    assert escape_cell("a\nb\rc\td\x00e\x7f\x85") == "a\\nb\\rc\\td\\x00e\\x7f\\x85"

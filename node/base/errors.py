@@ -39,6 +39,7 @@ EXIT_CHAIN = 14  # does not chain to the genesis: validator set or chain id mism
 EXIT_REPLAY = 15  # --replay: the re-run's result digest differs from the receipt's
 EXIT_WITNESS = 16  # the witness does not match the receipt (or is not a valid witness file)
 EXIT_ISSUER = 17  # the issuer is not allowed by the issuer policy
+EXIT_NO_RECEIPT = 18  # --receipt-hash / --job-id: the node has no such receipt or job, or has not sealed it yet
 
 
 # -- RPC error codes ----------------------------------------------------------------------
@@ -116,12 +117,16 @@ class ErrorCode(IntEnum):
     DIGEST_MISMATCH = 1211, 500, EXIT_RUNTIME, "received bytes do not match the expected digest"
     BLOB_NOT_FOUND = 1212, 404, EXIT_RUNTIME, "no such blob on this node"
     NODE_NOT_READY = 1213, 503, EXIT_RUNTIME, "the node cannot take uploads yet (not registered on chain); retry"
+    UPLOAD_OFFSET_MISMATCH = 1214, 409, EXIT_RUNTIME, "the chunk's offset is not the bytes received so far; resend from data.received"
+    DATASET_BAD_ROWS = 1215, 400, EXIT_RUNTIME, "the dataset has rows that do not fit its columns; data.bad_rows lists the first (line, reason)"
 
     # Gateway (node/roles/gateway.py, node/roles/artifacts.py)
     TENANT_NOT_ALLOWED = 1301, 403, EXIT_RUNTIME, "the tenant is not allowed on this gateway"
     JOB_QUOTA_EXCEEDED = 1302, 429, EXIT_RUNTIME, "the tenant's job quota is used up; data.retry_after_s"
     WRONG_TX = 1303, 400, EXIT_RUNTIME, "not a transaction of the expected type signed by the caller"
     STATE_REFUSED = 1304, 409, EXIT_RUNTIME, "the chain state refuses the transaction; data.reason says why"
+    SQL_REFUSED = 1305, 400, EXIT_RUNTIME, "the job's SQL does not parse, is refused by the cage's gate or names what its inputs lack; data.reason says why"
+    JOB_PARAMS_REFUSED = 1306, 400, EXIT_RUNTIME, "a job parameter names a column its input does not have; data.reason says which"
     SUBMIT_REJECTED = 1310, 409, EXIT_RUNTIME, "the mempool refused the tenant's transaction; data.reason says why"
     NOT_FOUND = 1404, 404, EXIT_RUNTIME, "no such transaction, block, receipt or job (or not the caller's)"
     RESULT_NOT_AVAILABLE = 1405, 409, EXIT_RUNTIME, "no verified result yet, or no node holding it answers now"

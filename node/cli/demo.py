@@ -40,9 +40,10 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
     directory = directory or Path(tempfile.mkdtemp(prefix="metanode-demo-"))
     plans = layout.plan_testnet(nodes, validator_roles=("validator", "scheduler", "gateway", "processing", "storage"))
     layout.write_testnet(directory, plans)
-    click.echo(f"[1/4] wrote a {nodes}-validator testnet to {directory} (keys, configs, genesis)")
+    step = Steps(demo_steps(nodes))
+    step(f"wrote a {nodes}-validator testnet to {directory} (keys, configs, genesis)")
     processes.up(directory)
-    click.echo(f"[2/4] started {nodes} daemons; waiting for them to find each other over BPCI")
+    step(f"started {nodes} daemons; waiting for them to find each other over BPCI")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -54,7 +55,7 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
             if time.monotonic() > deadline:
                 raise UserError(f"the cluster did not form within {timeout:g} s; logs are in {directory}")
             time.sleep(0.5)
-        click.echo("[3/4] every node answers JSON-RPC over p2p:\n")
+        step("every node answers JSON-RPC over p2p:\n")
         for plan in plans:
             health = trio.run(node_health, plan.address)
             assert health is not None
@@ -66,10 +67,10 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
                 click.echo(f"    peer {peer['peer_id']} {peer['direction']:8} keepalive rtt {latency}")
             cage = status.get("cage") or {}
             click.echo(f"    confined under policy {cage.get('policy')!r}: {', '.join(cage.get('layers', []))}\n")
-        click.echo("[4/5] IBFT consensus: a signed transaction sent to the last node, committed by all")
+        step("IBFT consensus: a signed transaction sent to the last node, committed by all")
         trio.run(_show_consensus, [p.address for p in plans])
         if nodes >= 2:
-            click.echo("[5/5] analytics: upload a dataset, run a trend analysis and a SQL job on two nodes each, verify a receipt offline")
+            step("analytics: upload a dataset, run a trend analysis and a SQL job on two nodes each, verify a receipt offline")
             trio.run(_show_analytics, [p.address for p in plans], directory)
     finally:
         if not keep:
@@ -79,16 +80,52 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
     if keep:
         key = directory / "tenant.key"
         click.echo(f"The testnet keeps running. Explore it with:\n"
-                   f"  export METANODE_NODE={plans[0].address} METANODE_KEY={key}\n"
+                   f"  export METANODE_NODE={plans[0].address} METANODE_KEY={key} METANODE_GENESIS={directory / 'genesis.toml'}\n"
                    f"  metanode testnet status --dir {directory}\n"
                    f"  metanode mesh status --node $METANODE_NODE\n"
                    f"  metanode analytics list\n"
                    f"  metanode analytics submit --dataset DIGEST --name sales --type sql --query \"SELECT count(*) FROM sales\" --follow\n"
                    f"  metanode analytics trace --job-id ID --genesis {directory / 'genesis.toml'} --include-witness\n"
+                   f"  metanode receipt verify --job-id ID\n"
+                   f"  metanode security export-audit --format json\n"
                    f"  metanode testnet logs --dir {directory} node0\n"
                    f"  metanode testnet down --dir {directory}")
     else:
-        click.echo("demo complete: cluster formed, transaction final on every node, both jobs verified on two nodes each, receipt verified offline, all daemons stopped.")
+        analytics = ", both jobs verified on two nodes each, receipt verified offline" if "analytics" in step.names else ""
+        click.echo(f"demo complete: cluster formed, transaction final on every node{analytics}, all daemons stopped.")
+
+
+STEPS = ("wrote", "started", "rpc", "consensus", "analytics")
+
+
+def demo_steps(nodes: int) -> list[str]:
+    """The steps the demo runs for a cluster of ``nodes``: the analytics step
+    needs two processing nodes (replication 2), so one node skips it."""
+    return [name for name in STEPS if name != "analytics" or nodes >= 2]
+
+
+class Steps:
+    """Prints each step as ``[i/N] text``, N the number of steps this run has."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.done = 0
+
+    def label(self) -> str:
+        return f"[{self.done}/{len(self.names)}]"
+
+    def __call__(self, text: str) -> None:
+        self.done += 1
+        if self.done > len(self.names):
+            raise AssertionError(f"the demo ran more steps than {self.names}")
+        click.echo(f"{self.label()} {text}")
+
+
+def data_dir_of(directory: Path, node: str) -> Path:
+    """A testnet node's data directory as its config names it (node0-data, not node0)."""
+    from node.base.config import load_config
+
+    return Path(load_config(directory / f"{node}.toml").data_dir)
 
 
 TREND_PARAMS = {"input": "sales", "time_column": "day", "value_column": "units", "group_by": "product",
@@ -157,12 +194,14 @@ async def _show_analytics(addresses: list[str], directory: Path) -> None:
         except BundleInvalid as exc:
             raise UserError(f"the job's receipt did not verify: {exc}") from None
         click.echo(f"\n  $ metanode receipt bundle {receipt} --node {addresses[0]} --out {bundle_path}")
-        click.echo(f"  $ metanode receipt verify --bundle {bundle_path} --genesis {directory / 'genesis.toml'}")
+        click.echo(f"  $ metanode receipt verify {bundle_path} --genesis {directory / 'genesis.toml'}")
         click.echo("    valid: signature, inclusion proof to the sealed block, commit seals, validator chain from genesis")
+        click.echo(f"    (or fetch and verify in one step: metanode receipt verify --receipt-hash {receipt} --node NODE --genesis GENESIS;"
+                   " every receipt of the job: --job-id ID)")
         head = await client.rpc.call("chain_block", {"height": (await client.rpc.call("chain_head"))["height"]})
         click.echo(f"\n  the audit log: {head['receipts_size']} receipts in the Merkle log, root {head['receipts_root'][:16]}... "
                    f"sealed in block {head['height']};")
-        click.echo(f"    each node keeps it in DATA_DIR/node.duckdb (here {directory / 'node0'}); export it with")
+        click.echo(f"    each node keeps it in DATA_DIR/node.duckdb (here {data_dir_of(directory, 'node0') / 'node.duckdb'}); export it with")
         click.echo(f"    $ metanode audit export --node {addresses[0]} --format csv --out audit.csv\n")
 
 

@@ -1,4 +1,11 @@
-"""``metanode mesh status``: the cluster as one node sees it, every node probed.
+"""``metanode mesh deploy`` (start a local mesh) and ``metanode mesh status``.
+
+``mesh deploy --port 21001`` is the planning document's name for starting a
+local mesh: ``testnet init --base-port 21001`` and ``testnet up`` in one
+command (every node a validator with every role), ending with how to use
+and stop it; ``metanode testnet`` keeps the finer controls.
+
+``mesh status``: the cluster as one node sees it, every node probed.
 
 Starting from one node, it lists every node that node knows (registered on
 chain, genesis validators, persistent peers; then those its peers know) and
@@ -12,16 +19,81 @@ gathering lives in node/sdk/mesh.py, shared with ``metanode testnet status``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from node.base.errors import UserError
+from node.base.errors import EXIT_USAGE, UserError
 from node.cli.present import LIVE_MARKS, Column, echo_table
 
 
 @click.group()
 def mesh() -> None:
     """Inspect a running cluster through one of its nodes."""
+
+
+@mesh.command("deploy")
+@click.option("--port", "base_port", required=True, type=click.IntRange(1024, 65000),
+              help="TCP port of the first node; node i listens on PORT+i (127.0.0.1).")
+@click.option("--nodes", default=4, show_default=True, type=click.IntRange(1, 64), help="Validators, each with every role.")
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Keys, configs, data and logs (default: ./metanode-mesh-PORT). A directory that already holds "
+                   "this mesh is started again.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for every node to answer and peer with the others.")
+@click.option("--json", "as_json", is_flag=True, help="Print {dir, genesis, nodes: [{name, address, pid}]} as JSON; no progress lines.")
+def deploy(base_port: int, nodes: int, directory: Path | None, timeout: float, as_json: bool) -> None:
+    """Start a local mesh of NODES daemons on ports PORT.. (testnet init + up)."""
+    from node.base.logging import configure_client_logging
+    from node.cli.present import progress
+    from node.cli.testnet import wait_formed
+    from node.testnet import layout, processes
+
+    configure_client_logging()
+    directory = (directory or Path(f"metanode-mesh-{base_port}")).absolute()
+    if (directory / layout.MANIFEST).exists():
+        entries = layout.read_manifest(directory)
+        ports = sorted(int(str(n["address"]).split("/tcp/")[1].split("/")[0]) for n in entries)
+        if ports[0] != base_port or len(entries) != nodes:
+            raise UserError(f"{directory} holds a mesh of {len(entries)} nodes from port {ports[0]}, not {nodes} from {base_port}; "
+                            "choose another --dir", exit_code=EXIT_USAGE)
+        fresh = False
+    else:
+        busy = [port for port in range(base_port, base_port + nodes) if not _port_free(port)]
+        if busy:
+            raise UserError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} already in use on 127.0.0.1 "
+                            "(another mesh?); choose another --port", exit_code=EXIT_USAGE)
+        plans = layout.plan_testnet(nodes, base_port=base_port)
+        layout.write_testnet(directory, plans)
+        entries = layout.read_manifest(directory)
+        fresh = True
+    say = progress(enabled=not as_json)
+    say(f"{'wrote' if fresh else 'reusing'} a {nodes}-node mesh in {directory}; starting it")
+    pids = processes.up(directory)
+    wait_formed(directory, timeout, say)
+    genesis = directory / layout.GENESIS
+    if as_json:
+        click.echo(json.dumps({"dir": str(directory), "genesis": str(genesis),
+                               "nodes": [{"name": n["name"], "address": n["address"], "pid": pids[str(n["name"])]} for n in entries]},
+                              indent=2))
+        return
+    echo_table([Column("node"), Column("pid", right=True), Column("address")],
+               [[str(n["name"]), str(pids[str(n["name"])]), str(n["address"])] for n in entries])
+    click.echo(f"mesh up: {nodes} nodes in {directory}\n"
+               f"  use it:  export METANODE_NODE={entries[0]['address']} METANODE_GENESIS={genesis}\n"
+               f"           metanode mesh status; metanode analytics health --key KEY\n"
+               f"  stop it: metanode testnet down --dir {directory}")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @mesh.command("status")

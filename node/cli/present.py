@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,13 +52,39 @@ def is_terminal(stream: IO[str]) -> bool:
         return False
 
 
+# Characters that would break a row over several lines, move the cursor or
+# colour the terminal: C0 and C1 controls, DEL, and Unicode's line and paragraph
+# separators. Shown escaped (\n as backslash-n) so that one row is one line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_cell(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``).
+
+    A cell is data from somewhere else (a dataset, a node's error message): a
+    newline in it must not start a new row, and an ESC must not restyle the
+    terminal. Everything printable, wide characters and emoji included, is
+    kept as it is."""
+    def escaped(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in _NAMED_ESCAPES:
+            return _NAMED_ESCAPES[char]
+        return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
+
+    return _CONTROL.sub(escaped, text)
+
+
 def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, header: bool = True, rule: bool = False,
                  styled: bool = False, marks: Mapping[str, str] | None = None) -> str:
     """The rows laid out under ``columns`` as text, without a trailing newline.
 
-    Columns are separated by two spaces and sized to their widest cell
-    (counted in terminal cells, so wide characters stay aligned); lines carry
-    no trailing spaces. ``rule`` puts a line of dashes under the header;
+    Columns are separated by two spaces and sized to their widest cell,
+    counted in terminal cells (rich's cell widths: an East Asian wide
+    character or an emoji, with its variation selector or skin tone, takes
+    two), so wide characters stay aligned; lines carry no trailing spaces.
+    Control characters in cells are escaped (:func:`escape_cell`): a row is
+    always one line. ``rule`` puts a line of dashes under the header;
     ``header=False`` leaves the header out. With ``styled`` (a terminal) the
     header is bold and a cell whose whole text is a key of ``marks`` gets
     that rich style; otherwise the text is plain."""
@@ -66,6 +93,8 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, he
     from rich.table import Table
     from rich.text import Text
 
+    columns = [Column(escape_cell(c.name), c.right) for c in columns]
+    rows = [[escape_cell(str(cell)) for cell in row] for row in rows]
     widths = [max([cell_len(c.name) if header else 0] + [cell_len(row[i]) for row in rows]) for i, c in enumerate(columns)]
     table = Table(box=None, show_header=header, show_edge=False, pad_edge=False, padding=(0, 1), expand=False,
                   header_style="bold" if styled else "", highlight=False)

@@ -1,41 +1,62 @@
-"""``metanode receipt`` (bundle, verify) and ``metanode audit`` (export, query)."""
+"""``metanode receipt``: bundle one receipt for offline checking, verify bundles.
+
+``receipt verify`` checks a bundle file, or fetches bundles from a node
+(``--receipt-hash H``, or every receipt of ``--job-id ID``; node/cli/receipt_fetch.py)
+and checks them the same way, offline, against the genesis file the user trusts.
+(``metanode audit`` lives in node/cli/audit.py.)
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from node.base.errors import EXIT_USAGE, UnreachableError, UserError
+from node.base.errors import EXIT_NO_RECEIPT, EXIT_USAGE, UserError
+from node.cli.present import Column, echo_table
+from node.cli.receipt_fetch import fetch_bundle, fetch_job_bundles, hex_id
 
-_VERIFY_HELP = """Check a receipt bundle offline against a genesis file.
+_VERIFY_HELP = """Check receipts offline against a genesis file.
+
+\b
+  metanode receipt verify BUNDLE --genesis G        a bundle file
+  metanode receipt verify --receipt-hash H          fetch H's bundle from --node
+  metanode receipt verify --job-id ID               every receipt of job ID
+--node and --genesis default to $METANODE_NODE and $METANODE_GENESIS.
 
 \b
 Checks the receipt's signature and canonical encoding, its inclusion proof
 against the sealing header's receipts root, the header's commit seals (a
 quorum of that height's validators), and the validator set chain back to
-GENESIS. With --replay, also re-runs a job.exec receipt's job in a local
-cage (inputs given with --input) and compares the result digest.
+GENESIS. Nothing the node says is trusted: it only hands bundles over. With
+--replay, also re-runs a job.exec receipt's job in a local cage (inputs
+given with --input) and compares the result digest. --job-id prints one
+line per receipt (the api.call that accepted the job, its job.schedule,
+each replica's job.exec, the job.verdict) and a summary.
 
 \b
 Exit codes (each failure prints one line "invalid: <reason>"):
-   0  valid
-   1  the replay could not run (cage error)
-   2  usage: bad options, unreadable bundle or genesis file
+   0  valid (--job-id: every receipt valid)
+   1  the replay could not run (cage error), or the node refused the call
+   2  usage: bad options or id, unreadable bundle or genesis file
+   3  the node could not be reached
   10  malformed bundle
-  11  bad receipt: signature, encoding, schema or issuer id
+  11  bad receipt: signature, encoding, schema or issuer id (or the node
+      answered another receipt's bundle)
   12  inclusion proof does not lead to the header's receipts root
   13  header not sealed by a quorum (forged, altered, too few seals)
   14  does not chain to the genesis: validator set or chain id mismatch
   15  replay result digest differs from the receipt's
   16  witness does not match the receipt
   17  issuer not allowed (--issuers validators)
+  18  the node has no such receipt or job, or has not sealed it yet
+--job-id exits with the first invalid receipt's code, else 18 if the node
+gave no bundle for some receipt, else 0.
 """
 
 
@@ -75,27 +96,7 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 @click.group()
 def receipt() -> None:
-    """Receipts: bundle one for offline checking, verify a bundle."""
-
-
-def _bundle_from_node(node_addr: str, receipt_hex: str, timeout: float) -> bytes:
-    import trio
-
-    from node.base.logging import configure_client_logging
-    from node.p2p.client import call_node
-    from node.p2p.rpc import RpcCallError
-
-    configure_client_logging()
-    try:
-        result = trio.run(lambda: call_node(node_addr, "receipt_bundle", {"id": receipt_hex}, timeout=timeout))
-    except RpcCallError as exc:
-        raise UserError(f"{node_addr}: receipt_bundle failed: {exc}") from None
-    except (ConnectionError, trio.TooSlowError) as exc:
-        raise UnreachableError(f"lost {node_addr}: {exc or 'timed out'}") from None
-    try:
-        return bytes.fromhex(result["bundle"])
-    except (TypeError, KeyError, ValueError):
-        raise UserError(f"{node_addr}: receipt_bundle returned no bundle") from None
+    """Receipts: bundle one for offline checking; verify bundles, from a file or fetched from a node."""
 
 
 def _bundle_from_data_dir(data_dir: str, genesis_path: str, receipt_hex: str) -> bytes:
@@ -139,8 +140,9 @@ def _bundle_from_data_dir(data_dir: str, genesis_path: str, receipt_hex: str) ->
               help="Include the record of this cage witness file (job.exec receipts), for --replay.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the bundle.")
 @click.option("--timeout", default=30.0, show_default=True, help="Deadline of the call, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print {receipt, out, bytes, leaf} as JSON.")
 def bundle_command(receipt_id: str, node_addr: str | None, data_dir: str | None, genesis_path: str | None,
-                   witness_path: str | None, out_path: str, timeout: float) -> None:
+                   witness_path: str | None, out_path: str, timeout: float, as_json: bool) -> None:
     """Write RECEIPT_ID's bundle: envelope, leaf index, inclusion proof, the
     sealing header with its commit seals, and the validator set chain."""
     from dataclasses import replace
@@ -158,7 +160,7 @@ def bundle_command(receipt_id: str, node_addr: str | None, data_dir: str | None,
     if data_dir is not None and genesis_path is None:
         raise UserError("--data-dir needs --genesis", exit_code=EXIT_USAGE)
     if node_addr is not None:
-        data = _bundle_from_node(node_addr, receipt_id, timeout)
+        data = fetch_bundle(node_addr, wanted.hex(), timeout=timeout)
     else:
         data = _bundle_from_data_dir(data_dir, genesis_path, receipt_id)  # type: ignore[arg-type]
     try:
@@ -172,6 +174,9 @@ def bundle_command(receipt_id: str, node_addr: str | None, data_dir: str | None,
     if id_of(decoded.receipt) != wanted:
         raise UserError(f"the bundle returned is for another receipt than {receipt_id}")
     _write_atomically(out_path, data)
+    if as_json:
+        click.echo(json.dumps({"receipt": wanted.hex(), "out": out_path, "bytes": len(data), "leaf": decoded.leaf_index}))
+        return
     click.echo(f"wrote the bundle of receipt {receipt_id} ({len(data)} bytes, leaf {decoded.leaf_index}) to {out_path}")
 
 
@@ -186,57 +191,163 @@ def _witness_record(path: str) -> bytes:
         raise UserError(f"witness {path}: {exc}", exit_code=EXIT_USAGE) from None
 
 
-def _invalid(reason: str, code: int) -> None:
-    click.echo(f"invalid: {reason}")
-    sys.exit(code)
+@dataclass(frozen=True)
+class Verdict:
+    """What checking one bundle found: valid, or the failed check's reason and exit code."""
+
+    receipt_id: str
+    valid: bool
+    exit_code: int
+    reason: str = ""  # "<part>: <what failed>" when invalid, the node's refusal when missing
+    kind: str | None = None
+    issuer: str | None = None
+    leaf: int | None = None
+    log_size: int | None = None
+    height: int | None = None
+    block: str | None = None
+    replayed: bool = False
+    missing: bool = False  # the node gave no bundle: not checked
+
+    def to_json(self) -> dict[str, Any]:
+        return {"receipt": self.receipt_id, "kind": self.kind, "issuer": self.issuer,
+                "result": "valid" if self.valid else "missing" if self.missing else "invalid",
+                "valid": self.valid, "exit_code": self.exit_code, "reason": self.reason or None,
+                "leaf": self.leaf, "log_size": self.log_size, "height": self.height, "block": self.block,
+                "replayed": self.replayed}
+
+    def line(self) -> str:
+        """The one line the bundle-file form has always printed."""
+        if not self.valid:
+            return f"invalid: {self.reason}"
+        return (f"valid: {self.kind} receipt {self.receipt_id} by {self.issuer}, leaf {self.leaf} of {self.log_size}, "
+                f"sealed at height {self.height} (block {self.block})" + (", replay matches" if self.replayed else ""))
+
+
+def check_bundle(data: bytes, verifier: Any, *, expected_id: str | None = None, witness_path: str | None = None,
+                 replay: bool = False, inputs: dict[str, str] | None = None) -> Verdict:
+    """Verify one bundle offline (BundleVerifier), then, when asked, its
+    witness and a replay. ``expected_id``: the receipt the bundle must be of
+    (a node answering another receipt's bundle is a bad receipt, exit 11)."""
+    from node.receipts.bundle import PART_RECEIPT, PART_REPLAY
+    from node.receipts.verify import BundleInvalid, check_witness
+
+    asked = expected_id or ""
+    try:
+        verified = verifier.verify(data)
+        receipt_ = verified.receipt
+        if expected_id is not None and receipt_.id.hex() != expected_id:
+            raise BundleInvalid(PART_RECEIPT, f"the node answered the bundle of receipt {receipt_.id.hex()}, not {expected_id}")
+        record = verified.witness_record
+        if witness_path is not None:
+            record = check_witness(receipt_, _witness_record(witness_path))
+        if replay:
+            if receipt_.kind != "job.exec":
+                raise UserError(f"--replay needs a job.exec receipt, this one is {receipt_.kind}", exit_code=EXIT_USAGE)
+            if record is None:
+                raise UserError("--replay needs the job's witness: the bundle has none, pass --witness FILE", exit_code=EXIT_USAGE)
+            outcome = _replay(receipt_, record, inputs or {})
+            if not outcome.matches:
+                raise BundleInvalid(PART_REPLAY, outcome.reason)
+    except BundleInvalid as exc:
+        return Verdict(asked, False, exc.exit_code, str(exc))
+    header = verified.header
+    return Verdict(receipt_.id.hex(), True, 0, kind=receipt_.kind, issuer=receipt_.issuer_node, leaf=verified.leaf_index,
+                   log_size=header.receipts_size, height=header.height, block=header.hash.hex(), replayed=replay)
 
 
 @receipt.command("verify", help=_VERIFY_HELP)
-@click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False), help="The bundle file.")
-@click.option("--genesis", "genesis_path", required=True, type=click.Path(dir_okay=False),
-              help="The genesis file to trust.")
+@click.argument("bundle_arg", metavar="[BUNDLE]", required=False, type=click.Path(dir_okay=False))
+@click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False), default=None, help="The bundle file (or give it as BUNDLE).")
+@click.option("--receipt-hash", "receipt_hash", default=None, metavar="H",
+              help="Fetch the bundle of receipt H (its id, 64 hex) from --node and verify it offline.")
+@click.option("--job-id", "job_id", default=None, metavar="ID",
+              help="Fetch every receipt of job ID from --node and verify each offline.")
+@click.option("--node", "node_addr", envvar="METANODE_NODE", default=None,
+              help="Node to fetch from, with --receipt-hash / --job-id (or $METANODE_NODE).")
+@click.option("--genesis", "genesis_path", envvar="METANODE_GENESIS", default=None, type=click.Path(dir_okay=False),
+              help="The genesis file to trust (or $METANODE_GENESIS).")
 @click.option("--issuers", type=click.Choice(["any", "validators"]), default="any", show_default=True,
               help="Which issuers to accept: any node whose receipt is sealed, or genesis validators only.")
 @click.option("--replay", is_flag=True, help="Re-run a job.exec receipt's job in a local cage.")
 @click.option("--witness", "witness_path", type=click.Path(dir_okay=False), default=None,
               help="The job's witness file, if the bundle does not carry it.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=PATH", help="An input file of the job (--replay).")
-def verify_command(bundle_path: str, genesis_path: str, issuers: str, replay: bool, witness_path: str | None,
-                   inputs: tuple[str, ...]) -> None:
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600), help="Deadline of each call to --node, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON (the exit code is the same).")
+def verify_command(bundle_arg: str | None, bundle_path: str | None, receipt_hash: str | None, job_id: str | None,
+                   node_addr: str | None, genesis_path: str | None, issuers: str, replay: bool, witness_path: str | None,
+                   inputs: tuple[str, ...], timeout: float, as_json: bool) -> None:
     from node.consensus.genesis import load_genesis
-    from node.receipts.bundle import MAX_BUNDLE_SIZE, PART_REPLAY
-    from node.receipts.verify import BundleInvalid, BundleVerifier, any_issuer, check_witness, issuers_in
+    from node.receipts.bundle import MAX_BUNDLE_SIZE
+    from node.receipts.verify import BundleVerifier, any_issuer, issuers_in
 
-    genesis = load_genesis(genesis_path)
-    data = _read(bundle_path, "bundle", MAX_BUNDLE_SIZE)
+    if bundle_arg is not None and bundle_path is not None:
+        raise UserError("give the bundle once: as BUNDLE or with --bundle", exit_code=EXIT_USAGE)
+    bundle_file = bundle_arg or bundle_path
+    given = [name for name, value in (("BUNDLE", bundle_file), ("--receipt-hash", receipt_hash), ("--job-id", job_id))
+             if value is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one of BUNDLE (a bundle file), --receipt-hash H or --job-id ID"
+                        + (f" (got {' and '.join(given)})" if given else ""), exit_code=EXIT_USAGE)
+    if genesis_path is None:
+        raise UserError("give --genesis FILE (or set METANODE_GENESIS): the genesis file you trust", exit_code=EXIT_USAGE)
+    if bundle_file is None and node_addr is None:
+        raise UserError(f"{given[0]} needs --node ADDR (or METANODE_NODE): the node to fetch from", exit_code=EXIT_USAGE)
     input_paths = _pairs(inputs, "--input")
     if input_paths and not replay:
         raise UserError("--input is only used with --replay", exit_code=EXIT_USAGE)
+    if job_id is not None and (replay or witness_path):
+        raise UserError("--replay and --witness check one job.exec receipt: use --receipt-hash", exit_code=EXIT_USAGE)
+    genesis = load_genesis(genesis_path)
     policy = issuers_in(genesis.validator_set.keys) if issuers == "validators" else any_issuer
-    try:
-        verified = BundleVerifier(genesis, issuer_allowed=policy).verify(data)
-        record = verified.witness_record
-        if witness_path is not None:
-            record = check_witness(verified.receipt, _witness_record(witness_path))
-        if replay:
-            if verified.receipt.kind != "job.exec":
-                raise UserError(f"--replay needs a job.exec receipt, this one is {verified.receipt.kind}",
-                                exit_code=EXIT_USAGE)
-            if record is None:
-                raise UserError("--replay needs the job's witness: the bundle has none, pass --witness FILE",
-                                exit_code=EXIT_USAGE)
-            outcome = _replay(verified.receipt, record, input_paths)
-            if not outcome.matches:
-                raise BundleInvalid(PART_REPLAY, outcome.reason)
-    except BundleInvalid as exc:
-        _invalid(str(exc), exc.exit_code)
-    receipt_ = verified.receipt
-    header = verified.header
-    click.echo(
-        f"valid: {receipt_.kind} receipt {receipt_.id.hex()} by {receipt_.issuer_node}, leaf {verified.leaf_index} "
-        f"of {header.receipts_size}, sealed at height {header.height} (block {header.hash.hex()})"
-        + (", replay matches" if replay else "")
-    )
+    verifier = BundleVerifier(genesis, issuer_allowed=policy)
+    if job_id is not None:
+        _verify_job(verifier, node_addr, hex_id(job_id, "--job-id"), timeout, as_json)  # type: ignore[arg-type]
+        return
+    expected = None
+    if receipt_hash is not None:
+        expected = hex_id(receipt_hash, "--receipt-hash")
+        data = fetch_bundle(node_addr, expected, timeout=timeout)  # type: ignore[arg-type]
+    else:
+        data = _read(bundle_file, "bundle", MAX_BUNDLE_SIZE)  # type: ignore[arg-type]
+    verdict = check_bundle(data, verifier, expected_id=expected, witness_path=witness_path, replay=replay, inputs=input_paths)
+    click.echo(json.dumps(verdict.to_json(), indent=2) if as_json else verdict.line())
+    sys.exit(verdict.exit_code)
+
+
+VERDICT_COLUMNS = [Column("result"), Column("kind"), Column("issuer"), Column("receipt"), Column("detail")]
+
+
+def _verify_job(verifier: Any, node_addr: str, job_id: str, timeout: float, as_json: bool) -> None:
+    """One verdict per receipt of the job; exit 0 only when every one is valid."""
+    verdicts = []
+    for fetched in fetch_job_bundles(node_addr, job_id, timeout=timeout):
+        if fetched.bundle is None:
+            verdicts.append(Verdict(fetched.receipt_id, False, EXIT_NO_RECEIPT, fetched.missing, kind=fetched.kind, missing=True))
+        else:
+            verdicts.append(check_bundle(fetched.bundle, verifier, expected_id=fetched.receipt_id))
+    code = job_exit_code(verdicts)
+    valid = sum(1 for v in verdicts if v.valid)
+    summary = (f"job {job_id}: all {len(verdicts)} receipts valid" if code == 0 else
+               f"job {job_id}: {valid} of {len(verdicts)} receipts valid")
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "node": node_addr, "valid": code == 0, "exit_code": code,
+                               "receipts": [v.to_json() for v in verdicts]}, indent=2))
+    else:
+        rows = [["valid" if v.valid else "missing" if v.missing else "invalid", v.kind or "?", v.issuer or "?", v.receipt_id,
+                 f"sealed at height {v.height}, leaf {v.leaf}" if v.valid else v.reason] for v in verdicts]
+        echo_table(VERDICT_COLUMNS, rows, marks={"valid": "green", "invalid": "bold red", "missing": "yellow"})
+        click.echo(summary)
+    sys.exit(code)
+
+
+def job_exit_code(verdicts: list[Verdict]) -> int:
+    """0 when every receipt is valid; else the first invalid one's code; else
+    EXIT_NO_RECEIPT (some receipt the node did not hand over)."""
+    for verdict in verdicts:
+        if not verdict.valid and not verdict.missing:
+            return verdict.exit_code
+    return EXIT_NO_RECEIPT if any(v.missing for v in verdicts) else 0
 
 
 def _replay(receipt_: Any, record: dict[str, Any], inputs: dict[str, str]) -> Any:
@@ -250,70 +361,3 @@ def _replay(receipt_: Any, record: dict[str, Any], inputs: dict[str, str]) -> An
         raise UserError(str(exc), exit_code=EXIT_USAGE) from None
     except UserError as exc:  # CageError: the replay could not run
         raise UserError(f"the replay could not run: {exc}") from None
-
-
-# -- audit ---------------------------------------------------------------------
-_DATA_DIR = click.option(
-    "--data-dir", default=None, envvar="METANODE_DATA_DIR", type=click.Path(file_okay=False),
-    help="A stopped node's data directory (DuckDB allows one process), or use --node.",
-)
-_AUDIT_NODE = click.option("--node", "node_addr", default=None, help="A running node's multiaddr: its log is fetched over JSON-RPC.")
-
-
-def _audit_source(data_dir: str | None, node_addr: str | None) -> Any:
-    if (data_dir is None) == (node_addr is None):
-        raise UserError("give exactly one of --data-dir DIR (a stopped node) or --node ADDR (a running node)", exit_code=EXIT_USAGE)
-    if node_addr is not None:
-        from node.receipts.audit_remote import fetch_log_from
-
-        return fetch_log_from(node_addr)
-    return data_dir
-
-
-@click.group()
-def audit() -> None:
-    """The audit trail: export the receipt log, query it with SQL (read-only)."""
-
-
-@audit.command("export")
-@_DATA_DIR
-@_AUDIT_NODE
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "parquet"]), required=True,
-              help="json: one object per line; csv with a header row; parquet.")
-@click.option("--since", type=click.IntRange(min=0), default=None, help="Lowest sealing block height.")
-@click.option("--until", type=click.IntRange(min=0), default=None, help="Highest sealing block height.")
-@click.option("--kind", default=None, help="Only receipts of this kind (api.call, job.exec...).")
-@click.option("--tenant", default=None, help="Only api.call receipts of this tenant (hex public key).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output file.")
-def export_command(data_dir: str | None, node_addr: str | None, fmt: str, since: int | None, until: int | None, kind: str | None,
-                   tenant: str | None, out_path: str) -> None:
-    """Export the receipt log, each leaf with its anchor (sealing block,
-    log size and root), in log order."""
-    from node.receipts.audit import ExportFilter, export_receipts
-
-    count = export_receipts(_audit_source(data_dir, node_addr), out_path, fmt, ExportFilter(since, until, kind, tenant))
-    click.echo(f"exported {count} receipts to {out_path}")
-
-
-@audit.command("query")
-@_DATA_DIR
-@_AUDIT_NODE
-@click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Print at most this many rows.")
-def query_command(data_dir: str | None, node_addr: str | None, sql: str, fmt: str, max_rows: int | None) -> None:
-    """Run one read-only SELECT over a node's store. Besides the node's
-    tables it can read `receipts`: the decoded log with anchors. With
-    --node, the log is fetched and the SQL runs locally over `receipts`."""
-    from node.receipts.audit import run_query
-
-    result = run_query(_audit_source(data_dir, node_addr), sql, max_rows=max_rows)
-    if fmt == "json":
-        for row in result.rows:
-            click.echo(json.dumps(dict(zip(result.columns, row)), default=str, sort_keys=False))
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="\t" if fmt == "table" else ",", lineterminator="\n")
-    writer.writerow(result.columns)
-    writer.writerows(["" if v is None else v for v in row] for row in result.rows)
-    click.echo(buffer.getvalue(), nl=False)

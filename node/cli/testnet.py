@@ -23,12 +23,16 @@ def testnet() -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--base-port", default=None, type=click.IntRange(1024, 65000), help="First TCP port (default: free ports).")
 @click.option("--seed", default=None, help="Derive keys from this seed (INSECURE; reproducible testnets).")
-def init(validators: int, non_validators: int, directory: Path, base_port: int | None, seed: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print [{name, roles, address}] as JSON.")
+def init(validators: int, non_validators: int, directory: Path, base_port: int | None, seed: str | None, as_json: bool) -> None:
     """Write keys (0600) and one config per node, peers filled in."""
     plans = layout.plan_testnet(validators, non_validators=non_validators, base_port=base_port, seed=seed)
     layout.write_testnet(directory, plans)
+    if as_json:
+        click.echo(json.dumps([{"name": p.name, "roles": list(p.roles), "address": p.address} for p in plans], indent=2))
+        return
     echo_table([Column("node"), Column("roles"), Column("address")],
-               [[plan.name, ",".join(plan.roles), plan.address] for plan in plans], header=False)
+               [[plan.name, ",".join(plan.roles), plan.address] for plan in plans])
     click.echo(f"wrote {len(plans)} nodes to {directory}; start them with: metanode testnet up --dir {directory}")
 
 
@@ -50,12 +54,12 @@ def up(directory: Path, wait: bool, timeout: float, quiet: bool, as_json: bool) 
         for name, pid in pids.items():
             click.echo(f"{name} pid {pid}")
     if wait:
-        _wait_formed(directory, timeout, say)
+        wait_formed(directory, timeout, say)
     if as_json:
         click.echo(json.dumps(pids))
 
 
-def _wait_formed(directory: Path, timeout: float, say: object) -> None:
+def wait_formed(directory: Path, timeout: float, say: object) -> None:
     """Progress while the nodes come up: how many answer, and their peers."""
     import time
 
@@ -84,9 +88,14 @@ def _wait_formed(directory: Path, timeout: float, say: object) -> None:
 
 @testnet.command("down")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
-def down(directory: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {node: stopped | killed | not running} as JSON.")
+def down(directory: Path, as_json: bool) -> None:
     """Stop every node (SIGTERM, then SIGKILL after 10 s)."""
-    for name, outcome in processes.down(directory).items():
+    outcomes = processes.down(directory)
+    if as_json:
+        click.echo(json.dumps(outcomes))
+        return
+    for name, outcome in outcomes.items():
         click.echo(f"{name} {outcome}")
 
 

@@ -46,6 +46,7 @@ from node.roles.receipts_role import ReceiptsRole
 from node.roles.registrar_role import RegistrarRole
 from node.roles.role import Role, RoleContext, Service
 from node.roles.scheduler import SchedulerRole
+from node.roles.security import daemon_security_view, register_security_methods
 from node.roles.storage_role import StorageRole
 from node.roles.supervise import StartedProxy, Supervisor, daemon_failure, data_dir_lost_error, lock_lost
 from node.roles.validator import ChainRole, open_chain
@@ -153,6 +154,8 @@ class Daemon:
             metrics=lambda: self.metrics,
             under_replicated=lambda: self.storage.under_replicated() if self.storage else {"count": 0, "datasets": []},
         ))
+        # security_report: what `metanode security export-audit` reads (node/roles/security.py).
+        register_security_methods(self.registry, daemon_security_view(self))
 
     def _registered_nodes(self) -> list[dict[str, Any]]:
         """The nodes registered on the chain this node follows (none without a chain)."""
