@@ -122,6 +122,17 @@ def adversary_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def ingest_rows(doc: dict[str, Any]) -> list[Row]:
+    duck, up = doc["duckdb"], doc["upload"]
+    size = f"{doc['file']['bytes'] / 1e6:,.0f} MB CSV"
+    return [
+        Row("ingest", f"upload + register over p2p, {size}", up["mb_s"], "MB/s", duck["mb_s"], "DuckDB read_csv MB/s",
+            ">= 50% of DuckDB", doc["met"]),
+        Row("ingest", f"upload until stored, validated, replicated, {size}", up["sent_mb_s"], "MB/s", duck["mb_s"], "DuckDB read_csv MB/s"),
+        Row("ingest", "receiving node peak RSS", up["node_rss_peak_mb"], "MiB", up["node_rss_start_mb"], "RSS before the upload"),
+    ]
+
+
 BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "transport": ("transport.py", transport_rows),
     "cage": ("cage.py", cage_rows),
@@ -131,6 +142,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "consensus": ("consensus.py", consensus_rows),
     "jobs": ("jobs.py", jobs_rows),
     "adversary": ("adversary.py", adversary_rows),
+    "ingest": ("ingest.py", ingest_rows),
 }
 
 
