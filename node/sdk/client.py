@@ -1,30 +1,38 @@
 """The metanode client library: a tenant's view of the cluster.
 
 A tenant is an Ed25519 key. The client connects to a gateway node with that
-key as its libp2p identity (Noise proves it), signs its own transactions
+key as its identity (the handshake proves it), signs its own transactions
 (dataset registrations, job submissions) and reads back job states and
-receipts. Two interfaces::
+receipts. The planning document's example runs as written, with the node, the
+key and the genesis file you trust in the environment (``METANODE_NODE``,
+``METANODE_KEY``, ``METANODE_GENESIS``)::
 
-    # from a plain script (no trio needed)
-    client = Client("/ip4/127.0.0.1/tcp/7102/p2p/12D3KooW...", key="tenant.key")
-    dataset = client.upload_dataset("sales.csv")
-    job_id = client.submit_job(job_type="sql", data_source=dataset["digest"],
+    client = Client()
+    job_id = client.submit_job(job_type="trend_analysis", data_source="sales_data.csv",
+                               parameters={"window": "30d"})   # uploads the file; infers the columns
+    result = client.wait_for_completion(job_id)                 # JobResult: state, table, receipt_hash
+    assert client.verify_receipt(result.receipt_hash)           # offline, against the trusted genesis
+
+or with everything explicit::
+
+    client = Client("/ip4/127.0.0.1/tcp/7102/p2p/12D3KooW...", key="tenant.key", genesis="genesis.toml")
+    dataset = client.upload_dataset("sales.csv")        # stored and registered on chain: sales@1
+    job_id = client.submit_job(job_type="sql", data_source={"sales": "sales"},
                                parameters={"query": "SELECT count(*) AS n FROM sales"})
-    status = client.wait_for_completion(job_id)        # state "verified", results, receipts
-    table = status["result"]                            # columns, rows, result_digest
 
-    # from trio code
-    async with AsyncClient.connect(address, identity) as client:
-        ...
+Uploading the same bytes again returns the same dataset (no error, no new
+version); new bytes under a name make its next version (``sales@2``; ``sales``
+means the latest). From trio code use :class:`AsyncClient` (``async with
+AsyncClient.connect(address, key) as client``): the same methods, awaited.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -32,34 +40,95 @@ from node.base.errors import EXIT_USAGE, ErrorCode, UserError
 from node.base.keys import Identity
 from node.base.retry import Backoff, retry
 from node.consensus.tx import sign_tx
-from node.p2p.client import connect_to_node
-from node.p2p.rpc import RpcClient
+from node.sdk.datasets import DatasetResolver, PreparedJob, is_digest
+from node.sdk.link import Link
+from node.sdk.results import FINAL_STATES, JobResult
+from node.sdk.uploads import Progress
 
-UPLOAD_CHUNK = 768 * 1024  # under the gateway's 1 MiB per chunk, after base64
-FINAL_STATES = ("verified", "disputed", "failed", "cancelled")
+if TYPE_CHECKING:
+    from node.p2p.rpc_client import RpcClient
+
+__all__ = ["FINAL_STATES", "AsyncClient", "Client", "JobResult", "PreparedJob", "require_key"]
+
+ENV_NODE, ENV_KEY, ENV_GENESIS = "METANODE_NODE", "METANODE_KEY", "METANODE_GENESIS"
 DATASET_PAGE = 1000  # dataset_list's largest page
+BUNDLE_WAIT_S = 60.0  # a receipt is bundled once a block seals it: a just-verified job's may need a block or two
 
 
-def _identity(key: Identity | str | Path) -> Identity:
-    return key if isinstance(key, Identity) else Identity.load(key)
+def _from_env(value: Any, variable: str) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return os.environ.get(variable, "").strip() or None
+    return value
+
+
+def node_address(node: str | None) -> str:
+    """The gateway's address: the one given, else ``METANODE_NODE``."""
+    address = _from_env(node, ENV_NODE)
+    if not address:
+        raise UserError(f"no node address: pass Client(node=\"/ip4/HOST/tcp/PORT/p2p/PEER_ID\") or set {ENV_NODE}",
+                        exit_code=EXIT_USAGE)
+    return str(address)
+
+
+def tenant_identity(key: Identity | str | Path | None) -> Identity:
+    """The tenant key: the Identity or key file given, else the file ``METANODE_KEY`` names."""
+    if isinstance(key, Identity):
+        return key
+    path = _from_env(key, ENV_KEY)
+    if not path:
+        raise UserError(f"no tenant key: pass Client(key=\"tenant.key\") or set {ENV_KEY} "
+                        "(create one with `metanode keys init --out tenant.key`)", exit_code=EXIT_USAGE)
+    from node.base.keys import KeyFileError
+
+    try:
+        return Identity.load(path)
+    except KeyFileError as exc:
+        where = "key" if key else ENV_KEY
+        raise UserError(f"{where}: {exc}", exit_code=EXIT_USAGE) from None
+
+
+def trusted_genesis(*candidates: str | Path | None) -> str | Path:
+    """The first genesis file given, else ``METANODE_GENESIS``."""
+    for candidate in candidates:
+        if candidate:
+            return candidate
+    found = _from_env(None, ENV_GENESIS)
+    if not found:
+        raise UserError(f"verify_receipt needs the genesis file you trust: pass verify_receipt(hash, genesis=PATH) "
+                        f"or Client(genesis=PATH), or set {ENV_GENESIS}", exit_code=EXIT_USAGE)
+    return str(found)
 
 
 class AsyncClient:
-    """The trio API over one RPC stream to one gateway."""
+    """The trio API over one gateway connection (replaced when it drops mid-upload)."""
 
-    def __init__(self, rpc: RpcClient, identity: Identity, chain_id: str) -> None:
-        self.rpc = rpc
+    def __init__(self, link: Link, identity: Identity, chain_id: str, *, genesis: str | Path | None = None) -> None:
+        self.link = link
         self.identity = identity
         self.chain_id = chain_id
+        self.genesis = genesis
+        self._datasets = DatasetResolver(self)
+
+    @property
+    def rpc(self) -> RpcClient:
+        """The current connection's RPC client (for methods this class does not wrap)."""
+        return self.link.rpc
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, address: str, key: Identity | str | Path, *, timeout: float = 10.0) -> AsyncIterator["AsyncClient"]:
-        identity = _identity(key)
-        async with connect_to_node(address, identity=identity, timeout=timeout) as rpc:
-            head = await rpc.call("chain_head")
-            yield cls(rpc, identity, head["chain_id"])
+    async def connect(cls, address: str | None = None, key: Identity | str | Path | None = None, *, timeout: float = 10.0,
+                      genesis: str | Path | None = None) -> AsyncIterator[AsyncClient]:
+        """Connect to ``address`` (else ``METANODE_NODE``) as ``key`` (else ``METANODE_KEY``)."""
+        link = Link(node_address(address), tenant_identity(key), timeout)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            try:
+                head = await link.rpc.call("chain_head")
+                yield cls(link, link.identity, head["chain_id"], genesis=_from_env(genesis, ENV_GENESIS))
+            finally:
+                nursery.cancel_scope.cancel()
 
+    # -- transactions ---------------------------------------------------------------------
     async def _signed(self, tx_type: str, payload: Any, *, nonce: int | None = None) -> bytes:
         if nonce is None:
             answer = await self.rpc.call("chain_nonce", {"sender": self.identity.public_key.hex()})
@@ -72,7 +141,7 @@ class AsyncClient:
         answers that it needs another nonce from us (``expected_nonce``: ours
         was taken by a transaction we sent meanwhile, or a gap opened), sign
         again with that nonce and resend (README: "after each rejection code")."""
-        from node.p2p.rpc import RpcCallError
+        from node.p2p.rpc_client import RpcCallError
 
         tx = await self._signed(tx_type, payload)
         wait = {"mode": "commit", "timeout": timeout} if timeout else {}
@@ -87,46 +156,21 @@ class AsyncClient:
                 tx = await self._signed(tx_type, payload, nonce=expected)
         raise AssertionError("unreachable")
 
+    # -- datasets ---------------------------------------------------------------------------
     async def upload_dataset(self, path: str | Path, *, name: str | None = None, format: str | None = None,
-                             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Upload a CSV or Parquet file in chunks, then register it on chain (waits for the commit)."""
-        path = Path(path)
-        data = path.read_bytes()
-        name = name or path.stem
-        fmt = format or ("parquet" if path.suffix.lower() == ".parquet" else "csv")
-        upload: str | None = None
-        info: dict[str, Any] = {}
-        for start in range(0, max(len(data), 1), UPLOAD_CHUNK):
-            chunk = data[start:start + UPLOAD_CHUNK]
-            final = start + UPLOAD_CHUNK >= len(data)
-            params: dict[str, Any] = {"chunk": base64.b64encode(chunk).decode(), "final": final, "name": name, "format": fmt}
-            if upload is not None:
-                params["upload"] = upload
-            info = await self._upload_call(params)
-            upload = info.get("upload", upload)
-            if progress is not None:
-                progress(min(start + UPLOAD_CHUNK, len(data)), len(data))
-        digest = bytes.fromhex(info["digest"])
-        receipt_id = await self.wait_for_receipt(info["receipt"]["id"])
-        done = await self._submit("tx_submit", "dataset.register", {"digest": digest, "size": len(data), "name": name,
-                                                                     "format": fmt, "receipt": bytes.fromhex(receipt_id)}, timeout=120)
-        if done.get("state_rejected"):
-            raise UserError(f"dataset {name} was uploaded but its registration was refused: {done['state_rejected']}")
-        return info
-
-    async def _upload_call(self, params: dict[str, Any], *, wait_ready: float = 60.0) -> dict[str, Any]:
-        """One dataset_upload call; a node that is not registered on chain yet
-        (a cluster just starting) is retried for up to ``wait_ready`` seconds."""
-        from node.p2p.rpc import RpcCallError
-
-        return await retry(lambda: self.rpc.call("dataset_upload", params, timeout=300), backoff=Backoff(0.5),
-                           retry_on=RpcCallError, when=lambda exc: exc.code == ErrorCode.NODE_NOT_READY,
-                           deadline=trio.current_time() + wait_ready)
+                             on_bad_rows: str = "fail", progress: Progress | None = None) -> dict[str, Any]:
+        """Upload a CSV, Parquet or JSON Lines file (streamed from disk, resumed
+        after a dropped connection) and make sure it is registered on chain
+        under ``name`` (default: the file's stem). Returns the catalog row
+        (digest, schema, row_count, ...) with ``version`` and ``registered``
+        (the chain's registration row). Bytes already registered as that name's
+        latest version are returned as they are: no transaction, no error."""
+        return await self._datasets.upload(Path(path), name=name, format=format, on_bad_rows=on_bad_rows, progress=progress)
 
     async def wait_for_receipt(self, receipt_id: str, *, timeout: float = 120.0) -> str:
         """Wait until a receipt is in the chain's log (registering an upload needs
         its data.store receipt on chain: the proof that you uploaded those bytes)."""
-        from node.p2p.rpc import RpcCallError
+        from node.p2p.rpc_client import RpcCallError
 
         with trio.fail_after(timeout):
             await retry(lambda: self.rpc.call("receipt_get", {"id": receipt_id}), backoff=Backoff(0.2),
@@ -142,37 +186,58 @@ class AsyncClient:
             if len(page) < DATASET_PAGE:
                 return found
 
-    async def find_dataset(self, name_or_digest: str) -> dict[str, Any]:
-        """One of your datasets by its digest (64 hex) or by the name you uploaded it under."""
-        text = name_or_digest.strip()
-        if len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower()):
-            return await self.rpc.call("dataset_get", {"digest": text.lower()})
-        matches = {d["digest"]: d for d in await self.datasets() if d["name"] == text}
-        if not matches:
-            raise UserError(f"dataset {text!r}: no dataset of yours has that name in this node's catalog "
-                            "(upload it with --data FILE, or give its digest)")
-        if len(matches) > 1:
-            raise UserError(f"dataset {text!r}: {len(matches)} of your datasets have that name "
-                            f"({', '.join(sorted(matches))}); give the digest")
-        return next(iter(matches.values()))
+    async def registrations(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Your datasets as registered on chain: name, version, digest, size, format, latest."""
+        found: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {"limit": DATASET_PAGE, "offset": len(found), **({"name": name} if name else {})}
+            page = (await self.rpc.call("analytics_datasets", params))["datasets"]
+            found += page
+            if len(page) < DATASET_PAGE:
+                return found
 
-    async def submit_job(self, *, job_type: str, data_source: str | dict[str, str], parameters: dict[str, Any],
-                         replication: int = 1, deadline_blocks: int = 100) -> str:
-        """Submit a job over datasets (a digest, or {input name: digest}); returns the job id."""
-        sources = data_source if isinstance(data_source, dict) else {parameters.get("input", "data"): data_source}
-        inputs = {name: bytes.fromhex(digest) for name, digest in sources.items()}
-        answer = await self._submit("analytics_submit", "job.submit", {"type": job_type, "inputs": inputs, "params": parameters,
-                                                                       "replication": replication, "deadline_blocks": deadline_blocks})
+    async def find_dataset(self, ref: str) -> dict[str, Any]:
+        """One of your datasets by name (its latest version), ``name@version`` or
+        digest, as :meth:`upload_dataset` returns it. A dataset stored but not
+        registered yet (uploaded over HTTP without registering) is registered."""
+        return await self._datasets.find(ref)
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def prepare_job(self, *, job_type: str, data_source: str | Path | Mapping[str, str | Path],
+                          parameters: Mapping[str, Any] | None = None, replication: int = 1, deadline_blocks: int = 100,
+                          progress: Progress | None = None) -> PreparedJob:
+        """Everything :meth:`submit_job` does short of submitting: uploads the
+        files among the sources, resolves the others, maps the job type's
+        spelling, fills trend-analysis parameters from the input's schema.
+        Returns the ``job.submit`` payload, the ``notes`` saying what was
+        inferred (and the ``--param`` that changes it) and the ``datasets`` by input."""
+        return await self._datasets.prepare(job_type=job_type, data_source=data_source, parameters=parameters,
+                                            replication=replication, deadline_blocks=deadline_blocks, progress=progress)
+
+    async def submit_job(self, *, job_type: str, data_source: str | Path | Mapping[str, str | Path],
+                         parameters: Mapping[str, Any] | None = None, replication: int = 1, deadline_blocks: int = 100,
+                         progress: Progress | None = None) -> str:
+        """Submit a job and return its id. ``data_source`` is a file (uploaded:
+        a second run finds it already registered), a digest, a dataset name
+        (``sales``, ``sales@2``), or {input name: any of these}."""
+        prepared = await self.prepare_job(job_type=job_type, data_source=data_source, parameters=parameters,
+                                          replication=replication, deadline_blocks=deadline_blocks, progress=progress)
+        return await self.submit_prepared(prepared)
+
+    async def submit_prepared(self, prepared: PreparedJob) -> str:
+        """Sign and submit a job :meth:`prepare_job` prepared; returns its id."""
+        answer = await self._submit("analytics_submit", "job.submit", prepared.payload)
         return str(answer["job_id"])
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Ask the chain to cancel one of your jobs (it must not be final yet)."""
-        answer: dict[str, Any] = await self._submit("analytics_cancel", "job.cancel", {"job": bytes.fromhex(job_id)})
+        answer: dict[str, Any] = await self._submit("analytics_cancel", "job.cancel", {"job": _job_id_bytes(job_id)})
         return answer
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
-        from node.p2p.rpc import RpcCallError
+        from node.p2p.rpc_client import RpcCallError
 
+        _job_id_bytes(job_id)
         try:
             return await self.rpc.call("analytics_status", {"job_id": job_id})
         except RpcCallError as exc:
@@ -181,29 +246,33 @@ class AsyncClient:
             raise
 
     async def wait_for_completion(self, job_id: str, *, timeout: float = 300.0, include_result: bool = True,
-                                  on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                                  on_change: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
         """Poll until the job reaches a final state; ``on_change`` sees each new
         state. A verified job's status carries its ``result`` (see :meth:`result`)."""
         last = None
-        with trio.fail_after(timeout):
-            while True:
-                status = await self.status(job_id)
-                if status is not None and status["state"] != last:
-                    last = status["state"]
-                    if on_change is not None:
-                        on_change(status)
-                if status is not None and status["state"] in FINAL_STATES:
-                    if include_result and status["state"] == "verified":
-                        status["result"] = await self.result(job_id)
-                    return status
-                await trio.sleep(0.25)
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    status = await self.status(job_id)
+                    if status is not None and status["state"] != last:
+                        last = status["state"]
+                        if on_change is not None:
+                            on_change(status)
+                    if status is not None and status["state"] in FINAL_STATES:
+                        if include_result and status["state"] == "verified":
+                            status["result"] = await self.result(job_id)
+                        return JobResult(job_id, status)
+                    await trio.sleep(0.25)
+        except trio.TooSlowError:
+            raise trio.TooSlowError(f"job {job_id} is not final after {timeout:g} s (state {last or 'not on chain yet'}); "
+                                    "it keeps going: wait again, or cancel it") from None
 
     async def result(self, job_id: str, *, retry_for: float = 30.0) -> dict[str, Any]:
         """A verified job's result table: ``columns`` ([name, type]), ``rows``,
         ``result_digest`` (checked by the gateway against the chain),
         ``computed_by`` and the ``receipts`` of each execution. Retries while
         the nodes holding it are briefly unreachable."""
-        from node.p2p.rpc import RpcCallError
+        from node.p2p.rpc_client import RpcCallError
 
         def unavailable_now(exc: RpcCallError) -> bool:
             return exc.code == ErrorCode.RESULT_NOT_AVAILABLE and isinstance(exc.data, dict) and "holders" in exc.data
@@ -224,29 +293,62 @@ class AsyncClient:
     async def health(self) -> dict[str, Any]:
         return await self.rpc.call("analytics_health")
 
-    async def verify_receipt(self, receipt_id: str, genesis: str | Path) -> bool:
-        """Fetch a receipt's bundle and verify it offline against the genesis file you trust."""
+    # -- receipts -----------------------------------------------------------------------------
+    async def receipt_bundle(self, receipt_hash: str, *, wait: float = BUNDLE_WAIT_S) -> bytes:
+        """A receipt's bundle (envelope, inclusion proof, sealed headers), waiting
+        up to ``wait`` seconds for a block to seal a receipt the node just logged."""
+        from node.p2p.rpc_client import RpcCallError
+
+        _receipt_id(receipt_hash)
+        not_yet = (ErrorCode.NOT_FOUND, ErrorCode.RECEIPT_NOT_SEALED)
+        answer = await retry(lambda: self.rpc.call("receipt_bundle", {"id": receipt_hash.lower()}), backoff=Backoff(0.25, 1.5, 2.0),
+                             retry_on=RpcCallError, when=lambda exc: exc.code in not_yet, deadline=trio.current_time() + wait)
+        return bytes.fromhex(answer["bundle"])
+
+    async def verify_receipt(self, receipt_hash: str, genesis: str | Path | None = None) -> bool:
+        """Fetch a receipt's bundle from the node and verify it offline against
+        the genesis file you trust (``genesis``, else the client's, else
+        ``METANODE_GENESIS``): True when every signature and proof holds."""
         from node.consensus.genesis import load_genesis
         from node.receipts.verify import BundleInvalid, BundleVerifier
 
-        bundle = bytes.fromhex((await self.rpc.call("receipt_bundle", {"id": receipt_id}))["bundle"])
+        trusted = load_genesis(trusted_genesis(genesis, self.genesis))
+        bundle = await self.receipt_bundle(receipt_hash)
         try:
-            BundleVerifier(load_genesis(genesis)).verify(bundle)
+            BundleVerifier(trusted).verify(bundle)
         except BundleInvalid:
             return False
         return True
 
 
-class Client:
-    """The same operations for plain (non-trio) Python: one connection per call."""
+def _job_id_bytes(job_id: str) -> bytes:
+    if not is_digest(job_id):
+        raise UserError(f"job id {job_id!r:.80}: expected 64 hex characters", exit_code=EXIT_USAGE)
+    return bytes.fromhex(job_id)
 
-    def __init__(self, node: str, key: Identity | str | Path) -> None:
-        self.node = node
-        self.identity = _identity(key)
+
+def _receipt_id(receipt_hash: str) -> None:
+    if not isinstance(receipt_hash, str) or not is_digest(receipt_hash):
+        raise UserError(f"receipt hash {receipt_hash!r:.80}: expected 64 hex characters (a receipt id, "
+                        "e.g. result.receipt_hash)", exit_code=EXIT_USAGE)
+
+
+class Client:
+    """The same operations for plain (non-trio) Python: one connection per call.
+
+    ``Client()`` reads ``METANODE_NODE``, ``METANODE_KEY`` and ``METANODE_GENESIS``
+    for what is not given."""
+
+    def __init__(self, node: str | None = None, key: Identity | str | Path | None = None, *,
+                 genesis: str | Path | None = None, timeout: float = 10.0) -> None:
+        self.node = node_address(node)
+        self.identity = tenant_identity(key)
+        self.genesis: str | Path | None = _from_env(genesis, ENV_GENESIS)
+        self.timeout = timeout
 
     def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
-            async with AsyncClient.connect(self.node, self.identity) as client:
+            async with AsyncClient.connect(self.node, self.identity, timeout=self.timeout, genesis=self.genesis) as client:
                 return await getattr(client, method)(*args, **kwargs)
 
         try:
@@ -256,17 +358,33 @@ class Client:
 
             raise sole_exception(group) from None
 
-    def upload_dataset(self, path: str | Path, **kwargs: Any) -> dict[str, Any]:
-        return self._run("upload_dataset", path, **kwargs)
+    def upload_dataset(self, path: str | Path, *, name: str | None = None, format: str | None = None,
+                       on_bad_rows: str = "fail", progress: Progress | None = None) -> dict[str, Any]:
+        return self._run("upload_dataset", path, name=name, format=format, on_bad_rows=on_bad_rows, progress=progress)
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._run("datasets")
 
-    def find_dataset(self, name_or_digest: str) -> dict[str, Any]:
-        return self._run("find_dataset", name_or_digest)
+    def registrations(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self._run("registrations", name)
 
-    def submit_job(self, **kwargs: Any) -> str:
-        return self._run("submit_job", **kwargs)
+    def find_dataset(self, ref: str) -> dict[str, Any]:
+        return self._run("find_dataset", ref)
+
+    def prepare_job(self, *, job_type: str, data_source: str | Path | Mapping[str, str | Path],
+                    parameters: Mapping[str, Any] | None = None, replication: int = 1, deadline_blocks: int = 100,
+                    progress: Progress | None = None) -> PreparedJob:
+        return self._run("prepare_job", job_type=job_type, data_source=data_source, parameters=parameters,
+                         replication=replication, deadline_blocks=deadline_blocks, progress=progress)
+
+    def submit_job(self, *, job_type: str, data_source: str | Path | Mapping[str, str | Path],
+                   parameters: Mapping[str, Any] | None = None, replication: int = 1, deadline_blocks: int = 100,
+                   progress: Progress | None = None) -> str:
+        return self._run("submit_job", job_type=job_type, data_source=data_source, parameters=parameters,
+                         replication=replication, deadline_blocks=deadline_blocks, progress=progress)
+
+    def submit_prepared(self, prepared: PreparedJob) -> str:
+        return self._run("submit_prepared", prepared)
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         return self._run("status", job_id)
@@ -274,11 +392,12 @@ class Client:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._run("cancel_job", job_id)
 
-    def wait_for_completion(self, job_id: str, **kwargs: Any) -> dict[str, Any]:
-        return self._run("wait_for_completion", job_id, **kwargs)
+    def wait_for_completion(self, job_id: str, *, timeout: float = 300.0, include_result: bool = True,
+                            on_change: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
+        return self._run("wait_for_completion", job_id, timeout=timeout, include_result=include_result, on_change=on_change)
 
-    def jobs(self, **kwargs: Any) -> list[dict[str, Any]]:
-        return self._run("jobs", **kwargs)
+    def jobs(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._run("jobs", state=state, limit=limit)
 
     def result(self, job_id: str) -> dict[str, Any]:
         return self._run("result", job_id)
@@ -289,8 +408,9 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._run("health")
 
-    def verify_receipt(self, receipt_id: str, genesis: str | Path) -> bool:
-        return self._run("verify_receipt", receipt_id, genesis)
+    def verify_receipt(self, receipt_hash: str, genesis: str | Path | None = None) -> bool:
+        trusted = trusted_genesis(genesis, self.genesis)  # before dialing: a missing genesis is the caller's to fix
+        return self._run("verify_receipt", receipt_hash, trusted)
 
 
 def require_key(path: str | None) -> Identity:

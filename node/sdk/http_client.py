@@ -6,7 +6,7 @@ It is the reference for clients in other languages: every request carries
 transactions the tenant signs itself (the gateway only forwards them)::
 
     client = HttpClient("http://127.0.0.1:8080", key="tenant.key")
-    dataset = client.upload_dataset("sales.csv")            # stored and registered on chain
+    dataset = client.upload_dataset("sales.csv")            # stored and registered on chain (sales@1; again: the same)
     job_id = client.submit_job(job_type="sql", data_source={"sales": dataset["digest"]},
                                parameters={"query": "SELECT count(*) AS n FROM sales"})
     status = client.wait_for_completion(job_id)              # "verified", with status["result"]
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -111,14 +112,20 @@ class HttpClient:
     # -- datasets ----------------------------------------------------------------------------
     def upload_dataset(self, data: str | Path | bytes, *, name: str | None = None, format: str | None = None,
                        register: bool = True) -> dict[str, Any]:
-        """Upload a CSV or Parquet file (or bytes) and, unless ``register`` is false, register it on chain."""
+        """Upload a CSV, Parquet or JSON Lines file (or bytes; streamed from disk)
+        and, unless ``register`` is false, make sure it is registered on chain as
+        ``name`` (default: the file's stem). As over p2p (``Client.upload_dataset``),
+        bytes that are already the name's latest version are not registered again:
+        the answer is the catalog row with ``version`` and ``registered``."""
+        from node.sdk.uploads import upload_format
+
         if isinstance(data, bytes):
             stream: BinaryIO = io.BytesIO(data)
             name, size, fmt = name or "data", len(data), format or "csv"
         else:
             path = Path(data)
             stream, size = path.open("rb"), path.stat().st_size
-            name, fmt = name or path.stem, format or ("parquet" if path.suffix.lower() == ".parquet" else "csv")
+            name, fmt = name or path.stem, upload_format(path, format)
         with stream:
             digest = hashlib.sha256()
             while block := stream.read(1 << 20):
@@ -126,14 +133,45 @@ class HttpClient:
             stream.seek(0)
             target = "/v1/datasets?" + urllib.parse.urlencode({"name": name, "format": fmt})
             info = self.request("POST", target, body=stream, body_sha256=digest.hexdigest(), size=size)
-        if register:
-            self.register_dataset(info)
-        return info
+        if not register:
+            return info
+        return self.ensure_registered(info, name)
+
+    def registration(self, ref: str) -> dict[str, Any] | None:
+        """The chain's registration a reference names (``sales``: the latest version,
+        ``sales@2``, a digest), None when there is none."""
+        try:
+            return self.get("/v1/registry/" + urllib.parse.quote(ref, safe=""))
+        except HttpError as exc:
+            if exc.status == 404 and exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise
+
+    def ensure_registered(self, info: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """An uploaded dataset (its upload answer or catalog row) as ``name``'s latest
+        version (default: the row's name): registered unless it already is."""
+        name = name or info["name"]
+        latest = self._latest(name)
+        if latest is None or latest["digest"] != info["digest"]:
+            self.register_dataset({**info, "name": name})
+            latest = self._latest(name)
+            if latest is None or latest["digest"] != info["digest"]:
+                raise HttpError(409, None, "the registration is not on chain after its commit", {"name": name})
+        return {**info, "name": name, "version": latest["version"], "registered": latest}
+
+    def _latest(self, name: str) -> dict[str, Any] | None:
+        if re.fullmatch(r"[0-9a-fA-F]{64}|.+@[0-9]+", name):  # as a ref it would mean a digest or a version
+            rows = [r for r in self.get("/v1/registry", name=name, limit=1000)["datasets"] if r.get("latest")]
+            return rows[-1] if rows else None
+        return self.registration(name)
 
     def register_dataset(self, info: dict[str, Any], *, mode: str = "commit", timeout: float = 120.0) -> dict[str, Any]:
-        """Sign and send dataset.register for an uploaded dataset (its upload answer),
-        once the upload's data.store receipt is on chain (the chain wants that proof)."""
-        receipt_id = info["receipt"]["id"]
+        """Sign and send dataset.register for an uploaded dataset (its upload answer,
+        or a catalog row with ``receipt_id``), once the upload's data.store receipt
+        is on chain (the chain wants that proof)."""
+        receipt_id = (info.get("receipt") or {}).get("id") or info.get("receipt_id")
+        if not receipt_id:
+            raise ValueError("the dataset row has no data.store receipt id (receipt.id or receipt_id)")
         deadline = time.monotonic() + timeout
         while True:
             try:
