@@ -1,47 +1,84 @@
-"""``metanode analytics``: submit jobs, follow them, list them, check the cluster."""
+"""``metanode analytics``: upload datasets, submit jobs, follow them, list them, check the cluster.
+
+stdout carries the answer (a job id, a table, or with ``--json`` the JSON
+every command that prints data offers); stderr carries what happens meanwhile
+(the upload's progress bar, the inferred schema and parameters, the follow
+line), which ``--quiet`` and ``--json`` switch off. Option values are checked
+in words before anything is sent (node/cli/analytics_options.py); the upload
+display and the datasets listing are node/cli/analytics_datasets.py; the
+``--follow`` line is node/cli/analytics_follow.py.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 
-from node.base.errors import UserError
+from node.base.errors import EXIT_USAGE, UserError
+from node.cli.analytics_options import (
+    JOB_ID_OPTION,
+    JSON_OPTION,
+    KEY_OPTION,
+    NODE_OPTION,
+    QUIET_OPTION,
+    DataFile,
+    DataFileType,
+    DatasetRef,
+    DatasetRefType,
+    InputName,
+    JobTypeChoice,
+    JobTypeOption,
+    parse_params,
+    value_option,
+)
 
-NODE_OPTION = click.option("--node", "node_addr", required=True, envvar="METANODE_NODE", help="Gateway multiaddr ending in /p2p/ID (or $METANODE_NODE).")
-KEY_OPTION = click.option("--key", "key_path", envvar="METANODE_KEY", help="Tenant key file (or $METANODE_KEY).")
-QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr (for scripts).")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout; no progress lines.")
+__all__ = ["analytics", "JobTypeChoice", "JobTypeOption"]
 
 
-def _progress(quiet: bool, as_json: bool) -> Any:
+def _progress(quiet: bool, as_json: bool) -> Callable[[str], None]:
     """Progress lines go to stderr, so stdout stays the answer; off for --quiet / --json."""
     from node.cli.present import progress
 
     return progress(enabled=not (quiet or as_json))
 
 
-def _state_line(job_id: str, status: dict[str, Any]) -> str:
-    done = sum(1 for r in status.get("results", []))
-    wanted = status.get("replication") or len({a["node"] for a in status.get("assignments", []) if a.get("attempt") == status.get("attempt")})
-    extra = f" ({status['reason']})" if status.get("reason") else ""
-    if status["state"] in ("scheduled", "running") and wanted:
-        extra += f" [{done}/{wanted} results]"
-    return f"job {job_id[:16]}... {status['state']}{extra}"
+def _rpc_error_text(exc: Any) -> str:
+    """An RPC error in words: its message, then what its data says (reason, the parameter)."""
+    data = exc.data
+    if isinstance(data, dict):
+        reason = data.get("reason")
+        param = data.get("param")
+        if isinstance(reason, str) and reason in exc.message:  # the message already says it
+            return f"{exc.message} (code {exc.code})"
+        if isinstance(reason, str) and reason:
+            where = f"{param}: " if isinstance(param, str) and param not in reason else ""
+            return f"{exc.message}: {where}{reason} (code {exc.code})"
+    if isinstance(data, dict) and data and all(isinstance(v, (str, int, float)) for v in data.values()):
+        detail = ": " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.items())
+    else:
+        detail = f": {json.dumps(data)}" if data not in (None, {}) else ""
+    return f"{exc.message}{detail} (code {exc.code})"
 
 
-def _run(key_path: str | None, node_addr: str, body: Any) -> Any:
+def _run(key_path: str | None, node_addr: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Connect as the tenant, run ``body(client)`` under trio, and turn what can
+    go wrong (an RPC error, a timeout) into one line and an exit code."""
+    import logging
+
     import trio
 
-    from node.base.errors import sole_exception
-    from node.base.logging import configure_client_logging
-    from node.p2p.rpc import RpcCallError
+    from node.base.errors import UnreachableError, sole_exception
+    from node.p2p.rpc_client import RpcCallError
     from node.sdk.client import AsyncClient, require_key
 
-    configure_client_logging()
+    # Errors are reported once, as one line, below (as `metanode rpc` does): the
+    # client's dialer logs nothing worth a user's eye, and structlog costs an import.
+    logging.getLogger().setLevel(logging.ERROR)
     identity = require_key(key_path)
 
     async def main() -> Any:
@@ -53,7 +90,9 @@ def _run(key_path: str | None, node_addr: str, body: Any) -> Any:
     except BaseException as exc:
         inner = sole_exception(exc)
         if isinstance(inner, RpcCallError):
-            raise UserError(f"{inner.message} (code {inner.code}): {json.dumps(inner.data)}") from None
+            raise UserError(_rpc_error_text(inner)) from None
+        if isinstance(inner, (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise UnreachableError(f"lost {node_addr}: {inner}") from None
         if isinstance(inner, trio.TooSlowError):
             raise UserError("timed out; the job keeps going: check it with `metanode analytics status`") from None
         if inner is not exc:
@@ -61,107 +100,118 @@ def _run(key_path: str | None, node_addr: str, body: Any) -> Any:
         raise
 
 
-class JobTypeChoice(click.Choice[str]):
-    """``--type``'s choices: the job types of the registry (node/app/jobtypes.py),
-    read when the option is parsed or shown, so the CLI offers exactly what this
-    build's chain accepts (sorted by name)."""
-
-    def __init__(self) -> None:  # no fixed list: see choices
-        self.case_sensitive = True
-
-    @property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        from node.app.jobtypes import job_type_names
-
-        return tuple(sorted(job_type_names()))
-
-
-class JobTypeOption(click.Option):
-    """``--type``, whose help lists each registered job type's summary line."""
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from node.app.jobtypes import JOB_TYPES
-
-        self.help = "; ".join(f"{name}: {JOB_TYPES[name].summary}" for name in sorted(JOB_TYPES))
-        return super().get_help_record(ctx)
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 @click.group()
 def analytics() -> None:
-    """Submit analytics jobs and follow them to a verified result."""
+    """Upload datasets, submit analytics jobs and follow them to a verified result."""
 
 
-def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UserError(f"--param {pair!r}: expected NAME=VALUE", exit_code=2)
-        out[name] = int(value) if value.lstrip("-").isdigit() else value
-    return out
+# -- submit ---------------------------------------------------------------------------------------
+
+async def _upload(client: Any, spec: DataFile, *, on_bad_rows: str, say: Callable[[str], None], show_bar: bool) -> dict[str, Any]:
+    """Upload one --data file (a progress bar on a terminal); its catalog row and registration.
+    Refused rows become a UserError listing them by line number."""
+    from node.cli.analytics_datasets import UploadBar, bad_rows_message, upload_lines
+    from node.p2p.rpc_client import RpcCallError
+
+    name = spec.input_name or spec.path.stem
+    try:
+        with UploadBar(spec.path, enabled=show_bar) as bar:
+            info: dict[str, Any] = await client.upload_dataset(spec.path, name=name, on_bad_rows=on_bad_rows, progress=bar)
+    except RpcCallError as exc:
+        if isinstance(exc.data, dict) and "bad_rows" in exc.data:
+            raise UserError(bad_rows_message(spec.path, exc.data)) from None
+        raise UserError(f"{spec.path}: {_rpc_error_text(exc)}") from None
+    for line in upload_lines(spec.path, info):
+        say(line)
+    return info
+
+
+async def _resolve(client: Any, ref: DatasetRef) -> dict[str, Any]:
+    """One of the tenant's datasets by name (its latest version), name@version or
+    digest; the SDK registers one stored but not registered yet (an HTTP upload)."""
+    from node.p2p.rpc_client import RpcCallError
+
+    try:
+        found: dict[str, Any] = await client.find_dataset(ref.ref)
+        return found
+    except RpcCallError as exc:
+        raise UserError(f"--dataset {ref.ref}: {_rpc_error_text(exc)}") from None
 
 
 @analytics.command("submit")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--type", "job_type", cls=JobTypeOption, required=True, type=JobTypeChoice())
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False), help="Upload this CSV/Parquet file first.")
-@click.option("--dataset", "dataset", help="One of your registered datasets: its name or its digest (64 hex).")
-@click.option("--name", "input_name", default=None, help="The input's name in the job (default: the file's stem, or the dataset's name).")
+@value_option("--type", "job_type", cls=JobTypeOption, required=True, type=JobTypeChoice())
+@value_option("--data", "data_files", multiple=True, type=DataFileType(),
+              help="Upload this CSV, Parquet or JSON Lines file as an input (repeatable; NAME=FILE names the input).")
+@value_option("--dataset", "dataset_refs", multiple=True, type=DatasetRefType(),
+              help="One of your registered datasets as an input: NAME (its latest version), NAME@VERSION or its digest "
+                   "(repeatable; INPUT=REF names the input).")
+@value_option("--name", "input_name", type=InputName(), default=None,
+              help="The input's name in the job, with one --data/--dataset (default: the file's stem or the dataset's name).")
 @click.option("--query", default=None, help="The SELECT for --type sql.")
-@click.option("--param", "params", multiple=True, help="A job parameter NAME=VALUE (repeatable).")
-@click.option("--replication", default=1, show_default=True, type=click.IntRange(1, 8))
-@click.option("--follow", is_flag=True, help="Follow the job through its states until it is final, then print its result.")
+@value_option("--param", "params", multiple=True, help="A job parameter NAME=VALUE (repeatable).")
+@value_option("--on-bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="A --data file with rows that do not fit its columns: refuse it (listing them), or store the good rows.")
+@value_option("--replication", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option("--follow", is_flag=True, help="Follow the job until it is final, then print its result.")
 @QUIET_OPTION
 @JSON_OPTION
-def submit(node_addr: str, key_path: str | None, job_type: str, data_file: str | None, dataset: str | None,
-           input_name: str | None, query: str | None, params: tuple[str, ...], replication: int, follow: bool,
-           quiet: bool, as_json: bool) -> None:
-    """Upload (if --data) and submit a job; with --follow, wait for its verdict."""
-    if (data_file is None) == (dataset is None):
-        raise UserError("give exactly one of --data FILE or --dataset NAME|DIGEST", exit_code=2)
+def submit(node_addr: str, key_path: str | None, job_type: str, data_files: tuple[DataFile, ...],
+           dataset_refs: tuple[DatasetRef, ...], input_name: str | None, query: str | None, params: tuple[str, ...],
+           on_bad_rows: str, replication: int, follow: bool, quiet: bool, as_json: bool) -> None:
+    """Upload (--data) or name (--dataset) the inputs and submit a job; with --follow, wait for its verdict."""
+    if bool(data_files) == bool(dataset_refs):
+        raise UserError("give exactly one of --data FILE or --dataset NAME|DIGEST (either may be repeated)",
+                        exit_code=EXIT_USAGE)
+    if input_name is not None and len(data_files) + len(dataset_refs) > 1:
+        raise UserError("--name names the one input; with several, write --data NAME=FILE or --dataset NAME=REF",
+                        exit_code=EXIT_USAGE)
     from node.app.jobtypes import job_type as registered_job_type
 
     entry = registered_job_type(job_type)
-    parameters = _params(params)
+    parameters = parse_params(params)
     if entry.sql_param is not None:  # the type runs SQL text: --query gives it
         if not query:
-            raise UserError(f"--type {job_type} needs --query \"SELECT ...\"", exit_code=2)
+            raise UserError(f"--type {job_type} needs --query \"SELECT ...\"", exit_code=EXIT_USAGE)
         parameters[entry.sql_param] = query
-
     say = _progress(quiet, as_json)
 
     async def body(client: Any) -> Any:
-        if dataset is not None:
-            found = await client.find_dataset(dataset)
-            digest, name = found["digest"], input_name or found["name"]
-        else:
-            assert data_file is not None  # exactly one of --data and --dataset (checked above)
-            name = input_name or Path(data_file).stem
-        if entry.input_param is not None:  # the type reads one input: it is the one uploaded or named
-            parameters.setdefault(entry.input_param, name)
-        if data_file is not None:
-            size = Path(data_file).stat().st_size
-            say(f"uploading {data_file} ({size:,} bytes) ...")
-            shown = [0]
+        from node.sdk.datasets import input_name_for
 
-            def uploaded(done: int, total: int) -> None:
-                if total and done * 10 // total > shown[0]:  # a line per tenth, not per chunk
-                    shown[0] = done * 10 // total
-                    say(f"  {done:,}/{total:,} bytes")
-
-            info = await client.upload_dataset(data_file, name=name, progress=uploaded)
-            digest = info["digest"]
-            say(f"dataset {name} registered: {digest} ({info.get('row_count', '?')} rows)")
-        job_id = await client.submit_job(job_type=job_type, data_source={name: digest}, parameters=parameters, replication=replication)
-        say(f"job {job_id} submitted")
+        inputs: dict[str, str] = {}
+        for spec in data_files:
+            info = await _upload(client, spec, on_bad_rows=on_bad_rows, say=say, show_bar=not (quiet or as_json))
+            inputs[_input_name(input_name or spec.input_name or input_name_for(spec.path.stem), inputs)] = info["digest"]
+        for ref in dataset_refs:
+            found = await _resolve(client, ref)
+            inputs[_input_name(input_name or ref.input_name or input_name_for(found["name"]), inputs)] = found["digest"]
+        if entry.input_param is not None and len(inputs) == 1:  # the type reads one input: the one given
+            parameters.setdefault(entry.input_param, next(iter(inputs)))
+        prepared = await _prepare(client, job_type=job_type, data_source=inputs, parameters=parameters,
+                                  replication=replication)
+        for note in prepared.notes:
+            say(f"{job_type}: {note}")
+        started = time.monotonic()
+        job_id = await client.submit_prepared(prepared)
         if not follow:
-            return {"job_id": job_id, "dataset": digest}
-        return await client.wait_for_completion(job_id, on_change=lambda s: say(_state_line(job_id, s)))
+            return {"job_id": job_id, "inputs": inputs, "params": prepared.payload["params"], "notes": list(prepared.notes)}
+        say(f"job {job_id} submitted")
+        from node.cli.analytics_follow import FollowDisplay, follow_job
+
+        return await follow_job(client, job_id, display=FollowDisplay(not (quiet or as_json)), started=started)
 
     out = _run(key_path, node_addr, body)
-    if as_json or not follow:
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+    if as_json:
+        _echo_json(out)
+    elif not follow:
+        click.echo(out["job_id"])
+        say(f"follow it with: metanode analytics status --job-id {out['job_id']} --follow")
     else:
         click.echo(_summary(out))
         if out.get("result"):
@@ -173,48 +223,87 @@ def submit(node_addr: str, key_path: str | None, job_type: str, data_file: str |
         sys.exit(1)
 
 
-def _summary(status: dict[str, Any]) -> str:
-    lines = [f"job {status['id']}: {status['state']}" + (f" ({status['reason']})" if status.get("reason") else "")]
+def _input_name(name: str, taken: dict[str, str]) -> str:
+    if name in taken:
+        raise UserError(f"two inputs named {name!r}: name them with --data NAME=FILE or --dataset NAME=REF",
+                        exit_code=EXIT_USAGE)
+    return name
+
+
+async def _prepare(client: Any, **job: Any) -> Any:
+    """The SDK's prepare_job: the job's payload with its parameters completed
+    (trend-analysis's inferred columns) and the notes saying what was chosen
+    and the --param that changes it. A file that leaves no sensible choice is
+    a usage error listing the candidates."""
+    try:
+        return await client.prepare_job(**job)
+    except ValueError as exc:
+        raise UserError(str(exc), exit_code=EXIT_USAGE) from None
+
+
+def _summary(status: dict[str, Any], what: str | None = None) -> str:
+    from node.cli.analytics_follow import short_peer
+
+    head = f"job {status['id']}: {status['state']}"
+    if what:
+        head += f" · {what}"
+    elif status.get("reason"):
+        head += f" ({status['reason']})"
+    lines = [head]
     for r in status.get("results", []):
-        lines.append(f"  {r['peer_id']}  result {r['result']}  exit {r['exit']}  receipt {r['receipt']}")
+        lines.append(f"  {short_peer(r['peer_id'])}  result {r['result']}  exit {r['exit']}  receipt {r['receipt']}")
     return "\n".join(lines)
 
+
+# -- status, result, cancel, list ----------------------------------------------------------------
 
 @analytics.command("status")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--job-id", required=True)
-@click.option("--follow", is_flag=True, help="Wait until the job is final, showing each state change.")
+@JOB_ID_OPTION
+@click.option("--follow", is_flag=True, help="Wait until the job is final, showing what it waits for.")
 @QUIET_OPTION
 @JSON_OPTION
 def status(node_addr: str, key_path: str | None, job_id: str, follow: bool, quiet: bool, as_json: bool) -> None:
-    """Show a job's state, assignments, results and verdict."""
-    say = _progress(quiet, as_json)
+    """Show a job's state, assignments, results and verdict, and what it waits for."""
+    from node.app.rules import DEFAULT_RULES
+    from node.cli.analytics_follow import BlockClock, FollowDisplay, awaited, follow_job, status_or_none
 
     async def body(client: Any) -> Any:
         if follow:
-            return await client.wait_for_completion(job_id, include_result=False, on_change=lambda s: say(_state_line(job_id, s)))
-        found = await client.status(job_id)
+            return await follow_job(client, job_id, display=FollowDisplay(not (quiet or as_json)), include_result=False)
+        found = await status_or_none(client.rpc, job_id)
         if found is None:
             raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
+        clock = BlockClock()
+        await clock.tick(client.rpc)
+        found["awaited"] = awaited(found, height=clock.height, seconds_per_block=clock.seconds_per_block,
+                                   max_attempts=DEFAULT_RULES.max_attempts)
         return found
 
     out = _run(key_path, node_addr, body)
-    click.echo(json.dumps(out, indent=2, sort_keys=True) if as_json else _summary(out))
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(_summary(out, out.get("awaited")))
+    if follow and out["state"] != "verified":
+        sys.exit(1)
 
 
 @analytics.command("result")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--job-id", required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@JOB_ID_OPTION
+@value_option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@value_option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
 def result(node_addr: str, key_path: str | None, job_id: str, fmt: str, out_path: str | None) -> None:
     """A verified job's result: the table several nodes computed identically.
 
     The gateway fetches it from a node that computed it and checks it against
     the result digest the chain recorded; `analytics trace --genesis` verifies
     the receipts that name that digest."""
+    from pathlib import Path
+
     from node.cli.present import format_result
 
     answer = _run(key_path, node_addr, lambda client: client.result(job_id))
@@ -229,76 +318,122 @@ def result(node_addr: str, key_path: str | None, job_id: str, fmt: str, out_path
 @analytics.command("cancel")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--job-id", required=True)
+@JOB_ID_OPTION
 @click.option("--follow", is_flag=True, help="Wait until the cancellation is on chain.")
-def cancel(node_addr: str, key_path: str | None, job_id: str, follow: bool) -> None:
+@QUIET_OPTION
+@JSON_OPTION
+def cancel(node_addr: str, key_path: str | None, job_id: str, follow: bool, quiet: bool, as_json: bool) -> None:
     """Cancel one of your jobs that is not final yet."""
+    from node.cli.analytics_follow import FINAL_STATES, FollowDisplay, follow_job, status_or_none
 
     async def body(client: Any) -> Any:
-        found = await client.status(job_id)
+        found = await status_or_none(client.rpc, job_id)
         if found is None:
             raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
-        if found["state"] in ("verified", "disputed", "failed", "cancelled"):
+        if found["state"] in FINAL_STATES:
             raise UserError(f"job {job_id} is already {found['state']}")
         sent = await client.cancel_job(job_id)
-        return await client.wait_for_completion(job_id, include_result=False) if follow else sent
+        if not follow:
+            return sent
+        return await follow_job(client, job_id, display=FollowDisplay(not (quiet or as_json)), include_result=False)
 
     out = _run(key_path, node_addr, body)
-    click.echo(f"job {job_id}: {out['state']}" if follow else f"cancellation submitted (tx {out['tx']})")
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(f"job {job_id}: {out['state']}" if follow else f"cancellation submitted (tx {out['tx']})")
 
 
 @analytics.command("list")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--state", default=None)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
-def list_jobs(node_addr: str, key_path: str | None, state: str | None, limit: int) -> None:
+@value_option("--state", type=click.Choice(["submitted", "scheduled", "running", "verified", "disputed", "failed", "cancelled"]),
+              default=None, help="Only jobs in this state.")
+@value_option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@JSON_OPTION
+def list_jobs(node_addr: str, key_path: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """Your jobs, newest first."""
-    jobs = _run(key_path, node_addr, lambda client: client.jobs(state=state, limit=limit))
-    for job in jobs:
-        click.echo(f"{job['id']}  {job['type']:15} {job['state']:10} {job.get('reason') or ''}")
+    from node.cli.present import Column, echo_table
 
+    jobs = _run(key_path, node_addr, lambda client: client.jobs(state=state, limit=limit))
+    if as_json:
+        _echo_json(jobs)
+        return
+    if not jobs:
+        click.echo("no jobs" + (f" in state {state}" if state else ""), err=True)
+        return
+    columns = [Column("JOB ID"), Column("TYPE"), Column("STATE"), Column("HEIGHT", right=True), Column("REASON")]
+    echo_table(columns, [[j["id"], j["type"], j["state"], str(j.get("submitted_height") or ""), j.get("reason") or ""]
+                         for j in jobs])
+
+
+# -- datasets, health ------------------------------------------------------------------------------
 
 @analytics.command("datasets")
 @NODE_OPTION
 @KEY_OPTION
 @JSON_OPTION
 def datasets(node_addr: str, key_path: str | None, as_json: bool) -> None:
-    """Your datasets in this node's catalog: name, digest, format, rows, bytes."""
-    found = _run(key_path, node_addr, lambda client: client.datasets())
+    """Your datasets: name, version, rows, columns, bytes and digest.
+
+    Registered versions come from the chain; rows and columns from this node's
+    catalog. A dataset stored but not registered (an HTTP upload) shows as
+    unregistered."""
+    from node.cli.analytics_datasets import dataset_table, fetch_datasets
+    from node.cli.present import echo_table
+
+    found = _run(key_path, node_addr, lambda client: fetch_datasets(client.rpc))
     if as_json:
-        click.echo(json.dumps(found, indent=2, sort_keys=True))
+        _echo_json(found)
         return
-    for d in found:
-        click.echo(f"{d['name']:24} {d['digest']}  {d['format']:7} {d.get('row_count') or '?':>9} rows {d['size']:>12,} bytes")
+    if not found:
+        click.echo("no datasets yet: upload one with `metanode analytics submit --data FILE ...`", err=True)
+        return
+    echo_table(*dataset_table(found))
 
 
 @analytics.command("health")
 @NODE_OPTION
 @KEY_OPTION
-def health(node_addr: str, key_path: str | None) -> None:
+@JSON_OPTION
+def health(node_addr: str, key_path: str | None, as_json: bool) -> None:
     """Validators, height, processing nodes and queue depth."""
-    click.echo(json.dumps(_run(key_path, node_addr, lambda client: client.health()), indent=2, sort_keys=True))
+    from node.cli.present import Column, echo_table
 
+    answer = _run(key_path, node_addr, lambda client: client.health())
+    if as_json:
+        _echo_json(answer)
+        return
+    queue = answer.get("queue") or {}
+    rows = [["height", str(answer.get("height"))], ["validators", str(answer.get("validators"))],
+            ["processing nodes", f"{answer.get('healthy_processing_nodes')} healthy of {answer.get('processing_nodes')}"]]
+    if isinstance(queue, dict):
+        rows += [[f"jobs {k.replace('_', ' ')}", str(v)] for k, v in queue.items()]
+    echo_table([Column("WHAT"), Column("VALUE")], rows)
+
+
+# -- trace -----------------------------------------------------------------------------------------
 
 @analytics.command("trace")
 @NODE_OPTION
 @KEY_OPTION
-@click.option("--job-id", required=True)
-@click.option("--genesis", type=click.Path(exists=True, dir_okay=False), help="Verify every receipt offline against this genesis file.")
+@JOB_ID_OPTION
+@value_option("--genesis", type=click.Path(exists=True, dir_okay=False), help="Verify every receipt offline against this genesis file.")
 @click.option("--include-witness", is_flag=True, help="Show each execution's witness and check it against its job.exec receipt.")
 @JSON_OPTION
 def trace(node_addr: str, key_path: str | None, job_id: str, genesis: str | None, include_witness: bool, as_json: bool) -> None:
     """Every receipt of a job in order (submission, schedule, executions, verdict) and whether each verifies."""
+    from node.cli.analytics_follow import status_or_none
+    from node.cli.analytics_trace import attach_witnesses, verify_offline, witness_lines
 
     async def body(client: Any) -> Any:
-        if await client.status(job_id) is None:
+        if await status_or_none(client.rpc, job_id) is None:
             raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
         receipts = await client.rpc.call("receipt_trace", {"job_id": job_id})
         for r in receipts:
-            r["verified"] = await client.verify_receipt(r["id"], genesis) if genesis else None
+            r["verified"] = await verify_offline(client, r["id"], genesis) if genesis else None
         if include_witness:
-            await _attach_witnesses(client, job_id, receipts)
+            await attach_witnesses(client, job_id, receipts)
         return receipts
 
     receipts = _run(key_path, node_addr, body)
@@ -309,49 +444,7 @@ def trace(node_addr: str, key_path: str | None, job_id: str, genesis: str | None
             mark = "" if r["verified"] is None else ("  verified offline" if r["verified"] else "  DOES NOT VERIFY")
             click.echo(f"#{r['index']:<6} height {r['height']:<6} {r['kind']:13} by {r['issuer']}  {r['id']}{mark}")
             if "witness" in r:
-                click.echo(_witness_lines(r["witness"]))
+                click.echo(witness_lines(r["witness"]))
     bad_witness = include_witness and any(r.get("witness", {}).get("matches_receipt") is False for r in receipts)
     if (genesis and not all(r["verified"] for r in receipts)) or bad_witness:
         sys.exit(1)
-
-
-async def _attach_witnesses(client: Any, job_id: str, receipts: list[dict[str, Any]]) -> None:
-    """Each job.exec receipt gets its execution's witness and whether the two agree
-    field by field (node/receipts/execution.py: witness_mismatches)."""
-    import base64
-
-    from node.cage.witness import WitnessError, decode_witness_file
-    from node.receipts.envelope import decode_receipt
-    from node.receipts.execution import witness_mismatches
-
-    executions = {e["receipt"]: e for e in (await client.witness(job_id))["executions"]}
-    for r in receipts:
-        if r["kind"] != "job.exec":
-            continue
-        e = executions.get(r["id"])
-        if e is None or not e["available"]:
-            r["witness"] = {"available": False, "digest": e["witness_digest"] if e else None}
-            continue
-        envelope = bytes.fromhex((await client.rpc.call("receipt_get", {"id": r["id"]}))["envelope"])
-        try:
-            record, digest, _ = decode_witness_file(base64.b64decode(e["file"]))
-            mismatches = witness_mismatches(decode_receipt(envelope), record, digest)
-        except (WitnessError, ValueError, KeyError, TypeError) as exc:
-            mismatches = [f"witness file unreadable: {exc}"]
-        r["witness"] = {"available": True, "digest": e["witness_digest"], "matches_receipt": not mismatches,
-                        "mismatches": mismatches, "record": e["witness"]}
-
-
-def _witness_lines(w: dict[str, Any]) -> str:
-    if not w["available"]:
-        return f"         witness {w['digest']}: not available from the nodes that ran it"
-    rec = w["record"]
-    head = f"         witness {w['digest']}: " + ("matches the receipt" if w["matches_receipt"] else "DOES NOT MATCH: " + "; ".join(w["mismatches"]))
-    lines = [head, f"           exit {rec['exit']['status']}  seed {rec.get('seed', '')[:16]}...  result {str(rec.get('result_digest'))[:16]}..."]
-    for item in rec.get("inputs", []):
-        lines.append(f"           read    {item.get('name')}  {item.get('size')} bytes  sha256 {str(item.get('sha256'))[:16]}...")
-    for item in rec.get("outputs", []):
-        lines.append(f"           wrote   {item.get('name')}  {item.get('size')} bytes")
-    for item in rec.get("denials", []):
-        lines.append(f"           denied  {item}")
-    return "\n".join(lines)

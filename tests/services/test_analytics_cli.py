@@ -28,7 +28,7 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
     processes.up(directory)
     try:
         def registered() -> bool:
-            health = run_cli("analytics", "health", "--node", node, "--key", str(tmp_path / "tenant.key"))
+            health = run_cli("analytics", "health", "--node", node, "--key", str(tmp_path / "tenant.key"), "--json")
             return health.returncode == 0 and json.loads(health.stdout)["processing_nodes"] >= 4
 
         wait_until(registered, 120, interval=1, what="four processing nodes registered on chain")
@@ -55,7 +55,7 @@ def test_submit_follow_verified_with_two_replicas(tmp_path):
         assert counted_job["result"]["rows"] == [[4]]
         unknown = run_cli("analytics", "submit", "--node", node, "--key", str(tmp_path / "tenant.key"), "--dataset", "users",
                           "--type", "sql", "--query", "SELECT 1 FROM users")
-        assert unknown.returncode == 1 and "dataset 'users': no dataset of yours has that name" in unknown.stderr, unknown.stderr
+        assert unknown.returncode == 1 and "dataset 'users': no dataset named 'users' is registered by you" in unknown.stderr, unknown.stderr
 
         # Every operation on the job left a receipt in the log, and each verifies offline.
         def traced():
