@@ -55,9 +55,15 @@ def file_sha256(path: str) -> tuple[int, bytes]:
 
 
 def input_format(path: str) -> str:
-    """``parquet`` if the file starts with the Parquet magic, else ``csv``."""
+    """``parquet`` if the file starts with the Parquet magic, ``jsonl`` if its
+    first character (after a UTF-8 byte order mark and white space) is ``{``,
+    else ``csv``. Storage ingest refuses a dataset this names otherwise than
+    its declared format, so this is the format it was uploaded as."""
     with open(path, "rb") as handle:
-        return "parquet" if handle.read(4) == PARQUET_MAGIC else "csv"
+        head = handle.read(64 * 1024)
+    if head[:4] == PARQUET_MAGIC:
+        return "parquet"
+    return "jsonl" if head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1] == b"{" else "csv"
 
 
 def describe_inputs(inputs: dict[str, str]) -> list[dict[str, Any]]:

@@ -61,6 +61,18 @@ def optional(check: Check) -> Check:
     return check_optional
 
 
+def may_be_absent(check: Check) -> Check:
+    """A field a receipt may leave out (added to a kind after its first
+    release: receipts without it keep their bytes and their id); when
+    present it must pass ``check``."""
+
+    def check_if_present(value: Any, path: str) -> None:
+        check(value, path)
+
+    check_if_present.may_be_absent = True  # type: ignore[attr-defined]
+    return check_if_present
+
+
 def integer(low: int, high: int) -> Check:
     def check_integer(value: Any, path: str) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -142,6 +154,8 @@ def check_fields(value: Any, fields: Mapping[str, Check], path: str) -> None:
         raise _fail(path, f"must be a map, got {_type_name(value)}")
     for name, check in fields.items():
         if name not in value:
+            if getattr(check, "may_be_absent", False):
+                continue
             raise _fail(_join(path, name), "is missing")
         check(value[name], _join(path, name))
     for name in value:
@@ -181,6 +195,9 @@ KIND_FIELDS: dict[str, dict[str, Check]] = {
         "tenant": digest,  # the uploader's public key: dataset.register on chain must be this tenant's
         "size": uint,
         "replicas": integer(1, 255),
+        # Bad rows left out of an upload (on_bad_rows=skip); absent when none
+        # were (docs/storage.md). The subject is then the digest of the good rows.
+        "skipped_rows": may_be_absent(integer(1, MAX_UINT)),
     },
     # A job was assigned by a committed block (subject: job id).
     "job.schedule": {

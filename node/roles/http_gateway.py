@@ -109,9 +109,11 @@ ROUTES = [
     _route("GET", "/v1/health", "analytics_health"),
     _route("GET", "/v1/chain", "chain_head"),
     _route("GET", "/v1/nonce", "_nonce"),
-    _route("POST", "/v1/datasets", "_upload", {"name": str, "format": str}, "dataset"),
+    _route("POST", "/v1/datasets", "_upload", {"name": str, "format": str, "on_bad_rows": str}, "dataset"),
     _route("GET", "/v1/datasets", "dataset_list", {"limit": int, "offset": int}),
     _route("GET", "/v1/datasets/{digest}", "dataset_get"),
+    _route("GET", "/v1/registry", "analytics_datasets", {"name": str, "limit": int, "offset": int}),
+    _route("GET", "/v1/registry/{ref}", "analytics_dataset"),
     _route("POST", "/v1/jobs", "_submit", body="json"),
     _route("GET", "/v1/jobs", "analytics_list", {"state": str, "limit": int, "before": int}),
     _route("GET", "/v1/jobs/{job_id}", "analytics_status"),
@@ -146,10 +148,12 @@ class HttpGateway:
         self.connections = 0
         self.requests = 0
         self.errors = 0
+        self.auth_failures = 0  # requests refused 401: a missing, malformed or bad signature
 
     def status(self) -> dict[str, Any]:
         return {"listen": f"{self.bound[0]}:{self.bound[1]}" if self.bound else None,
-                "requests": self.requests, "errors": self.errors, "connections": self.connections}
+                "requests": self.requests, "errors": self.errors, "connections": self.connections,
+                "auth_failures": self.auth_failures}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled. A busy port raises ConfigError."""
@@ -242,6 +246,7 @@ class HttpGateway:
             return
         extra: list[tuple[bytes, bytes]] = [(b"connection", b"close")] if exc.close else []
         if exc.status == 401:
+            self.auth_failures += 1  # security_report's auth_failures (node/roles/security.py)
             extra.append((b"www-authenticate", AUTH_SCHEME.encode()))
         if exc.status == 429 and isinstance(exc.data, dict) and "retry_after_s" in exc.data:
             extra.append((b"retry-after", str(max(1, math.ceil(float(exc.data["retry_after_s"])))).encode()))
@@ -396,19 +401,23 @@ class HttpGateway:
         return 200, await self.call("chain_nonce", {"sender": r.tenant.hex()}, r.ctx)
 
     async def _upload(self, r: Request) -> tuple[int, Any]:
-        """The body, fed to dataset_upload in chunks (the same path, quota and receipts as over p2p)."""
+        """The body, fed to dataset_upload in chunks (the same path, quota, checks
+        and receipts as over p2p): 201 with the new catalog row, or 200 with the
+        existing one when the tenant had stored these bytes already."""
         if "name" not in r.query:
             raise HttpError(ErrorCode.INVALID_PARAMS, "Invalid params", {"param": "name", "reason": "missing required query parameter"})
         params: dict[str, Any] = {"name": r.query["name"], "format": r.query.get("format", "csv")}
+        if "on_bad_rows" in r.query:
+            params["on_bad_rows"] = r.query["on_bad_rows"]
         sent, file = 0, r.file
         while file is not None:
             chunk = file.read(UPLOAD_CHUNK)
-            sent += len(chunk)
-            params.update(chunk=base64.b64encode(chunk).decode(), final=sent >= r.size)
+            params.update(chunk=base64.b64encode(chunk).decode(), final=sent + len(chunk) >= r.size)
             answer = await self.call("dataset_upload", params, r.ctx)
             if params["final"]:
-                return 201, answer
-            params = {"upload": answer["upload"]}
+                return (200 if answer.get("deduplicated") else 201), answer
+            sent += len(chunk)
+            params = {"upload": answer["upload"], "offset": sent}
         raise HttpError(ErrorCode.INTERNAL_ERROR, "dataset body was not spooled")
 
     async def _submit(self, r: Request) -> tuple[int, Any]:

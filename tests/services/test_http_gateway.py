@@ -323,6 +323,17 @@ def _malformed_requests_get_clear_answers(listen: str, alice: HttpClient, job_id
     assert status == 400 and body["error"]["data"]["param"] == "format"
     status, _, body = call(listen, "POST", "/v1/datasets?name=bin", bytes(range(256)) * 4)
     assert status == 400 and body["error"]["code"] == 1205
+    # Bad rows: refused with their lines, or skipped on request; the same bytes again answer the stored row.
+    bad = b"product,units\napples,3\npears,many\nplums,1\n"
+    status, _, body = call(listen, "POST", "/v1/datasets?name=bad&format=csv", bad)
+    assert status == 400 and body["error"]["code"] == 1215
+    assert body["error"]["data"]["bad_rows"] == [{"line": 3, "reason": "bad value in column 'units': \"many\" is not a BIGINT"}]
+    status, _, body = call(listen, "POST", "/v1/datasets?name=bad&on_bad_rows=skip", bad)
+    assert status == 201 and body["skipped_rows"] == 1 and body["format"] == "parquet" and body["row_count"] == 2
+    status, _, again = call(listen, "POST", "/v1/datasets?name=bad&on_bad_rows=skip", bad)
+    assert status == 200 and again["deduplicated"] is True and again["digest"] == body["digest"]
+    status, _, body = call(listen, "POST", "/v1/datasets?name=events&format=jsonl", b'{"a": 1}\n{"a": 2}\n')
+    assert status == 201 and body["format"] == "jsonl" and body["row_count"] == 2
     # Over the configured body limit: refused from Content-Length, before reading or storing anything.
     status, headers, body = call(listen, "POST", "/v1/datasets?name=big", b"1\n" * 40_000)
     assert status == 413 and body["error"]["data"]["limit"] == 65536 and headers["Connection"] == "close"

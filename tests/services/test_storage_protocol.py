@@ -135,7 +135,7 @@ async def test_store_dataset_replicates_to_two_nodes(tmp_path: Path):
         info = await a.service.store_dataset(TENANT, "people", "csv", [data[:1000], data[1000:]],
                                              peers=[b.peer_id, c.peer_id], created=7)
         assert info.digest == hashlib.sha256(data).digest() and info.row_count == 5000 and info.created == 7
-        assert info.schema == [{"name": "id", "type": "BIGINT"}, {"name": "name", "type": "VARCHAR"}]
+        assert info.schema == [{"name": "id", "type": "BIGINT", "nulls": 0}, {"name": "name", "type": "VARCHAR", "nulls": 0}]
         assert info.nodes == sorted([a.peer_id, b.peer_id, c.peer_id])
         assert b.store.open(info.digest) == data and c.store.open(info.digest) == data
         assert a.service.catalog.require(TENANT, info.digest) == info

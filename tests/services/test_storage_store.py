@@ -113,12 +113,12 @@ def test_schema_and_row_count_of_real_csv_and_parquet(tmp_path: Path):
     csv_digest = store.put(csv.read_bytes())
     pq_digest = store.put(parquet.read_bytes())
     schema, rows = inspect_dataset(store.path(csv_digest), "csv")
-    assert schema == [{"name": "id", "type": "BIGINT"}, {"name": "region", "type": "VARCHAR"},
-                      {"name": "amount", "type": "BIGINT"}]
+    assert schema == [{"name": "id", "type": "BIGINT", "nulls": 0}, {"name": "region", "type": "VARCHAR", "nulls": 0},
+                      {"name": "amount", "type": "BIGINT", "nulls": 0}]
     assert rows == 1234
     schema, rows = inspect_dataset(store.path(pq_digest), "parquet")
-    assert schema == [{"name": "id", "type": "INTEGER"}, {"name": "flag", "type": "BOOLEAN"},
-                      {"name": "s", "type": "VARCHAR"}]
+    assert schema == [{"name": "id", "type": "INTEGER", "nulls": 0}, {"name": "flag", "type": "BOOLEAN", "nulls": 0},
+                      {"name": "s", "type": "VARCHAR", "nulls": 0}]
     assert rows == 777
 
 

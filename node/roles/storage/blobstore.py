@@ -176,6 +176,36 @@ class BlobStore:
     def put(self, data: bytes, expected: bytes | None = None) -> bytes:
         return self.put_stream([data], expected)
 
+    def work_path(self, suffix: str) -> Path:
+        """A fresh path under ``incoming/`` (same file system as the blobs) for a
+        file this node writes itself, such as re-encoded good rows; publish it
+        with :meth:`adopt` (leftovers are dropped at the next start)."""
+        return self.root / _INCOMING / f"{secrets.token_hex(8)}{suffix}"
+
+    def adopt(self, path: Path) -> tuple[bytes, bool]:
+        """Publish the file at ``path`` (under ``incoming/``) as a blob: hash it,
+        fsync it and rename it into place; return its digest and whether that
+        blob was here already. The file is gone afterwards either way."""
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            with open(path, "rb") as handle:
+                while block := handle.read(DEFAULT_CHUNK_SIZE):
+                    hasher.update(block)
+                    size += len(block)
+                os.fsync(handle.fileno())
+            if size > self.max_blob_size:
+                raise BlobTooLarge(f"blob exceeds the limit of {self.max_blob_size} bytes", limit=self.max_blob_size)
+            digest = hasher.digest()
+            final = self.path(digest)
+            existed = final.is_file()
+            final.parent.mkdir(exist_ok=True)
+            os.replace(path, final)
+            _fsync_dir(final.parent)
+            return digest, existed
+        finally:
+            path.unlink(missing_ok=True)
+
     def read_chunks(self, digest: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset``, re-hashed as they are read.
 

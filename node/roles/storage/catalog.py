@@ -1,14 +1,20 @@
 """The dataset catalog (DuckDB table ``storage_catalog``) and per-tenant quotas.
 
 Each row is one tenant's dataset: (tenant, digest) with its name, format,
-size, column schema and row count as DuckDB reads them, the storage nodes
-that hold it, and a creation mark (height or time) given by the caller.
-The same content stored by two tenants is one blob and two rows; each
-tenant's quota is charged for it.
+size, column schema (name, type, nulls) and row count as the cage reads
+them, the storage nodes that hold it, a creation mark (height or time)
+given by the caller, the SHA-256 of the file the tenant uploaded
+(``source_digest``: the digest itself unless bad rows were skipped and the
+good ones re-encoded), how many rows were skipped, and the id of the latest
+``data.store`` receipt for it. The same content stored by two tenants is one
+blob and two rows; each tenant's quota is charged for it. The columns are
+documented in docs/storage.md.
 
-:func:`inspect_dataset` reads the schema of untrusted content in a
-short-lived DuckDB connection that can open that one file and nothing else
-(single thread, bounded memory, no extensions, configuration locked).
+A data directory from before ``source_digest``, ``skipped_rows`` and
+``receipt_id`` existed is migrated when the catalog opens (the columns are
+added; old rows read as source = digest, 0 skipped, no receipt id).
+
+What an upload holds is checked by node/roles/storage/ingest.py.
 """
 
 from __future__ import annotations
@@ -17,18 +23,18 @@ import builtins
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from node.roles.storage.errors import DatasetNotFound, DatasetUnreadable, InvalidDataset, QuotaExceeded
+from node.cage.inputs import FORMATS
+from node.roles.storage.errors import DatasetNotFound, InvalidDataset, QuotaExceeded
+from node.roles.storage.ingest import INSPECT_MEMORY_MB, MAX_COLUMNS, inspect_dataset
 
-FORMATS = ("csv", "parquet")
+__all__ = ["FORMATS", "INSPECT_MEMORY_MB", "MAX_COLUMNS", "Catalog", "DatasetInfo", "Holdings", "QuotaPolicy",
+           "check_name_and_format", "inspect_dataset"]
+
 MAX_NAME = 128  # as dataset.register on chain
-SCHEMA_SAMPLE_ROWS = 2048  # rows DuckDB sniffs to infer CSV column types
-INSPECT_MEMORY_MB = 256
-MAX_COLUMNS = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _TABLE = """CREATE TABLE IF NOT EXISTS storage_catalog (
@@ -43,6 +49,14 @@ _TABLE = """CREATE TABLE IF NOT EXISTS storage_catalog (
     created BIGINT NOT NULL,
     PRIMARY KEY (tenant, digest)
 )"""
+# Columns added after the first release: added to an older table when it opens.
+_ADDED_COLUMNS = (
+    "ALTER TABLE storage_catalog ADD COLUMN IF NOT EXISTS source_digest BLOB",
+    "ALTER TABLE storage_catalog ADD COLUMN IF NOT EXISTS skipped_rows BIGINT DEFAULT 0",
+    "ALTER TABLE storage_catalog ADD COLUMN IF NOT EXISTS receipt_id BLOB",
+)
+_COLUMNS = ("tenant, digest, name, format, size, schema_json, row_count, nodes_json, created, "
+            "coalesce(source_digest, digest), coalesce(skipped_rows, 0), receipt_id")
 
 
 def check_name_and_format(name: Any, fmt: Any) -> tuple[str, str]:
@@ -63,57 +77,25 @@ class DatasetInfo:
     name: str
     format: str
     size: int
-    schema: list[dict[str, str]]  # [{"name", "type"}] in column order
+    schema: list[dict[str, Any]]  # [{"name", "type", "nulls"}] in column order ("nulls" absent in old rows)
     row_count: int
     nodes: list[str] = field(default_factory=list)  # peer ids holding the blob
     created: int = 0
+    source_digest: bytes | None = None  # SHA-256 of the uploaded file; None: the digest itself
+    skipped_rows: int = 0  # bad rows left out (on_bad_rows=skip)
+    receipt_id: bytes | None = None  # the latest data.store receipt for (tenant, digest)
+
+    @property
+    def source(self) -> bytes:
+        return self.digest if self.source_digest is None else self.source_digest
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant.hex(), "digest": self.digest.hex(), "name": self.name, "format": self.format,
-            "size": self.size, "schema": self.schema, "row_count": self.row_count, "nodes": self.nodes,
-            "created": self.created,
+            "size": self.size, "schema": self.schema, "row_count": self.row_count, "skipped_rows": self.skipped_rows,
+            "source_digest": self.source.hex(), "nodes": self.nodes, "created": self.created,
+            "receipt_id": None if self.receipt_id is None else self.receipt_id.hex(),
         }
-
-
-def _short(exc: BaseException, path: Path) -> str:
-    """DuckDB's first line, without the node's file path."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.replace(str(path), "<dataset>")[:300]
-
-
-def inspect_dataset(path: Path, fmt: str, *, sample_rows: int = SCHEMA_SAMPLE_ROWS,
-                    memory_mb: int = INSPECT_MEMORY_MB) -> tuple[list[dict[str, str]], int]:
-    """Column schema and row count of the file at ``path`` read as ``fmt``.
-
-    Raises DatasetUnreadable with DuckDB's reason (file path removed) when
-    the content is not valid ``fmt``. Blocking: run it in a worker thread."""
-    if fmt not in FORMATS:
-        raise InvalidDataset(f"format must be one of {', '.join(FORMATS)}", field="format")
-    con = duckdb.connect(":memory:", config={"threads": 1})
-    try:
-        for statement, value in (
-            ("SET allowed_paths = $v", [str(path)]),
-            ("SET autoinstall_known_extensions = false", None),
-            ("SET autoload_known_extensions = false", None),
-            (f"SET memory_limit = '{int(memory_mb)}MB'", None),
-            ("SET temp_directory = ''", None),
-            ("SET enable_external_access = false", None),
-            ("SET lock_configuration = true", None),
-        ):
-            con.execute(statement, {"v": value} if value is not None else None)
-        source = (f"read_csv($p, sample_size = {int(sample_rows)})" if fmt == "csv" else "read_parquet($p)")
-        try:
-            described = con.execute(f"DESCRIBE SELECT * FROM {source}", {"p": str(path)}).fetchall()
-            if len(described) > MAX_COLUMNS:
-                raise DatasetUnreadable(f"more than {MAX_COLUMNS} columns", format=fmt)
-            row = con.execute(f"SELECT count(*) FROM {source}", {"p": str(path)}).fetchone()
-        except duckdb.Error as exc:
-            raise DatasetUnreadable(f"not a readable {fmt} file: {_short(exc, path)}", format=fmt) from None
-        schema = [{"name": str(r[0]), "type": str(r[1])} for r in described]
-        return schema, int(row[0]) if row else 0
-    finally:
-        con.close()
 
 
 @dataclass(frozen=True)
@@ -134,6 +116,8 @@ class Catalog:
         self.conn = conn
         self.quotas = quotas
         conn.execute(_TABLE)
+        for statement in _ADDED_COLUMNS:
+            conn.execute(statement)
 
     def usage(self, tenant: bytes) -> int:
         row = self.conn.execute("SELECT coalesce(sum(size), 0) FROM storage_catalog WHERE tenant = ?", [tenant]).fetchone()
@@ -152,9 +136,26 @@ class Catalog:
 
     def get(self, tenant: bytes, digest: bytes) -> DatasetInfo | None:
         row = self.conn.execute(
-            "SELECT tenant, digest, name, format, size, schema_json, row_count, nodes_json, created "
-            "FROM storage_catalog WHERE tenant = ? AND digest = ?", [tenant, digest]).fetchone()
+            f"SELECT {_COLUMNS} FROM storage_catalog WHERE tenant = ? AND digest = ?", [tenant, digest]).fetchone()
         return None if row is None else self._info(row)
+
+    def find_source(self, tenant: bytes, source: bytes) -> builtins.list[DatasetInfo]:
+        """``tenant``'s rows stored from an upload whose bytes hash to
+        ``source``: the row of those very bytes first, then rows of their good
+        rows (skipped bad ones), oldest first."""
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM storage_catalog WHERE tenant = ? AND coalesce(source_digest, digest) = ? "
+            "ORDER BY digest <> ?, created, digest", [tenant, source, source]).fetchall()
+        return [self._info(r) for r in rows]
+
+    def set_receipt(self, tenant: bytes, digest: bytes, receipt_id: bytes) -> None:
+        """Record ``receipt_id`` as the latest data.store receipt of the row."""
+        self.conn.execute("UPDATE storage_catalog SET receipt_id = ? WHERE tenant = ? AND digest = ?",
+                          [receipt_id, tenant, digest])
+
+    def set_nodes(self, tenant: bytes, digest: bytes, nodes: builtins.list[str]) -> None:
+        self.conn.execute("UPDATE storage_catalog SET nodes_json = ? WHERE tenant = ? AND digest = ?",
+                          [json.dumps(sorted(set(nodes))), tenant, digest])
 
     def require(self, tenant: bytes, digest: bytes) -> DatasetInfo:
         info = self.get(tenant, digest)
@@ -165,8 +166,7 @@ class Catalog:
     def list(self, tenant: bytes, *, limit: int = 100, offset: int = 0) -> list[DatasetInfo]:
         """A tenant's datasets, oldest first (ties by digest)."""
         rows = self.conn.execute(
-            "SELECT tenant, digest, name, format, size, schema_json, row_count, nodes_json, created "
-            "FROM storage_catalog WHERE tenant = ? ORDER BY created, digest LIMIT ? OFFSET ?",
+            f"SELECT {_COLUMNS} FROM storage_catalog WHERE tenant = ? ORDER BY created, digest LIMIT ? OFFSET ?",
             [tenant, limit, offset]).fetchall()
         return [self._info(r) for r in rows]
 
@@ -186,15 +186,18 @@ class Catalog:
             return self.require(info.tenant, info.digest)
         self.check_quota(info.tenant, info.size)
         self.conn.execute(
-            "INSERT INTO storage_catalog VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO storage_catalog (tenant, digest, name, format, size, schema_json, row_count, nodes_json, "
+            "created, source_digest, skipped_rows, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [info.tenant, info.digest, info.name, info.format, info.size, json.dumps(info.schema),
-             info.row_count, json.dumps(sorted(info.nodes)), info.created])
+             info.row_count, json.dumps(sorted(info.nodes)), info.created, info.source, info.skipped_rows,
+             info.receipt_id])
         return self.require(info.tenant, info.digest)
 
     @staticmethod
     def _info(row: Any) -> DatasetInfo:
         return DatasetInfo(bytes(row[0]), bytes(row[1]), row[2], row[3], int(row[4]), json.loads(row[5]),
-                           int(row[6]), json.loads(row[7]), int(row[8]))
+                           int(row[6]), json.loads(row[7]), int(row[8]), bytes(row[9]), int(row[10]),
+                           None if row[11] is None else bytes(row[11]))
 
 
 _HOLDINGS_TABLE = """CREATE TABLE IF NOT EXISTS storage_holdings (

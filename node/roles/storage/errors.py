@@ -55,6 +55,19 @@ class DatasetUnreadable(StorageError):
     code, wire = ErrorCode.DATASET_UNREADABLE, "unreadable"
 
 
+class DatasetBadRows(StorageError):
+    """Rows that do not fit the dataset's columns: ``bad_rows`` (the first
+    few ``{"line", "reason"}``) and ``count`` (all of them)."""
+
+    code, wire = ErrorCode.DATASET_BAD_ROWS, "bad_rows"
+
+
+class UploadOffsetMismatch(StorageError):
+    """A chunk's ``offset`` is not what the server has: ``received``."""
+
+    code, wire = ErrorCode.UPLOAD_OFFSET_MISMATCH, "offset_mismatch"
+
+
 class InvalidDataset(StorageError):
     code, wire = ErrorCode.INVALID_DATASET, "invalid"
 

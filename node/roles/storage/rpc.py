@@ -1,15 +1,20 @@
-"""JSON-RPC methods of the storage service: ``dataset_upload``, ``dataset_list``, ``dataset_get``.
+"""JSON-RPC methods of the storage service: ``dataset_upload``,
+``dataset_upload_status``, ``dataset_list``, ``dataset_get``.
 
 The tenant is always the caller: the Ed25519 public key behind the
 authenticated peer id of the RPC stream. A tenant sees only its own
 datasets; another tenant's dataset is reported exactly like a missing one.
 
-``dataset_upload`` is chunked: the first call names the dataset
-(``name``, ``format``) and gets an ``upload`` id back; later calls pass that
-id; the call with ``final: true`` stores, inspects, replicates and
-catalogs the dataset and returns its row. Each peer may have a bounded
-number of uploads open; an upload idle longer than the timeout is dropped
-with its partial bytes.
+``dataset_upload`` is chunked: the first call names the dataset (``name``,
+``format``, optionally ``on_bad_rows``) and gets an ``upload`` id back;
+later calls pass that id and ``offset``, the bytes sent before the chunk: a
+chunk whose offset is not what the node holds is refused with
+UPLOAD_OFFSET_MISMATCH and ``data.received``, from where the client
+resends (``dataset_upload_status`` tells a reconnecting client the same).
+The call with ``final: true`` stores, inspects, replicates and catalogs the
+dataset and returns its row. Each peer may have a bounded number of uploads
+open; an upload idle longer than the timeout is dropped with its partial
+bytes. The protocol is documented byte by byte in docs/storage.md.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from node.roles.storage.errors import (
     StorageError,
     TooManyUploads,
     UploadNotFound,
+    UploadOffsetMismatch,
 )
+from node.roles.storage.ingest import BAD_ROW_POLICIES
 from node.roles.storage.service import StorageService
 
 MAX_UPLOAD_CHUNK = 1024 * 1024  # decoded bytes per dataset_upload call
@@ -53,6 +60,7 @@ class Upload:
     format: str
     writer: BlobWriter
     last_active: float
+    on_bad_rows: str = "fail"
 
 
 class Uploads:
@@ -83,10 +91,10 @@ class Uploads:
         """Forget a completed upload (its writer is committed by the caller)."""
         self._open.pop(upload.id, None)
 
-    def start(self, peer: str, tenant: bytes, name: str, fmt: str, now: float) -> Upload:
+    def start(self, peer: str, tenant: bytes, name: str, fmt: str, now: float, on_bad_rows: str = "fail") -> Upload:
         if sum(1 for u in self._open.values() if u.peer == peer) >= self.max_per_peer:
             raise TooManyUploads(f"at most {self.max_per_peer} uploads may be open at once", limit=self.max_per_peer)
-        upload = Upload(secrets.token_hex(16), peer, tenant, name, fmt, self.service.store.writer(), now)
+        upload = Upload(secrets.token_hex(16), peer, tenant, name, fmt, self.service.store.writer(), now, on_bad_rows)
         self._open[upload.id] = upload
         return upload
 
@@ -133,10 +141,16 @@ _UPLOAD_PARAMS = {
         "upload": {"type": "string", "maxLength": 64},
         "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
         "format": {"enum": list(FORMATS)},
+        "on_bad_rows": {"enum": list(BAD_ROW_POLICIES)},
+        "offset": {"type": "integer", "minimum": 0},
         "chunk": {"type": "string", "maxLength": _B64_MAX},
         "final": {"type": "boolean"},
     },
     "required": ["chunk"],
+}
+_STATUS_PARAMS = {
+    "properties": {"upload": {"type": "string", "maxLength": 64}},
+    "required": ["upload"],
 }
 _LIST_PARAMS = {
     "properties": {
@@ -162,7 +176,8 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
     uploads = uploads or Uploads(service)
 
     async def dataset_upload(ctx: CallContext, chunk: str, final: bool = False, upload: str | None = None,
-                             name: str | None = None, format: str | None = None) -> dict[str, Any]:
+                             offset: int | None = None, name: str | None = None, format: str | None = None,
+                             on_bad_rows: str | None = None) -> dict[str, Any]:
         tenant = tenant_of(ctx)
         if upload is None and (reason := not_ready()) is not None:
             raise RpcError(ErrorCode.NODE_NOT_READY, "this node cannot take uploads yet; retry shortly", {"reason": reason})
@@ -174,13 +189,20 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
                 if name is None or format is None:
                     raise InvalidDataset("the first chunk of an upload must give name and format",
                                          param="name" if name is None else "format")
+                if offset not in (None, 0):
+                    raise UploadOffsetMismatch(f"a new upload starts at offset 0, not {offset}", received=0)
                 check_name_and_format(name, format)
-                current = uploads.start(ctx.peer_id, tenant, name, format, now)
+                current = uploads.start(ctx.peer_id, tenant, name, format, now, on_bad_rows or "fail")
             else:
-                if name is not None or format is not None:
-                    raise InvalidDataset("name and format belong to the first chunk only",
-                                         param="name" if name is not None else "format")
+                for param, value in (("name", name), ("format", format), ("on_bad_rows", on_bad_rows)):
+                    if value is not None:
+                        raise InvalidDataset("name, format and on_bad_rows belong to the first chunk only", param=param)
                 current = uploads.get(upload, ctx.peer_id)
+                if offset is not None and offset != current.writer.size:
+                    current.last_active = now
+                    raise UploadOffsetMismatch(
+                        f"this chunk starts at byte {offset} but the node holds {current.writer.size}: "
+                        "resend from there", received=current.writer.size)
             current.last_active = now
             try:
                 service.catalog.check_quota(tenant, current.writer.size + len(data),
@@ -192,13 +214,24 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
             if not final:
                 return {"upload": current.id, "received": current.writer.size}
             uploads.finish(current)
-            info = await service.finish_dataset(tenant, current.name, current.format, current.writer)
+            info, deduplicated = await service.finish_upload(tenant, current.name, current.format, current.writer,
+                                                             on_bad_rows=current.on_bad_rows)
         except StorageError as exc:
             raise _rpc_error(exc) from None
-        receipt = {**service.receipt_fields(info), "subject": info.digest.hex(), "tenant": info.tenant.hex()}
+        fields = service.receipt_fields(info)
+        receipt = {**fields, "subject": info.digest.hex(), "tenant": info.tenant.hex()}
         if on_stored is not None:
-            receipt["id"] = on_stored(info, service.receipt_fields(info))
-        return {**info.to_json(), "receipt": receipt}
+            receipt_id = on_stored(info, fields)
+            receipt["id"] = receipt_id
+            if receipt_id is not None:
+                service.catalog.set_receipt(tenant, info.digest, bytes.fromhex(receipt_id))
+                info = service.catalog.require(tenant, info.digest)
+        return {**info.to_json(), "receipt": receipt, "deduplicated": deduplicated}
+
+    async def dataset_upload_status(ctx: CallContext, upload: str) -> dict[str, Any]:
+        current = uploads.get(upload, ctx.peer_id)
+        return {"upload": current.id, "received": current.writer.size, "name": current.name,
+                "format": current.format, "on_bad_rows": current.on_bad_rows}
 
     async def dataset_list(ctx: CallContext, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         tenant = tenant_of(ctx)
@@ -217,7 +250,16 @@ def register_storage_methods(registry: Registry, service: StorageService, upload
         return info.to_json()
 
     registry.register("dataset_upload", dataset_upload, _UPLOAD_PARAMS,
-                      "Upload a dataset in chunks (base64); the final chunk returns its catalog entry.", timeout=120.0)
+                      "Upload a dataset in chunks (base64); the final chunk returns its catalog entry.", timeout=600.0)
+
+    async def upload_status(ctx: CallContext, upload: str) -> dict[str, Any]:
+        try:
+            return await dataset_upload_status(ctx, upload)
+        except StorageError as exc:
+            raise _rpc_error(exc) from None
+
+    registry.register("dataset_upload_status", upload_status, _STATUS_PARAMS,
+                      "Bytes an open upload of the caller's holds (where a reconnecting client resumes).")
     registry.register("dataset_list", dataset_list, _LIST_PARAMS, "The caller's datasets, usage and quota.")
     registry.register("dataset_get", dataset_get, _GET_PARAMS, "One of the caller's datasets by digest.")
     return uploads

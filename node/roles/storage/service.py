@@ -1,10 +1,12 @@
 """The storage service: blobs, catalog and replication, composed for the daemon.
 
 ``store_dataset`` writes a tenant's content locally (quota checked as the
-bytes arrive), reads its schema with DuckDB, pushes it to other storage
-nodes until ``replicas`` nodes hold it, records it in the catalog and
-returns the catalog row; :meth:`receipt_fields` gives the ``data.store``
-receipt body for the caller to sign. ``ensure_verified`` gives the
+bytes arrive), checks it and reads its schema (ingest.py: bad rows refused,
+or skipped and the good rows re-encoded), pushes it to other storage nodes
+until ``replicas`` nodes hold it, records it in the catalog and returns the
+catalog row; bytes the tenant already stored answer the existing row
+(:meth:`finish_upload` says so). :meth:`receipt_fields` gives the
+``data.store`` receipt body for the caller to sign. ``ensure_verified`` gives the
 processing service a verified copy of an input (the local one re-hashed,
 else fetched). Blobs taken as a replica (uploads, pushes from peers) are
 recorded as holdings, which :class:`RepairLoop` (repair.py) keeps present
@@ -21,8 +23,9 @@ import structlog
 import trio
 
 from node.roles.storage.blobstore import BlobStore, BlobWriter
-from node.roles.storage.catalog import Catalog, DatasetInfo, Holdings, check_name_and_format, inspect_dataset
+from node.roles.storage.catalog import Catalog, DatasetInfo, Holdings, check_name_and_format
 from node.roles.storage.errors import BlobCorrupt, BlobNotFound, BlobTransferError, ReplicationFailed
+from node.roles.storage.ingest import Inspection, inspect_upload
 from node.roles.storage.protocol import BlobClient, BlobServer, PushPolicy, PutRequest
 from node.roles.storage.repair import DEFAULT_REPAIR, RepairLoop, RepairSettings
 
@@ -78,7 +81,7 @@ class StorageService:
 
     # -- datasets ---------------------------------------------------------------
     async def store_dataset(self, tenant: bytes, name: str, fmt: str,
-                            chunks: Iterable[bytes] | AsyncIterable[bytes], *,
+                            chunks: Iterable[bytes] | AsyncIterable[bytes], *, on_bad_rows: str = "fail",
                             peers: Sequence[str] | None = None, created: int | None = None) -> DatasetInfo:
         """Store, inspect, replicate and catalog one dataset; return its row."""
         check_name_and_format(name, fmt)
@@ -93,36 +96,74 @@ class StorageService:
         except BaseException:
             writer.abort()
             raise
-        return await self.finish_dataset(tenant, name, fmt, writer, peers=peers, created=created)
+        return await self.finish_dataset(tenant, name, fmt, writer, on_bad_rows=on_bad_rows, peers=peers, created=created)
 
     def _write_within_quota(self, writer: BlobWriter, tenant: bytes, chunk: bytes, pending: int = 0) -> None:
         self.catalog.check_quota(tenant, writer.size + len(chunk), pending=pending)
         writer.write(chunk)
 
-    async def finish_dataset(self, tenant: bytes, name: str, fmt: str, writer: BlobWriter, *,
+    async def finish_dataset(self, tenant: bytes, name: str, fmt: str, writer: BlobWriter, *, on_bad_rows: str = "fail",
                              peers: Sequence[str] | None = None, created: int | None = None) -> DatasetInfo:
         """Commit an upload's writer, then inspect, replicate and catalog it."""
-        digest = writer.digest
-        existed = self.store.has(digest)
+        info, _ = await self.finish_upload(tenant, name, fmt, writer, on_bad_rows=on_bad_rows, peers=peers,
+                                           created=created)
+        return info
+
+    async def finish_upload(self, tenant: bytes, name: str, fmt: str, writer: BlobWriter, *,
+                            on_bad_rows: str = "fail", peers: Sequence[str] | None = None,
+                            created: int | None = None) -> tuple[DatasetInfo, bool]:
+        """The catalog row of an upload and whether it was already there
+        (deduplicated: the tenant stored these very bytes before, under any
+        name; the writer is then discarded and the first row answered).
+
+        A row stored from these bytes with bad rows skipped answers a ``skip``
+        upload only: a ``fail`` upload of them is inspected (and refused)."""
+        source = writer.digest
+        for existing in self.catalog.find_source(tenant, source):
+            if (existing.skipped_rows and on_bad_rows != "skip") or not self.store.has(existing.digest):
+                continue
+            writer.abort()
+            if len(existing.nodes) < self.replicas:
+                nodes = await self.replicate(existing.digest, tenant=tenant, peers=peers)
+                self.catalog.set_nodes(tenant, existing.digest, sorted(set(existing.nodes) | set(nodes)))
+                existing = self.catalog.require(tenant, existing.digest)
+            self.holdings.hold(existing.digest, existing.size, existing.created)
+            return existing, True
+        existed = self.store.has(source)
         writer.commit()
+        keep: list[bytes] = []  # blobs to keep even if nothing catalogues them (they were here before)
+        if existed:
+            keep.append(source)
+        digest = source
         try:
-            existing = self.catalog.get(tenant, digest)
-            if existing is not None and len(existing.nodes) >= self.replicas:
-                return existing
-            schema, rows = await trio.to_thread.run_sync(inspect_dataset, self.store.path(digest), fmt)
+            found: Inspection = await trio.to_thread.run_sync(
+                lambda: inspect_upload(self.store.path(source), fmt, on_bad_rows=on_bad_rows,
+                                       work_dir=self.store.root / "incoming"))
+            stored_format = found.format
+            if found.stored is not None:
+                digest, was_there = await trio.to_thread.run_sync(self.store.adopt, found.stored)
+                if was_there:
+                    keep.append(digest)
+                self._discard(source, keep)  # only the good rows are kept
             size = self.store.size(digest)
             nodes = await self.replicate(digest, tenant=tenant, peers=peers)
-            info = DatasetInfo(tenant, digest, name, fmt, size, schema, rows, nodes,
-                               self.clock() if created is None else created)
+            info = DatasetInfo(tenant, digest, name, stored_format, size, found.schema, found.row_count, nodes,
+                               self.clock() if created is None else created, source_digest=source,
+                               skipped_rows=found.skipped_rows)
             row = self.catalog.add(info)
             self.holdings.hold(digest, size, info.created)
-            return row
+            return row, False
         except BaseException:
             # Content nobody catalogued (unreadable, under-replicated, over
             # quota) is not kept: it would hold disk space no one is charged for.
-            if not existed and not self.catalog.holders(digest):
-                self.store.delete(digest)
+            self._discard(source, keep)
+            if digest != source:
+                self._discard(digest, keep)
             raise
+
+    def _discard(self, digest: bytes, keep: list[bytes]) -> None:
+        if digest not in keep and not self.catalog.holders(digest):
+            self.store.delete(digest)
 
     async def replicate(self, digest: bytes, *, tenant: bytes | None = None,
                         peers: Sequence[str] | None = None) -> list[str]:
@@ -155,8 +196,14 @@ class StorageService:
         return sorted(held)
 
     def receipt_fields(self, info: DatasetInfo, content: str = "dataset") -> dict[str, Any]:
-        """The ``data.store`` receipt body fields; the subject is ``info.digest``."""
-        return {"content": content, "tenant": info.tenant, "size": info.size, "replicas": min(255, max(1, len(info.nodes)))}
+        """The ``data.store`` receipt body fields; the subject is ``info.digest``.
+        ``skipped_rows`` only when bad rows were left out (receipts of complete
+        uploads keep the fields they always had)."""
+        fields = {"content": content, "tenant": info.tenant, "size": info.size,
+                  "replicas": min(255, max(1, len(info.nodes)))}
+        if info.skipped_rows:
+            fields["skipped_rows"] = info.skipped_rows
+        return fields
 
     # -- blobs for other services -----------------------------------------------
     async def ensure_verified(self, digest: bytes, peers: Sequence[str]) -> None:
