@@ -160,8 +160,8 @@ NODE_CONFIG = Schema(
                                      "tenant public keys (64 hex) allowed on this gateway; empty: open registration",
                                      noun="tenant public key"),
             "storage_replicas": Key(int, 2, "storage nodes that must hold each dataset", ge=1, le=16),
-            "storage_quota_bytes": Key(int, 1024**3, "bytes each tenant may store on this node", gt=0),
-            "max_blob_bytes": Key(int, 256 * 1024**2, ge=1024, le=16 * 1024**3),
+            "storage_quota_bytes": Key(int, 8 * 1024**3, "bytes each tenant may store on this node", gt=0),
+            "max_blob_bytes": Key(int, 4 * 1024**3, "largest dataset (or result) this node stores", ge=1024, le=16 * 1024**3),
             # Replica repair (node/roles/storage/repair.py).
             "storage_repair_interval_s": Key(float, 30.0, "how often the replicas this node holds are checked "
                                              "(a quarantine triggers a check at once)", ge=0.2, le=3600, unit="seconds"),
