@@ -86,7 +86,10 @@ def parse_trees(con: duckdb.DuckDBPyConnection, texts: Sequence[str]) -> list[di
     """DuckDB's parse tree of each SQL text, as JSON (one statement for all)."""
     calls = ", ".join(f"json_serialize_sql($q{i})" for i in range(len(texts)))
     row = con.execute(f"SELECT {calls}", {f"q{i}": text for i, text in enumerate(texts)}).fetchone()
-    trees = [json.loads(text) for text in row]  # type: ignore[union-attr]
+    try:
+        trees = [json.loads(text) for text in row]  # type: ignore[union-attr]
+    except RecursionError:  # DuckDB's depth limit is per expression; its JSON tree nests deeper
+        raise SqlRefused("the SQL is nested too deeply to analyse") from None
     for tree in trees:
         if tree.get("error"):
             raise SqlRefused(f"cannot analyse SQL: {tree.get('error_message', 'unknown error')}")

@@ -8,26 +8,36 @@ data (submit, cancel, result, witness; uploads get ``data.store``) yields an
 ``api.call`` receipt signed by the gateway and published on chain
 (node/roles/publisher.py). Status, list and health reads are not
 receipted: clients poll them, and a receipt per poll would bury the log.
+A refused call gets no receipt: nothing it asked for happened.
+
+A ``job.submit`` is checked before it goes on chain (node/roles/submit_check.py):
+its SQL against the cage's gate and, where this node's catalog holds the
+inputs' schemas, against those; column parameters likewise. A refusal answers
+at once (SQL_REFUSED, JOB_PARAMS_REFUSED) and nothing reaches the mempool.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 import trio
 
 from node.app.chain_app import ChainApplication
+from node.app.payloads import JobSubmit
+from node.app.txtypes import parse_payload
 from node.base.errors import ErrorCode
 from node.base.keys import Identity, public_key_from_peer_id
 from node.consensus.service import ConsensusService
-from node.consensus.tx import TxError, decode_tx
+from node.consensus.tx import Transaction, TxError, decode_tx
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.p2p.ratelimit import TokenBuckets
 from node.roles.artifacts import ArtifactFetcher, plain, result_json
 from node.roles.publisher import ReceiptPublisher
+from node.roles.submit_check import SchemaLookup, SubmitChecks
 
 log = structlog.get_logger("metanode.gateway")
 
@@ -35,8 +45,10 @@ log = structlog.get_logger("metanode.gateway")
 class Gateway:
     def __init__(self, *, identity: Identity, chain: ConsensusService, app: ChainApplication, publisher: ReceiptPublisher,
                  jobs_per_minute: float = 120.0, allowed_tenants: list[bytes] | None = None,
-                 artifacts: ArtifactFetcher | None = None) -> None:
+                 artifacts: ArtifactFetcher | None = None, schemas: SchemaLookup | None = None) -> None:
         self.identity = identity
+        self.checks = SubmitChecks(schemas)  # schemas: the inputs' column schemas this node holds
+        self.checks_lock = trio.Lock()  # one check at a time: they share one DuckDB connection
         self.artifacts = artifacts
         self.chain = chain
         self.app = app
@@ -74,7 +86,8 @@ class Gateway:
                           "The witness of each execution of a job of the caller (what it read and produced), checked against its receipt.")
         registry.register("analytics_health", self._health, {}, "Cluster health: validators, height, processing nodes, queue depth.")
 
-    async def _submit_signed(self, ctx: CallContext, raw_hex: str, tx_type: str, method: str) -> tuple[bytes, str]:
+    async def _submit_signed(self, ctx: CallContext, raw_hex: str, tx_type: str, method: str,
+                             check: Callable[[Transaction, bytes], Awaitable[None]] | None = None) -> tuple[bytes, str]:
         tenant = self.tenant(ctx)
         raw = bytes.fromhex(raw_hex)
         try:
@@ -87,6 +100,8 @@ class Gateway:
         refused = self.app.check_tx_against_state(tx)
         if refused is not None:
             raise RpcError(ErrorCode.STATE_REFUSED, "refused by the chain state", {"reason": refused})
+        if check is not None:
+            await check(tx, tenant)  # raises RpcError: nothing goes to the mempool
         admission = self.chain.submit(raw)
         if not admission.accepted:
             raise RpcError(ErrorCode.SUBMIT_REJECTED, "transaction rejected", admission.rejection_data())
@@ -98,8 +113,19 @@ class Gateway:
         wait = self.jobs_quota.take(tenant.hex(), trio.current_time())
         if wait:
             raise RpcError(ErrorCode.JOB_QUOTA_EXCEEDED, "job quota exceeded", {"retry_after_s": round(wait, 3)})
-        job_id, receipt_id = await self._submit_signed(ctx, tx, "job.submit", "analytics_submit")
+        job_id, receipt_id = await self._submit_signed(ctx, tx, "job.submit", "analytics_submit", self._check_job)
         return {"job_id": job_id.hex(), "receipt_id": receipt_id, "status": "submitted"}
+
+    async def _check_job(self, tx: Transaction, tenant: bytes) -> None:
+        """The submit-time checks of a job.submit the chain state accepts (so its
+        payload parses). In a worker thread: parsing a query of the largest size
+        the chain takes costs a few hundred ms of DuckDB and Python, which the
+        event loop should not wait out."""
+        payload = parse_payload(tx, self.app.rules)
+        assert isinstance(payload, JobSubmit)
+        schemas = self.checks.known_schemas(payload, tenant)  # the node's database: on this thread
+        async with self.checks_lock:
+            await trio.to_thread.run_sync(self.checks.check, payload, schemas)
 
     async def _cancel(self, ctx: CallContext, tx: str) -> dict[str, Any]:
         tx_hash, receipt_id = await self._submit_signed(ctx, tx, "job.cancel", "analytics_cancel")
