@@ -133,6 +133,16 @@ def ingest_rows(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def cli_latency_rows(doc: dict[str, Any]) -> list[Row]:
+    cli, base = doc["cli"], doc["baseline"]
+    label = "python -c 'import trio, nacl.signing, cbor2' ms"
+    return [
+        Row("cli_latency", "metanode rpc node_status, median", cli["median_s"] * 1000, "ms", base["median_s"] * 1000, label,
+            "<= 3x baseline", doc["met"]),
+        Row("cli_latency", "metanode rpc node_status, p90", cli["p90_s"] * 1000, "ms", base["p90_s"] * 1000, label),
+    ]
+
+
 BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "transport": ("transport.py", transport_rows),
     "cage": ("cage.py", cage_rows),
@@ -143,6 +153,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "jobs": ("jobs.py", jobs_rows),
     "adversary": ("adversary.py", adversary_rows),
     "ingest": ("ingest.py", ingest_rows),
+    "cli_latency": ("cli_latency.py", cli_latency_rows),
 }
 
 

@@ -34,11 +34,12 @@ EXPECTED = {
                                  "vanishing_subscribers")
                   for figure in ("honest call p50", "honest call p99", "honest calls failed", "committed tx/s")],
     "ingest": ["upload + register over p2p", "upload until stored, validated, replicated", "receiving node peak RSS"],
+    "cli_latency": ["metanode rpc node_status, median", "metanode rpc node_status, p90"],
 }
 WITH_GOALS = {"BPCI round trip 100 B, median", "BPCI bulk, one stream", "cage overhead per job",
               "bundle verify (headers cached)", "committed tx/s, 4 validators", "finality p50, submit to commit",
               "jobs/s verified at 2 jobs/s offered", "submit to verified p50", "honest calls failed under",
-              "upload + register over p2p"}
+              "upload + register over p2p", "metanode rpc node_status, median"}
 
 
 def test_run_all_knows_every_bench_in_order() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -26,11 +27,12 @@ def rpc(method: str, params: str | None, node_addr: str, timeout: float) -> None
             raise UserError(f"PARAMS is not valid JSON: {exc}", exit_code=2) from None
         if not isinstance(parsed, (list, dict)):
             raise UserError("PARAMS must be a JSON array or object", exit_code=2)
-    from node.base.logging import configure_client_logging
     from node.p2p.client import call_node
-    from node.p2p.rpc import RpcCallError
+    from node.p2p.rpc_client import RpcCallError
 
-    configure_client_logging()
+    # Errors are reported once, as one line, below. The light dialer logs
+    # nothing, so structlog (a tenth of a second to import) is not set up here.
+    logging.getLogger().setLevel(logging.ERROR)
 
     try:
         result = trio.run(lambda: call_node(node_addr, method, parsed, timeout=timeout))

@@ -1,4 +1,10 @@
-"""Talk to a node from outside: an ephemeral identity, one connection, one RPC stream."""
+"""Talk to a node from outside: an ephemeral identity, one connection, one RPC stream.
+
+The connection is made by the light dialer (node/p2p/dialer/), not by a
+py-libp2p host: a command that calls one method must not spend most of a
+second importing libp2p. This module, and what it imports, loads neither
+libp2p nor DuckDB (tests/architecture/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,16 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.base.errors import UnreachableError, UserError, sole_exception
 from node.base.keys import Identity
+from node.p2p.dialer import NodeAddress, open_connection
+from node.p2p.dialer.multistream import NegotiationError
 from node.p2p.framing import DEFAULT_MAX_FRAME
-from node.p2p.host import build_host, running_host
-from node.p2p.peers import PING_PROTOCOL, answer_pings
-from node.p2p.rpc import RpcClient, open_rpc_client
+from node.p2p.rpc_client import RPC_PROTOCOL, RpcClient, open_rpc_client, rpc_client_over
+from node.p2p.stream_errors import StreamError
+
+__all__ = ["call_node", "connect_to_node", "open_rpc_client", "parse_node_addr"]
 
 
 def parse_node_addr(text: str) -> multiaddr.Multiaddr:
@@ -38,32 +46,32 @@ async def connect_to_node(
     timeout: float = 10.0,
     max_frame: int = DEFAULT_MAX_FRAME,
 ) -> AsyncIterator[RpcClient]:
-    """Dial a node and open an RPC stream; UnreachableError if that fails in time."""
+    """Dial a node and open an RPC stream; UnreachableError if that fails in
+    time, with the reason: the port closed, the peer id not the node's, the
+    handshake failed, or the deadline passed (and during which step)."""
     maddr = parse_node_addr(addr) if isinstance(addr, str) else addr
-    info = info_from_p2p_addr(maddr)
-    host = build_host(identity or Identity.generate(), max_connections=8)
-    host.set_stream_handler(PING_PROTOCOL, answer_pings)  # the node's keepalive pings clients too
-    async with running_host(host, []):
+    try:
+        address = NodeAddress.from_multiaddr(maddr)
+    except ValueError as exc:
+        raise UserError(f"--node {str(maddr)!r}: {exc}", exit_code=2) from None
+    seed = (identity or Identity.generate()).seed
+    refused: UnreachableError | None = None
+    async with open_connection(address, seed, timeout=timeout) as connection:
+        stream = None
         try:
             with trio.fail_after(timeout):
-                await host.connect(info)
+                stream = await connection.open_stream(RPC_PROTOCOL)
         except trio.TooSlowError:
-            raise UnreachableError(f"could not reach {maddr} within {timeout:g} s") from None
-        except Exception as exc:
-            raise UnreachableError(f"could not reach {maddr}: {_short(exc)}") from None
-        opened = False
-        try:
-            async with open_rpc_client(host, info.peer_id, timeout=timeout, max_frame=max_frame) as client:
-                opened = True
-                yield client
-        except trio.TooSlowError:
-            raise UnreachableError(f"{maddr} did not open an RPC stream within {timeout:g} s") from None
-        except Exception as exc:
-            if opened:
-                raise  # the caller's own failure, not ours to rename
+            refused = UnreachableError(f"{maddr} did not open an RPC stream within {timeout:g} s")
+        except (NegotiationError, StreamError) as exc:
             # Connected, then the node closed the connection or refused the stream
             # (limits, shutting down): as unreachable as a failed dial.
-            raise UnreachableError(f"{maddr} did not open an RPC stream: {_short(exc)}") from None
+            refused = UnreachableError(f"{maddr} did not open an RPC stream: {_short(exc)}")
+        if stream is not None:
+            async with rpc_client_over(stream, max_frame=max_frame) as client:
+                yield client
+    if refused is not None:
+        raise refused  # here, outside the connection's nursery: not wrapped in an exception group
 
 
 async def call_node(addr: str, method: str, params: Any = None, *, timeout: float = 30.0) -> Any:

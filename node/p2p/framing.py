@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from libp2p.network.stream.exceptions import StreamEOF, StreamError
+
+from node.p2p.stream_errors import stream_eof_errors
 
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 _MAX_VARINT_BYTES = 5  # enough for 2**35: any frame limit we allow
@@ -116,7 +117,7 @@ class FramedStream:
         while not self._ready:
             try:
                 chunk = await self.stream.read(READ_CHUNK)
-            except StreamEOF:
+            except stream_eof_errors():  # libp2p's streams raise at EOF; the light dialer's return b""
                 chunk = b""
             if not chunk:
                 if self._decoder.at_boundary():
@@ -139,11 +140,11 @@ class FramedStream:
         """Abort the stream (protocol violation): the connection lives on."""
         try:
             await self.stream.reset()
-        except (StreamError, Exception):
+        except Exception:
             pass
 
     async def close(self) -> None:
         try:
             await self.stream.close()
-        except (StreamError, Exception):
+        except Exception:
             pass

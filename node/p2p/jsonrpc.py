@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 import trio
 
 from node.base.errors import ErrorCode
@@ -84,6 +83,8 @@ class Method:
     _validator: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        import jsonschema  # here, not at the top: a client that only calls methods never loads it (75 ms)
+
         schema = {"type": "object", "properties": {}, "additionalProperties": False, **self.params}
         self.params = schema
         jsonschema.Draft202012Validator.check_schema(schema)

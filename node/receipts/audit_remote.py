@@ -42,7 +42,7 @@ def fetch_log_from(node_addr: str, *, timeout: float = 30.0) -> FetchedLog:
     """The log of the node at ``node_addr`` (UnreachableError / AuditError on failure)."""
     from node.base.errors import exit_code_of, sole_exception
     from node.p2p.client import connect_to_node
-    from node.p2p.rpc import RpcCallError
+    from node.p2p.rpc_client import RpcCallError
 
     async def main() -> FetchedLog:
         async with connect_to_node(node_addr, timeout=timeout) as rpc:
