@@ -163,7 +163,13 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
 
         # Batches no longer bypass the per-peer rate limit: a flood of 4,000
         # calls in 40 frames is partly refused with -32002.
+        # Under wave B's other attacks this test process (the attacker) can be
+        # too busy to answer the node's keepalive pings in time, and the node
+        # rightly drops the flood's connection before answering; then the
+        # flood is sent again on its own, so the check is on the rate limit.
         flood = results["B"].reports["batch_flood"]
+        if not flood.outcomes:
+            flood = trio.run(lambda: adversary.batch_flood(target, scale.batch_frames))
         assert flood.outcomes.get("error -32002", 0) > 0, flood.summary()
         # Every attack reached the node (the test attacked, not just tried).
         reports_a = results["A"].reports
