@@ -17,7 +17,7 @@ import duckdb
 from node.app.chain_app import ChainApplication
 from node.base.config import NodeConfig
 from node.base.keys import Identity
-from node.consensus.block import Block, genesis_header
+from node.consensus.block import Block, genesis_header, max_encoded_block_size
 from node.consensus.genesis import Genesis
 from node.consensus.mempool import MempoolConfig
 from node.consensus.rpc import register_chain_methods
@@ -41,11 +41,25 @@ def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: o
         host=host, identity=identity, genesis=genesis, conn=db, store=store, app=app,
         data_dir=config.data_dir, registry=TxTypeRegistry.with_builtins(),
         mempool_config=MempoolConfig(max_txs=config.consensus["mempool_max_txs"], max_bytes=config.consensus["mempool_max_bytes"]),
-        max_frame=config.limits["max_frame_bytes"],
+        max_frame=consensus_frame_limit(config, genesis),
         double_sign_check_height=config.consensus["double_sign_check_height"],
         unsafe_sign_immediately=config.consensus["unsafe_sign_immediately"],
     )
     return app, chain
+
+
+# Room around one block in a consensus frame: the proposal's or sync
+# answer's own fields, the round-change certificate, the commit seals.
+CONSENSUS_FRAME_MARGIN = 256 * 1024
+
+
+def consensus_frame_limit(config: NodeConfig, genesis: Genesis) -> int:
+    """The frame limit of the consensus protocols (IBFT, tx gossip, block
+    sync): the node's ``[limits] max_frame_bytes``, raised to fit the largest
+    block the genesis allows. The genesis is what every validator agreed on; a
+    node whose own limit were below it could not receive a full block, and
+    would fall behind the others for good on the first one."""
+    return max(config.limits["max_frame_bytes"], max_encoded_block_size(genesis) + CONSENSUS_FRAME_MARGIN)
 
 
 def record_block(metrics: NodeMetrics, block: Block) -> None:
