@@ -179,3 +179,27 @@ def test_keys_cli(tmp_path):
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
     shown = json.loads(run_cli("keys", "show", str(key), "--json").stdout)
     assert shown["peer_id"].startswith("12D3KooW") and len(shown["public_key"]) == 64
+
+
+def test_a_chain_store_of_an_older_format_is_refused_naming_the_data_dir(tmp_path):
+    """A data directory whose blocks predate the header's genesis hash (chain
+    store schema 1): the daemon refuses to start with one line naming the
+    database file and what to do, not a traceback."""
+    from node.base.db import DB_FILENAME, open_node_db
+    from node.base.keys import Identity
+    from node.consensus.genesis import Genesis
+    from node.consensus.store import ChainStore
+
+    identity = Identity.from_label("test-node-a")
+    genesis = tmp_path / "genesis.toml"
+    Genesis(chain_id="metanode-old", genesis_time_ms=1_767_225_600_000, validators=(identity.public_key,)).write(genesis)
+    cfg = write_node_config(tmp_path, "a", identity=identity, roles=["validator"], genesis=genesis)
+    conn = open_node_db(tmp_path / "data-a")
+    ChainStore(conn)
+    conn.execute("UPDATE chain_meta SET value = '1'::BLOB WHERE key = 'schema_version'")
+    conn.close()
+    done = run_cli("daemon", "start", "--config", str(cfg), timeout=60)
+    assert done.returncode != 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(tmp_path / "data-a" / DB_FILENAME) in done.stderr and "schema version 1 is not 2" in done.stderr
+    assert f"move the data directory {tmp_path / 'data-a'} aside" in done.stderr

@@ -50,7 +50,7 @@ Exit codes (each failure prints one line "invalid: <reason>"):
       answered another receipt's bundle)
   12  inclusion proof does not lead to the header's receipts root
   13  header not sealed by a quorum (forged, altered, too few seals)
-  14  does not chain to the genesis: validator set or chain id mismatch
+  14  does not chain to the genesis: validator set, chain id or genesis hash mismatch
   15  replay result digest differs from the receipt's
   16  witness does not match the receipt
   17  issuer not allowed (--issuers validators)

@@ -4,11 +4,14 @@ Encoding (deterministic CBOR via ``node.base.codec``)::
 
     block  = {"header": header, "txs": [bytes...], "commit_round": int,
               "seals": [[validator_key(32), signature(64)], ...]}
-    header = {"chain_id", "height", "parent_hash", "timestamp_ms", "proposer",
-              "round", "tx_root", "tx_count", "receipts_size",
-              "receipts_root", "validators_hash"}
+    header = {"chain_id", "genesis_hash", "height", "parent_hash",
+              "timestamp_ms", "proposer", "round", "tx_root", "tx_count",
+              "receipts_size", "receipts_root", "validators_hash"}
 
 * ``header_hash = hash_value("metanode/block/v1", header)`` names a block.
+* ``genesis_hash`` is the hash of the chain's genesis file in every header,
+  so a header's seals bind it to one genesis: a bundle cannot be relabelled
+  to another genesis with the same chain id and validator keys.
 * A transaction is opaque bytes here; its id is :func:`tx_hash`
   (``hash_tagged("metanode/tx/v1", tx_bytes)``) and ``tx_root`` is the
   RFC 9162 Merkle root whose leaves are those 32-byte tx hashes.
@@ -82,6 +85,7 @@ def max_encoded_block_size(genesis: Genesis) -> int:
 _HEADER_FIELDS: dict[str, tuple[type, int, int]] = {
     # name -> (type, min, max) for ints, (bytes, exact size, _) for bytes
     "chain_id": (str, 1, 64),
+    "genesis_hash": (bytes, HASH_SIZE, 0),
     "height": (int, 0, MAX_UINT63),
     "parent_hash": (bytes, HASH_SIZE, 0),
     "timestamp_ms": (int, 0, MAX_UINT63),
@@ -112,6 +116,7 @@ class BlockHeader:
     """A block header; ``hash`` is the block's id."""
 
     chain_id: str
+    genesis_hash: bytes
     height: int
     parent_hash: bytes
     timestamp_ms: int
@@ -232,6 +237,7 @@ def genesis_header(genesis: Genesis) -> BlockHeader:
     file, whose hash is its ``parent_hash``."""
     return BlockHeader(
         chain_id=genesis.chain_id,
+        genesis_hash=genesis.hash,
         height=0,
         parent_hash=genesis.hash,
         timestamp_ms=genesis.genesis_time_ms,
@@ -261,6 +267,7 @@ def build_block(
     txs = tuple(bytes(tx) for tx in transactions)
     header = BlockHeader(
         chain_id=genesis.chain_id,
+        genesis_hash=genesis.hash,
         height=parent.height + 1,
         parent_hash=parent.hash,
         timestamp_ms=max(timestamp_ms, earliest_timestamp(parent, genesis)),
@@ -290,13 +297,17 @@ def check_block_contents(
     *,
     now_ms: int | None = None,
 ) -> None:
-    """Every rule of a block except its seals: chain, height, parent link,
+    """Every rule of a block except its seals: chain and genesis, height, parent link,
     timestamp (>= parent + block period, and at most the drift ahead of
     ``now_ms`` when given), proposer of the header's round, validator set,
     transaction count, size, duplicates and root. Raises BlockError."""
     header = block.header
     if header.chain_id != genesis.chain_id:
         raise BlockError(f"header.chain_id: expected {genesis.chain_id!r}, got {header.chain_id!r}")
+    if header.genesis_hash != genesis.hash:
+        raise BlockError(
+            f"header.genesis_hash: {header.genesis_hash.hex()} is not this chain's genesis {genesis.hash.hex()}"
+        )
     if header.height != parent.height + 1:
         raise BlockError(f"header.height: expected {parent.height + 1}, got {header.height}")
     if header.parent_hash != parent.hash:

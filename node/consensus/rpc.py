@@ -39,7 +39,8 @@ def block_json(block: Block, *, include_txs: bool) -> dict[str, Any]:
     h = block.header
     out: dict[str, Any] = {
         "height": h.height, "hash": block.hash.hex(), "parent_hash": h.parent_hash.hex(),
-        "chain_id": h.chain_id, "timestamp_ms": h.timestamp_ms, "proposer": h.proposer.hex(),
+        "chain_id": h.chain_id, "genesis_hash": h.genesis_hash.hex(), "timestamp_ms": h.timestamp_ms,
+        "proposer": h.proposer.hex(),
         "round": h.round, "commit_round": block.commit_round, "tx_root": h.tx_root.hex(),
         "tx_count": h.tx_count, "receipts_size": h.receipts_size, "receipts_root": h.receipts_root.hex(),
         "validators_hash": h.validators_hash.hex(),

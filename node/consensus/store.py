@@ -19,6 +19,7 @@ being appended, never part of one. Tables (all prefixed ``chain_``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,10 +27,13 @@ import duckdb
 
 from node.base.codec import to_hex
 from node.base.db import transaction
+from node.base.errors import UserError
 from node.base.faults import data_dir_failure
 from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
 
-SCHEMA_VERSION = 1
+# 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
+# version 1 lack it and no longer validate, so such a store is refused.
+SCHEMA_VERSION = 2
 MAX_TIME = 2**63 - 1
 
 _SCHEMA = (
@@ -55,6 +59,12 @@ class StoreError(Exception):
     """A block cannot be appended (wrong height or parent, bad or repeated
     transaction, out-of-order nonce) or the stored chain is inconsistent.
     Nothing is written when it is raised."""
+
+
+class StoreVersionError(StoreError, UserError):
+    """The chain store was written by another metanode version whose chain
+    format this one cannot read. Reported as one line naming the database
+    file and what to do, never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +123,12 @@ class ChainStore:
             if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
             elif version != str(SCHEMA_VERSION).encode():
-                raise StoreError(
-                    f"chain store schema version {version.decode(errors='replace')} is not "
-                    f"{SCHEMA_VERSION}; this data directory was written by another metanode version"
+                raise StoreVersionError(
+                    f"{self.db_file}: chain store schema version {version.decode(errors='replace')} is not "
+                    f"{SCHEMA_VERSION}; this data directory was written by another metanode version "
+                    "(version 2 block headers commit to the genesis hash, so older blocks no longer "
+                    f"validate); move the data directory {self._data_dir()} aside and start the node with "
+                    "an empty one: the chain restarts from its genesis (or syncs from peers of this version)"
                 )
         self._head = self._load_head()
         # Every sender's next nonce, in memory: the mempool asks on every
@@ -126,6 +139,10 @@ class ChainStore:
             bytes(sender): int(nonce)
             for sender, nonce in conn.execute("SELECT sender, next_nonce FROM chain_nonces").fetchall()
         }
+
+    def _data_dir(self) -> str:
+        """The directory of the database file (for messages)."""
+        return os.path.dirname(self.db_file) if os.path.isabs(self.db_file) else self.db_file
 
     # -- chain identity -------------------------------------------------------
     def bind_chain(self, chain_id: str, genesis_hash: bytes) -> None:

@@ -23,7 +23,7 @@ from node.base.merkle import leaf_hash, verify_inclusion
 from node.base.verification import ProofError, ReceiptError
 from node.consensus.genesis import Genesis
 from node.receipts.blocks import BlockSource
-from node.receipts.bundle import Bundle, BundleError, bundle_id, genesis_validator_sets
+from node.receipts.bundle import Bundle, BundleError, bundle_id, canonical_seals, genesis_validator_sets
 from node.receipts.envelope import decode_receipt
 from node.receipts.execution import witness_record_bytes
 from node.receipts.log import LogError, ReceiptLog
@@ -203,7 +203,7 @@ def _assemble(
         proof=tuple(proof),
         header=codec.encode(header.to_value()),
         commit_round=block.commit_round,
-        seals=block.seals,
+        seals=canonical_seals(block.seals, genesis.validator_set),
         validator_sets=genesis_validator_sets(genesis),
         witness=witness,
     )

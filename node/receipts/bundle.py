@@ -9,7 +9,7 @@ A bundle is the deterministic CBOR map (``node.base.codec``)::
       "proof": [<32 bytes>...],    # RFC 9162 inclusion proof to the header's root
       "header": <bytes>,           # encoded header of the sealing block
       "commit_round": <uint>,      # the round whose commit quorum finalised it
-      "seals": [[<key 32>, <sig 64>]...],   # commit seals, sorted by key
+      "seals": [[<key 32>, <sig 64>]...],   # the canonical seal set, sorted by key
       "validator_sets": [          # the validator set chain, oldest first
         {"from_height": 0, "genesis": <32 bytes>, "validators": [<key 32>...]}
       ],
@@ -21,6 +21,14 @@ The sealing block of leaf ``i`` is the first block whose header has
 the block, so the proof is taken at that size. The header travels as its
 encoded bytes (its hash is ``hash_tagged("metanode/block/v1", header)``), so
 a verifier hashes what it received and never re-encodes it.
+
+The header commits to the genesis hash (``genesis_hash``), so its seals
+bind it to one genesis file: relabelling ``validator_sets`` to another
+genesis with the same chain id and keys does not make it verify there.
+
+``seals`` is the canonical seal set (:func:`canonical_seals`): of the seals
+the node holds, the first quorum in validator order (the set's sorted keys).
+Nodes that hold those seals build byte-identical bundles of a receipt.
 
 ``validator_sets`` is the chain of validator sets from genesis to the
 header's height. Today the set is fixed by genesis, so it holds one entry:
@@ -48,6 +56,7 @@ from typing import Any
 from node.base import codec
 from node.base.merkle import MAX_PROOF_HASHES
 from node.consensus.genesis import Genesis
+from node.consensus.validators import ValidatorSet
 from node.receipts.envelope import MAX_ENVELOPE_SIZE
 
 BUNDLE_VERSION = 1
@@ -144,6 +153,19 @@ def bundle_id(data: bytes) -> bytes:
 def genesis_validator_sets(genesis: Genesis) -> tuple[ValidatorSetEntry, ...]:
     """The validator set chain of a chain whose set never changed."""
     return (ValidatorSetEntry(0, genesis.hash, tuple(genesis.validator_set.keys)),)
+
+
+def canonical_seals(
+    seals: tuple[tuple[bytes, bytes], ...], validators: ValidatorSet
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The seal set a bundle carries: of ``seals`` (a finalised block's), the
+    first quorum in validator order, sorted by key. A seal by a key outside
+    the set (never in a verified block) sorts last, so it is kept only when
+    there are not a quorum of others, and the verifier then names it."""
+    def order(seal: tuple[bytes, bytes]) -> tuple[int, bytes]:
+        return (validators.index(seal[0]), b"") if seal[0] in validators else (len(validators), seal[0])
+
+    return tuple(sorted(sorted(seals, key=order)[: validators.quorum]))
 
 
 # -- strict decoding ------------------------------------------------------------

@@ -6,7 +6,8 @@ Checks, in this order (the first failure decides the exit code):
 2. the validator set chain links to the given genesis file;
 3. the sealing header: it decodes, and a quorum of that height's
    validators sealed it (commit seals over its hash and commit round);
-4. the header belongs to this chain (chain id, validator set hash);
+4. the header belongs to this chain (chain id, validator set hash, and the
+   genesis hash it commits to, which the seals cover);
 5. the receipt: canonical re-encoding, schema, issuer id, signature;
 6. the inclusion proof of the receipt id at ``leaf_index`` against the
    header's receipts root and size;
@@ -28,7 +29,7 @@ code  meaning
 11    bad receipt: signature, encoding, schema or issuer id
 12    inclusion proof does not lead to the header's receipts root
 13    header not sealed by a quorum: forged, altered, bad or too few seals
-14    does not chain to the genesis: validator set or chain id mismatch
+14    does not chain to the genesis: validator set, chain id or genesis hash mismatch
 15    replay: the re-run's result digest differs from the receipt's
 16    witness does not match the receipt (or is not a valid witness file)
 17    issuer not allowed by the issuer policy
@@ -237,6 +238,14 @@ class BundleVerifier:
             )
         if header.validators_hash != self._validators.hash:
             raise BundleInvalid(PART_CHAIN, "header names another validator set than the genesis file's")
+        if header.genesis_hash != self.genesis.hash:
+            # The seals cover the header's genesis hash: a bundle relabelled to
+            # another genesis (a twin with the same chain id and keys) ends here.
+            raise BundleInvalid(
+                PART_CHAIN,
+                f"header {header.height} is sealed on genesis {header.genesis_hash.hex()}, "
+                f"not the given genesis {self.genesis.hash.hex()}",
+            )
         self._headers[key] = header
         if len(self._headers) > self._cache_size:
             self._headers.popitem(last=False)

@@ -326,6 +326,24 @@ def test_example_bundle_verifies_and_a_flipped_byte_is_caught() -> None:
     assert failure.value.exit_code == 12
 
 
+def test_example_twin_genesis_refusals_are_the_documented_ones() -> None:
+    """receipts.md: a twin genesis (one day later) refuses the bundle, relabelled or not, with exit 14."""
+    import dataclasses
+
+    from node.receipts.bundle import ValidatorSetEntry
+
+    twin = dataclasses.replace(genesis(), genesis_time_ms=GENESIS_TIME_MS + 86_400_000)
+    text = (DOCS / "receipts.md").read_text(encoding="utf-8")
+    assert f"genesis_time_ms = {twin.genesis_time_ms}" in text and twin.hash.hex()[:8] in text
+    bundle = decode_bundle(bundle_bytes())
+    relabelled = dataclasses.replace(bundle, validator_sets=(ValidatorSetEntry(0, twin.hash, twin.validators),))
+    for data in (bundle_bytes(), relabelled.encode()):
+        with pytest.raises(BundleInvalid) as failure:
+            BundleVerifier(twin).verify(data)
+        assert failure.value.exit_code == 14
+        assert f"invalid: {failure.value}   (exit 14)" in text
+
+
 def test_example_ibft_messages_decode() -> None:
     for message in (prepare_message(), commit_message()):
         decoded = decode_message(message.encode(), max_size=1 << 20, max_block_size=1 << 20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from node.base.codec import decode, encode, hash_tagged
@@ -120,6 +122,8 @@ def test_verify_checks_parent_timestamp_proposer_and_contents(chain, ibft):
         "header.tx_root": remade(tx_root=bytes(32)),
         "header.tx_count": remade(tx_count=2),
         "header.chain_id": remade(chain_id="other"),
+        # A twin genesis: same chain id and validators, another genesis time.
+        "header.genesis_hash": remade(genesis_hash=dataclasses.replace(genesis, genesis_time_ms=genesis.genesis_time_ms + 1).hash),
         "header.validators_hash": remade(validators_hash=bytes(32)),
     }
     for field_name, bad in cases.items():

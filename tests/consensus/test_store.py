@@ -6,10 +6,10 @@ import duckdb
 import pytest
 
 from node.base.codec import hash_tagged
-from node.base.db import open_node_db
-from node.base.errors import DataDirError
+from node.base.db import DB_FILENAME, open_node_db
+from node.base.errors import DataDirError, UserError
 from node.base.keys import Identity
-from node.consensus.store import ChainHead, ChainStore, StoreError
+from node.consensus.store import ChainHead, ChainStore, StoreError, StoreVersionError
 from node.consensus.tx import sign_tx
 
 CHAIN = "testnet-1"
@@ -224,6 +224,21 @@ def test_schema_version_mismatch_is_refused(conn):
     conn.execute("UPDATE chain_meta SET value = '99'::BLOB WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 99"):
         ChainStore(conn)
+
+
+def test_a_store_from_before_headers_committed_to_the_genesis_is_refused_with_what_to_do(tmp_path):
+    """Version 1 blocks lack the header's genesis hash: the store is refused as
+    a user error (one line, no traceback) naming its file and what to do."""
+    conn = open_node_db(tmp_path / "data")
+    ChainStore(conn)
+    conn.execute("UPDATE chain_meta SET value = '1'::BLOB WHERE key = 'schema_version'")
+    with pytest.raises(StoreVersionError) as info:
+        ChainStore(conn)
+    conn.close()
+    message = str(info.value)
+    assert isinstance(info.value, UserError)
+    assert str(tmp_path / "data" / DB_FILENAME) in message and "schema version 1 is not 2" in message
+    assert "genesis hash" in message and f"data directory {tmp_path / 'data'} aside" in message
 
 
 def test_bind_chain_records_and_then_checks_the_chain(conn):

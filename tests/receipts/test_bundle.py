@@ -146,3 +146,30 @@ def test_rpc_results_are_json_and_check_out(chain: DevChain) -> None:
     result = receipt_bundle(chain.log, chain.block_source(), chain.genesis, receipt.id.hex())
     assert result["height"] == 6 and json.loads(json.dumps(result)) == result
     assert BundleVerifier(chain.genesis).verify(bytes.fromhex(result["bundle"])).receipt.id == receipt.id
+
+
+def test_two_nodes_holding_different_seals_build_byte_identical_bundles() -> None:
+    """Each node keeps the commit seals it gathered, so two nodes' stored
+    blocks can differ in their seals; the bundle carries the first quorum in
+    validator order, so both nodes' bundles of a receipt are the same bytes."""
+    validators = dev_identities(4)
+    genesis = dev_genesis(validators)
+    by_key = sorted(validators, key=lambda v: v.public_key)
+    quorum = genesis.validator_set.quorum
+    all_seals = DevChain(genesis, validators, duckdb.connect())  # a node that gathered every seal
+    a_quorum = DevChain(genesis, validators, duckdb.connect())  # one that stopped at the first quorum
+    issuer_a, issuer_b = ReceiptIssuer(ISSUER), ReceiptIssuer(ISSUER)
+    for height, count in enumerate([3, 2], start=1):
+        all_seals.add_block(_receipts(issuer_a, height, count), signers=by_key)
+        a_quorum.add_block(_receipts(issuer_b, height, count), signers=by_key[:quorum])
+    for one, other in zip(all_seals.blocks, a_quorum.blocks, strict=True):
+        assert one.hash == other.hash and one.seals != other.seals and len(one.seals) == 4
+    assert [r.id for r in all_seals.receipts] == [r.id for r in a_quorum.receipts]
+    verifier = BundleVerifier(genesis)
+    for receipt in all_seals.receipts:
+        first = build_bundle(receipt.id, all_seals.log, all_seals.block_source(), genesis)
+        second = build_bundle(receipt.id, a_quorum.log, a_quorum.block_source(), genesis)
+        assert first == second and bundle_id(first) == bundle_id(second)
+        sealed = decode_bundle(first).seals
+        assert [key for key, _ in sealed] == list(genesis.validator_set.keys[:quorum])
+        verifier.verify(first)

@@ -241,6 +241,48 @@ def test_a_header_of_another_chain_with_the_same_validators_fails() -> None:
     assert failed.value.exit_code == EXIT_CHAIN
 
 
+def _twin(genesis):
+    """Another genesis with the same chain id and validator keys (a reset
+    testnet, a re-created consortium): only the genesis time differs."""
+    twin = replace(genesis, genesis_time_ms=genesis.genesis_time_ms + 86_400_000)
+    assert (twin.chain_id, twin.validator_set.hash) == (genesis.chain_id, genesis.validator_set.hash)
+    assert twin.hash != genesis.hash
+    return twin
+
+
+def test_a_relabelled_bundle_is_refused_by_the_twin_genesis(chain: DevChain) -> None:
+    """The header's seals cover its genesis hash: rewriting the bundle's
+    (unsigned) ``validator_sets[0].genesis`` to a twin's hash passes the set
+    check, the seals and the chain id, and is refused on the genesis hash."""
+    twin = _twin(GENESIS)
+    bundle = decode_bundle(_bundle(chain, 0))
+    header = BlockHeader.from_value(codec.decode(bundle.header))
+    assert header.genesis_hash == GENESIS.hash
+    relabelled = replace(bundle, validator_sets=(ValidatorSetEntry(0, twin.hash, twin.validators),))
+    with pytest.raises(BundleInvalid, match=f"sealed on genesis {GENESIS.hash.hex()}, not the given genesis") as failed:
+        BundleVerifier(twin).verify(relabelled.encode())
+    assert failed.value.exit_code == EXIT_CHAIN
+    # Unrelabelled, the twin refuses it on the set chain; the original genesis accepts it.
+    with pytest.raises(BundleInvalid, match="the bundle is for genesis") as failed:
+        BundleVerifier(twin).verify(bundle.encode())
+    assert failed.value.exit_code == EXIT_CHAIN
+    BundleVerifier(GENESIS).verify(bundle.encode())
+
+
+def test_a_twin_chains_bundle_is_refused_by_the_original_genesis() -> None:
+    """A real chain grown on the twin genesis (same keys sealing), its
+    bundle relabelled to the original genesis: refused, exit 14."""
+    twin = _twin(GENESIS)
+    dev = DevChain(twin, VALIDATORS, duckdb.connect())
+    dev.add_block(_other_receipts(ReceiptIssuer(PROCESSING), 1))
+    bundle = decode_bundle(_bundle(dev, 0))
+    BundleVerifier(twin).verify(bundle.encode())
+    relabelled = replace(bundle, validator_sets=(ValidatorSetEntry(0, GENESIS.hash, GENESIS.validators),))
+    with pytest.raises(BundleInvalid, match=f"sealed on genesis {twin.hash.hex()}") as failed:
+        BundleVerifier(GENESIS).verify(relabelled.encode())
+    assert failed.value.exit_code == EXIT_CHAIN
+
+
 def test_validator_set_chains_are_checked(chain: DevChain) -> None:
     bundle = decode_bundle(_bundle(chain, 0))
     entry = bundle.validator_sets[0]

@@ -68,12 +68,19 @@ def test_each_failure_prints_one_line_and_its_code(node_dir, tmp_path: Path,
     forged_sig = codec.encode({**envelope, "sig": bytes(64)})
     other_genesis = tmp_path / "other.toml"
     dev_genesis(VALIDATORS, chain_id="metanode-other").write(other_genesis)
+    # A twin genesis (same chain id and keys, another time), and the bundle relabelled to it.
+    twin = replace(GENESIS, genesis_time_ms=GENESIS.genesis_time_ms + 1)
+    twin_genesis = tmp_path / "twin.toml"
+    twin.write(twin_genesis)
+    relabelled = replace(bundle, validator_sets=(replace(bundle.validator_sets[0], genesis=twin.hash),))
     cases = {
         "malformed": (b"\xa1" + good.read_bytes()[1:], str(genesis), 10, "invalid: bundle: "),
         "receipt": (replace(bundle, receipt=forged_sig).encode(), str(genesis), 11, "invalid: receipt: bad-signature"),
         "proof": (replace(bundle, leaf_index=1).encode(), str(genesis), 12, "invalid: proof: proof-mismatch"),
         "seals": (replace(bundle, seals=bundle.seals[:2]).encode(), str(genesis), 13, "invalid: header: "),
         "genesis": (good.read_bytes(), str(other_genesis), 14, "invalid: chain: the bundle is for genesis"),
+        "twin": (good.read_bytes(), str(twin_genesis), 14, "invalid: chain: the bundle is for genesis"),
+        "relabelled": (relabelled.encode(), str(twin_genesis), 14, "invalid: chain: header 1 is sealed on genesis"),
     }
     for name, (data, genesis_path, expected, prefix) in cases.items():
         path = tmp_path / f"{name}.bundle"
