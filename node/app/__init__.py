@@ -2,11 +2,12 @@
 
 Public API:
 
-* ``StateMachine(conn, *, rules=DEFAULT_RULES, first_height=1)`` with
+* ``StateMachine(conn, *, rules=DEFAULT_RULES, first_height=1, governance=OPEN_GOVERNANCE)`` with
   ``.apply_block(height, block_hash, timestamp_ms, txs, *, on_applied=None) -> BlockEffects``,
   ``.check_tx_against_state(tx) -> str | None``, queries (``.job``, ``.jobs_by_tenant``,
   ``.datasets_by_tenant``, ``.nodes``, ``.queue_depth``, ``.receipts_for_block``...),
-  ``.reset()``, ``.dump()``
+  ``.governance_view()``, ``.reset()``, ``.dump()``; ``governance`` is
+  ``node.app.policy.Governance.from_genesis(genesis)`` (validators, admission policies)
 * ``catch_up(machine, store, *, on_applied=None) -> int``: apply the chain store's missing blocks
 * ``register_tx_types(registry, rules=DEFAULT_RULES)``: the mempool's payload hooks
 * ``ChainRules`` / ``DEFAULT_RULES``; ``choose_nodes`` / ``rank_nodes`` (the scheduler function)

@@ -32,6 +32,7 @@ import structlog
 
 from node.app.machine import StateMachine, catch_up
 from node.app.model import BlockEffects
+from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import carried_receipts, register_tx_types
 from node.base.db import transaction
@@ -51,13 +52,14 @@ _LIFECYCLE = {"api.call": 0, "job.schedule": 1, "job.exec": 2, "job.verdict": 3}
 class ChainApplication:
     """The chain's meaning on one node: the receipt log and the state machine, on ``conn``."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, store: ChainStore, rules: ChainRules = DEFAULT_RULES) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, store: ChainStore, rules: ChainRules = DEFAULT_RULES,
+                 governance: Governance = OPEN_GOVERNANCE) -> None:
         self.conn = conn
         self.store = store
         self.rules = rules
         self.receipts = ReceiptLog(conn)
         self._receipts_in_memo: dict[tuple[int, bytes], tuple[Receipt, ...]] = {}
-        self.state = StateMachine(conn, rules=rules)
+        self.state = StateMachine(conn, rules=rules, governance=governance)
         # Called with (effects, block) after each block is applied, e.g. to
         # sign the job.schedule / job.verdict receipts a block implies.
         self.on_effects: list[Callable[[BlockEffects, Block], None]] = []

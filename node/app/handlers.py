@@ -13,6 +13,7 @@ names these functions, one entry per type.
 
 from __future__ import annotations
 
+from node.app.governance import node_refusal, tenant_refusal
 from node.app.lifecycle import describe_job_ref, finish_job, settle_if_complete
 from node.app.model import (
     ACTIVE_STATES,
@@ -57,7 +58,9 @@ def reads_node_register(tx: Transaction, p: NodeRegister) -> Reads:
 
 
 def check_node_register(ws: WorkingState, tx: Transaction, p: NodeRegister) -> str | None:
-    return None  # a node may register, and re-register to change roles or capacity, at any time
+    # A node may register, and re-register to change roles or capacity, at any
+    # time; under a closed node policy the worker roles need admission.
+    return node_refusal(ws, tx.sender, p.roles)
 
 
 def apply_node_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: NodeRegister) -> None:
@@ -82,6 +85,9 @@ def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister
     one, and one digest may be registered under several names. Only repeating
     the name's latest version is refused (it would add a version identical to
     the one before); registering older content again makes it the latest."""
+    refused = tenant_refusal(ws, tx.sender)
+    if refused is not None:
+        return refused
     latest = ws.latest_dataset(tx.sender, p.name)
     if latest is not None and latest[1] == p.digest:
         # "already registered" is what clients (node/testnet/jobload.py) match on.
@@ -116,6 +122,9 @@ def reads_job_submit(tx: Transaction, p: JobSubmit) -> Reads:
 
 
 def check_job_submit(ws: WorkingState, tx: Transaction, p: JobSubmit) -> str | None:
+    refused = tenant_refusal(ws, tx.sender)
+    if refused is not None:
+        return refused
     for name, digest in p.inputs.items():  # sorted by name
         if not ws.has_dataset(tx.sender, digest):
             return f"inputs.{name}: dataset {to_hex(digest)} is not registered by this tenant"

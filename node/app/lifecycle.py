@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from node.app.governance import schedulable_nodes
 from node.app.model import (
     ACTIVE_STATES,
     DECLINED,
@@ -134,7 +135,7 @@ def settle_declines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> N
     """
     if not ctx.declines:
         return
-    processing = {key for key, node in ws.nodes().items() if node.capacity > 0}
+    processing = {key for key, node in schedulable_nodes(ws).items() if node.capacity > 0}
     for job_id in sorted(ctx.declines):
         job = ws.job(job_id)
         assert job is not None  # a decline was applied to it in this block
@@ -201,7 +202,7 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
     )
     if not jobs:
         return
-    nodes = ws.nodes()
+    nodes = schedulable_nodes(ws)  # under a closed node policy: admitted nodes only
     eligible, excluded = eligible_candidates(nodes, ctx.height, rules)
     for job in jobs:
         job_id = job.job_id

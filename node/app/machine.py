@@ -34,12 +34,14 @@ whose transactions passed :func:`node.consensus.tx.check_block_txs`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import duckdb
 import structlog
 
-from node.app import lifecycle, queries, tables
+from node.app import governance, lifecycle, queries, tables
 from node.app.model import BlockContext, BlockEffects, Rejection
+from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
 from node.app.working import WorkingState
@@ -62,7 +64,9 @@ class StateMachine(queries.StateQueries):
     """The job state of one node, in its DuckDB connection (single writer).
 
     ``first_height`` is the height of the first block applied (1 when the
-    genesis header is not itself a block). Creates its tables if missing;
+    genesis header is not itself a block). ``governance`` (from the genesis:
+    :meth:`Governance.from_genesis`) names the validators who vote on
+    proposals and the admission policies. Creates its tables if missing;
     refuses a database whose state was built by another schema or rules.
     """
 
@@ -72,11 +76,13 @@ class StateMachine(queries.StateQueries):
         *,
         rules: ChainRules = DEFAULT_RULES,
         first_height: int = 1,
+        governance: Governance = OPEN_GOVERNANCE,
     ) -> None:
         if type(first_height) is not int or first_height < 0:
             raise ValueError("first_height must be a non-negative integer")
         super().__init__(conn, rules)
         self.first_height = first_height
+        self.governance = governance
         with transaction(conn):
             tables.create_tables(conn)
             if self._stored_meta("schema_version") not in (None, str(tables.SCHEMA_VERSION).encode()):
@@ -88,6 +94,7 @@ class StateMachine(queries.StateQueries):
                 tables.create_tables(conn)
             self._check_meta("schema_version", str(tables.SCHEMA_VERSION).encode(), "schema version")
             self._check_meta("rules", rules.digest(), "chain rules")
+            self._check_meta("governance", governance.digest(), "validators or admission policies")
 
     def _stored_meta(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
@@ -139,7 +146,8 @@ class StateMachine(queries.StateQueries):
                     f"the next block is {expected}"
                 )
             ctx = BlockContext.start(height, block_hash, timestamp_ms)
-            work = WorkingState(conn)
+            work = WorkingState(conn, self.governance)
+            governance.expire_proposals(conn, height)
             parsed = [self._parse(tx) for tx in txs]
             work.prefetch(reads_of(tx, payload) for tx, (payload, _) in zip(txs, parsed) if payload is not None)
             for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
@@ -190,7 +198,7 @@ class StateMachine(queries.StateQueries):
         payload, problem = self._parse(tx)
         if payload is None:
             return problem
-        work = WorkingState(self._conn)
+        work = WorkingState(self._conn, self.governance)
         work.prefetch([reads_of(tx, payload)])
         return STATE_TX_TYPES[tx.type].check(work, tx, payload)
 
@@ -199,6 +207,10 @@ class StateMachine(queries.StateQueries):
         """Delete all state (to rebuild it from the blocks with :func:`catch_up`)."""
         with transaction(self._conn):
             tables.clear_tables(self._conn)
+
+    def governance_view(self) -> dict[str, Any]:
+        """Validators, admission policies, admitted sets and proposals with their votes (JSON-able)."""
+        return governance.governance_view(self._conn, self.governance)
 
     def dump(self) -> bytes:
         """The whole state as deterministic CBOR (equal on nodes that applied the same blocks)."""

@@ -65,4 +65,29 @@ class ReceiptsBatch:
     receipts: tuple[Receipt, ...]  # verified, issued by the sender, in payload order
 
 
-Payload = NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobCancel | ReceiptsBatch
+@dataclass(frozen=True)
+class GovAction:
+    """What a proposal does: ``kind`` selects the other fields (see node/app/governance.py).
+
+    ``key`` is the 32-byte public key of the membership kinds; ``fields`` is
+    the action's CBOR map as sent (what the state stores)."""
+
+    kind: str
+    key: bytes
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GovPropose:
+    action: GovAction
+
+
+@dataclass(frozen=True)
+class GovVote:
+    proposal: bytes  # the proposal id: the hash of its gov.propose transaction
+
+
+Payload = (
+    NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobCancel | ReceiptsBatch
+    | GovPropose | GovVote
+)

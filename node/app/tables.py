@@ -24,6 +24,13 @@ table                  one row per
 ``state_receipts``     receipt that entered the chain: height and position
                        (the receipt log's order), kind, issuer, envelope
 ``state_rejections``   (height, index): a committed tx the state refused, why
+``state_proposals``    governance proposal (its gov.propose tx hash): proposer,
+                       action kind and CBOR, height, expiry height, status
+                       pending | executed | expired, height it closed
+``state_votes``        (proposal, validator): the height and tx of the vote
+``state_members``      (kind node | tenant, key): admitted or removed by an
+                       executed proposal, at which height (keys without a
+                       row keep their genesis admission)
 =====================  =======================================================
 
 Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
@@ -40,8 +47,9 @@ import duckdb
 from node.base.codec import encode
 
 # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note);
-# 4: dataset versions (state_datasets keyed by tenant, name, version)
-SCHEMA_VERSION = 4
+# 4: dataset versions (state_datasets keyed by tenant, name, version); 5: governance
+# (state_proposals, state_votes, state_members)
+SCHEMA_VERSION = 5
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -83,6 +91,16 @@ TABLES: tuple[tuple[str, str, str], ...] = (
         height BIGINT NOT NULL, idx INTEGER NOT NULL, tx_hash BLOB NOT NULL,
         type VARCHAR NOT NULL, sender BLOB NOT NULL, reason VARCHAR NOT NULL,
         PRIMARY KEY (height, idx))"""),
+    ("state_proposals", "proposal_id", """CREATE TABLE IF NOT EXISTS state_proposals (
+        proposal_id BLOB PRIMARY KEY, proposer BLOB NOT NULL, kind VARCHAR NOT NULL, action BLOB NOT NULL,
+        height BIGINT NOT NULL, expires_height BIGINT NOT NULL, status VARCHAR NOT NULL,
+        closed_height BIGINT)"""),
+    ("state_votes", "proposal_id, voter", """CREATE TABLE IF NOT EXISTS state_votes (
+        proposal_id BLOB NOT NULL, voter BLOB NOT NULL, height BIGINT NOT NULL, tx_hash BLOB NOT NULL,
+        PRIMARY KEY (proposal_id, voter))"""),
+    ("state_members", "kind, member_key", """CREATE TABLE IF NOT EXISTS state_members (
+        kind VARCHAR NOT NULL, member_key BLOB NOT NULL, admitted BOOLEAN NOT NULL, height BIGINT NOT NULL,
+        proposal_id BLOB NOT NULL, PRIMARY KEY (kind, member_key))"""),
 )
 
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)

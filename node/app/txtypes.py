@@ -50,6 +50,12 @@ type                payload
                     distinct), each signed by the sender, of kind
                     ``api.call``, ``data.store``, ``job.schedule`` or
                     ``job.verdict`` (``job.exec`` travels in job.result)
+``gov.propose``     ``action`` map: ``kind`` (``admit_node`` |
+                    ``remove_node`` | ``admit_tenant`` | ``remove_tenant``)
+                    and the kind's fields: ``key`` 32 bytes (a public key).
+                    Sent by a validator; the proposal id is the tx hash
+``gov.vote``        ``proposal`` 32 bytes: a pending proposal's id
+                    (:mod:`node.app.governance`: votes, threshold, expiry)
 =================== =========================================================
 
 Job parameters are per job type: the schema of each is its entry in the job
@@ -77,12 +83,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from node.app import handlers
+from node.app import governance, handlers
 from node.app.fields import MAX_UINT, choice, digest, integer, record, text
 from node.app.jobtypes import job_type, job_type_names
 from node.app.model import DECLINE_REASONS, BlockContext
 from node.app.payloads import (
     DatasetRegister,
+    GovAction,
+    GovPropose,
+    GovVote,
     JobCancel,
     JobDecline,
     JobResult,
@@ -100,7 +109,7 @@ from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
 from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 
 __all__ = [
-    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
+    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "GOV_PROPOSE", "GOV_VOTE", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
     "JOB_SUBMIT", "NODE_REGISTER", "RECEIPTS_BATCH", "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel",
     "JobDecline", "JobResult",
     "JobSubmit", "NodeRegister", "Payload", "ReceiptsBatch", "TxType", "carried_receipts", "parse_payload",
@@ -115,6 +124,8 @@ JOB_RESULT = "job.result"
 JOB_DECLINE = "job.decline"
 JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
+GOV_PROPOSE = governance.GOV_PROPOSE
+GOV_VOTE = governance.GOV_VOTE
 
 DATASET_FORMATS = ("csv", "parquet", "jsonl")
 BATCH_RECEIPT_KINDS = ("api.call", "data.store", "job.schedule", "job.verdict")
@@ -237,6 +248,26 @@ def _parse_receipts_batch(tx: Transaction, rules: ChainRules) -> ReceiptsBatch:
     return ReceiptsBatch(receipts)
 
 
+def _parse_gov_propose(tx: Transaction, rules: ChainRules) -> GovPropose:
+    p = record(tx.payload, "", ("action",))
+    action = p["action"]
+    if not isinstance(action, dict):
+        record(action, "action", ())  # raises: must be a map
+    if "kind" not in action:
+        raise PayloadError("action.kind: is missing")
+    kind = choice(action["kind"], "action.kind", governance.ACTION_KINDS)
+    record(action, "action", ("kind",) + governance.ACTION_FIELDS[kind])
+    key = action["key"]
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise PayloadError("action.key: must be a 32-byte Ed25519 public key")
+    return GovPropose(GovAction(kind, key, dict(action)))
+
+
+def _parse_gov_vote(tx: Transaction, rules: ChainRules) -> GovVote:
+    p = record(tx.payload, "", ("proposal",))
+    return GovVote(digest(p["proposal"], "proposal"))
+
+
 # -- the table of transaction types ---------------------------------------------------
 
 P = TypeVar("P")
@@ -301,6 +332,14 @@ STATE_TX_TYPES: dict[str, TxType[Any]] = _table(
         RECEIPTS_BATCH, _parse_receipts_batch,
         handlers.reads_receipts_batch, handlers.check_receipts_batch, handlers.apply_receipts_batch,
         carries=lambda p: p.receipts,
+    ),
+    TxType(
+        GOV_PROPOSE, _parse_gov_propose,
+        governance.reads_gov, governance.check_gov_propose, governance.apply_gov_propose,
+    ),
+    TxType(
+        GOV_VOTE, _parse_gov_vote,
+        governance.reads_gov, governance.check_gov_vote, governance.apply_gov_vote,
     ),
 )
 """Every transaction type of the state machine, by name. Types not in it

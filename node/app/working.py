@@ -21,6 +21,8 @@ from typing import Any
 
 import duckdb
 
+from node.app.policy import OPEN_GOVERNANCE, Governance
+
 
 @dataclass(frozen=True)
 class Reads:
@@ -123,8 +125,9 @@ def _values(row: Any) -> tuple[Any, ...]:
 class WorkingState:
     """Cached state rows of one block (or one pre-screened transaction)."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, governance: Governance = OPEN_GOVERNANCE) -> None:
         self.conn = conn
+        self.governance = governance  # validators and admission policies (node/app/governance.py)
         self._nodes: dict[bytes, NodeRow] | None = None
         self._jobs: dict[bytes, JobRow | None] = {}
         self._datasets: set[tuple[bytes, bytes]] = set()  # known to exist

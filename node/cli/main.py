@@ -31,6 +31,7 @@ _LAZY_COMMANDS = {
     "testnet": "node.cli.testnet:testnet",
     "mesh": "node.cli.mesh:mesh",
     "demo": "node.cli.demo:demo",
+    "members": "node.cli.members:members",
 }
 
 

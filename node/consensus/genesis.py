@@ -14,11 +14,20 @@ A genesis file is TOML::
     max_txs_per_block = 10000
     max_timestamp_drift_ms = 5000        # how far ahead of a validator's clock
 
-Every key is required and unknown keys are refused (:data:`GENESIS_FILE`,
+    [admission]                          # optional: left out, everything is open
+    nodes = "open"                       # open | allow-list | by-vote (processing, storage, gateway roles)
+    tenants = "open"                     # open | allow-list | by-vote (job.submit, dataset.register)
+    admitted_nodes = []                  # 64-hex public keys admitted from the start
+    admitted_tenants = []
+
+Every key is required (except the ``[admission]`` table) and unknown keys are refused (:data:`GENESIS_FILE`,
 node/base/schema.py), so a typo is an error and not a silently different chain. The genesis hash is
 ``hash_value("metanode/genesis/v1", genesis.to_value())`` over the canonical
 CBOR form (validators sorted), so two files that differ only in layout,
-comments or validator order name the same chain.
+comments or validator order name the same chain. The ``admission`` map is in
+that form (and so in the hash) only when it is not the default (both
+policies open, no keys), so genesis files written before it existed keep
+their hash. Votes change the admitted sets later (node/app/governance.py).
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ GENESIS_TAG = "metanode/genesis/v1"
 CHAIN_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 MAX_VALIDATORS = 256
 _HEX64 = r"[0-9a-f]{64}"
+ADMISSION_POLICIES = ("open", "allow-list", "by-vote")  # node/app/policy.py says what each means
+MAX_ADMITTED = 4096  # keys one admission list of the genesis may name
 
 # key -> (minimum, maximum) for the integer settings
 _TOP_INTS = {
@@ -61,6 +72,28 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Who may join: the admission policy of nodes and tenants, and the keys the genesis admits."""
+
+    nodes: str = "open"
+    tenants: str = "open"
+    admitted_nodes: tuple[bytes, ...] = ()
+    admitted_tenants: tuple[bytes, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return self == Admission()
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "tenants": self.tenants,
+            "admitted_nodes": sorted(self.admitted_nodes),
+            "admitted_tenants": sorted(self.admitted_tenants),
+        }
+
+
+@dataclass(frozen=True)
 class Genesis:
     """A parsed, validated genesis file."""
 
@@ -71,11 +104,16 @@ class Genesis:
     round_timeout_base_ms: int = 4_000
     round_timeout_cap_ms: int = 60_000
     limits: Limits = field(default_factory=Limits)
+    admission: Admission = field(default_factory=Admission)
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as a file.
         _validate(self.to_document(), "<genesis>")
         object.__setattr__(self, "validators", tuple(sorted(self.validators)))
+        object.__setattr__(self, "admission", Admission(
+            self.admission.nodes, self.admission.tenants,
+            tuple(sorted(self.admission.admitted_nodes)), tuple(sorted(self.admission.admitted_tenants)),
+        ))
 
     @property
     def validator_set(self) -> ValidatorSet:
@@ -101,8 +139,9 @@ class Genesis:
         return min(self.round_timeout_base_ms << round_number, self.round_timeout_cap_ms)
 
     def to_value(self) -> dict[str, Any]:
-        """The canonical CBOR-able form the genesis hash is taken over."""
-        return {
+        """The canonical CBOR-able form the genesis hash is taken over
+        (``admission`` only when it is not the default)."""
+        value: dict[str, Any] = {
             "chain_id": self.chain_id,
             "genesis_time_ms": self.genesis_time_ms,
             "block_period_ms": self.block_period_ms,
@@ -115,6 +154,9 @@ class Genesis:
                 "max_timestamp_drift_ms": self.limits.max_timestamp_drift_ms,
             },
         }
+        if not self.admission.is_default:
+            value["admission"] = self.admission.to_value()
+        return value
 
     def to_document(self) -> dict[str, Any]:
         """The TOML document form (validators as hex)."""
@@ -122,6 +164,10 @@ class Genesis:
         value["validators"] = [
             k.hex() if isinstance(k, (bytes, bytearray)) else k for k in self.validators
         ]
+        admission = self.admission.to_value()
+        for name in ("admitted_nodes", "admitted_tenants"):
+            admission[name] = [k.hex() if isinstance(k, (bytes, bytearray)) else k for k in admission[name]]
+        value["admission"] = admission
         return value
 
     def to_toml(self) -> str:
@@ -137,6 +183,15 @@ class Genesis:
         lines.append("[limits]")
         for key in _LIMIT_INTS:
             lines.append(f"{key} = {getattr(self.limits, key)}")
+        if not self.admission.is_default:
+            lines.append("")
+            lines.append("[admission]")
+            lines.append(f'nodes = "{self.admission.nodes}"')
+            lines.append(f'tenants = "{self.admission.tenants}"')
+            for name in ("admitted_nodes", "admitted_tenants"):
+                lines.append(f"{name} = [")
+                lines.extend(f'  "{key.hex()}",' for key in sorted(getattr(self.admission, name)))
+                lines.append("]")
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:
@@ -157,6 +212,22 @@ def _round_timeout_cap_not_below_base(values: dict[str, Any]) -> None:
         raise Invalid(("round_timeout_cap_ms",), expected(f"at least round_timeout_base_ms ({base})", cap))
 
 
+def _admission_lists_match_policies(values: dict[str, Any]) -> None:
+    admission = values["admission"]
+    for policy, listed in (("nodes", "admitted_nodes"), ("tenants", "admitted_tenants")):
+        if admission[policy] == "open" and admission[listed]:
+            raise Invalid(("admission", listed), f"must be empty when admission.{policy} is \"open\" "
+                          f"(everyone is admitted); got {len(admission[listed])} key(s)")
+        if admission[policy] == "allow-list" and not admission[listed]:
+            raise Invalid(("admission", listed), f"must name at least one public key when admission.{policy} "
+                          "is \"allow-list\" (use \"by-vote\" to start with nobody admitted)")
+
+
+def _admitted_keys() -> Array:
+    return Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
+                 default=[], max_items=MAX_ADMITTED, unique=True, noun="public key")
+
+
 GENESIS_FILE = Schema(
     Table({
         "chain_id": Key(str, pattern=CHAIN_ID_PATTERN, expect="1-64 characters of [a-z0-9._-] starting with a letter or digit"),
@@ -164,8 +235,14 @@ GENESIS_FILE = Schema(
         "validators": Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
                             min_items=1, max_items=MAX_VALIDATORS, unique=True, noun="public key"),
         "limits": Table({key: Key(int, ge=low, le=high) for key, (low, high) in _LIMIT_INTS.items()}, default=REQUIRED),
+        "admission": Table({
+            "nodes": Key(str, "open", choices=ADMISSION_POLICIES),
+            "tenants": Key(str, "open", choices=ADMISSION_POLICIES),
+            "admitted_nodes": _admitted_keys(),
+            "admitted_tenants": _admitted_keys(),
+        }),
     }),
-    checks=[_round_timeout_cap_not_below_base],
+    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies],
 )
 
 
@@ -173,6 +250,12 @@ def _validate(doc: Any, source: str) -> dict[str, Any]:
     """Check a genesis document; return its typed fields. Raises ConfigError."""
     values = GENESIS_FILE.validate(doc, source)
     values["limits"] = Limits(**values["limits"])
+    admission = values["admission"]
+    values["admission"] = Admission(
+        admission["nodes"], admission["tenants"],
+        tuple(sorted(bytes.fromhex(key) for key in admission["admitted_nodes"])),
+        tuple(sorted(bytes.fromhex(key) for key in admission["admitted_tenants"])),
+    )
     values["validators"] = tuple(sorted(bytes.fromhex(key) for key in values["validators"]))
     return values
 

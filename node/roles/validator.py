@@ -15,6 +15,7 @@ import time
 import duckdb
 
 from node.app.chain_app import ChainApplication
+from node.app.policy import Governance
 from node.base.config import NodeConfig
 from node.base.keys import Identity
 from node.consensus.block import Block, genesis_header, max_encoded_block_size
@@ -25,6 +26,7 @@ from node.consensus.service import ConsensusService
 from node.consensus.store import ChainStore
 from node.consensus.tx import TxTypeRegistry
 from node.receipts.rpc import register_receipt_methods
+from node.roles.governance_rpc import register_governance_methods
 from node.roles.metrics import NodeMetrics
 from node.roles.role import RoleContext, Service
 
@@ -36,7 +38,7 @@ def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: o
     Building the service registers the application's transaction types and
     catches the application up with the stored chain (node/consensus/app.py)."""
     store = ChainStore(db, first_height=1, first_parent=genesis_header(genesis).hash)
-    app = ChainApplication(db, store)
+    app = ChainApplication(db, store, governance=Governance.from_genesis(genesis))
     chain = ConsensusService(
         host=host, identity=identity, genesis=genesis, conn=db, store=store, app=app,
         data_dir=config.data_dir, registry=TxTypeRegistry.with_builtins(),
@@ -81,4 +83,5 @@ class ChainRole:
         register_chain_methods(context.registry, chain)
         chain.on_finalized.append(lambda block: record_block(metrics, block))
         register_receipt_methods(context.registry, app.receipts, chain.store, context.genesis, app)
+        register_governance_methods(context.registry, app)
         return [Service("consensus", chain.run, lambda: {"height": chain.height, "validator": chain.is_validator, "signing": chain.signing})]

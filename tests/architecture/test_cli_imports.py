@@ -27,6 +27,7 @@ CLIENT_MODULES = [
     "node.cli.rpc",
     "node.cli.analytics",
     "node.cli.receipts",
+    "node.cli.members",
 ]
 
 

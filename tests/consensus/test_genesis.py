@@ -50,7 +50,7 @@ def test_round_timeout_doubles_then_caps(ibft):
         ({'chain_id = "metanode-test"': 'chain_id = "Bad Chain"'}, "chain_id: expected 1-64 characters of [a-z0-9._-] starting with a letter or digit, got 'Bad Chain'"),
         ({"round_timeout_cap_ms = 16000": "round_timeout_cap_ms = 10"}, "round_timeout_cap_ms: expected at least round_timeout_base_ms"),
         ({"max_txs_per_block = 100": "max_txs_per_block = 0"}, "[limits] max_txs_per_block: expected 1..1000000, got 0"),
-        ({"[limits]": "surprise = 1\n[limits]"}, "unknown key 'surprise'; expected one of ['block_period_ms', 'chain_id',"),
+        ({"[limits]": "surprise = 1\n[limits]"}, "unknown key 'surprise'; expected one of ['admission', 'block_period_ms', 'chain_id',"),
         ({"validators = [": 'validators = [\n  "zz",'}, "validators[0]: expected 64 lowercase hex characters (an Ed25519 public key), got 'zz'"),
     ],
 )
@@ -82,3 +82,41 @@ def test_write_refuses_to_overwrite(ibft, tmp_path):
     genesis.write(path)
     with pytest.raises(ConfigError, match="refusing to overwrite"):
         genesis.write(path)
+
+
+def test_admission_policies_round_trip_and_enter_the_hash_only_when_not_open(ibft, tmp_path):
+    from dataclasses import replace
+
+    from node.app.policy import Governance
+    from node.consensus.genesis import Admission
+
+    ids = ibft.make_identities(4)
+    base = ibft.make_genesis(ids)
+    assert "admission" not in base.to_value() and "[admission]" not in base.to_toml()
+    explicit = parse_genesis(base.to_toml() + '\n[admission]\nnodes = "open"\ntenants = "open"\n')
+    assert explicit.hash == base.hash  # the default, written out, is the same chain
+    key = ids[0].public_key
+    closed = replace(base, admission=Admission("by-vote", "allow-list", (), (key,)))
+    assert closed.hash != base.hash
+    assert closed.to_value()["admission"] == {
+        "nodes": "by-vote", "tenants": "allow-list", "admitted_nodes": [], "admitted_tenants": [key]}
+    path = tmp_path / "genesis.toml"
+    closed.write(path)
+    loaded = load_genesis(path)
+    assert loaded == closed and loaded.hash == closed.hash
+    gov = Governance.from_genesis(loaded)
+    assert gov.node_policy == "by-vote" and gov.genesis_tenants == {key} and gov.validators == loaded.validators
+
+
+@pytest.mark.parametrize("table, expected", [
+    ('nodes = "closed"', "[admission] nodes: expected one of ['open', 'allow-list', 'by-vote'], got 'closed'"),
+    ('tenants = "allow-list"', "[admission] admitted_tenants: must name at least one public key"),
+    (f'admitted_nodes = ["{"ab" * 32}"]', '[admission] admitted_nodes: must be empty when admission.nodes is "open"'),
+    ('nodes = "by-vote"\nadmitted_nodes = ["xyz"]', "[admission] admitted_nodes[0]"),
+    ("quorum = 3", "[admission] unknown key 'quorum'"),
+])
+def test_admission_errors_name_the_key(ibft, table, expected):
+    text = _text(ibft) + "\n[admission]\n" + table + "\n"
+    with pytest.raises(ConfigError) as info:
+        parse_genesis(text, "g.toml")
+    assert expected in str(info.value)

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 
 from node.app import DEFAULT_RULES, BlockEffects, ChainRules, StateMachine
+from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.base.codec import hash_tagged
 from node.base.keys import Identity
 from node.consensus.tx import Transaction, sign_tx
@@ -44,9 +45,10 @@ class Chain:
     can replay them into another database.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection | None = None, rules: ChainRules = DEFAULT_RULES) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection | None = None, rules: ChainRules = DEFAULT_RULES,
+                 governance: Governance = OPEN_GOVERNANCE) -> None:
         self.conn = conn if conn is not None else duckdb.connect(":memory:")
-        self.machine = StateMachine(self.conn, rules=rules)
+        self.machine = StateMachine(self.conn, rules=rules, governance=governance)
         self.nonces: dict[bytes, int] = defaultdict(int)
         self.blocks: list[tuple[int, bytes, int, list[Transaction]]] = []
         self.parent = GENESIS

@@ -42,6 +42,8 @@ VALID = {
     "job.decline": {"job": JOB, "reason": "input_unavailable", "detail": "no peer gave a verified copy"},
     "job.cancel": {"job": JOB},
     "receipts.batch": {"receipts": [store_envelope(), store_envelope(subject=D2)]},
+    "gov.propose": {"action": {"kind": "admit_node", "key": D1}},
+    "gov.vote": {"proposal": D2},
 }
 
 
@@ -135,6 +137,13 @@ INVALID = [
     ("job.result", ["error"], "line\nbreak", "error: must be printable text"),
     ("job.result", ["error"], "failed", "error: only a failed execution"),  # the receipt says exit 0
     ("job.cancel", ["job"], "ab" * 32, "job"),
+    ("gov.propose", ["action"], "admit_node", "action: must be a map"),
+    ("gov.propose", ["action", "kind"], DELETE, "action.kind: is missing"),
+    ("gov.propose", ["action", "kind"], "crown_king", "action.kind: must be one of admit_node"),
+    ("gov.propose", ["action", "key"], DELETE, "action.key: is missing"),
+    ("gov.propose", ["action", "key"], b"k" * 31, "action.key: must be a 32-byte"),
+    ("gov.propose", ["action", "extra"], 1, "action.extra: is not a field"),
+    ("gov.vote", ["proposal"], "ab" * 32, "proposal"),
     ("receipts.batch", ["receipts"], [], "receipts"),
     ("receipts.batch", ["receipts"], [store_envelope(), store_envelope()], "receipts[1]: repeats"),
     ("receipts.batch", ["receipts"], [exec_envelope()], "receipts[0]: kind job.exec"),

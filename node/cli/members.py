@@ -1,0 +1,192 @@
+"""``metanode members``: admission of nodes and tenants by the consortium's validators.
+
+``propose`` and ``vote`` sign a ``gov.propose`` / ``gov.vote`` transaction
+with a validator's key and wait until it is committed (the proposal id is the
+propose transaction's hash); ``list`` prints ``gov_proposals``: the
+policies, the admitted nodes and tenants, and the proposals with their votes.
+Keys are 64-hex public keys or peer ids. Like every networked command, this
+one never imports libp2p (node/p2p/client.py dials with the light dialer).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from node.base.errors import EXIT_USAGE, UserError
+
+COMMIT_TIMEOUT_S = 60.0
+
+NODE_OPTION = click.option("--node", "node_addr", required=True, envvar="METANODE_NODE",
+                           help="Node multiaddr: /ip4/HOST/tcp/PORT/p2p/PEER_ID (or $METANODE_NODE).")
+KEY_OPTION = click.option("--key", "key_path", required=True, envvar="METANODE_KEY",
+                          help="The validator's key file (or $METANODE_KEY).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+
+_ACTIONS = {
+    "admit_node": "--admit-node",
+    "remove_node": "--remove-node",
+    "admit_tenant": "--admit-tenant",
+    "remove_tenant": "--remove-tenant",
+}
+
+
+def parse_member_key(text: str, option: str) -> bytes:
+    """A public key from 64 hex characters or a peer id; UserError (usage) otherwise."""
+    text = text.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    from node.base.keys import public_key_from_peer_id
+
+    try:
+        return public_key_from_peer_id(text)
+    except ValueError:
+        raise UserError(f"{option}: {text[:80]!r} is neither a 64-hex public key nor a peer id",
+                        exit_code=EXIT_USAGE) from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _submit(node_addr: str, key_path: str, tx_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Sign ``tx_type`` with the validator's key, submit it, wait for the commit.
+
+    The connection uses a fresh identity (the validator's key may be the very
+    node's key being dialled); only the transaction carries the validator's
+    signature. A transaction the state refused is reported as an error."""
+    import logging
+
+    import trio
+
+    from node.base.errors import UnreachableError, sole_exception
+    from node.consensus.tx import sign_tx
+    from node.p2p.client import connect_to_node
+    from node.p2p.rpc_client import RpcCallError
+    from node.sdk.client import require_key
+
+    logging.getLogger().setLevel(logging.ERROR)
+    identity = require_key(key_path)
+
+    async def main() -> Any:
+        async with connect_to_node(node_addr) as rpc:
+            chain_id = (await rpc.call("chain_head"))["chain_id"]
+            nonces = await rpc.call("chain_nonce", {"sender": identity.public_key.hex()})
+            nonce = nonces.get("expected_next", nonces["pending_next"])
+            tx = sign_tx(identity, chain_id=chain_id, nonce=nonce, tx_type=tx_type, payload=payload)
+            return await rpc.call("tx_submit", {"tx": tx.encoded.hex(), "mode": "commit", "timeout": COMMIT_TIMEOUT_S},
+                                  timeout=COMMIT_TIMEOUT_S + 30)
+
+    try:
+        answer: dict[str, Any] = trio.run(main)
+    except BaseException as exc:
+        inner = sole_exception(exc)
+        if isinstance(inner, RpcCallError):
+            raise UserError(f"{inner.message} ({inner.code}): {json.dumps(inner.data)}") from None
+        if isinstance(inner, (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise UnreachableError(f"lost {node_addr}: {inner}") from None
+        if isinstance(inner, trio.TooSlowError):
+            raise UserError("timed out waiting for the transaction to be committed") from None
+        if inner is not exc:
+            raise inner from None
+        raise
+    if answer.get("state_rejected"):
+        raise UserError(f"{tx_type} {answer['hash']} was committed but refused: {answer['state_rejected']}")
+    return answer
+
+
+def _call(node_addr: str, method: str) -> Any:
+    import logging
+
+    import trio
+
+    from node.base.errors import UnreachableError
+    from node.p2p.client import call_node
+    from node.p2p.rpc_client import RpcCallError
+
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        return trio.run(lambda: call_node(node_addr, method, None, timeout=30.0))
+    except RpcCallError as exc:
+        raise UserError(f"{method}: {exc.message} ({exc.code})") from None
+    except (ConnectionError, trio.TooSlowError) as exc:
+        raise UnreachableError(f"lost {node_addr}: {exc or 'timed out'}") from None
+
+
+@click.group()
+def members() -> None:
+    """Admission of nodes and tenants: propose, vote, list (validators vote; more than 2/3 executes)."""
+
+
+@members.command("propose")
+@click.option("--admit-node", "admit_node", metavar="KEY", help="Admit a node (64-hex public key or peer id).")
+@click.option("--remove-node", "remove_node", metavar="KEY", help="Remove an admitted node.")
+@click.option("--admit-tenant", "admit_tenant", metavar="KEY", help="Admit a tenant.")
+@click.option("--remove-tenant", "remove_tenant", metavar="KEY", help="Remove an admitted tenant.")
+@NODE_OPTION
+@KEY_OPTION
+@JSON_OPTION
+def propose(admit_node: str | None, remove_node: str | None, admit_tenant: str | None, remove_tenant: str | None,
+            node_addr: str, key_path: str, as_json: bool) -> None:
+    """Propose one admission change (your vote counts); print the proposal id."""
+    given = {kind: value for kind, value in (("admit_node", admit_node), ("remove_node", remove_node),
+                                              ("admit_tenant", admit_tenant), ("remove_tenant", remove_tenant))
+             if value is not None}
+    if len(given) != 1:
+        raise UserError("give exactly one of " + ", ".join(_ACTIONS.values()), exit_code=EXIT_USAGE)
+    (kind, text), = given.items()
+    key = parse_member_key(text, _ACTIONS[kind])
+    answer = _submit(node_addr, key_path, "gov.propose", {"action": {"kind": kind, "key": key}})
+    if as_json:
+        _echo_json({"proposal_id": answer["hash"], "height": answer["height"], "action": kind, "key": key.hex()})
+    else:
+        click.echo(answer["hash"])
+
+
+@members.command("vote")
+@click.argument("proposal_id")
+@NODE_OPTION
+@KEY_OPTION
+@JSON_OPTION
+def vote(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None:
+    """Vote for the pending proposal PROPOSAL_ID (64 hex)."""
+    try:
+        proposal = bytes.fromhex(proposal_id)
+    except ValueError:
+        proposal = b""
+    if len(proposal) != 32:
+        raise UserError(f"PROPOSAL_ID: expected 64 hex characters, got {proposal_id[:80]!r}", exit_code=EXIT_USAGE)
+    answer = _submit(node_addr, key_path, "gov.vote", {"proposal": proposal})
+    if as_json:
+        _echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
+    else:
+        click.echo(f"voted for {proposal.hex()} (tx {answer['hash']}, height {answer['height']})")
+
+
+@members.command("list")
+@NODE_OPTION
+@JSON_OPTION
+def list_members(node_addr: str, as_json: bool) -> None:
+    """Policies, admitted nodes and tenants, and proposals with their votes."""
+    view = _call(node_addr, "gov_proposals")
+    if as_json:
+        _echo_json(view)
+        return
+    policies = view["policies"]
+    click.echo(f"policies: nodes {policies['nodes']}, tenants {policies['tenants']}; "
+               f"{view['votes_needed']} of {len(view['validators'])} validator votes execute a proposal")
+    for label, rows in (("admitted nodes", view["admitted"]["nodes"]), ("admitted tenants", view["admitted"]["tenants"])):
+        click.echo(f"{label} ({len(rows)}):")
+        for row in rows:
+            click.echo(f"  {row.get('peer_id', row['key'])}")
+    click.echo(f"proposals ({len(view['proposals'])}):")
+    for p in view["proposals"]:
+        target = p["action"].get("peer_id", p["action"].get("key"))
+        closed = f" at {p['closed_height']}" if p["closed_height"] is not None else f", expires at {p['expires_height']}"
+        click.echo(f"  {p['id']}  {p['action']['kind']} {target}  {p['status']}{closed}  "
+                   f"votes {len(p['votes'])}/{view['votes_needed']}")
