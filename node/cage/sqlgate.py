@@ -71,7 +71,8 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk_tree(node: Any) -> Iterator[dict[str, Any]]:
+    """Every map in a DuckDB parse tree (``json_serialize_sql``), depth first."""
     stack = [node]
     while stack:
         item = stack.pop()
@@ -147,7 +148,7 @@ def gate_sql_texts(
 
 
 def _check_tree(tree: dict[str, Any], *, inputs: set[str], seeded: bool, clock_allowed: bool) -> None:
-    nodes = list(_walk(tree))
+    nodes = list(walk_tree(tree))
     ctes = {
         entry["key"].lower()
         for node in nodes if isinstance(node.get("cte_map"), dict)

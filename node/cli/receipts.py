@@ -83,7 +83,8 @@ def _read(path: str, what: str, limit: int) -> bytes:
     return data
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -173,7 +174,7 @@ def bundle_command(receipt_id: str, node_addr: str | None, data_dir: str | None,
         raise UserError(f"the bundle is not valid: {exc}") from None
     if id_of(decoded.receipt) != wanted:
         raise UserError(f"the bundle returned is for another receipt than {receipt_id}")
-    _write_atomically(out_path, data)
+    write_atomically(out_path, data)
     if as_json:
         click.echo(json.dumps({"receipt": wanted.hex(), "out": out_path, "bytes": len(data), "leaf": decoded.leaf_index}))
         return

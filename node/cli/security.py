@@ -99,21 +99,12 @@ def export_audit(fmt: str, node_addr: str | None, data_dir: str | None, since_he
     if out_path is None:
         click.echo(text, nl=False)
         return
-    _write(out_path, text)
+    from node.cli.receipts import write_atomically
+
+    write_atomically(out_path, text.encode())
     total = sum(len(v) for v in report["findings"].values())
     click.echo(f"wrote the security report ({total} findings, {len(report['nodes'])} nodes, "
                f"{len(report['receipts'])} receipts) to {out_path}", err=True)
-
-
-def _write(path: str, text: str) -> None:
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, target)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror}", exit_code=EXIT_USAGE) from None
 
 
 def _iso(ms: int | None) -> str | None:

@@ -38,7 +38,7 @@ nodes, inside their cage limits, report what binding would have found.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import duckdb
@@ -48,7 +48,7 @@ from node.app.jobtypes import job_type
 from node.app.payloads import JobSubmit
 from node.base.errors import ErrorCode
 from node.cage.functions import quote_identifier
-from node.cage.sqlgate import SqlRefused, gate_sql
+from node.cage.sqlgate import SqlRefused, gate_sql, walk_tree
 from node.cage.worker import wrap_select
 from node.p2p.jsonrpc import RpcError
 
@@ -166,17 +166,6 @@ class SubmitChecks:
                                {"reason": reason, "param": param})
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _reading_data(tree: Any) -> dict[int, bool]:
     """For each dict and list under ``tree`` (by id): whether the expression
     under it refers to a column or a subquery, so binding cannot fold it (it
@@ -202,7 +191,7 @@ def binding_is_bounded(tree: dict[str, Any]) -> bool:
     no costly constant expression: no lambda, and every function call over
     constants alone is one of :data:`CHEAP_ON_CONSTANTS`. A FROM-clause
     table function is exempt (binding does not run it); its arguments are not."""
-    nodes = list(_walk(tree))
+    nodes = list(walk_tree(tree))
     reads_data = _reading_data(tree)
     table_functions = {id(n["function"]) for n in nodes
                        if n.get("type") == "TABLE_FUNCTION" and isinstance(n.get("function"), dict)}
