@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import structlog
@@ -325,7 +325,9 @@ class HttpGateway:
             match = route.pattern.match(path)
             if match:
                 if route.method == method:
-                    return route, match.groupdict()
+                    # Matched on the raw path (so an encoded "/" stays inside its
+                    # segment), then each segment decoded: /v1/registry/q1%20sales.
+                    return route, {key: unquote(value) for key, value in match.groupdict().items()}
                 allowed.append(route.method)
         if allowed:
             raise HttpError(ErrorCode.METHOD_NOT_FOUND, f"{method} is not allowed on {path}", {"allowed": allowed}, status=405)

@@ -116,19 +116,22 @@ async def test_versions_on_a_real_node_over_p2p_and_http(node_dir):
         async with connect_to_node(daemon.listen_addrs()[0], identity=tenant) as rpc:
             await upload_and_register(rpc, tenant, chain_id=CHAIN, nonce=0, data=first)
             await upload_and_register(rpc, tenant, chain_id=CHAIN, nonce=1, data=second)
+            await upload_and_register(rpc, tenant, chain_id=CHAIN, nonce=2, data=first, name="q1 sales/eu")
             latest = await rpc.call("analytics_dataset", {"ref": "sales"})
             assert (latest["version"], latest["digest"]) == (2, hashlib.sha256(second).hexdigest())
             listed = await rpc.call("analytics_datasets", {"name": "sales"})
             assert [d["version"] for d in listed["datasets"]] == [1, 2]
             with pytest.raises(RpcCallError) as info:
                 await rpc.call("analytics_dataset", {"ref": "costs"})
-            assert info.value.code == 1404 and "your datasets: sales" in str(info.value)
+            assert info.value.code == 1404 and "your datasets: q1 sales/eu, sales" in str(info.value)
             listen = (await rpc.call("node_status"))["services"]["http"]["listen"]
         client = HttpClient(f"http://{listen}", tenant)
         one = await trio.to_thread.run_sync(client.get, "/v1/registry/sales@1")
         assert (one["version"], one["digest"]) == (1, hashlib.sha256(first).hexdigest())
         both = await trio.to_thread.run_sync(lambda: client.get("/v1/registry", name="sales"))
         assert [d["version"] for d in both["datasets"]] == [1, 2]
+        spaced = await trio.to_thread.run_sync(client.get, "/v1/registry/q1%20sales%2Feu")  # path segments are percent-decoded
+        assert (spaced["name"], spaced["version"], spaced["digest"]) == ("q1 sales/eu", 1, hashlib.sha256(first).hexdigest())
         with pytest.raises(ClientHttpError) as http_info:
             await trio.to_thread.run_sync(client.get, "/v1/registry/costs")
         assert http_info.value.status == 404
