@@ -3,7 +3,7 @@
 Public API:
 
 * ``StateMachine(conn, *, rules=DEFAULT_RULES, first_height=1, governance=OPEN_GOVERNANCE)`` with
-  ``.apply_block(height, block_hash, timestamp_ms, txs, *, on_applied=None) -> BlockEffects``,
+  ``.apply_block(height, block_hash, timestamp_ms, txs, *, seed, on_applied=None) -> BlockEffects``,
   ``.check_tx_against_state(tx) -> str | None``, queries (``.job``, ``.jobs_by_tenant``,
   ``.datasets_by_tenant``, ``.nodes``, ``.queue_depth``, ``.receipts_for_block``...),
   ``.governance_view()``, ``.reset()``, ``.dump()``; ``governance`` is

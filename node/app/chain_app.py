@@ -11,7 +11,9 @@ shell asks it three things:
   is the log's signed tree head);
 * when validating a proposal: the same computation, compared with the header;
 * when a block is final: append its receipts to the log, then apply it to
-  the chain state machine.
+  the chain state machine;
+* at every height: the validator set that decides it (the genesis set until a
+  vote changes it; a change executed in block H decides from H + 2).
 
 The receipts a block adds are the envelopes its transactions carry
 (``job.result`` and ``receipts.batch``), in transaction order, skipping ids
@@ -40,6 +42,7 @@ from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
 from node.consensus.store import ChainStore
 from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
+from node.consensus.validators import ValidatorSet
 from node.receipts.envelope import Receipt, decode_receipt
 from node.receipts.log import LogHead, ReceiptLog
 
@@ -60,6 +63,7 @@ class ChainApplication:
         self.receipts = ReceiptLog(conn)
         self._receipts_in_memo: dict[tuple[int, bytes], tuple[Receipt, ...]] = {}
         self.state = StateMachine(conn, rules=rules, governance=governance)
+        self._validator_sets: dict[tuple[bytes, ...], ValidatorSet] = {}
         # Called with (effects, block) after each block is applied, e.g. to
         # sign the job.schedule / job.verdict receipts a block implies.
         self.on_effects: list[Callable[[BlockEffects, Block], None]] = []
@@ -112,6 +116,27 @@ class ChainApplication:
             return False
         return True
 
+    # -- validators ---------------------------------------------------------------------
+    def validator_set_at(self, height: int) -> ValidatorSet:
+        """The set that decides block ``height``: the genesis set until a vote
+        changes it. Exact for every height up to the last applied + 2, from
+        memory (the state machine loads the history at open and after each
+        block that changed it). ValueError for a negative height, or when the
+        governance names no validators."""
+        keys = self.state.validator_keys_at(height)
+        found = self._validator_sets.get(keys)
+        if found is None:
+            if not keys:
+                raise ValueError("this chain state has no validators: its governance names none (no genesis)")
+            found = self._validator_sets[keys] = ValidatorSet(keys)
+        return found
+
+    def validator_history(self) -> list[tuple[int, tuple[bytes, ...]]]:
+        """``(from_height, sorted keys)`` of every validator set, oldest first;
+        the first is ``(0, genesis keys)`` (what a receipt bundle's chain of
+        set transitions is built from)."""
+        return self.state.validator_history()
+
     # -- single transactions ------------------------------------------------------------
     def check_tx_against_state(self, tx: Transaction) -> str | None:
         """Why the current state would refuse ``tx``, or None (read-only)."""
@@ -126,7 +151,8 @@ class ChainApplication:
         """Append the block's receipts to the log, then apply it to the state machine."""
         self._append_receipts(block)
         effects = self.state.apply_block(
-            block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions]
+            block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions],
+            seed=block.header.seed,
         )
         for callback in self.on_effects:
             callback(effects, block)

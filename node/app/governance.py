@@ -5,27 +5,38 @@ Two transaction types (payload schemas in :mod:`node.app.txtypes`):
 * ``gov.propose`` ``{"action": {"kind": ..., ...}}``, sent by a current
   validator. The proposal's id is the transaction's hash; the proposer's vote
   counts. Refused when the action would change nothing (the key is already
-  admitted / not admitted), when a pending proposal already proposes the
-  same action, or when the policy it concerns is ``open``.
+  admitted / not admitted, already a validator / not one), when a pending
+  proposal already proposes the same action, or, for a membership kind, when
+  the policy it concerns is ``open``.
 * ``gov.vote`` ``{"proposal": id}``, sent by a current validator, once per
   proposal, while the proposal is pending.
+
+"Current validators" are those of the block being applied: the state's set
+at that height (:mod:`node.app.validator_sets`), which starts as the genesis
+set and changes by the ``add_validator`` / ``remove_validator`` kinds.
 
 A proposal is **executed** in the block, and at the transaction, that brings
 its votes from current validators to more than two thirds of them
 (``2n div 3 + 1`` of ``n``): with one validator the proposal itself executes
-it. Executing records the height (``closed_height``) and changes the
-admitted set at once, so later transactions of the same block see it. A
-proposal that is still pending ``proposal_blocks`` (1000) blocks after the
+it. Only votes of the current validators count: a validator that left no
+longer counts for the proposals it voted for. When the set changes at a
+block, pending proposals that the new set's votes already carry are executed
+before that block's transactions, in proposal order (nobody has to vote
+again). Executing records the height (``closed_height``) and applies the
+action at once, so later transactions of the same block see it (a validator
+change decides blocks from a later height: :mod:`node.app.validator_sets`).
+A proposal that is still pending ``proposal_blocks`` (1000) blocks after the
 block that carried it expires: before the transactions of block
 ``height + proposal_blocks`` are applied, it is marked ``expired`` and later
 votes are refused.
 
 The action is a CBOR map whose ``kind`` says which other fields it has.
-The kinds of today are the membership ones, each with ``key`` (a 32-byte
-Ed25519 public key): ``admit_node``, ``remove_node``, ``admit_tenant``,
-``remove_tenant``. A later kind (``add_validator``, ``set_param``...) is a new
-entry of :data:`ACTION_FIELDS` and of :func:`_execute`; the payload format
-stays as it is.
+Every kind of today has ``key`` (a 32-byte Ed25519 public key): the
+membership kinds ``admit_node``, ``remove_node``, ``admit_tenant``,
+``remove_tenant`` and the validator kinds ``add_validator``,
+``remove_validator``. A later kind (``set_param``...) is a new entry of
+:data:`ACTION_FIELDS` and of :func:`_execute`; the payload format stays as
+it is.
 
 Admission (policies in :mod:`node.app.policy`): under ``allow-list`` or
 ``by-vote`` a key is admitted when an executed proposal last admitted it, or,
@@ -40,9 +51,11 @@ from typing import Any
 
 import duckdb
 
+from node.app import validator_sets
 from node.app.model import BlockContext
 from node.app.payloads import GovPropose, GovVote
-from node.app.policy import NODE_ROLES_ADMITTED, Governance
+from node.app.policy import NODE_ROLES_ADMITTED, Governance, votes_needed
+from node.app.validator_sets import ADD_VALIDATOR, REMOVE_VALIDATOR, VALIDATOR_CHANGES, validator_json
 from node.app.working import NodeRow, Reads, WorkingState
 from node.base.codec import decode, encode, to_hex
 from node.base.keys import peer_id_from_public_key
@@ -62,6 +75,8 @@ ACTION_FIELDS: dict[str, tuple[str, ...]] = {
     REMOVE_NODE: ("key",),
     ADMIT_TENANT: ("key",),
     REMOVE_TENANT: ("key",),
+    ADD_VALIDATOR: ("key",),
+    REMOVE_VALIDATOR: ("key",),
 }
 ACTION_KINDS = tuple(ACTION_FIELDS)
 
@@ -156,13 +171,16 @@ def reads_gov(tx: Transaction, p: Any) -> Reads:
 
 
 def _not_validator(ws: WorkingState, tx: Transaction) -> str | None:
-    if ws.governance.is_validator(tx.sender):
+    if tx.sender in ws.validators:
         return None
     return (f"the sender {peer_id_from_public_key(tx.sender)} is not a validator: only the current "
             "validators propose and vote")
 
 
-def _action_problem(ws: WorkingState, kind: str, key: bytes) -> str | None:
+def _action_problem(ws: WorkingState, height: int, kind: str, key: bytes) -> str | None:
+    """Why the action would be refused if it were executed in block ``height`` now, or None."""
+    if kind in VALIDATOR_CHANGES:  # always by vote: no admission policy concerns them
+        return validator_sets.change_problem(ws.conn, ws.validators, height, kind, key)
     member, admit = MEMBERSHIP[kind]
     policy = _policy(ws.governance, member)
     if policy == "open":
@@ -177,7 +195,7 @@ def _action_problem(ws: WorkingState, kind: str, key: bytes) -> str | None:
 
 
 def check_gov_propose(ws: WorkingState, tx: Transaction, p: GovPropose) -> str | None:
-    problem = _not_validator(ws, tx) or _action_problem(ws, p.action.kind, p.action.key)
+    problem = _not_validator(ws, tx) or _action_problem(ws, ws.height, p.action.kind, p.action.key)
     if problem is not None:
         return problem
     row = ws.conn.execute(
@@ -219,7 +237,20 @@ def check_gov_vote(ws: WorkingState, tx: Transaction, p: GovVote) -> str | None:
     ).fetchone()
     if voted is not None:
         return f"the sender already voted for {describe_proposal(p.proposal)} at height {voted[0]}"
+    kind, action = _action_of(ws.conn, p.proposal)
+    if kind in VALIDATOR_CHANGES:
+        # Another change executed since the proposal may have made it void
+        # (or harmful: two removals of the last two validators).
+        problem = _action_problem(ws, ws.height, kind, action["key"])
+        if problem is not None:
+            return f"{describe_proposal(p.proposal)} can no longer be executed: {problem}"
     return None
+
+
+def _action_of(conn: duckdb.DuckDBPyConnection, proposal_id: bytes) -> tuple[str, dict[str, Any]]:
+    row = conn.execute("SELECT kind, action FROM state_proposals WHERE proposal_id = ?", [proposal_id]).fetchone()
+    assert row is not None  # callers checked that it exists
+    return str(row[0]), decode(bytes(row[1]))
 
 
 def apply_gov_vote(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: GovVote) -> None:
@@ -228,21 +259,46 @@ def apply_gov_vote(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: GovV
 
 def _record_vote(ws: WorkingState, ctx: BlockContext, tx: Transaction, proposal_id: bytes) -> None:
     ws.conn.execute("INSERT INTO state_votes VALUES (?, ?, ?, ?)", [proposal_id, tx.sender, ctx.height, tx.hash])
-    voters = [bytes(v) for (v,) in ws.conn.execute(
+    if _votes_counted(ws.conn, proposal_id, ws.validators) >= votes_needed(len(ws.validators)):
+        _execute(ws, ctx, proposal_id)
+
+
+def _votes_counted(conn: duckdb.DuckDBPyConnection, proposal_id: bytes, validators: tuple[bytes, ...]) -> int:
+    """The proposal's votes that count: those of ``validators`` (the current set)."""
+    voters = [bytes(v) for (v,) in conn.execute(
         "SELECT voter FROM state_votes WHERE proposal_id = ?", [proposal_id]).fetchall()]
-    if sum(1 for voter in voters if ws.governance.is_validator(voter)) >= ws.governance.votes_needed():
+    return sum(1 for voter in voters if voter in validators)
+
+
+def execute_carried_proposals(ws: WorkingState, ctx: BlockContext) -> None:
+    """Before the transactions of a block whose validator set differs from its
+    parent's: execute the pending proposals that the new set's votes already
+    carry, oldest first (a validator change whose action no longer applies
+    stays pending)."""
+    needed = votes_needed(len(ws.validators))
+    for proposal_id, kind, action in ws.conn.execute(
+        "SELECT proposal_id, kind, action FROM state_proposals WHERE status = ? ORDER BY height, proposal_id",
+        [PENDING],
+    ).fetchall():
+        proposal_id = bytes(proposal_id)
+        if _votes_counted(ws.conn, proposal_id, ws.validators) < needed:
+            continue
+        if kind in VALIDATOR_CHANGES and _action_problem(ws, ctx.height, kind, decode(bytes(action))["key"]):
+            continue
         _execute(ws, ctx, proposal_id)
 
 
 def _execute(ws: WorkingState, ctx: BlockContext, proposal_id: bytes) -> None:
-    row = ws.conn.execute("SELECT kind, action FROM state_proposals WHERE proposal_id = ?", [proposal_id]).fetchone()
-    assert row is not None  # a vote was just recorded for it
-    kind, action = row[0], decode(bytes(row[1]))
-    member, admitted = MEMBERSHIP[kind]
-    ws.conn.execute(
-        "INSERT OR REPLACE INTO state_members VALUES (?, ?, ?, ?, ?)",
-        [member, action["key"], admitted, ctx.height, proposal_id],
-    )
+    kind, action = _action_of(ws.conn, proposal_id)
+    if kind in VALIDATOR_CHANGES:
+        validator_sets.record_change(ws.conn, ws.governance.validators, ctx.height, proposal_id, kind, action["key"])
+        ws.validator_sets_changed = True
+    else:
+        member, admitted = MEMBERSHIP[kind]
+        ws.conn.execute(
+            "INSERT OR REPLACE INTO state_members VALUES (?, ?, ?, ?, ?)",
+            [member, action["key"], admitted, ctx.height, proposal_id],
+        )
     ws.conn.execute(
         "UPDATE state_proposals SET status = ?, closed_height = ? WHERE proposal_id = ?",
         [EXECUTED, ctx.height, proposal_id],
@@ -257,7 +313,7 @@ def expire_proposals(conn: duckdb.DuckDBPyConnection, height: int) -> None:
     )
 
 
-# -- the view (RPC gov_proposals, metanode members list) --------------------------------
+# -- the views (RPC gov_proposals and gov_validators, metanode members / validators list) --
 
 def _member_json(key: bytes, member: str) -> dict[str, Any]:
     answer: dict[str, Any] = {"key": to_hex(key)}
@@ -266,40 +322,66 @@ def _member_json(key: bytes, member: str) -> dict[str, Any]:
     return answer
 
 
-def governance_view(conn: duckdb.DuckDBPyConnection, governance: Governance,
-                    limit: int = MAX_PROPOSALS_SHOWN) -> dict[str, Any]:
-    """Validators, policies, admitted sets and proposals (pending first, then newest), JSON-able."""
+def proposals_view(conn: duckdb.DuckDBPyConnection, validators: tuple[bytes, ...],
+                   kinds: tuple[str, ...] = ACTION_KINDS, limit: int = MAX_PROPOSALS_SHOWN) -> list[dict[str, Any]]:
+    """Proposals of ``kinds`` (pending first, then newest) with their votes,
+    JSON-able; ``votes_counted`` counts the votes of ``validators`` (the set
+    whose votes count now), the only ones that can execute it."""
     rows = conn.execute(
         "SELECT proposal_id, proposer, kind, action, height, expires_height, status, closed_height "
-        "FROM state_proposals ORDER BY status <> 'pending', height DESC, proposal_id LIMIT ?", [limit]
+        "FROM state_proposals WHERE kind IN (SELECT unnest(?)) "
+        "ORDER BY status <> 'pending', height DESC, proposal_id LIMIT ?", [list(kinds), limit]
     ).fetchall()
     ids = [bytes(row[0]) for row in rows]
     votes: dict[bytes, list[dict[str, Any]]] = {pid: [] for pid in ids}
+    counted: dict[bytes, int] = {pid: 0 for pid in ids}
     if ids:
         for pid, voter, height in conn.execute(
             "SELECT proposal_id, voter, height FROM state_votes WHERE proposal_id IN (SELECT unnest(?)) "
             "ORDER BY height, voter", [ids]
         ).fetchall():
             votes[bytes(pid)].append({**_member_json(bytes(voter), "node"), "height": height})
+            counted[bytes(pid)] += bytes(voter) in validators
     proposals = []
     for pid, proposer, kind, action, height, expires, status, closed in rows:
         fields = decode(bytes(action))
         shown = {name: to_hex(v) if isinstance(v, bytes) else v for name, v in sorted(fields.items())}
-        if kind in MEMBERSHIP and MEMBERSHIP[kind][0] == "node":
+        if kind in VALIDATOR_CHANGES or (kind in MEMBERSHIP and MEMBERSHIP[kind][0] == "node"):
             shown["peer_id"] = peer_id_from_public_key(fields["key"])
         proposals.append({
             "id": to_hex(bytes(pid)), "proposer": _member_json(bytes(proposer), "node"), "action": shown,
             "height": height, "expires_height": expires, "status": status, "closed_height": closed,
-            "votes": votes[bytes(pid)],
+            "votes": votes[bytes(pid)], "votes_counted": counted[bytes(pid)],
         })
+    return proposals
+
+
+def governance_view(conn: duckdb.DuckDBPyConnection, governance: Governance, validators: tuple[bytes, ...],
+                    limit: int = MAX_PROPOSALS_SHOWN) -> dict[str, Any]:
+    """Validators (``validators``: the set of the next block), policies,
+    admitted sets and proposals (pending first, then newest), JSON-able."""
     return {
-        "validators": [_member_json(key, "node") for key in governance.validators],
-        "votes_needed": governance.votes_needed(),
+        "validators": [_member_json(key, "node") for key in validators],
+        "votes_needed": votes_needed(len(validators)),
         "proposal_blocks": governance.proposal_blocks,
         "policies": {"nodes": governance.node_policy, "tenants": governance.tenant_policy},
         "admitted": {
             "nodes": [_member_json(k, "node") for k in sorted(admitted_keys(conn, governance, "node"))],
             "tenants": [_member_json(k, "tenant") for k in sorted(admitted_keys(conn, governance, "tenant"))],
         },
-        "proposals": proposals,
+        "proposals": proposals_view(conn, validators, limit=limit),
+    }
+
+
+def validators_view(conn: duckdb.DuckDBPyConnection, governance: Governance, height: int,
+                    validators: tuple[bytes, ...], limit: int = MAX_PROPOSALS_SHOWN) -> dict[str, Any]:
+    """The answer of RPC ``gov_validators``: the set that decides block
+    ``height`` (the next block) and votes on proposals in it, the votes that
+    execute a proposal, the validator proposals, and every executed change."""
+    return {
+        "height": height,
+        "validators": [validator_json(key) for key in validators],
+        "votes_needed": votes_needed(len(validators)),
+        "proposals": proposals_view(conn, validators, tuple(VALIDATOR_CHANGES), limit),
+        "changes": validator_sets.changes_view(conn, governance.validators),
     }

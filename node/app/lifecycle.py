@@ -218,7 +218,7 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
         if job.state == SUBMITTED:
             job.state, job.attempt = SCHEDULED, 1
             job.scheduled_height, job.schedule_block = ctx.height, ctx.block_hash
-            job.seed, job.clock = job_seed(ctx.block_hash, job_id), job_clock(ctx.timestamp_ms)
+            job.seed, job.clock = job_seed(ctx.seed, job_id), job_clock(ctx.timestamp_ms)
         else:
             job.attempt += 1
         job.reason = None

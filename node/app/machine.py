@@ -8,17 +8,21 @@ crash leaves either the whole block applied or none of it.
 
 Applying a block:
 
-1. each transaction, in order: its payload is checked against the schema
+1. pending governance proposals expire when their time is up; when the
+   validator set deciding this block differs from the parent's, pending
+   proposals the new set's votes already carry are executed
+   (:mod:`node.app.governance`);
+2. each transaction, in order: its payload is checked against the schema
    (:func:`parse_payload`), then against the state (tenant rights, references,
    assignee); a transaction that fails is recorded as rejected with a
    reason and changes nothing else, so every node reaches the same state;
-2. jobs an assignee declined (``job.decline``: it could not run them) fail when
+3. jobs an assignee declined (``job.decline``: it could not run them) fail when
    no attempt or no untried processing node is left (``settle_declines``);
    pending assignments whose deadline is this height are missed: their jobs
    get replacements or, with no attempt left, fail;
-3. the scheduler assigns every job with open slots (new jobs first get their
+4. the scheduler assigns every job with open slots (new jobs first get their
    seed and clock from this block);
-4. the changed rows and the height row are written; ``on_applied(effects)``
+5. the changed rows and the height row are written; ``on_applied(effects)``
    runs last, inside the same transaction (e.g. to append the block's
    receipts to the receipt log).
 
@@ -44,9 +48,11 @@ from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
+from node.app.validator_sets import ValidatorHistory
 from node.app.working import WorkingState
 from node.base.codec import to_hex
 from node.base.db import transaction
+from node.consensus.block import SEED_SIZE, Block
 from node.consensus.store import ChainStore
 from node.consensus.tx import PayloadError, Transaction, decode_tx
 
@@ -65,9 +71,10 @@ class StateMachine(queries.StateQueries):
 
     ``first_height`` is the height of the first block applied (1 when the
     genesis header is not itself a block). ``governance`` (from the genesis:
-    :meth:`Governance.from_genesis`) names the validators who vote on
-    proposals and the admission policies. Creates its tables if missing;
-    refuses a database whose state was built by another schema or rules.
+    :meth:`Governance.from_genesis`) names the genesis validators and the
+    admission policies; the validators of later heights are the state's
+    (:meth:`validator_keys_at`). Creates its tables if missing; refuses a
+    database whose state was built by another schema or rules.
     """
 
     def __init__(
@@ -95,6 +102,8 @@ class StateMachine(queries.StateQueries):
             self._check_meta("schema_version", str(tables.SCHEMA_VERSION).encode(), "schema version")
             self._check_meta("rules", rules.digest(), "chain rules")
             self._check_meta("governance", governance.digest(), "validators or admission policies")
+        self._validators = ValidatorHistory(governance.validators)
+        self._validators.load(conn)
 
     def _stored_meta(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
@@ -118,9 +127,14 @@ class StateMachine(queries.StateQueries):
         timestamp_ms: int,
         txs: Sequence[Transaction],
         *,
+        seed: bytes,
         on_applied: Callable[[BlockEffects], None] | None = None,
     ) -> BlockEffects:
         """Apply the committed block at ``height``; return what it changed.
+
+        ``seed`` is the block's VRF seed (``BlockHeader.seed``, 64 bytes): the
+        jobs it schedules draw their seeds from it, not from the block hash,
+        which the proposer could grind by choosing transactions.
 
         Raises StateError (nothing written) unless ``height`` is the next
         height: re-applying a block, or skipping one, is refused. Any
@@ -131,6 +145,8 @@ class StateMachine(queries.StateQueries):
             raise StateError(f"height must be an integer in 0..{MAX_HEIGHT}, got {height!r}")
         if not isinstance(block_hash, bytes) or len(block_hash) != 32:
             raise StateError("block_hash must be 32 bytes")
+        if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
+            raise StateError(f"seed must be {SEED_SIZE} bytes (the block's VRF seed)")
         if type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_HEIGHT:
             raise StateError(f"timestamp_ms must be a non-negative 64-bit integer, got {timestamp_ms!r}")
         if not all(isinstance(tx, Transaction) for tx in txs):
@@ -145,9 +161,11 @@ class StateMachine(queries.StateQueries):
                     f"{'no block yet' if applied is None else f'height {applied}'}, "
                     f"the next block is {expected}"
                 )
-            ctx = BlockContext.start(height, block_hash, timestamp_ms)
-            work = WorkingState(conn, self.governance)
+            ctx = BlockContext.start(height, block_hash, timestamp_ms, seed)
+            work = WorkingState(conn, self.governance, self._validators.keys_at(height), height)
             governance.expire_proposals(conn, height)
+            if height > 0 and work.validators != self._validators.keys_at(height - 1):
+                governance.execute_carried_proposals(work, ctx)
             parsed = [self._parse(tx) for tx in txs]
             work.prefetch(reads_of(tx, payload) for tx, (payload, _) in zip(txs, parsed) if payload is not None)
             for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
@@ -161,6 +179,8 @@ class StateMachine(queries.StateQueries):
             )
             if on_applied is not None:
                 on_applied(ctx.effects)
+        if work.validator_sets_changed:  # committed: the sets of later heights are known now
+            self._validators.load(conn)
         return ctx.effects
 
     def _parse(self, tx: Transaction) -> tuple[Payload | None, str | None]:
@@ -198,7 +218,8 @@ class StateMachine(queries.StateQueries):
         payload, problem = self._parse(tx)
         if payload is None:
             return problem
-        work = WorkingState(self._conn, self.governance)
+        height = self._next_height()
+        work = WorkingState(self._conn, self.governance, self._validators.keys_at(height), height)
         work.prefetch([reads_of(tx, payload)])
         return STATE_TX_TYPES[tx.type].check(work, tx, payload)
 
@@ -207,10 +228,33 @@ class StateMachine(queries.StateQueries):
         """Delete all state (to rebuild it from the blocks with :func:`catch_up`)."""
         with transaction(self._conn):
             tables.clear_tables(self._conn)
+        self._validators.load(self._conn)
+
+    # -- validators ------------------------------------------------------------------
+    def _next_height(self) -> int:
+        applied = self.height()
+        return self.first_height if applied is None else applied + 1
+
+    def validator_keys_at(self, height: int) -> tuple[bytes, ...]:
+        """The sorted keys of the set that decides block ``height`` (in memory).
+
+        Exact up to the applied height + 2 (a change executed in block H
+        decides from H + 2); beyond, the last set known. Empty when the
+        governance names no validators (a state machine without a genesis)."""
+        return self._validators.keys_at(height)
+
+    def validator_history(self) -> list[tuple[int, tuple[bytes, ...]]]:
+        """``(from_height, sorted keys)`` of every validator set, oldest first; the first is ``(0, genesis keys)``."""
+        return self._validators.entries()
 
     def governance_view(self) -> dict[str, Any]:
-        """Validators, admission policies, admitted sets and proposals with their votes (JSON-able)."""
-        return governance.governance_view(self._conn, self.governance)
+        """Validators (of the next block), admission policies, admitted sets and proposals with their votes (JSON-able)."""
+        return governance.governance_view(self._conn, self.governance, self.validator_keys_at(self._next_height()))
+
+    def validators_view(self) -> dict[str, Any]:
+        """The validator set of the next block, its proposals and past changes (RPC ``gov_validators``)."""
+        height = self._next_height()
+        return governance.validators_view(self._conn, self.governance, height, self.validator_keys_at(height))
 
     def dump(self) -> bytes:
         """The whole state as deterministic CBOR (equal on nodes that applied the same blocks)."""
@@ -250,7 +294,8 @@ def catch_up(
         if block is None:
             raise StateError(f"the chain store has no block at height {height}")
         txs = [decode_tx(raw) for raw in store.block_txs(height)]
-        machine.apply_block(height, block.hash, block.timestamp_ms, txs, on_applied=on_applied)
+        seed = Block.decode(block.block).header.seed
+        machine.apply_block(height, block.hash, block.timestamp_ms, txs, seed=seed, on_applied=on_applied)
         height += 1
         count += 1
     return count

@@ -35,9 +35,11 @@ DECLINE_REASONS = (INPUT_UNAVAILABLE, LOCAL_FAULT)
 JOB_SEED_TAG = "metanode/job-seed/v1"
 
 
-def job_seed(block_hash: bytes, job_id: bytes) -> bytes:
-    """The job's seed: ``H("metanode/job-seed/v1", block_hash || job_id)`` of the scheduling block."""
-    return hash_tagged(JOB_SEED_TAG, block_hash + job_id)
+def job_seed(block_seed: bytes, job_id: bytes) -> bytes:
+    """The job's seed: ``H("metanode/job-seed/v1", block_seed || job_id)``, where
+    ``block_seed`` is the scheduling block's VRF seed (``BlockHeader.seed``): one
+    value per height whatever the proposer puts in the block (docs/blocks.md)."""
+    return hash_tagged(JOB_SEED_TAG, block_seed + job_id)
 
 
 def job_clock(timestamp_ms: int) -> int:
@@ -136,11 +138,12 @@ class BlockContext:
     height: int
     block_hash: bytes
     timestamp_ms: int
+    seed: bytes  # the block's VRF seed (BlockHeader.seed)
     effects: BlockEffects
     # Jobs an assignee declined in this block (job.decline), with the last note
     # given for each, in transaction order: settled after the block's transactions.
     declines: dict[bytes, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, height: int, block_hash: bytes, timestamp_ms: int) -> "BlockContext":
-        return cls(height, block_hash, timestamp_ms, BlockEffects(height, block_hash))
+    def start(cls, height: int, block_hash: bytes, timestamp_ms: int, seed: bytes) -> "BlockContext":
+        return cls(height, block_hash, timestamp_ms, seed, BlockEffects(height, block_hash))

@@ -69,7 +69,8 @@ class ReceiptsBatch:
 class GovAction:
     """What a proposal does: ``kind`` selects the other fields (see node/app/governance.py).
 
-    ``key`` is the 32-byte public key of the membership kinds; ``fields`` is
+    ``key`` is the 32-byte public key every kind of today has (membership and
+    validator changes); ``fields`` is
     the action's CBOR map as sent (what the state stores)."""
 
     kind: str

@@ -1,8 +1,9 @@
 """Who governs the chain and who it admits: the genesis's part of the state machine's input.
 
-:class:`Governance` is fixed for a chain (the genesis says it): the current
-validators (who may propose and vote, :mod:`node.app.governance`) and the
-admission policies of nodes and tenants with the keys the genesis admits.
+:class:`Governance` is fixed for a chain (the genesis says it): the genesis
+validators (the set until a vote changes it: the current set is the chain
+state's, :mod:`node.app.validator_sets`) and the admission policies of nodes
+and tenants with the keys the genesis admits.
 
 * ``open``: anyone may register any role and act as a tenant (the default);
 * ``allow-list``: the genesis names the admitted keys (at least one); votes
@@ -43,7 +44,11 @@ PROPOSAL_BLOCKS = 1000  # a proposal is open for votes in the block that carries
 
 @dataclass(frozen=True)
 class Governance:
-    """The chain's validators and admission policies (from the genesis)."""
+    """The chain's genesis validators and admission policies (from the genesis).
+
+    ``validators`` are the genesis set: the state starts from them, and votes
+    (``add_validator`` / ``remove_validator``) change the set from a later
+    height on; who votes at a height is the state's answer, never this field."""
 
     validators: tuple[bytes, ...] = ()
     node_policy: str = OPEN
@@ -68,13 +73,6 @@ class Governance:
     def tenants_closed(self) -> bool:
         return self.tenant_policy != OPEN
 
-    def is_validator(self, key: bytes) -> bool:
-        return key in self.validators
-
-    def votes_needed(self) -> int:
-        """The least number of votes that is more than two thirds of the validators."""
-        return 2 * len(self.validators) // 3 + 1
-
     def digest(self) -> bytes:
         """Stored with the state: a state built under another governance is refused."""
         return hash_value(GOVERNANCE_TAG, {
@@ -97,6 +95,11 @@ class Governance:
             genesis_nodes=frozenset(admission.admitted_nodes),
             genesis_tenants=frozenset(admission.admitted_tenants),
         )
+
+
+def votes_needed(validator_count: int) -> int:
+    """The least number of votes that is more than two thirds of ``validator_count`` validators."""
+    return 2 * validator_count // 3 + 1
 
 
 OPEN_GOVERNANCE = Governance()

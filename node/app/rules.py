@@ -3,46 +3,68 @@
 They bound payloads (checked by the transaction hooks) and drive the
 scheduler (attempts, deadlines, exclusion after a missed deadline). A node
 running other rules would compute another state from the same blocks, so the
-state machine records the rules' digest with its tables and refuses to open a
+rules come from the genesis file (its ``[rules]`` table, in the genesis hash
+when it changes a default: :meth:`ChainRules.from_genesis`), and the state
+machine records the rules' digest with its tables and refuses to open a
 state built under different rules (rebuild it from the blocks instead).
+
+The rules' names, defaults and ranges are declared once, in
+node/consensus/genesis.py's :data:`~node.consensus.genesis.RULES` (the
+genesis validates them there, below this layer); this class gives them
+their types and meaning here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from node.base.codec import hash_value
+from node.consensus.genesis import REPLICATION_LIMIT, RULES, rules_inconsistency
+
+if TYPE_CHECKING:
+    from node.consensus.genesis import Genesis
 
 RULES_TAG = "metanode/state-rules/v1"
-REPLICATION_LIMIT = 8  # the payload schema's bound on r; rules may only lower it
+__all__ = ["DEFAULT_RULES", "REPLICATION_LIMIT", "RULES_TAG", "ChainRules"]
 
 
 @dataclass(frozen=True)
 class ChainRules:
     """Consensus-critical constants of the job state machine and scheduler."""
 
-    max_replication: int = REPLICATION_LIMIT  # the policy bound on a job's r
-    max_attempts: int = 3  # assignment rounds per job (the first one included)
-    min_deadline_blocks: int = 2
-    max_deadline_blocks: int = 10_000
-    exclusion_blocks: int = 20  # a node that missed a deadline gets no new job for this many blocks
-    max_capacity: int = 64  # declared processing slots of one node (its rendezvous weight)
-    max_inputs: int = 16  # datasets per job
-    max_query_bytes: int = 16 * 1024  # SQL text of an sql job (UTF-8)
-    max_batch_receipts: int = 64  # envelopes in one receipts.batch
+    max_replication: int = RULES["max_replication"].default  # the policy bound on a job's r
+    max_attempts: int = RULES["max_attempts"].default  # assignment rounds per job (the first one included)
+    min_deadline_blocks: int = RULES["min_deadline_blocks"].default
+    max_deadline_blocks: int = RULES["max_deadline_blocks"].default
+    exclusion_blocks: int = RULES["exclusion_blocks"].default  # a node that missed a deadline gets no new job for this many blocks
+    max_capacity: int = RULES["max_capacity"].default  # declared processing slots of one node (its rendezvous weight)
+    max_inputs: int = RULES["max_inputs"].default  # datasets per job
+    max_query_bytes: int = RULES["max_query_bytes"].default  # SQL text of an sql job (UTF-8)
+    max_batch_receipts: int = RULES["max_batch_receipts"].default  # envelopes in one receipts.batch
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if type(value) is not int or value < 1:
-                raise ValueError(f"chain rule {name} must be a positive integer, got {value!r}")
-        if self.max_replication > REPLICATION_LIMIT:
-            raise ValueError(f"chain rule max_replication may not exceed {REPLICATION_LIMIT}")
-        if self.min_deadline_blocks > self.max_deadline_blocks:
-            raise ValueError("chain rule min_deadline_blocks exceeds max_deadline_blocks")
+            rule = RULES[name]
+            if type(value) is not int or not rule.low <= value <= rule.high:
+                raise ValueError(f"chain rule {name} must be an integer in {rule.low}..{rule.high}, got {value!r}")
+        problem = rules_inconsistency(asdict(self))
+        if problem is not None:
+            name, must_be = problem
+            raise ValueError(f"chain rule {name} must be {must_be}, got {getattr(self, name)}")
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> ChainRules:
+        """The rules of the chain ``genesis`` starts (its ``[rules]`` table, defaults for
+        the rules it leaves out). The genesis validated them already."""
+        return cls(**genesis.rules)
 
     def digest(self) -> bytes:
         """A digest of every rule (stored with the state to detect a mismatch)."""
         return hash_value(RULES_TAG, asdict(self))
 
+
+if tuple(f.name for f in fields(ChainRules)) != tuple(RULES):  # a rule added on one side only
+    raise ImportError("node.app.rules.ChainRules and node.consensus.genesis.RULES name different rules")
 
 DEFAULT_RULES = ChainRules()

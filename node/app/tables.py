@@ -31,6 +31,11 @@ table                  one row per
 ``state_members``      (kind node | tenant, key): admitted or removed by an
                        executed proposal, at which height (keys without a
                        row keep their genesis admission)
+``state_validator_     height from which a validator set decides blocks:
+sets``                 keys (CBOR sorted list), the height of the block that
+                       executed the change and its proposal (no row for the
+                       genesis set; two changes executed in one block leave
+                       one row, the later change built on the earlier)
 =====================  =======================================================
 
 Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
@@ -48,8 +53,8 @@ from node.base.codec import encode
 
 # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note);
 # 4: dataset versions (state_datasets keyed by tenant, name, version); 5: governance
-# (state_proposals, state_votes, state_members)
-SCHEMA_VERSION = 5
+# (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets)
+SCHEMA_VERSION = 6
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -101,6 +106,9 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_members", "kind, member_key", """CREATE TABLE IF NOT EXISTS state_members (
         kind VARCHAR NOT NULL, member_key BLOB NOT NULL, admitted BOOLEAN NOT NULL, height BIGINT NOT NULL,
         proposal_id BLOB NOT NULL, PRIMARY KEY (kind, member_key))"""),
+    ("state_validator_sets", "from_height", """CREATE TABLE IF NOT EXISTS state_validator_sets (
+        from_height BIGINT PRIMARY KEY, keys BLOB NOT NULL, executed_height BIGINT NOT NULL,
+        proposal_id BLOB NOT NULL)"""),
 )
 
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)

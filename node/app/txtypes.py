@@ -51,9 +51,10 @@ type                payload
                     ``api.call``, ``data.store``, ``job.schedule`` or
                     ``job.verdict`` (``job.exec`` travels in job.result)
 ``gov.propose``     ``action`` map: ``kind`` (``admit_node`` |
-                    ``remove_node`` | ``admit_tenant`` | ``remove_tenant``)
-                    and the kind's fields: ``key`` 32 bytes (a public key).
-                    Sent by a validator; the proposal id is the tx hash
+                    ``remove_node`` | ``admit_tenant`` | ``remove_tenant`` |
+                    ``add_validator`` | ``remove_validator``) and the kind's
+                    fields: ``key`` 32 bytes (a public key). Sent by a
+                    validator; the proposal id is the tx hash
 ``gov.vote``        ``proposal`` 32 bytes: a pending proposal's id
                     (:mod:`node.app.governance`: votes, threshold, expiry)
 =================== =========================================================

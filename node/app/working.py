@@ -125,9 +125,15 @@ def _values(row: Any) -> tuple[Any, ...]:
 class WorkingState:
     """Cached state rows of one block (or one pre-screened transaction)."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, governance: Governance = OPEN_GOVERNANCE) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, governance: Governance = OPEN_GOVERNANCE,
+                 validators: tuple[bytes, ...] | None = None, height: int = 0) -> None:
         self.conn = conn
-        self.governance = governance  # validators and admission policies (node/app/governance.py)
+        self.height = height  # the block being applied (for a pre-screen: the next block)
+        self.governance = governance  # genesis validators and admission policies (node/app/governance.py)
+        # The validators of the block being applied (the state's set, node/app/validator_sets.py):
+        # who proposes and votes in it, and whose votes count.
+        self.validators: tuple[bytes, ...] = governance.validators if validators is None else validators
+        self.validator_sets_changed = False  # this block executed a validator change
         self._nodes: dict[bytes, NodeRow] | None = None
         self._jobs: dict[bytes, JobRow | None] = {}
         self._datasets: set[tuple[bytes, bytes]] = set()  # known to exist

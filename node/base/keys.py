@@ -24,6 +24,8 @@ import base58
 import nacl.exceptions
 import nacl.signing
 
+from node.base import vrf
+
 KEY_FILE_MODE = 0o600
 
 # libp2p's protobuf PublicKey{Type=Ed25519(1), Data=<32 bytes>} prefix.
@@ -108,6 +110,15 @@ class Identity:
     def sign(self, tag: str, message: bytes) -> bytes:
         """Sign ``message`` for the purpose named by ``tag``."""
         return self._signing_key.sign(_tagged(tag, message)).signature
+
+    def vrf_prove(self, alpha: bytes) -> bytes:
+        """The 80-byte RFC 9381 ECVRF proof of ``alpha`` under this identity's key.
+
+        The VRF key is the Ed25519 key itself (same seed, same public key), so
+        anyone who knows a validator's key can check its proofs with
+        :func:`node.base.vrf.verify`.
+        """
+        return vrf.prove(self.seed, alpha)
 
     def __repr__(self) -> str:  # never print the seed
         return f"Identity(peer_id={self.peer_id})"

@@ -32,6 +32,7 @@ _LAZY_COMMANDS = {
     "mesh": "node.cli.mesh:mesh",
     "demo": "node.cli.demo:demo",
     "members": "node.cli.members:members",
+    "validators": "node.cli.validators:validators",
 }
 
 

@@ -6,6 +6,7 @@ propose transaction's hash); ``list`` prints ``gov_proposals``: the
 policies, the admitted nodes and tenants, and the proposals with their votes.
 Keys are 64-hex public keys or peer ids. Like every networked command, this
 one never imports libp2p (node/p2p/client.py dials with the light dialer).
+``metanode validators`` (node/cli/validators.py) shares the helpers here.
 """
 
 from __future__ import annotations
@@ -50,11 +51,22 @@ def parse_member_key(text: str, option: str) -> bytes:
                         exit_code=EXIT_USAGE) from None
 
 
-def _echo_json(value: Any) -> None:
+def parse_proposal_id(text: str) -> bytes:
+    """A proposal id (64 hex characters); UserError (usage) otherwise."""
+    try:
+        proposal = bytes.fromhex(text)
+    except ValueError:
+        proposal = b""
+    if len(proposal) != 32:
+        raise UserError(f"PROPOSAL_ID: expected 64 hex characters, got {text[:80]!r}", exit_code=EXIT_USAGE)
+    return proposal
+
+
+def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _submit(node_addr: str, key_path: str, tx_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+def submit_gov_tx(node_addr: str, key_path: str, tx_type: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Sign ``tx_type`` with the validator's key, submit it, wait for the commit.
 
     The connection uses a fresh identity (the validator's key may be the very
@@ -100,7 +112,7 @@ def _submit(node_addr: str, key_path: str, tx_type: str, payload: dict[str, Any]
     return answer
 
 
-def _call(node_addr: str, method: str) -> Any:
+def call_node_method(node_addr: str, method: str) -> Any:
     import logging
 
     import trio
@@ -141,9 +153,9 @@ def propose(admit_node: str | None, remove_node: str | None, admit_tenant: str |
         raise UserError("give exactly one of " + ", ".join(_ACTIONS.values()), exit_code=EXIT_USAGE)
     (kind, text), = given.items()
     key = parse_member_key(text, _ACTIONS[kind])
-    answer = _submit(node_addr, key_path, "gov.propose", {"action": {"kind": kind, "key": key}})
+    answer = submit_gov_tx(node_addr, key_path, "gov.propose", {"action": {"kind": kind, "key": key}})
     if as_json:
-        _echo_json({"proposal_id": answer["hash"], "height": answer["height"], "action": kind, "key": key.hex()})
+        echo_json({"proposal_id": answer["hash"], "height": answer["height"], "action": kind, "key": key.hex()})
     else:
         click.echo(answer["hash"])
 
@@ -155,15 +167,10 @@ def propose(admit_node: str | None, remove_node: str | None, admit_tenant: str |
 @JSON_OPTION
 def vote(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None:
     """Vote for the pending proposal PROPOSAL_ID (64 hex)."""
-    try:
-        proposal = bytes.fromhex(proposal_id)
-    except ValueError:
-        proposal = b""
-    if len(proposal) != 32:
-        raise UserError(f"PROPOSAL_ID: expected 64 hex characters, got {proposal_id[:80]!r}", exit_code=EXIT_USAGE)
-    answer = _submit(node_addr, key_path, "gov.vote", {"proposal": proposal})
+    proposal = parse_proposal_id(proposal_id)
+    answer = submit_gov_tx(node_addr, key_path, "gov.vote", {"proposal": proposal})
     if as_json:
-        _echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
+        echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
     else:
         click.echo(f"voted for {proposal.hex()} (tx {answer['hash']}, height {answer['height']})")
 
@@ -173,9 +180,9 @@ def vote(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None
 @JSON_OPTION
 def list_members(node_addr: str, as_json: bool) -> None:
     """Policies, admitted nodes and tenants, and proposals with their votes."""
-    view = _call(node_addr, "gov_proposals")
+    view = call_node_method(node_addr, "gov_proposals")
     if as_json:
-        _echo_json(view)
+        echo_json(view)
         return
     policies = view["policies"]
     click.echo(f"policies: nodes {policies['nodes']}, tenants {policies['tenants']}; "
@@ -189,4 +196,4 @@ def list_members(node_addr: str, as_json: bool) -> None:
         target = p["action"].get("peer_id", p["action"].get("key"))
         closed = f" at {p['closed_height']}" if p["closed_height"] is not None else f", expires at {p['expires_height']}"
         click.echo(f"  {p['id']}  {p['action']['kind']} {target}  {p['status']}{closed}  "
-                   f"votes {len(p['votes'])}/{view['votes_needed']}")
+                   f"votes {p.get('votes_counted', len(p['votes']))}/{view['votes_needed']}")

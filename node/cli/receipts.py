@@ -33,7 +33,9 @@ _VERIFY_HELP = """Check receipts offline against a genesis file.
 Checks the receipt's signature and canonical encoding, its inclusion proof
 against the sealing header's receipts root, the header's commit seals (a
 quorum of that height's validators), and the validator set chain back to
-GENESIS. Nothing the node says is trusted: it only hands bundles over. With
+GENESIS: each validator set change proven by a header the set before it
+sealed, so receipts sealed after any number of changes verify against the
+original genesis file. Nothing the node says is trusted: it only hands bundles over. With
 --replay, also re-runs a job.exec receipt's job in a local cage (inputs
 given with --input) and compares the result digest. --job-id prints one
 line per receipt (the api.call that accepted the job, its job.schedule,
@@ -50,10 +52,11 @@ Exit codes (each failure prints one line "invalid: <reason>"):
       answered another receipt's bundle)
   12  inclusion proof does not lead to the header's receipts root
   13  header not sealed by a quorum (forged, altered, too few seals)
-  14  does not chain to the genesis: validator set, chain id or genesis hash mismatch
+  14  does not chain to the genesis: validator set chain (a change missing,
+      reordered, forged or badly sealed), chain id or genesis hash mismatch
   15  replay result digest differs from the receipt's
   16  witness does not match the receipt
-  17  issuer not allowed (--issuers validators)
+  17  issuer not allowed (--issuers validators: a validator of the sealing height)
   18  the node has no such receipt or job, or has not sealed it yet
 --job-id exits with the first invalid receipt's code, else 18 if the node
 gave no bundle for some receipt, else 0.
@@ -100,6 +103,21 @@ def receipt() -> None:
     """Receipts: bundle one for offline checking; verify bundles, from a file or fetched from a node."""
 
 
+def _stored_validator_history(conn: Any, genesis: Any) -> Any:
+    """The validator set changes a stopped node's state recorded (none in a
+    data directory whose state never ran one)."""
+    import duckdb
+
+    from node.app.validator_sets import ValidatorHistory
+
+    history = ValidatorHistory(genesis.validator_set.keys)
+    try:
+        history.load(conn)
+    except duckdb.CatalogException:
+        pass  # no state_validator_sets table: the set never changed
+    return history
+
+
 def _bundle_from_data_dir(data_dir: str, genesis_path: str, receipt_hex: str) -> bytes:
     from node.base.db import open_node_db
     from node.consensus.block import genesis_header, max_encoded_block_size
@@ -121,8 +139,9 @@ def _bundle_from_data_dir(data_dir: str, genesis_path: str, receipt_hex: str) ->
         if identity is not None and identity != (genesis.chain_id, genesis.hash):
             raise UserError(f"{data_dir} holds chain {identity[0]}, not the chain of {genesis_path}", exit_code=2)
         blocks = ChainStoreBlocks(store, max_block_size=max_encoded_block_size(genesis))
+        history = _stored_validator_history(conn, genesis)
         try:
-            return build_bundle(receipt_hex, ReceiptLog(conn), blocks, genesis)
+            return build_bundle(receipt_hex, ReceiptLog(conn), blocks, genesis, validator_history=history.entries)
         except ReceiptQueryError as exc:
             raise UserError(f"cannot bundle receipt {receipt_hex}: {exc.message}") from None
     finally:
@@ -268,7 +287,7 @@ def check_bundle(data: bytes, verifier: Any, *, expected_id: str | None = None, 
 @click.option("--genesis", "genesis_path", envvar="METANODE_GENESIS", default=None, type=click.Path(dir_okay=False),
               help="The genesis file to trust (or $METANODE_GENESIS).")
 @click.option("--issuers", type=click.Choice(["any", "validators"]), default="any", show_default=True,
-              help="Which issuers to accept: any node whose receipt is sealed, or genesis validators only.")
+              help="Which issuers to accept: any node whose receipt is sealed, or only validators of the sealing height.")
 @click.option("--replay", is_flag=True, help="Re-run a job.exec receipt's job in a local cage.")
 @click.option("--witness", "witness_path", type=click.Path(dir_okay=False), default=None,
               help="The job's witness file, if the bundle does not carry it.")
@@ -280,7 +299,7 @@ def verify_command(bundle_arg: str | None, bundle_path: str | None, receipt_hash
                    inputs: tuple[str, ...], timeout: float, as_json: bool) -> None:
     from node.consensus.genesis import load_genesis
     from node.receipts.bundle import MAX_BUNDLE_SIZE
-    from node.receipts.verify import BundleVerifier, any_issuer, issuers_in
+    from node.receipts.verify import BundleVerifier, any_issuer, sealing_validators
 
     if bundle_arg is not None and bundle_path is not None:
         raise UserError("give the bundle once: as BUNDLE or with --bundle", exit_code=EXIT_USAGE)
@@ -300,7 +319,7 @@ def verify_command(bundle_arg: str | None, bundle_path: str | None, receipt_hash
     if job_id is not None and (replay or witness_path):
         raise UserError("--replay and --witness check one job.exec receipt: use --receipt-hash", exit_code=EXIT_USAGE)
     genesis = load_genesis(genesis_path)
-    policy = issuers_in(genesis.validator_set.keys) if issuers == "validators" else any_issuer
+    policy = sealing_validators if issuers == "validators" else any_issuer
     verifier = BundleVerifier(genesis, issuer_allowed=policy)
     if job_id is not None:
         _verify_job(verifier, node_addr, hex_id(job_id, "--job-id"), timeout, as_json)  # type: ignore[arg-type]

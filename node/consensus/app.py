@@ -18,6 +18,8 @@ PrepareProposal                     :meth:`Application.commitment_after`
 ProcessProposal                     :meth:`Application.accepts_proposal`
 FinalizeBlock + Commit              :meth:`Application.apply_final_block`
 a delivered tx's result code        :meth:`Application.rejection_of`
+FinalizeBlock's validator updates,  :meth:`Application.validator_set_at`
+applied at H+2
 ==================================  ===========================================
 
 Every method that a block's validity or the state depends on must be
@@ -38,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from node.consensus.block import EMPTY_ROOT, Block, BlockHeader
 from node.consensus.tx import Transaction, TxTypeRegistry
+from node.consensus.validators import ValidatorSet
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,31 @@ class Application(Protocol):
         """
         ...
 
+    # -- the validator set (ABCI FinalizeBlock's validator updates) -------------------
+    def validator_set_at(self, height: int) -> ValidatorSet:
+        """The validator set that decides block ``height``.
+
+        A change the state executes while applying block H decides blocks
+        from H + ``ACTIVATION_DELAY`` (node/consensus/validators.py) on, as
+        CometBFT applies FinalizeBlock's validator updates at H+2: the state
+        after block h then fixes the set of h + 2, so the header of h + 1 can
+        commit to it (``next_validators_hash``) without executing itself first.
+        Defined for every height up to the last applied height + 2 (the
+        genesis set until a change). Called at every height by the consensus
+        core (proposer, quorum, who may vote, whether this node signs) and by
+        the chain's RPC: deterministic, read-only and cheap (kept in memory).
+        """
+        ...
+
 
 class EmptyApplication:
     """A chain with no meaning: no transaction types of its own, an empty
     receipt log in every header, every well-formed proposal accepted, nothing
-    applied and nothing refused."""
+    applied and nothing refused, and one validator set (``validators``, the
+    genesis set) at every height."""
+
+    def __init__(self, validators: ValidatorSet) -> None:
+        self.validators = validators
 
     def register_tx_types(self, registry: TxTypeRegistry) -> None:
         return None
@@ -166,6 +189,9 @@ class EmptyApplication:
 
     def rejection_of(self, tx_hash: bytes) -> str | None:
         return None
+
+    def validator_set_at(self, height: int) -> ValidatorSet:
+        return self.validators
 
 
 APPLICATION_METHODS = frozenset(

@@ -20,21 +20,35 @@ A genesis file is TOML::
     admitted_nodes = []                  # 64-hex public keys admitted from the start
     admitted_tenants = []
 
-Every key is required (except the ``[admission]`` table) and unknown keys are refused (:data:`GENESIS_FILE`,
-node/base/schema.py), so a typo is an error and not a silently different chain. The genesis hash is
+    [rules]                              # optional: each left-out rule takes its default (:data:`RULES`)
+    max_attempts = 3                     # the job state machine's and scheduler's rules (node/app/rules.py)
+
+Every key is required (except the ``[admission]`` and ``[rules]`` tables and the rules in it) and unknown keys are
+refused (:data:`GENESIS_FILE`, node/base/schema.py), so a typo is an error and not a silently different chain. The
+genesis hash is
 ``hash_value("metanode/genesis/v1", genesis.to_value())`` over the canonical
 CBOR form (validators sorted), so two files that differ only in layout,
 comments or validator order name the same chain. The ``admission`` map is in
 that form (and so in the hash) only when it is not the default (both
 policies open, no keys), so genesis files written before it existed keep
 their hash. Votes change the admitted sets later (node/app/governance.py).
+Likewise ``rules`` holds only the rules whose value is not the default, and
+is left out when there are none: a genesis keeps its hash when a later
+version adds a rule, and every genesis written before rules existed keeps
+its hash. docs/genesis.md specifies all of this byte by byte.
+
+The rules' names, defaults and ranges live here, below the application
+layer that gives them meaning (``ChainRules.from_genesis`` in
+node/app/rules.py builds the state machine's rules from a genesis), so the
+genesis can validate them without importing upwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from node.base.codec import hash_value
 from node.base.errors import ConfigError
@@ -60,6 +74,77 @@ _LIMIT_INTS = {
     "max_txs_per_block": (1, 1_000_000),
     "max_timestamp_drift_ms": (0, 3_600_000),
 }
+
+
+class Rule(NamedTuple):
+    """One chain rule: its value when the genesis does not set it, and the values it may take."""
+
+    default: int
+    low: int
+    high: int
+    meaning: str
+
+
+REPLICATION_LIMIT = 8  # the payload schema's bound on a job's r; the max_replication rule may only lower it
+# The largest transaction (node/consensus/tx.py MAX_TX_BYTES): an SQL text longer than that never fits in one.
+_TX_BYTES = 64 * 1024
+
+# Every field of node/app/rules.py's ChainRules, in its order. The upper bounds keep
+# each rule where the code that applies it stays cheap: max_capacity sizes the
+# scheduler's exact integer comparisons (64 * 2 * max_capacity bits), the
+# deadlines and the exclusion are block counts any chain reaches in days.
+RULES: dict[str, Rule] = {
+    "max_replication": Rule(REPLICATION_LIMIT, 1, REPLICATION_LIMIT, "the largest replication r a job may ask for"),
+    "max_attempts": Rule(3, 1, 100, "assignment rounds per job, the first one included"),
+    "min_deadline_blocks": Rule(2, 1, 1_000_000, "the shortest deadline a job may ask for, in blocks"),
+    "max_deadline_blocks": Rule(10_000, 1, 1_000_000, "the longest deadline a job may ask for, in blocks"),
+    "exclusion_blocks": Rule(20, 1, 1_000_000, "blocks a node that missed a deadline gets no new job"),
+    "max_capacity": Rule(64, 1, 1024, "declared processing slots of one node (its rendezvous weight)"),
+    "max_inputs": Rule(16, 1, 256, "datasets one job reads"),
+    "max_query_bytes": Rule(16 * 1024, 1, _TX_BYTES, "bytes of an sql job's SQL text (UTF-8)"),
+    "max_batch_receipts": Rule(64, 1, 1024, "receipt envelopes in one receipts.batch transaction"),
+}
+
+
+def rules_inconsistency(values: Mapping[str, int]) -> tuple[str, str] | None:
+    """The first rule that contradicts another, as (its name, what it must be),
+    or None. Each rule is in its own range already; this is what ranges cannot say."""
+    shortest, longest = values["min_deadline_blocks"], values["max_deadline_blocks"]
+    if shortest > longest:
+        return "min_deadline_blocks", f"at most max_deadline_blocks ({longest})"
+    return None
+
+
+class GenesisRules(Mapping[str, int]):
+    """The chain rules a genesis sets: every rule of :data:`RULES`, read-only
+    (a genesis is immutable: its hash is cached)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, int] | None = None) -> None:
+        given = dict(values or {})
+        self._values = {name: given.pop(name, rule.default) for name, rule in RULES.items()}
+        self._values.update(given)  # unknown names stay, for the genesis's validation to name them
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"GenesisRules({self.changed()!r})"
+
+    def changed(self) -> dict[str, int]:
+        """The rules whose value is not the default (what the genesis hash covers)."""
+        return {name: value for name, value in self._values.items()
+                if name not in RULES or value != RULES[name].default}
 
 
 @dataclass(frozen=True)
@@ -105,9 +190,14 @@ class Genesis:
     round_timeout_cap_ms: int = 60_000
     limits: Limits = field(default_factory=Limits)
     admission: Admission = field(default_factory=Admission)
+    rules: Mapping[str, int] = field(default_factory=GenesisRules)
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as a file.
+        if not isinstance(self.rules, Mapping):
+            raise ConfigError(f"<genesis>: [rules]: expected a table of rule = integer, got {type(self.rules).__name__}")
+        if not isinstance(self.rules, GenesisRules):
+            object.__setattr__(self, "rules", GenesisRules(self.rules))
         _validate(self.to_document(), "<genesis>")
         object.__setattr__(self, "validators", tuple(sorted(self.validators)))
         object.__setattr__(self, "admission", Admission(
@@ -156,7 +246,24 @@ class Genesis:
         }
         if not self.admission.is_default:
             value["admission"] = self.admission.to_value()
+        changed = self.changed_rules()
+        if changed:
+            value["rules"] = changed
         return value
+
+    def full_value(self) -> dict[str, Any]:
+        """:meth:`to_value` with the optional tables spelled out (the admission and
+        every rule, defaults too). Not hashed: the chain handshake
+        (node/p2p/chain_hello.py) summarizes it, so a mismatch names values
+        ("rules.max_attempts 5 != 3") rather than absences."""
+        value = self.to_value()
+        value["admission"] = self.admission.to_value()
+        value["rules"] = dict(self.rules)
+        return value
+
+    def changed_rules(self) -> dict[str, int]:
+        """The rules this genesis sets to other than their default (the ``rules`` map of its hash)."""
+        return GenesisRules(self.rules).changed()
 
     def to_document(self) -> dict[str, Any]:
         """The TOML document form (validators as hex)."""
@@ -168,6 +275,7 @@ class Genesis:
         for name in ("admitted_nodes", "admitted_tenants"):
             admission[name] = [k.hex() if isinstance(k, (bytes, bytearray)) else k for k in admission[name]]
         value["admission"] = admission
+        value["rules"] = dict(self.rules)
         return value
 
     def to_toml(self) -> str:
@@ -192,6 +300,11 @@ class Genesis:
                 lines.append(f"{name} = [")
                 lines.extend(f'  "{key.hex()}",' for key in sorted(getattr(self.admission, name)))
                 lines.append("]")
+        changed = self.changed_rules()
+        if changed:
+            lines.append("")
+            lines.append("[rules]  # the rules left out take their defaults (docs/genesis.md)")
+            lines.extend(f"{name} = {value}" for name, value in changed.items())
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:
@@ -223,6 +336,13 @@ def _admission_lists_match_policies(values: dict[str, Any]) -> None:
                           "is \"allow-list\" (use \"by-vote\" to start with nobody admitted)")
 
 
+def _rules_consistent(values: dict[str, Any]) -> None:
+    problem = rules_inconsistency(values["rules"])
+    if problem is not None:
+        name, must_be = problem
+        raise Invalid(("rules", name), expected(must_be, values["rules"][name]))
+
+
 def _admitted_keys() -> Array:
     return Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
                  default=[], max_items=MAX_ADMITTED, unique=True, noun="public key")
@@ -241,8 +361,10 @@ GENESIS_FILE = Schema(
             "admitted_nodes": _admitted_keys(),
             "admitted_tenants": _admitted_keys(),
         }),
+        "rules": Table({name: Key(int, rule.default, rule.meaning, ge=rule.low, le=rule.high)
+                        for name, rule in RULES.items()}),
     }),
-    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies],
+    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies, _rules_consistent],
 )
 
 
@@ -257,6 +379,7 @@ def _validate(doc: Any, source: str) -> dict[str, Any]:
         tuple(sorted(bytes.fromhex(key) for key in admission["admitted_tenants"])),
     )
     values["validators"] = tuple(sorted(bytes.fromhex(key) for key in values["validators"]))
+    values["rules"] = GenesisRules(values["rules"])
     return values
 
 

@@ -3,7 +3,7 @@
 Driving it (a shell, or the simulator)::
 
     core = IbftCore(genesis, identity, tip_header, safety=store.load(),
-                    validate_block=app_check)
+                    validate_block=app_check, validators_at=app.validator_set_at)
     outputs = core.start(now_ms)
     # then, forever, feed it what happens and carry out what it returns:
     outputs = core.on_message(wire_bytes, now_ms)      # a consensus message
@@ -26,12 +26,23 @@ round r >= 1 only once a quorum (counting us) has been seen in round r or
 later; otherwise the core holds r and resends what it signed in it. With
 capped timers, validators that drift apart by whole rounds would otherwise
 stay apart for ever (each advancing one round per capped timeout).
+
+Validator-set changes: ``validators_at(h)`` is the set that decides height h
+(proposer, quorum, f, who may send, and whether this node signs), read when
+the core enters h; a header carries ``next_validators_hash`` =
+``validators_at(h + 1).hash``, which the core reads only once the parent
+block has been applied (proposals are built and judged after ``resume()``).
+A message for a later height is kept if its sender is in that height's set
+(h + 1), or in a set the core knows (h + 2 and beyond), and its sender is
+checked again against the exact set when it is replayed. One safety
+watermark covers the key whatever the set: a validator removed and added
+again never signs twice at one (height, round, step).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from node.base.keys import Identity, verify
 from node.consensus import messages as m
@@ -42,11 +53,15 @@ from node.consensus.block import (
     BlockError,
     BlockHeader,
     Verifier,
+    VrfVerifier,
     build_block,
     earliest_timestamp,
+    make_seed_proof,
     max_encoded_block_size,
     seal_message,
+    seed_alpha,
     verify_block,
+    vrf_valid,
 )
 from node.consensus.buffer import FutureBuffer
 from node.consensus.genesis import Genesis
@@ -62,6 +77,7 @@ from node.consensus.outputs import (
     SetTimer,
 )
 from node.consensus.safety import SafetyState
+from node.consensus.validators import ValidatorSet
 
 FUTURE_HEIGHTS = 2  # messages for heights h+1..h+2 are buffered, further ones dropped
 FUTURE_PER_SENDER = 16  # buffered future-height messages per validator (and 2 blocks' bytes)
@@ -89,16 +105,22 @@ class IbftCore(CoreChecks, CoreSending):
         safety: SafetyState | None = None,
         validate_block: BlockValidator = accept_all,
         verifier: Verifier = verify,
+        vrf_verifier: VrfVerifier = vrf_valid,
+        validators_at: Callable[[int], ValidatorSet] | None = None,
     ) -> None:
+        """``validators_at(h)``: the validator set deciding height h (default:
+        the genesis set at every height); ``verifier`` and ``vrf_verifier``
+        check signatures and seed proofs (the core caches both verdicts)."""
         self.genesis = genesis
-        self.validators = genesis.validator_set
         self.identity = identity
         self.key = identity.public_key if identity is not None else None
-        self.is_validator = self.key is not None and self.key in self.validators
         self.tip = tip
         self.counters = Counter()
         self._validate_block = validate_block
         self._verifier = verifier
+        self._vrf_verifier = vrf_verifier
+        self._vrf_verified = {}
+        self._validators_at = validators_at if validators_at is not None else self._genesis_set
         self._max_block = max_encoded_block_size(genesis)
         self._max_message = m.max_message_size(self._max_block)
         self._safety = safety if safety is not None else SafetyState(height=0)
@@ -108,6 +130,9 @@ class IbftCore(CoreChecks, CoreSending):
         self._now = 0
         self._timer_emitted = None
         self._reset_height(tip.height + 1)
+
+    def _genesis_set(self, height: int) -> ValidatorSet:
+        return self.genesis.validator_set
 
     # -- public inputs -----------------------------------------------------
     @property
@@ -196,7 +221,8 @@ class IbftCore(CoreChecks, CoreSending):
             self.counters["block_gap"] += 1
             return [NeedSync(self._height, ())]
         try:
-            verify_block(block, self.tip, self.validators, self.genesis, verifier=self._cached_verify)
+            verify_block(block, self.tip, self.validators, self.genesis, next_validators=self._next_validators(),
+                         verifier=self._cached_verify, vrf_verifier=self._cached_vrf)
         except BlockError:
             self.counters["block_invalid"] += 1
             return []
@@ -226,9 +252,14 @@ class IbftCore(CoreChecks, CoreSending):
             # A prepared block turned up meanwhile: it must be re-proposed.
             self._send_proposal(justification[1][1], justification, out)
             return self._finish(out)
+        seed_proof = make_seed_proof(signer, self.genesis.hash, self.tip)
+        alpha = seed_alpha(self.genesis.hash, self._height, self.tip.seed)
+        self._vrf_verified[(signer.public_key, seed_proof, alpha)] = True  # our own proof
         block = build_block(
             self.genesis, self.tip, signer.public_key, round_number, transactions, timestamp_ms,
             receipts_size=receipts_size, receipts_root=EMPTY_ROOT if receipts_root is None else receipts_root,
+            validators=self.validators, next_validators=self._next_validators(), seed_proof=seed_proof,
+            vrf_verifier=self._cached_vrf,
         )
         self._send_proposal(block, justification, out)
         return self._finish(out)
@@ -236,6 +267,9 @@ class IbftCore(CoreChecks, CoreSending):
     # -- height and round bookkeeping ------------------------------------------
     def _reset_height(self, height: int) -> None:
         self._height = height
+        self.validators = self._validators_at(height)
+        self.is_validator = self.key is not None and self.key in self.validators
+        self._next_set = None  # validators_at(height + 1), read once the parent is applied
         self._round = 0
         self._accepted = None  # (round, digest) accepted this round
         self._prepared = None
@@ -321,16 +355,33 @@ class IbftCore(CoreChecks, CoreSending):
     def _is_proposer(self, round_number: int) -> bool:
         return self.is_validator and self.validators.proposer(self.tip.proposer, round_number) == self.key
 
+    def _next_validators(self) -> ValidatorSet:
+        """The set of the next height, which this height's header commits to.
+        Read lazily: the application fixes it only once the parent block is
+        applied, i.e. after the driver carried out its Finalized."""
+        if self._next_set is None:
+            self._next_set = self._validators_at(self._height + 1)
+        return self._next_set
+
+    def _may_send_at(self, key: bytes, height: int) -> bool:
+        """Whether ``key`` may send messages for ``height`` (>= ours): a member of
+        that height's set when we know it (ours and the next), else of a set we know."""
+        if height == self._height:
+            return key in self.validators
+        if height == self._height + 1:
+            return key in self._next_validators()
+        return key in self.validators or key in self._next_validators()
+
     # -- message dispatch ------------------------------------------------------------
     def _handle(self, message: m.Message, out: list[Output]) -> None:
         s = message.signed
-        if s.sender not in self.validators:
-            self.counters["dropped_non_validator"] += 1
-            return
         if s.height < self._height:
             self.counters["dropped_old_height"] += 1
             return
-        if not self._verify(s):
+        if not self._may_send_at(s.sender, s.height):
+            self.counters["dropped_non_validator"] += 1
+            return
+        if not self._cached_verify(s.sender, m.SIGN_TAG, s.payload, s.signature):
             self.counters["dropped_bad_signature"] += 1
             return
         if s.height > self._height:

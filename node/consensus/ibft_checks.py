@@ -31,6 +31,17 @@ class CoreChecks(CoreState):
             self._verified[entry] = hit
         return hit
 
+    def _cached_vrf(self, key: bytes, proof: bytes, alpha: bytes) -> bool:
+        """The VRF verdict on a seed proof, computed once (see block.py for its cost)."""
+        entry = (key, proof, alpha)
+        hit = self._vrf_verified.get(entry)
+        if hit is None:
+            if len(self._vrf_verified) >= _APP_CACHE_MAX:
+                self._vrf_verified.clear()
+            hit = self._vrf_verifier(key, proof, alpha)
+            self._vrf_verified[entry] = hit
+        return hit
+
     def _verify(self, signed: m.Signed) -> bool:
         return signed.sender in self.validators and self._cached_verify(
             signed.sender, m.SIGN_TAG, signed.payload, signed.signature
@@ -67,7 +78,8 @@ class CoreChecks(CoreState):
         ok = self._app_ok.get(digest)
         if ok is None:
             try:
-                check_block_contents(block, self.tip, self.validators, self.genesis)
+                check_block_contents(block, self.tip, self.validators, self.genesis,
+                                     next_validators=self._next_validators(), vrf_verifier=self._cached_vrf)
                 ok = bool(self._validate_block(block.header, block.transactions))
             except BlockError:
                 ok = False

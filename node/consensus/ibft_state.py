@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockHeader, Verifier
+from node.consensus.block import Block, BlockHeader, Verifier, VrfVerifier
 from node.consensus.buffer import FutureBuffer
 from node.consensus.genesis import Genesis
 from node.consensus.outputs import Output
@@ -38,13 +38,14 @@ class CoreState:
 
     # -- fixed for the core's life (set in __init__) ---------------------------------
     genesis: Genesis
-    validators: ValidatorSet
     identity: Identity | None  # None: an observer, which never signs
     key: bytes | None  # identity's public key
-    is_validator: bool  # we have a key and it is in the validator set
     counters: Counter[str]
     _validate_block: BlockValidator
     _verifier: Verifier
+    _vrf_verifier: VrfVerifier
+    _vrf_verified: dict[tuple[bytes, bytes, bytes], bool]  # (key, seed proof, alpha) -> verdict
+    _validators_at: Callable[[int], ValidatorSet]  # the set deciding each height
     _max_block: int  # largest encoded block the genesis allows
     _max_message: int  # largest encoded consensus message
     _verified: dict[tuple[bytes, bytes, bytes], bool]  # (key, tagged message, signature) -> verdict
@@ -59,6 +60,9 @@ class CoreState:
 
     # -- this height (reset by _reset_height) ---------------------------------------------
     _height: int
+    validators: ValidatorSet  # the set deciding this height: validators_at(_height)
+    is_validator: bool  # we have a key and it is in this height's set: we sign at this height
+    _next_set: ValidatorSet | None  # validators_at(_height + 1), once read
     _round: int
     _accepted: tuple[int, bytes] | None  # (round, digest) accepted this round
     _prepared: Prepared | None
@@ -82,6 +86,8 @@ class CoreState:
     if TYPE_CHECKING:
         # What each half calls on another; defined by IbftCore and CoreChecks.
         def _is_proposer(self, round_number: int) -> bool: ...
+
+        def _next_validators(self) -> ValidatorSet: ...
 
         def _on_proposal(self, message: m.Message, out: list[Output]) -> None: ...
 

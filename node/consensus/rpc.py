@@ -43,7 +43,8 @@ def block_json(block: Block, *, include_txs: bool) -> dict[str, Any]:
         "proposer": h.proposer.hex(),
         "round": h.round, "commit_round": block.commit_round, "tx_root": h.tx_root.hex(),
         "tx_count": h.tx_count, "receipts_size": h.receipts_size, "receipts_root": h.receipts_root.hex(),
-        "validators_hash": h.validators_hash.hex(),
+        "validators_hash": h.validators_hash.hex(), "next_validators_hash": h.next_validators_hash.hex(),
+        "seed_proof": h.seed_proof.hex(), "seed": h.seed.hex(),
         "seals": [{"validator": k.hex(), "signature": s.hex()} for k, s in block.seals],
         "tx_hashes": [tx_hash(t).hex() for t in block.transactions],
     }
@@ -145,12 +146,13 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         }
 
     async def validators_list(ctx: CallContext) -> list[dict[str, Any]]:
+        # The set deciding the height in progress: it follows the chain's votes (gov_validators has their history).
         connected = {p.to_base58() for p in chain.links.connected_peers()} if chain.links else set()
         next_proposer = chain.proposer_for(chain.round)
         return [
             {"public_key": key.hex(), "peer_id": peer_id_from_public_key(key),
              "connected": peer_id_from_public_key(key) in connected, "proposer": key == next_proposer}
-            for key in chain.genesis.validators
+            for key in chain.validators.keys
         ]
 
     async def chain_subscribe(ctx: CallContext) -> dict[str, Any]:
@@ -194,5 +196,5 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
     registry.register("chain_nonce", chain_nonce, {"properties": {"sender": _HEX32}, "required": ["sender"]}, "A sender's next nonce: committed, after its pending transactions, and the first gap (expected_next: sign the next transaction with it).")
     registry.register("mempool_status", mempool_status, {}, "Pending transactions and limits.")
     registry.register("consensus_state", consensus_state, {}, "Height, round, proposer, rounds of recent blocks, counters.")
-    registry.register("validators_list", validators_list, {}, "The validator set with peer ids and connection state.")
+    registry.register("validators_list", validators_list, {}, "The validator set of the height being decided, with peer ids and connection state.")
     registry.register("chain_subscribe", chain_subscribe, {}, "Stream chain_newBlock notifications on this RPC stream.")

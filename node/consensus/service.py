@@ -24,6 +24,14 @@ follows the chain without signing until the :class:`SigningGate` opens
 heights finalised without it. A safety state that cannot be written stops
 the service before what was to be signed is sent (:class:`SafetyWriteError`,
 which the daemon reports as one line and an exit code).
+
+The role is per height: the node signs at height h iff its key is in the
+application's ``validator_set_at(h)`` (the core reads it when it enters h).
+The gate therefore runs on every node, validator or not: a node that is
+voted in starts signing at its first height with no restart (and, if it
+never had safety state, only once the gate let it: a key that sealed the
+last blocks before a wipe waits as a restarted validator does), and one
+voted out stops at its first height outside the set.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync,
 from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
+from node.consensus.validators import ValidatorSet
 from node.p2p.framing import FramedStream, FrameError
 from node.p2p.links import PeerLinks, read_batch
 
@@ -158,7 +167,7 @@ class ConsensusService:
         self.max_frame = max_frame
         self.store = store or ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
         self.store.bind_chain(genesis.chain_id, genesis.hash)
-        self.app: Application = app if app is not None else EmptyApplication()
+        self.app: Application = app if app is not None else EmptyApplication(genesis.validator_set)
         self.app.register_tx_types(registry)
         self.app.catch_up()
         self.signatures = SignatureCache()
@@ -168,12 +177,12 @@ class ConsensusService:
         )
         self.safety = SafetyStore(data_dir / SAFETY_FILE)
         self.identity = identity
-        self.is_validator = identity.public_key in genesis.validator_set
         saved = self.safety.load()
         self.gate = SigningGate.at_start(check_heights=double_sign_check_height, has_safety_state=saved is not None,
                                          unsafe_sign_immediately=unsafe_sign_immediately)
         # Until the gate opens the core is built without the key: it follows, it cannot sign.
         self.core = self._build_core(saved)
+        self._was_validator = self.is_validator
         self._peer_answered_sync = False
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
         self._timer = WallClockTimer(now_ms, lambda: self._post("tick"))
@@ -196,13 +205,23 @@ class ConsensusService:
             host.set_stream_handler(protocol, self._when_ready(handler))
 
     def _build_core(self, safety: SafetyState | None) -> IbftCore:
-        """The IBFT core on the stored tip: signing with our key only when we
-        are a validator and the gate is open; a follower otherwise."""
-        signing = self.is_validator and self.gate.open
+        """The IBFT core on the stored tip, with our key once the gate is open
+        (it then signs at the heights whose set holds the key), a follower
+        before; the application says which set decides each height."""
         return IbftCore(
-            self.genesis, self.identity if signing else None, self.tip_header(),
-            safety=safety, validate_block=self._validate_block,
+            self.genesis, self.identity if self.gate.open else None, self.tip_header(),
+            safety=safety, validate_block=self._validate_block, validators_at=self.app.validator_set_at,
         )
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The validator set of the height being decided (:attr:`height`)."""
+        return self.core.validators
+
+    @property
+    def is_validator(self) -> bool:
+        """Whether this node's key is in the set of the height being decided."""
+        return self.identity.public_key in self.core.validators
 
     @property
     def signing(self) -> dict[str, Any]:
@@ -221,7 +240,8 @@ class ConsensusService:
         return Block.decode(stored.block).header
 
     def proposer_for(self, round_number: int) -> bytes:
-        return self.genesis.validator_set.proposer(self.core.tip.proposer, round_number)
+        """The proposer of ``round_number`` at the height being decided (its set's)."""
+        return self.core.validators.proposer(self.core.tip.proposer, round_number)
 
     # Read-only views of the core for everything outside node/consensus (roles
     # never reach into the core: it belongs to the actor task).
@@ -266,12 +286,12 @@ class ConsensusService:
             task_status.started()
             await self._catch_up_before_voting()
             self.started = True
-            if self.is_validator and not self.gate.open:
+            if not self.gate.open:
                 self._gate_synced(self._peer_answered_sync, starting=True)
             self._apply(self.core.start(now_ms()))
             log.info("consensus started", height=self.core.height, validator=self.is_validator,
-                     signing=self.gate.open if self.is_validator else False, validators=len(self.genesis.validators))
-            if self.is_validator and not self.gate.open:
+                     signing=self.gate.open if self.is_validator else False, validators=len(self.validators))
+            if not self.gate.open:
                 nursery.start_soon(self._learn_head_for_gate)
             async for kind, payload in self._inbox:
                 self._handle_event(kind, payload)
@@ -292,12 +312,15 @@ class ConsensusService:
 
     # -- the signing gate (node/consensus/gate.py) ---------------------------------
     def _gate_synced(self, peer_answered: bool, *, starting: bool = False) -> None:
-        """A sync attempt ended: tell the gate where the head is; sign if it opens."""
-        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=len(self.genesis.validators) == 1,
+        """A sync attempt ended: tell the gate where the head is; sign if it opens.
+        Every node runs it (any node may be voted in); only a validator of the
+        current height is loud about waiting."""
+        alone = self.core.validators.keys == (self.identity.public_key,)
+        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=alone,
                                   sealed_recently=self._sealed_recently())
         if opened:
             self._start_signing(starting=starting)
-        elif self.gate.state != "await-sync" or starting:
+        elif self.is_validator and (self.gate.state != "await-sync" or starting):
             # Loud on purpose: a validator that does not vote is a validator the chain lacks.
             log.warning("validator not signing: double-sign protection after a start without safety state",
                         reason=self.gate.reason, safety_file=str(self.safety.path))
@@ -321,7 +344,10 @@ class ConsensusService:
         counters = self.core.counters
         self.core = self._build_core(mark)
         self.core.counters.update(counters)
-        log.warning("validator signing", reason=self.gate.reason, from_height=tip + 1)
+        if self.is_validator:
+            log.warning("validator signing", reason=self.gate.reason, from_height=tip + 1)
+        else:
+            log.info("signing key ready should this node be voted in", reason=self.gate.reason, from_height=tip + 1)
         if not starting:
             self._apply(self.core.start(now_ms()))
 
@@ -380,6 +406,7 @@ class ConsensusService:
         if self.gate.finalized(self.core.tip.height):
             self._start_signing()
             return
+        self._note_role_change()
         # The timer follows the core's own next deadline, read after every batch,
         # rather than carrying out SetTimer outputs one by one: one carried out
         # after a nested proposal (NeedProposal inside a tick's batch) can be
@@ -388,6 +415,15 @@ class ConsensusService:
         deadline = self.core.next_deadline_ms
         if deadline is not None and deadline != self._timer.deadline:
             self._timer.set(deadline)
+
+    def _note_role_change(self) -> None:
+        """Log when a set change makes this node a validator or stops it being one."""
+        now = self.is_validator
+        if now != self._was_validator:
+            self._was_validator = now
+            log.warning("validator set change: this node " + ("now votes" if now else "no longer votes"),
+                        height=self.core.height, validators=len(self.validators),
+                        signing=now and self.gate.open, gate=self.gate.state)
 
     def _apply_batch(self, outputs: list[Output]) -> bool:
         """Carry out one batch in order; True if it held a Finalized block."""

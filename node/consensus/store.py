@@ -33,7 +33,9 @@ from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
 
 # 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
 # version 1 lack it and no longer validate, so such a store is refused.
-SCHEMA_VERSION = 2
+# 3: headers carry ``next_validators_hash`` and ``seed_proof`` (validator-set
+# changes and the VRF seed); blocks of version 2 lack them.
+SCHEMA_VERSION = 3
 MAX_TIME = 2**63 - 1
 
 _SCHEMA = (
@@ -126,7 +128,8 @@ class ChainStore:
                 raise StoreVersionError(
                     f"{self.db_file}: chain store schema version {version.decode(errors='replace')} is not "
                     f"{SCHEMA_VERSION}; this data directory was written by another metanode version "
-                    "(version 2 block headers commit to the genesis hash, so older blocks no longer "
+                    "(block headers changed: from version 2 they commit to the genesis hash, from version 3 to "
+                    "the next validator set and a VRF seed, so older blocks no longer "
                     f"validate); move the data directory {self._data_dir()} aside and start the node with "
                     "an empty one: the chain restarts from its genesis (or syncs from peers of this version)"
                 )

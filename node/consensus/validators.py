@@ -7,7 +7,8 @@ IBFT 2.0 / QBFT rules (see ``/work/shared/notes/ibft.md``):
   honest validator for every n (2F+1 does not when n != 3F+1);
 * the proposer of ``round`` at a height is
   ``validators[(index(previous proposer) + 1 + round) % n]`` over the
-  validator list sorted by public key.
+  validator list sorted by public key, the set being the one of that
+  height (it may change from height to height, see ACTIVATION_DELAY).
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from node.base.codec import hash_value
 
 VALIDATOR_SET_TAG = "metanode/validators/v1"
 PUBLIC_KEY_SIZE = 32
+
+# A validator-set change that the state executes while applying block H
+# decides blocks from height H + ACTIVATION_DELAY on (CometBFT's rule). When
+# block h + 1 is proposed, the state after h is the newest every validator
+# holds, and it fixes the set of h + 2 at most: so the header of h + 1 can
+# commit to the set of h + 2 (``next_validators_hash``) with no proposer
+# executing its own block first. A delay of 1 would make a header commit to a
+# set its own transactions may still change.
+ACTIVATION_DELAY = 2
 
 
 def quorum_size(n: int) -> int:

@@ -32,8 +32,9 @@ node/p2p/framing.py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,6 +90,11 @@ class ContainedHost(BasicHost):
     def set_stream_handler(self, protocol_id: TProtocol, stream_handler: StreamHandlerFn) -> None:
         async def contained(stream: Any) -> None:
             try:
+                gate = self.stream_gate
+                if gate is not None and not await gate(stream, str(protocol_id)):
+                    with trio.move_on_after(1), contextlib.suppress(Exception):
+                        await stream.reset()  # kept out (node/p2p/chain_hello.py): a peer on another genesis
+                    return
                 await stream_handler(stream)
             except Exception as exc:  # noqa: BLE001 - the point is to contain anything a handler lets out
                 self.stream_handler_failures += 1
@@ -103,6 +109,8 @@ class ContainedHost(BasicHost):
         super().set_stream_handler(protocol_id, contained)
 
     stream_handler_failures = 0
+    # Asked before each inbound stream reaches its handler; None lets every stream in.
+    stream_gate: Callable[[Any, str], Awaitable[bool]] | None = None
 
 
 def build_host(

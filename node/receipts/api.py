@@ -7,29 +7,51 @@ bytes as lowercase hex)::
     receipt_get          {"id"}                  -> receipt_get(log, id)
     receipt_proof        {"id", "size"?}         -> receipt_proof(log, blocks, id, size=)
     receipt_consistency  {"size1", "size2"}      -> receipt_consistency(log, size1, size2)
-    receipt_bundle       {"id"}                  -> receipt_bundle(log, blocks, genesis, id)
+    receipt_bundle       {"id"}                  -> receipt_bundle(log, blocks, genesis, id, validator_history=)
 
 Failures raise :class:`ReceiptQueryError` whose ``code`` is stable
 (``bad-param``, ``not-found``, ``not-sealed``, ``inconsistent``) and whose
 ``data`` says what was wrong, for the RPC layer to pass on.
+
+A bundle carries the chain of validator set transitions up to its sealing
+height. Which sets were in force comes from the application
+(``ChainApplication.validator_history``), injected as a callable so this
+layer does not import ``node.app``; the proof of each change is the stored
+block before it. Without a history, the chain is taken never to have
+changed its set, and a receipt sealed by another set is refused as
+``inconsistent`` rather than bundled into something that cannot verify.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from node.base import codec
 from node.base.merkle import leaf_hash, verify_inclusion
 from node.base.verification import ProofError, ReceiptError
+from node.consensus.block import Block
 from node.consensus.genesis import Genesis
-from node.receipts.blocks import BlockSource
-from node.receipts.bundle import Bundle, BundleError, bundle_id, canonical_seals, genesis_validator_sets
+from node.consensus.validators import ValidatorSet
+from node.receipts.blocks import BlockSource, BlockSourceError
+from node.receipts.bundle import (
+    Bundle,
+    BundleError,
+    ValidatorSetLink,
+    ValidatorSetTransition,
+    bundle_id,
+    canonical_seals,
+    genesis_validator_sets,
+)
 from node.receipts.envelope import decode_receipt
 from node.receipts.execution import witness_record_bytes
 from node.receipts.log import LogError, ReceiptLog
 
 BAD_PARAM = "bad-param"
 NOT_FOUND = "not-found"
+# (from_height, sorted keys) of every validator set, oldest first, the first
+# (0, genesis keys): what ChainApplication.validator_history() returns.
+ValidatorHistory = Callable[[], Sequence[tuple[int, Sequence[bytes]]]]
 NOT_SEALED = "not-sealed"
 INCONSISTENT = "inconsistent"
 
@@ -156,6 +178,7 @@ def build_bundle(
     genesis: Genesis,
     *,
     witness_file: bytes | None = None,
+    validator_history: ValidatorHistory | None = None,
 ) -> bytes:
     """The encoded bundle of a receipt (see ``node.receipts.bundle``).
 
@@ -165,7 +188,10 @@ def build_bundle(
     produced), ``bad-param`` (a malformed id or witness file).
 
     ``witness_file`` is the cage's witness file of a ``job.exec`` run; the
-    bundle carries its record (what the receipt's witness digest covers)."""
+    bundle carries its record (what the receipt's witness digest covers).
+
+    ``validator_history``: the application's ``validator_history`` (see the
+    module docstring); None for a chain whose set never changed."""
     witness = None
     if witness_file is not None:
         from node.cage.witness import WitnessError
@@ -174,11 +200,72 @@ def build_bundle(
             witness = witness_record_bytes(witness_file)
         except WitnessError as exc:
             raise ReceiptQueryError(BAD_PARAM, f"witness: {exc}", param="witness") from None
-    return _assemble(parse_receipt_id(receipt_id), log, blocks, genesis, witness)[0]
+    return _assemble(parse_receipt_id(receipt_id), log, blocks, genesis, witness, validator_history)[0]
+
+
+def _history(genesis: Genesis, validator_history: ValidatorHistory | None) -> list[tuple[int, ValidatorSet]]:
+    """The validator sets in force, oldest first, starting with the genesis set."""
+    if validator_history is None:
+        return [(0, genesis.validator_set)]
+    entries = [(int(height), ValidatorSet(keys)) for height, keys in validator_history()]
+    if not entries or entries[0] != (0, genesis.validator_set):
+        raise ReceiptQueryError(INCONSISTENT, "the validator history does not start with the genesis set")
+    return entries
+
+
+def _proof_block(blocks: BlockSource, height: int) -> Block:
+    try:
+        block = blocks.block_at(height)
+    except BlockSourceError as exc:
+        raise ReceiptQueryError(INCONSISTENT, str(exc)) from None
+    if block is None:
+        raise ReceiptQueryError(
+            INCONSISTENT, f"block {height}, which proves the validator set change at {height + 1}, is not stored"
+        )
+    return block
+
+
+def validator_set_chain(
+    blocks: BlockSource, genesis: Genesis, sealing_height: int, validator_history: ValidatorHistory | None = None
+) -> tuple[ValidatorSetLink, ...]:
+    """The ``validator_sets`` of a bundle sealed at ``sealing_height``: the
+    genesis entry, then one transition per change in force by that height,
+    each with the stored header of the block before it and its canonical
+    seals (the first quorum of the set that sealed it). Deterministic: every
+    node holding those seals gives the same chain. Raises ReceiptQueryError
+    (``inconsistent``) when the stored blocks do not prove the history."""
+    links: list[ValidatorSetLink] = list(genesis_validator_sets(genesis))
+    previous = genesis.validator_set
+    for from_height, validators in _history(genesis, validator_history)[1:]:
+        if from_height > sealing_height:
+            break
+        if validators == previous:
+            continue  # no change (changes that cancel out): nothing to prove
+        block = _proof_block(blocks, from_height - 1)
+        header = block.header
+        if header.validators_hash != previous.hash or header.next_validators_hash != validators.hash:
+            raise ReceiptQueryError(
+                INCONSISTENT,
+                f"stored block {header.height} does not commit to the validator set change at {from_height}",
+            )
+        links.append(ValidatorSetTransition(
+            from_height=from_height,
+            validators=validators.keys,
+            header=codec.encode(header.to_value()),
+            commit_round=block.commit_round,
+            seals=canonical_seals(block.seals, previous),
+        ))
+        previous = validators
+    return tuple(links)
 
 
 def _assemble(
-    rid: bytes, log: ReceiptLog, blocks: BlockSource, genesis: Genesis, witness: bytes | None
+    rid: bytes,
+    log: ReceiptLog,
+    blocks: BlockSource,
+    genesis: Genesis,
+    witness: bytes | None,
+    validator_history: ValidatorHistory | None,
 ) -> tuple[bytes, int]:
     """The encoded bundle and the height of its sealing block."""
     index = _locate(log, rid)
@@ -197,14 +284,22 @@ def _assemble(
         raise ReceiptQueryError(
             INCONSISTENT, f"the local receipt log does not match block {header.height}'s root: {exc}"
         ) from None
+    chain = validator_set_chain(blocks, genesis, header.height, validator_history)
+    sealing_set = ValidatorSet(chain[-1].validators)
+    if header.validators_hash != sealing_set.hash:
+        raise ReceiptQueryError(
+            INCONSISTENT,
+            f"block {header.height} was decided by another validator set than the validator history names "
+            "(is the history given?)",
+        )
     bundle = Bundle(
         receipt=envelope,
         leaf_index=index,
         proof=tuple(proof),
         header=codec.encode(header.to_value()),
         commit_round=block.commit_round,
-        seals=canonical_seals(block.seals, genesis.validator_set),
-        validator_sets=genesis_validator_sets(genesis),
+        seals=canonical_seals(block.seals, sealing_set),
+        validator_sets=chain,
         witness=witness,
     )
     try:
@@ -214,11 +309,16 @@ def _assemble(
 
 
 def receipt_bundle(
-    log: ReceiptLog, blocks: BlockSource, genesis: Genesis, receipt_id: bytes | str
+    log: ReceiptLog,
+    blocks: BlockSource,
+    genesis: Genesis,
+    receipt_id: bytes | str,
+    *,
+    validator_history: ValidatorHistory | None = None,
 ) -> dict[str, Any]:
     """The ``receipt_bundle`` RPC result: the bundle as hex, with its id and
     the height of the block that seals it."""
     rid = parse_receipt_id(receipt_id)
-    data, height = _assemble(rid, log, blocks, genesis, None)
+    data, height = _assemble(rid, log, blocks, genesis, None, validator_history)
     return {"id": rid.hex(), "bundle": data.hex(), "bundle_id": bundle_id(data).hex(), "height": height,
             "bytes": len(data)}

@@ -2,10 +2,16 @@
 
 For tests, benchmarks and demos that need real bundles without running
 consensus: every block is built with ``node.consensus.block.build_block``
-(so its header fields follow the chain rules), carries the receipt log's
-size and root after its receipts, and is sealed by a quorum (or any chosen
-subset) of the given validator identities. Blocks and receipts go into a
-real ChainStore and ReceiptLog on one DuckDB connection.
+(so its header fields follow the chain rules: the validator sets of its
+height and the next, the proposer's VRF seed proof), carries the receipt
+log's size and root after its receipts, and is sealed by a quorum (or any
+chosen subset) of the validators of its height. Blocks and receipts go into
+a real ChainStore and ReceiptLog on one DuckDB connection.
+
+The validator set can change (:meth:`DevChain.change_validators`) on the
+consensus rule (C1): a change executed in block H decides from
+``H + ACTIVATION_DELAY``; :meth:`DevChain.validator_history` answers what
+``ChainApplication.validator_history`` answers on a real node.
 """
 
 from __future__ import annotations
@@ -16,9 +22,18 @@ from dataclasses import dataclass, field
 import duckdb
 
 from node.base.keys import Identity
-from node.consensus.block import SEAL_TAG, Block, BlockHeader, build_block, genesis_header, seal_message
+from node.consensus.block import (
+    SEAL_TAG,
+    Block,
+    BlockHeader,
+    build_block,
+    genesis_header,
+    seal_message,
+    seed_alpha,
+)
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.store import ChainStore
+from node.consensus.validators import ACTIVATION_DELAY, ValidatorSet
 from node.receipts.blocks import ChainStoreBlocks
 from node.receipts.envelope import Receipt
 from node.receipts.log import ReceiptLog
@@ -68,6 +83,8 @@ class DevChain:
         if missing:
             raise ValueError(f"no identity for genesis validator {missing[0].hex()}")
         self._by_key = by_key
+        # (from_height, set), oldest first: the sets in force, as the state machine records them.
+        self._sets: list[tuple[int, ValidatorSet]] = [(0, self.genesis.validator_set)]
         self.store = ChainStore(self.conn, first_height=1, first_parent=genesis_header(self.genesis).hash)
         self.store.bind_chain(self.genesis.chain_id, self.genesis.hash)
         self.log = ReceiptLog(self.conn)
@@ -79,6 +96,31 @@ class DevChain:
     def block_source(self) -> ChainStoreBlocks:
         return ChainStoreBlocks(self.store)
 
+    def validator_set_at(self, height: int) -> ValidatorSet:
+        """The set that decides block ``height``."""
+        return next(vset for start, vset in reversed(self._sets) if start <= height)
+
+    def validator_history(self) -> list[tuple[int, tuple[bytes, ...]]]:
+        """``(from_height, sorted keys)`` of every set, oldest first, the
+        first ``(0, genesis keys)``: ``ChainApplication.validator_history``'s answer."""
+        return [(start, vset.keys) for start, vset in self._sets]
+
+    def change_validators(self, identities: Sequence[Identity]) -> int:
+        """Make ``identities`` the validator set, as if a vote executed in the
+        next block: it decides from that block's height + ACTIVATION_DELAY,
+        which is returned. Blocks in between are still decided by the set
+        before (and the block just before the change commits to the new
+        set in its ``next_validators_hash``)."""
+        new = ValidatorSet(identity.public_key for identity in identities)
+        executed = self.tip.height + 1
+        from_height = executed + ACTIVATION_DELAY
+        if self._sets[-1][0] >= from_height:
+            raise ValueError(f"a change already takes effect at height {self._sets[-1][0]}")
+        for identity in identities:
+            self._by_key[identity.public_key] = identity
+        self._sets.append((from_height, new))
+        return from_height
+
     def add_block(
         self,
         receipts: Sequence[Receipt] = (),
@@ -88,12 +130,14 @@ class DevChain:
     ) -> Block:
         """Append the receipts to the log and commit a block sealing the log's
         new size and root, sealed by ``signers`` (default: a quorum of the
-        validators, lowest keys first)."""
+        validators of its height, lowest keys first)."""
         parent = self.tip
-        vset = self.genesis.validator_set
+        height = parent.height + 1
+        vset = self.validator_set_at(height)
         proposer = vset.proposer(parent.proposer, round_number)
         if signers is None:
             signers = [self._by_key[key] for key in vset.keys[: vset.quorum]]
+        seed_proof = self._by_key[proposer].vrf_prove(seed_alpha(self.genesis.hash, height, parent.seed))
         # ChainStore.append_block runs its own transaction (they do not
         # nest), so the log is appended first; a crash in between would leave
         # receipts not yet sealed, which the next block covers.
@@ -101,6 +145,7 @@ class DevChain:
         block = build_block(
             self.genesis, parent, proposer, round_number, [], parent.timestamp_ms,
             receipts_size=head.size, receipts_root=head.root,
+            validators=vset, next_validators=self.validator_set_at(height + 1), seed_proof=seed_proof,
         )
         block = seal_block(block, signers)
         self.store.append_block(

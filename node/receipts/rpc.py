@@ -27,6 +27,8 @@ AUDIT_PAGE = 1000
 
 def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainStore, genesis: Genesis, app: Any = None) -> None:
     blocks = ChainStoreBlocks(store)
+    # Bundles carry the validator set changes up to their sealing height (ChainApplication.validator_history).
+    validator_history = app.validator_history if app is not None else None
 
     def answer(fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -45,7 +47,7 @@ def register_receipt_methods(registry: Registry, log: ReceiptLog, store: ChainSt
         return answer(api.receipt_consistency, log, size1, size2)
 
     async def receipt_bundle(ctx: CallContext, id: str) -> dict[str, Any]:
-        return answer(api.receipt_bundle, log, blocks, genesis, id)
+        return answer(api.receipt_bundle, log, blocks, genesis, id, validator_history=validator_history)
 
     async def receipt_trace(ctx: CallContext, job_id: str) -> list[dict[str, Any]]:
         return app.job_receipts(bytes.fromhex(job_id))

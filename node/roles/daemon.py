@@ -29,7 +29,8 @@ from node.base.db import open_node_db
 from node.base.errors import ErrorCode, UserError
 from node.base.keys import Identity
 from node.consensus.genesis import Genesis, load_genesis
-from node.consensus.service import ConsensusService
+from node.consensus.service import IBFT_PROTOCOL, SYNC_PROTOCOL, TX_PROTOCOL, ConsensusService
+from node.p2p.chain_hello import ChainHello, ChainIdentity
 from node.p2p.host import build_host, running_host
 from node.p2p.jsonrpc import CallContext, Dispatcher, Registry, RpcError
 from node.p2p.peers import PeerManager
@@ -126,6 +127,7 @@ class Daemon:
         self.storage: StorageService | None = None
         self.host: Any = None  # the libp2p host (py-libp2p is untyped)
         self.peers: PeerManager | None = None
+        self.chain_hello: ChainHello | None = None  # the chain handshake (with a genesis)
         self.rpc_server: RpcServer | None = None
         self.confinement: dict[str, Any] | None = None
         self.fd_budget: FdBudget | None = None
@@ -241,6 +243,10 @@ class Daemon:
             self.host = build_host(self.identity, limits=connection_limits, privileged_peers=privileged)
             if self.genesis is not None:
                 self._compose_roles(self.genesis)
+                # Peers on another genesis are refused at connection time, naming what differs.
+                self.chain_hello = ChainHello(
+                    self.host, ChainIdentity.of(self.genesis.chain_id, self.genesis.hash, self.genesis.full_value()),
+                    gated_protocols=(IBFT_PROTOCOL, TX_PROTOCOL, SYNC_PROTOCOL))
             dispatcher = Dispatcher(self.registry, default_timeout=limits["request_timeout"], on_call=self.metrics.on_rpc)
             self.rpc_server = RpcServer(dispatcher, max_frame=limits["max_frame_bytes"], rate=limits["rpc_rate_per_peer"], burst=limits["rpc_burst_per_peer"],
                                         rate_total=limits["rpc_rate_total"], burst_total=limits["rpc_burst_total"], idle_timeout=limits["stream_idle_timeout"],
@@ -261,6 +267,8 @@ class Daemon:
                 try:
                     async with running_host(self.host, listen):
                         async with trio.open_nursery() as nursery:
+                            if self.chain_hello is not None:  # watching connections before any is dialled
+                                await nursery.start(self.supervisor.task("chain-hello", self.chain_hello.run))
                             await nursery.start(self.supervisor.task("peers", self.peers.run))
                             nursery.start_soon(self.supervisor.loop("data-dir", self._watch_data_dir, lock))
                             if cfg.metrics["listen"]:

@@ -1,10 +1,17 @@
-"""JSON-RPC ``gov_proposals``: the consortium's governance as the chain state holds it.
+"""JSON-RPC ``gov_proposals`` and ``gov_validators``: the consortium's governance as the chain state holds it.
 
-Read-only, and every node following the chain answers the same: the
-validators, the admission policies of nodes and tenants, the admitted sets,
-and the proposals (pending first, then newest) with their votes
-(:func:`node.app.governance.governance_view`). Proposing and voting are
-transactions (``gov.propose``, ``gov.vote``) sent with ``tx_submit``.
+Read-only, and every node following the chain answers the same.
+
+* ``gov_proposals``: the validators, the admission policies of nodes and
+  tenants, the admitted sets, and the proposals (pending first, then newest)
+  with their votes (:func:`node.app.governance.governance_view`).
+* ``gov_validators``: the validator set of the next block (``height``), the
+  votes that execute a proposal, the ``add_validator`` / ``remove_validator``
+  proposals with their votes, and every executed change with the height it
+  decides from (:func:`node.app.governance.validators_view`).
+
+Proposing and voting are transactions (``gov.propose``, ``gov.vote``) sent
+with ``tx_submit``.
 """
 
 from __future__ import annotations
@@ -22,10 +29,19 @@ class _HasState(Protocol):
 
 
 def register_governance_methods(registry: Registry, app: _HasState) -> None:
-    """Add ``gov_proposals`` to ``registry``."""
+    """Add ``gov_proposals`` and ``gov_validators`` to ``registry``.
+
+    (``validators_list``, the chain's RPC in node/consensus/rpc.py, lists the
+    current set with each validator's connection state.)"""
 
     async def gov_proposals(ctx: CallContext) -> dict[str, Any]:
         return app.state.governance_view()
 
+    async def gov_validators(ctx: CallContext) -> dict[str, Any]:
+        return app.state.validators_view()
+
     registry.register("gov_proposals", gov_proposals, {},
                       "Governance: validators, admission policies, admitted nodes and tenants, proposals with their votes.")
+    registry.register("gov_validators", gov_validators, {},
+                      "Validators: the set of the next block (height), votes needed, add/remove proposals with "
+                      "their votes, and every executed change with the height it takes effect.")

@@ -16,6 +16,7 @@ import duckdb
 
 from node.app.chain_app import ChainApplication
 from node.app.policy import Governance
+from node.app.rules import ChainRules
 from node.base.config import NodeConfig
 from node.base.keys import Identity
 from node.consensus.block import Block, genesis_header, max_encoded_block_size
@@ -36,9 +37,11 @@ def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: o
     """The chain application and the consensus service that drives it, on ``db``.
 
     Building the service registers the application's transaction types and
-    catches the application up with the stored chain (node/consensus/app.py)."""
+    catches the application up with the stored chain (node/consensus/app.py).
+    The application runs the genesis's chain rules (its ``[rules]`` table), so
+    every node of a chain applies blocks under the same rules."""
     store = ChainStore(db, first_height=1, first_parent=genesis_header(genesis).hash)
-    app = ChainApplication(db, store, governance=Governance.from_genesis(genesis))
+    app = ChainApplication(db, store, rules=ChainRules.from_genesis(genesis), governance=Governance.from_genesis(genesis))
     chain = ConsensusService(
         host=host, identity=identity, genesis=genesis, conn=db, store=store, app=app,
         data_dir=config.data_dir, registry=TxTypeRegistry.with_builtins(),

@@ -28,6 +28,7 @@ CLIENT_MODULES = [
     "node.cli.analytics",
     "node.cli.receipts",
     "node.cli.members",
+    "node.cli.validators",
 ]
 
 

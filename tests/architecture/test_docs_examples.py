@@ -16,6 +16,7 @@ timestamps are fixed. No daemon, network or disk beyond reading docs/.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable
@@ -35,19 +36,21 @@ from node.base.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from node.consensus.block import SEAL_TAG, Block, build_block, genesis_header, seal_message
+from node.consensus.block import SEAL_TAG, Block, build_block, genesis_header, make_seed_proof, seal_message, seed_alpha
 from node.consensus.genesis import Genesis
 from node.consensus.messages import Message, commit_payload, decode_message, prepare_payload, sign_payload
 from node.consensus.tx import Transaction, decode_tx, sign_tx, verify_signature
+from node.consensus.validators import ValidatorSet
+from node.p2p.chain_hello import ChainIdentity
 from node.p2p.framing import encode_frame, encode_uvarint
 from node.p2p.jsonrpc import dump_json
-from node.receipts.bundle import Bundle, bundle_id, decode_bundle, genesis_validator_sets
+from node.receipts.bundle import Bundle, ValidatorSetTransition, bundle_id, decode_bundle, genesis_validator_sets
 from node.receipts.chain import ReceiptIssuer
 from node.receipts.envelope import Receipt, build_receipt, verify_receipt
 from node.receipts.verify import BundleInvalid, BundleVerifier
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-DOC_FILES = ("encoding.md", "transactions.md", "blocks.md", "receipts.md", "wire.md")
+DOC_FILES = ("encoding.md", "transactions.md", "blocks.md", "receipts.md", "bundles.md", "wire.md", "genesis.md")
 _MARKER = re.compile(r"<!-- example: ([a-z0-9_.-]+) -->\s*\n```[a-z]*\n(.*?)\n```", re.S)
 
 CHAIN_ID = "docs-example"
@@ -156,7 +159,8 @@ def block1() -> Block:
     g = genesis()
     parent = genesis_header(g)
     proposer = g.validator_set.proposer(parent.proposer, 0)
-    return seal(build_block(g, parent, proposer, 0, [noop_tx().encoded], GENESIS_TIME_MS + 1000))
+    return seal(build_block(g, parent, proposer, 0, [noop_tx().encoded], GENESIS_TIME_MS + 1000,
+                            seed_proof=make_seed_proof(by_key(proposer), g.hash, parent)))
 
 
 @cache
@@ -167,7 +171,8 @@ def block2() -> Block:
     ids = [r.id for r in gateway_receipts()]
     proposer = g.validator_set.proposer(parent.proposer, 0)
     return seal(build_block(g, parent, proposer, 0, [batch_tx().encoded], GENESIS_TIME_MS + 2000,
-                            receipts_size=len(ids), receipts_root=merkle_root(ids)))
+                            receipts_size=len(ids), receipts_root=merkle_root(ids),
+                            seed_proof=make_seed_proof(by_key(proposer), g.hash, parent)))
 
 
 @cache
@@ -179,6 +184,78 @@ def bundle_bytes() -> bytes:
     return Bundle(receipt=gateway_receipts()[1].envelope, leaf_index=1, proof=tuple(proof),
                   header=codec.encode(block.header.to_value()), commit_round=block.commit_round,
                   seals=block.seals, validator_sets=genesis_validator_sets(genesis()), witness=None).encode()
+
+
+# -- bundles.md: a validator set change (docs/validator-4 voted in, deciding from height 4) ----------
+def validator4() -> Identity:
+    return Identity.from_label("docs/validator-4")
+
+
+@cache
+def five() -> ValidatorSet:
+    """The set of five that decides from height 4."""
+    return ValidatorSet([*genesis().validators, validator4().public_key])
+
+
+def seal_by(block: Block, vset: ValidatorSet, commit_round: int = 0) -> Block:
+    """The block sealed by the first quorum of ``vset`` in key order."""
+    identities = {v.public_key: v for v in [*validators(), validator4()]}
+    message = seal_message(block.hash, commit_round)
+    keys = vset.keys[: vset.quorum]
+    return block.with_seals(commit_round, [(k, identities[k].sign(SEAL_TAG, message)) for k in keys])
+
+
+@cache
+def block3() -> Block:
+    """Height 3: empty, decided and sealed by the four, the first header committing to the five."""
+    g = genesis()
+    parent = block2().header
+    proposer = g.validator_set.proposer(parent.proposer, 0)
+    return seal(build_block(g, parent, proposer, 0, [], GENESIS_TIME_MS + 3000,
+                            receipts_size=parent.receipts_size, receipts_root=parent.receipts_root,
+                            next_validators=five(), seed_proof=make_seed_proof(by_key(proposer), g.hash, parent)))
+
+
+@cache
+def exec_batch_tx() -> Transaction:
+    """The processor's receipts.batch carrying its job.exec receipt (its nonce 1, after node.register)."""
+    return sign_tx(processor(), chain_id=CHAIN_ID, nonce=1, tx_type="receipts.batch",
+                   payload={"receipts": [exec_receipt().envelope]})
+
+
+def changed_log_ids() -> list[bytes]:
+    return [r.id for r in gateway_receipts()] + [exec_receipt().id]
+
+
+@cache
+def block4() -> Block:
+    """Height 4: decided and sealed by the five; the log grows to 4 leaves."""
+    g = genesis()
+    parent = block3().header
+    proposer = five().proposer(parent.proposer, 0)
+    identity = next(v for v in [*validators(), validator4()] if v.public_key == proposer)
+    ids = changed_log_ids()
+    block = build_block(g, parent, proposer, 0, [exec_batch_tx().encoded], GENESIS_TIME_MS + 4000,
+                        receipts_size=len(ids), receipts_root=merkle_root(ids), validators=five(),
+                        seed_proof=make_seed_proof(identity, g.hash, parent))
+    return seal_by(block, five())
+
+
+def transition_to_five() -> ValidatorSetTransition:
+    block = block3()
+    return ValidatorSetTransition(4, five().keys, codec.encode(block.header.to_value()), block.commit_round,
+                                  block.seals)
+
+
+@cache
+def changed_bundle_bytes() -> bytes:
+    """The bundle of the job.exec receipt (leaf 3 of 4), sealed by block 4, across the change to five."""
+    block = block4()
+    ids = changed_log_ids()
+    proof = [merkle_root(ids[s:e]) for s, e in inclusion_ranges(3, 4)]
+    return Bundle(receipt=exec_receipt().envelope, leaf_index=3, proof=tuple(proof),
+                  header=codec.encode(block.header.to_value()), commit_round=block.commit_round, seals=block.seals,
+                  validator_sets=(*genesis_validator_sets(genesis()), transition_to_five()), witness=None).encode()
 
 
 def prepare_message() -> Message:
@@ -223,6 +300,10 @@ EXAMPLES: dict[str, Callable[[], str]] = {
     "genesis.value": lambda: codec.encode(genesis().to_value()).hex(),
     "genesis.hash": lambda: genesis().hash.hex(),
     "validators.hash": lambda: genesis().validator_set.hash.hex(),
+    "genesis.seed": lambda: genesis_header(genesis()).seed.hex(),
+    "block1.seed_alpha": lambda: seed_alpha(genesis().hash, 1, genesis_header(genesis()).seed).hex(),
+    "block1.seed_proof": lambda: block1().header.seed_proof.hex(),
+    "block1.seed": lambda: block1().header.seed.hex(),
     "block1.header": lambda: codec.encode(block1().header.to_value()).hex(),
     "block1.hash": lambda: block1().hash.hex(),
     "block1.seal_message": lambda: seal_message(block1().hash, 0).hex(),
@@ -244,11 +325,21 @@ EXAMPLES: dict[str, Callable[[], str]] = {
     "block2.hash": lambda: block2().hash.hex(),
     "bundle": lambda: bundle_bytes().hex(),
     "bundle.id": lambda: bundle_id(bundle_bytes()).hex(),
+    # bundles.md
+    "validators5.hash": lambda: five().hash.hex(),
+    "block3.header": lambda: codec.encode(block3().header.to_value()).hex(),
+    "bundle.changed": lambda: changed_bundle_bytes().hex(),
+    "bundle.changed.id": lambda: bundle_id(changed_bundle_bytes()).hex(),
     # wire.md
     "varint.300": lambda: encode_uvarint(300).hex(),
     "frame.rpc": lambda: encode_frame(dump_json({"jsonrpc": "2.0", "method": "chain_head", "id": 1})).hex(),
     "frame.sync": lambda: encode_frame(codec.encode({"from": 1, "limit": 64})).hex(),
     "frame.gossip": lambda: encode_frame(codec.encode([noop_tx().encoded])).hex(),
+    # genesis.md
+    "genesis.rules.value": lambda: codec.encode(dataclasses.replace(genesis(), rules={"max_attempts": 5}).to_value()).hex(),
+    "genesis.rules.hash": lambda: dataclasses.replace(genesis(), rules={"max_attempts": 5}).hash.hex(),
+    "chain_hello.frame": lambda: encode_frame(
+        ChainIdentity.of(genesis().chain_id, genesis().hash, genesis().full_value()).encode()).hex(),
 }
 
 
@@ -327,13 +418,13 @@ def test_example_bundle_verifies_and_a_flipped_byte_is_caught() -> None:
 
 
 def test_example_twin_genesis_refusals_are_the_documented_ones() -> None:
-    """receipts.md: a twin genesis (one day later) refuses the bundle, relabelled or not, with exit 14."""
+    """bundles.md: a twin genesis (one day later) refuses the bundle, relabelled or not, with exit 14."""
     import dataclasses
 
     from node.receipts.bundle import ValidatorSetEntry
 
     twin = dataclasses.replace(genesis(), genesis_time_ms=GENESIS_TIME_MS + 86_400_000)
-    text = (DOCS / "receipts.md").read_text(encoding="utf-8")
+    text = (DOCS / "bundles.md").read_text(encoding="utf-8")
     assert f"genesis_time_ms = {twin.genesis_time_ms}" in text and twin.hash.hex()[:8] in text
     bundle = decode_bundle(bundle_bytes())
     relabelled = dataclasses.replace(bundle, validator_sets=(ValidatorSetEntry(0, twin.hash, twin.validators),))
@@ -342,6 +433,29 @@ def test_example_twin_genesis_refusals_are_the_documented_ones() -> None:
             BundleVerifier(twin).verify(data)
         assert failure.value.exit_code == 14
         assert f"invalid: {failure.value}   (exit 14)" in text
+
+
+def test_example_changed_bundle_verifies_and_its_documented_refusals_are_the_codes() -> None:
+    """bundles.md: the bundle across the change to five verifies against the
+    genesis of four; without its transition, or with the transition sealed
+    by the new set, it is refused with exit 14 and the documented lines."""
+    verified = BundleVerifier(genesis()).verify(changed_bundle_bytes())
+    assert verified.receipt.kind == "job.exec" and verified.header.height == 4 and verified.validators == five()
+    assert block3().header.next_validators_hash == five().hash != block3().header.validators_hash
+    text = (DOCS / "bundles.md").read_text(encoding="utf-8")
+    bundle = decode_bundle(changed_bundle_bytes())
+    new_set_seals = seal_by(block3().unsealed(), ValidatorSet(
+        [validator4().public_key, *genesis().validator_set.keys[:3]]))
+    cases = (
+        dataclasses.replace(bundle, validator_sets=bundle.validator_sets[:1]),
+        dataclasses.replace(bundle, validator_sets=(bundle.validator_sets[0], dataclasses.replace(
+            transition_to_five(), seals=new_set_seals.seals))),
+    )
+    for case in cases:
+        with pytest.raises(BundleInvalid) as failure:
+            BundleVerifier(genesis()).verify(case.encode())
+        assert failure.value.exit_code == 14
+        assert f"invalid: {failure.value}   (exit 14)" in text, str(failure.value)
 
 
 def test_example_ibft_messages_decode() -> None:

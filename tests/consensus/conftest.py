@@ -9,7 +9,7 @@ import pytest
 
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import genesis_header
+from node.consensus.block import Block, build_block, genesis_header, make_seed_proof
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, NeedProposal
@@ -51,6 +51,12 @@ class Cluster:
 
     def sign(self, index: int, fields: dict) -> m.Signed:
         return m.sign_payload(self.ids[index], fields)
+
+    def block(self, proposer: bytes, round_number: int, txs, timestamp_ms: int, **kwargs) -> Block:
+        """A child of the tip proposed by ``proposer``, with that proposer's seed proof."""
+        identity = next(i for i in self.identities if i.public_key == proposer)
+        return build_block(self.genesis, self.tip, proposer, round_number, txs, timestamp_ms,
+                           seed_proof=make_seed_proof(identity, self.genesis.hash, self.tip), **kwargs)
 
 
 def broadcasts(outputs, kind: str | None = None) -> list[m.Message]:

@@ -14,6 +14,7 @@ from node.consensus.app import APPLICATION_METHODS, EMPTY_COMMITMENT, Applicatio
 from node.consensus.block import EMPTY_ROOT
 from node.consensus.store import ChainStore
 from node.consensus.tx import TxTypeRegistry
+from node.consensus.validators import ValidatorSet
 
 CONSENSUS = Path(__file__).resolve().parents[2] / "node" / "consensus"
 
@@ -21,7 +22,7 @@ CONSENSUS = Path(__file__).resolve().parents[2] / "node" / "consensus"
 def test_the_contract_is_the_abci_shaped_method_set():
     assert APPLICATION_METHODS == {
         "register_tx_types", "catch_up", "check_tx_against_state", "commitment_after", "accepts_proposal",
-        "apply_final_block", "rejection_of",
+        "apply_final_block", "rejection_of", "validator_set_at",
     }
     for name in APPLICATION_METHODS:
         assert inspect.getdoc(getattr(Application, name)), f"Application.{name} has no docstring"
@@ -45,9 +46,12 @@ def test_chain_application_implements_the_whole_contract(tmp_path):
     assert app.rejection_of(b"\1" * 32) is None
 
 
-def test_the_empty_application_commits_to_the_empty_receipt_log():
+def test_the_empty_application_commits_to_the_empty_receipt_log_and_keeps_its_set():
     assert EMPTY_COMMITMENT.header_fields() == {"receipts_size": 0, "receipts_root": EMPTY_ROOT}
-    assert isinstance(EmptyApplication(), Application)
+    validators = ValidatorSet([b"\1" * 32, b"\2" * 32])
+    app = EmptyApplication(validators)
+    assert isinstance(app, Application)
+    assert app.validator_set_at(1) == app.validator_set_at(10**6) == validators
 
 
 def _app_attributes(path: Path) -> set[str]:

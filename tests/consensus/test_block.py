@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 
+from node.base import vrf
 from node.base.codec import decode, encode, hash_tagged
 from node.base.merkle import merkle_root
 from node.consensus.block import (
@@ -15,11 +17,15 @@ from node.consensus.block import (
     BlockHeader,
     build_block,
     genesis_header,
+    genesis_seed,
+    make_seed_proof,
     seal_message,
+    seed_alpha,
     transactions_root,
     tx_hash,
     verify_block,
 )
+from node.consensus.validators import ValidatorSet
 
 
 @pytest.fixture
@@ -30,7 +36,8 @@ def chain(ibft):
     by_key = {i.public_key: i for i in ids}
     parent = genesis_header(genesis)
     proposer = vset.proposer(parent.proposer, 0)
-    block = build_block(genesis, parent, proposer, 0, [b"a", b"b", b"c"], ibft.T0 + 1000)
+    proof = make_seed_proof(by_key[proposer], genesis.hash, parent)
+    block = build_block(genesis, parent, proposer, 0, [b"a", b"b", b"c"], ibft.T0 + 1000, seed_proof=proof)
 
     def seal(b: Block, signers, commit_round=0) -> Block:
         message = seal_message(b.hash, commit_round)
@@ -57,7 +64,9 @@ def test_header_hash_covers_every_field(chain):
     block = chain[3]
     for name, value in block.header.to_value().items():
         changed = dict(block.header.to_value())
-        changed[name] = value + 1 if isinstance(value, int) else (value + "x" if isinstance(value, str) else bytes(32) if value != bytes(32) else b"\x01" * 32)
+        changed[name] = value + 1 if isinstance(value, int) else (
+            value + "x" if isinstance(value, str) else bytes(len(value)) if any(value) else b"\x01" * len(value)
+        )
         assert BlockHeader(**changed).hash != block.hash, name
 
 
@@ -125,6 +134,7 @@ def test_verify_checks_parent_timestamp_proposer_and_contents(chain, ibft):
         # A twin genesis: same chain id and validators, another genesis time.
         "header.genesis_hash": remade(genesis_hash=dataclasses.replace(genesis, genesis_time_ms=genesis.genesis_time_ms + 1).hash),
         "header.validators_hash": remade(validators_hash=bytes(32)),
+        "header.seed_proof": remade(seed_proof=bytes(80)),
     }
     for field_name, bad in cases.items():
         with pytest.raises(BlockError, match=field_name):
@@ -137,11 +147,79 @@ def test_verify_checks_parent_timestamp_proposer_and_contents(chain, ibft):
 
 
 def test_build_block_enforces_limits(chain):
-    genesis, vset, parent, block, _, _ = chain
+    genesis, vset, parent, block, _, by_key = chain
     proposer = vset.proposer(parent.proposer, 0)
+    proof = make_seed_proof(by_key[proposer], genesis.hash, parent)
     with pytest.raises(BlockError, match="max_txs_per_block"):
-        build_block(genesis, parent, proposer, 0, [b"%d" % i for i in range(101)], 0)
+        build_block(genesis, parent, proposer, 0, [b"%d" % i for i in range(101)], 0, seed_proof=proof)
     with pytest.raises(BlockError, match="max_block_bytes"):
-        build_block(genesis, parent, proposer, 0, [b"x" * (1 << 20), b"y"], 0)
-    early = build_block(genesis, parent, proposer, 0, [], 0)
+        build_block(genesis, parent, proposer, 0, [b"x" * (1 << 20), b"y"], 0, seed_proof=proof)
+    early = build_block(genesis, parent, proposer, 0, [], 0, seed_proof=proof)
     assert early.header.timestamp_ms == parent.timestamp_ms + genesis.block_period_ms
+
+
+def test_the_genesis_header_commits_to_the_genesis_set_and_seed(chain):
+    genesis, vset, parent, block, _, _ = chain
+    assert parent.validators_hash == parent.next_validators_hash == vset.hash
+    assert parent.seed_proof == bytes(80)
+    assert parent.seed == genesis_seed(genesis.hash) == hashlib.sha512(b"metanode/genesis-seed/v1" + genesis.hash).digest()
+    assert block.header.seed == vrf.proof_to_hash(block.header.seed_proof)
+    assert vrf.verify(block.header.proposer, block.header.seed_proof, seed_alpha(genesis.hash, 1, parent.seed)) == block.header.seed
+    assert seed_alpha(genesis.hash, 1, parent.seed) == encode(["metanode/seed/v1", genesis.hash, 1, parent.seed])
+
+
+def test_a_proposer_trying_two_candidate_blocks_gets_one_seed(chain):
+    """The unbiasable seed: the VRF input names the height and the parent's
+    seed, not the block's contents, so every block one proposer can build at
+    a height (other transactions, timestamp, round) has the same seed; and a
+    header with any other proof (another key's, another height's, a forged
+    one) is refused, so it cannot pick among seeds either."""
+    genesis, vset, parent, block, seal, by_key = chain
+    proposer = block.header.proposer
+    proof = make_seed_proof(by_key[proposer], genesis.hash, parent)
+    other = build_block(genesis, parent, proposer, 0, [b"d", b"e"], block.header.timestamp_ms + 7, seed_proof=proof)
+    assert other.hash != block.hash and other.header.seed == block.header.seed
+    assert make_seed_proof(by_key[proposer], genesis.hash, parent) == proof  # ECVRF proofs are deterministic too
+    wrong_proofs = {
+        "another validator's": make_seed_proof(by_key[vset.keys[-1]], genesis.hash, parent),
+        "another height's": vrf.prove(by_key[proposer].seed, seed_alpha(genesis.hash, 2, parent.seed)),
+        "another parent seed's": vrf.prove(by_key[proposer].seed, seed_alpha(genesis.hash, 1, bytes(64))),
+        "a flipped byte": proof[:40] + bytes([proof[40] ^ 1]) + proof[41:],
+        "absent": bytes(80),
+    }
+    for why, bad in wrong_proofs.items():
+        assert bad != proof, why
+        with pytest.raises(BlockError, match="header.seed_proof"):
+            build_block(genesis, parent, proposer, 0, [b"d"], block.header.timestamp_ms, seed_proof=bad)
+        forged = Block(BlockHeader(**{**block.header.to_value(), "seed_proof": bad}), block.transactions)
+        with pytest.raises(BlockError, match="header.seed_proof"):
+            verify_block(seal(forged, vset.keys[:3]), parent, vset, genesis)
+
+
+def test_headers_commit_to_the_next_validator_set(chain, ibft):
+    """A header names the set of the next height; its child must be decided by
+    that set, so a verifier follows changes from sealed headers alone."""
+    genesis, vset, parent, _, seal, by_key = chain
+    newcomer = ibft.make_identities(5)[4]
+    by_key[newcomer.public_key] = newcomer
+    grown = ValidatorSet([*vset.keys, newcomer.public_key])
+    proposer = vset.proposer(parent.proposer, 0)
+    proof = make_seed_proof(by_key[proposer], genesis.hash, parent)
+    one = build_block(genesis, parent, proposer, 0, [], 0, next_validators=grown, seed_proof=proof)
+    assert one.header.validators_hash == vset.hash and one.header.next_validators_hash == grown.hash
+    sealed = seal(one, vset.keys[:3])
+    assert verify_block(sealed, parent, vset, genesis, next_validators=grown) == one.hash
+    with pytest.raises(BlockError, match="header.next_validators_hash"):
+        verify_block(sealed, parent, vset, genesis, next_validators=vset)
+    # The child is decided by the grown set: its quorum (4 of 5), its proposer.
+    p2 = grown.proposer(one.header.proposer, 0)
+    proof2 = make_seed_proof(by_key[p2], genesis.hash, one.header)
+    two = build_block(genesis, one.header, p2, 0, [b"x"], 0, validators=grown, seed_proof=proof2)
+    with pytest.raises(BlockError, match="3 seals, a quorum is 4"):
+        verify_block(seal(two, grown.keys[:3]), one.header, grown, genesis)
+    assert verify_block(seal(two, grown.keys[1:]), one.header, grown, genesis, next_validators=grown) == two.hash
+    # Built as if the old set still decided: refused against the parent's promise.
+    p_old = vset.proposer(one.header.proposer, 0)
+    with pytest.raises(BlockError, match="not the parent's next_validators_hash"):
+        build_block(genesis, one.header, p_old, 0, [b"x"], 0, validators=vset,
+                    seed_proof=make_seed_proof(by_key[p_old], genesis.hash, one.header))

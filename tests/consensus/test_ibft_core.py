@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import SEAL_TAG, Block, build_block, seal_message
+from node.consensus.block import SEAL_TAG, Block, seal_message
 from node.consensus.ibft import FUTURE_PER_SENDER, IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
 
@@ -134,7 +134,7 @@ def test_new_round_proposal_needs_a_quorum_of_round_changes(ibft):
     cluster = ibft.Cluster(4)
     vset = cluster.vset
     p1 = vset.index(vset.proposer(cluster.tip.proposer, 1))
-    block = build_block(cluster.genesis, cluster.tip, vset.keys[p1], 1, [b"x"], cluster.now)
+    block = cluster.block(vset.keys[p1], 1, [b"x"], cluster.now)
     voter = cluster.cores[(p1 + 1) % 4]
     voter.start(cluster.now)
 
@@ -174,7 +174,7 @@ def test_prepared_block_must_be_re_proposed_with_its_certificate(ibft):
     assert [(p.signed.round, p.signed.digest) for p in proposals] == [(1, block.hash)]
     assert len(proposals[0].prepares) >= vset.quorum
     # a proposer that tries a fresh block despite the prepared round change is refused
-    fresh = build_block(cluster.genesis, cluster.tip, vset.keys[p1], 1, [b"other"], later)
+    fresh = cluster.block(vset.keys[p1], 1, [b"other"], later)
     cheat = m.Message(cluster.sign(p1, m.proposal_payload(1, 1, fresh.hash)), fresh, proposals[0].round_changes, proposals[0].prepares)
     voter_index = next(i for i in range(4) if i not in (p1, prepared))
     voter = cluster.cores[voter_index]
@@ -219,7 +219,7 @@ def test_future_buffer_bounds_bytes_per_sender(ibft):
     from node.consensus.buffer import FutureBuffer
 
     cluster = ibft.Cluster(4)
-    block = build_block(cluster.genesis, cluster.tip, cluster.vset.keys[0], 0, [b"x" * 2000], cluster.now)
+    block = cluster.block(cluster.vset.keys[0], 0, [b"x" * 2000], cluster.now)
     big = [m.Message(cluster.sign(0, m.proposal_payload(2, r, block.hash)), block) for r in range(3)]
     small = m.Message(cluster.sign(0, m.prepare_payload(3, 0, block.hash)))
     size = len(big[0].encode())

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from node.base.codec import decode, encode
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockError, build_block
+from node.consensus.block import Block, BlockError
 from node.consensus.ibft import IbftCore
 
 MAX = 1 << 22
@@ -18,7 +18,7 @@ MAX = 1 << 22
 @pytest.fixture
 def samples(ibft):
     cluster = ibft.Cluster(4)
-    block = build_block(cluster.genesis, cluster.tip, cluster.vset.keys[0], 0, [b"a", b"b"], cluster.now)
+    block = cluster.block(cluster.vset.keys[0], 0, [b"a", b"b"], cluster.now)
     rc = m.Message(cluster.sign(1, m.round_change_payload(1, 2, 1, block.hash)), block)
     proposal = m.Message(cluster.sign(0, m.proposal_payload(1, 2, block.hash)), block, (rc.signed,), ())
     commit = m.Message(cluster.sign(2, m.commit_payload(1, 0, block.hash, b"s" * 64)))

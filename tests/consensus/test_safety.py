@@ -8,7 +8,6 @@ import os
 import pytest
 
 from node.consensus import messages as m
-from node.consensus.block import build_block
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import NeedProposal, Persist
 from node.consensus.safety import SafetyState, SafetyStateError, SafetyStore
@@ -63,8 +62,8 @@ def test_restart_never_prepares_a_conflicting_block(ibft, tmp_path):
     core = cluster.cores[victim]
     store = SafetyStore(tmp_path / "safety.bin")
     core.start(cluster.now)
-    a = build_block(cluster.genesis, cluster.tip, vset.keys[p0], 0, [b"A"], cluster.now)
-    b = build_block(cluster.genesis, cluster.tip, vset.keys[p0], 0, [b"B"], cluster.now)
+    a = cluster.block(vset.keys[p0], 0, [b"A"], cluster.now)
+    b = cluster.block(vset.keys[p0], 0, [b"B"], cluster.now)
     propose_a = m.Message(cluster.sign(p0, m.proposal_payload(1, 0, a.hash)), a)
     propose_b = m.Message(cluster.sign(p0, m.proposal_payload(1, 0, b.hash)), b)  # equivocating proposer
     outs = core.on_message(propose_a.encode(), cluster.now)

@@ -237,7 +237,7 @@ def test_a_store_from_before_headers_committed_to_the_genesis_is_refused_with_wh
     conn.close()
     message = str(info.value)
     assert isinstance(info.value, UserError)
-    assert str(tmp_path / "data" / DB_FILENAME) in message and "schema version 1 is not 2" in message
+    assert str(tmp_path / "data" / DB_FILENAME) in message and "schema version 1 is not 3" in message
     assert "genesis hash" in message and f"data directory {tmp_path / 'data'} aside" in message
 
 

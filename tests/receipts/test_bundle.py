@@ -86,8 +86,10 @@ def test_decode_is_strict(chain: DevChain) -> None:
     with pytest.raises(BundleError, match="canonical"):
         # The same map with its keys in reverse order is not the canonical encoding.
         decode_bundle(cbor2.dumps(dict(reversed(list(value.items())))))
-    with pytest.raises(BundleError, match="version"):
-        decode_bundle(codec.encode({**value, "version": 2}))
+    with pytest.raises(BundleError, match="version 3 is not supported"):
+        decode_bundle(codec.encode({**value, "version": 3}))
+    with pytest.raises(BundleError, match="version 1 bundles are no longer supported"):
+        decode_bundle(codec.encode({**value, "version": 1}))
     with pytest.raises(BundleError, match="expected a map"):
         decode_bundle(codec.encode({**value, "extra": 1}))
     with pytest.raises(BundleError, match=r"proof\[0\]"):

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import duckdb
 import pytest
+from changing_chain import grow_changing_chain
 from receipt_samples import VALID_FIELDS
 
 from node.base import codec
@@ -117,7 +118,9 @@ def _allowed_codes(data: bytes) -> list[tuple[str, set[int]]]:
         elif key == "seals":
             inner = [part for seal in item for part in seal]
         elif key == "validator_sets":
-            inner = [entry["genesis"] for entry in item] + [k for entry in item for k in entry["validators"]]
+            inner = [item[0]["genesis"]] + [k for entry in item for k in entry["validators"]]
+            for transition in item[1:]:  # their header bytes and seals
+                inner += [transition["header"]] + [part for seal in transition["seals"] for part in seal]
         for piece in inner:
             at = data.find(piece, end_key, end)
             assert at >= 0
@@ -134,6 +137,21 @@ def test_every_single_byte_flip_fails_with_the_code_of_the_part_it_hit(chain: De
     data = _bundle(chain, exec_index, encode_witness_file(record, {"input_paths": {}}))
     verifier = BundleVerifier(GENESIS)
     assert verifier.verify(data).witness_record == record
+    _flip_every_byte(verifier, data, PART_CODES)
+
+
+def test_every_single_byte_flip_of_a_bundle_across_two_set_changes_fails_with_its_part_code() -> None:
+    """Flips in a transition (its header, seals, keys, heights) are chain
+    failures (14); flips in the sealing header or its seals stay 13."""
+    grown = grow_changing_chain()
+    data = build_bundle(grown.after.id, grown.chain.log, grown.chain.block_source(), GENESIS,
+                        validator_history=grown.chain.validator_history)
+    verifier = BundleVerifier(GENESIS)
+    assert len(verifier.verify(data).bundle.validator_sets) == 3
+    _flip_every_byte(verifier, data, {part: code for part, code in PART_CODES.items() if part != "witness"})
+
+
+def _flip_every_byte(verifier: BundleVerifier, data: bytes, expected_parts: dict[str, int]) -> None:
     seen: dict[str, set[int]] = {}
     for offset, (part, codes) in enumerate(_allowed_codes(data)):
         for mask in (0x01, 0x80, 0xFF):
@@ -142,7 +160,7 @@ def test_every_single_byte_flip_fails_with_the_code_of_the_part_it_hit(chain: De
             code = _code(verifier, bytes(flipped))
             assert code in codes, f"byte {offset} ({part}) ^ {mask:#x} gave {code}, expected one of {codes}"
             seen.setdefault(part, set()).add(code)
-    for part, code in PART_CODES.items():
+    for part, code in expected_parts.items():
         assert code in seen[part], f"no flip of {part} gave its code {code}: {seen[part]}"
 
 
@@ -287,7 +305,8 @@ def test_validator_set_chains_are_checked(chain: DevChain) -> None:
     bundle = decode_bundle(_bundle(chain, 0))
     entry = bundle.validator_sets[0]
     cases = {
-        "a set change": (replace(bundle, validator_sets=(entry, replace(entry, from_height=2))), "not supported"),
+        "a second genesis-shaped set": (replace(bundle, validator_sets=(entry, replace(entry, from_height=2))),
+                                        "must be a transition"),
         "a set from height 1": (replace(bundle, validator_sets=(replace(entry, from_height=1),)), "not 0"),
         "another set": (replace(bundle, validator_sets=(replace(entry, validators=entry.validators[:3]),)),
                         "not the genesis file's"),

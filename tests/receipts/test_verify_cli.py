@@ -106,3 +106,46 @@ def test_usage_errors_exit_2(node_dir, tmp_path: Path, capsys: pytest.CaptureFix
     code, text = _run(capsys, "receipt", "bundle", "ab" * 32, "--data-dir", str(data_dir), "--genesis",
                       str(genesis), "--out", str(tmp_path / "x"))
     assert code == 1 and "is not in the log" in text
+
+
+def test_receipts_sealed_across_set_changes_bundle_from_a_data_dir_and_verify(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped node whose state recorded two validator set changes (by the
+    app's own record_change): its bundles carry the transitions and verify
+    against the original genesis; a transition left out exits 14; the
+    validators-only policy judges issuers at the sealing height."""
+    from changing_chain import GENESIS as CHANGING_GENESIS
+    from changing_chain import LEAVER, NEWCOMER, grow_changing_chain
+
+    from node.app.tables import create_tables
+    from node.app.validator_sets import ADD_VALIDATOR, REMOVE_VALIDATOR, record_change
+
+    data_dir = tmp_path / "data"
+    conn = open_node_db(data_dir)
+    grown = grow_changing_chain(conn)
+    create_tables(conn)
+    keys = CHANGING_GENESIS.validator_set.keys
+    assert record_change(conn, keys, 2, bytes(32), ADD_VALIDATOR, NEWCOMER.public_key) == grown.first_change
+    assert record_change(conn, keys, 5, b"\x01" * 32, REMOVE_VALIDATOR, LEAVER.public_key) == grown.second_change
+    conn.close()
+    genesis = tmp_path / "genesis.toml"
+    CHANGING_GENESIS.write(genesis)
+    paths = {}
+    for name, receipt in (("before", grown.before), ("between", grown.between), ("after", grown.after),
+                          ("newcomer", grown.newcomer_after), ("leaver", grown.leaver_after)):
+        paths[name] = tmp_path / f"{name}.bundle"
+        code, text = _run(capsys, "receipt", "bundle", receipt.id.hex(), "--data-dir", str(data_dir),
+                          "--genesis", str(genesis), "--out", str(paths[name]))
+        assert code == 0, text
+        code, text = _run(capsys, "receipt", "verify", "--bundle", str(paths[name]), "--genesis", str(genesis))
+        assert code == 0 and text.startswith(f"valid: data.store receipt {receipt.id.hex()}"), text
+    assert [len(decode_bundle(paths[n].read_bytes()).validator_sets) for n in ("before", "between", "after")] == [1, 2, 3]
+    after = decode_bundle(paths["after"].read_bytes())
+    broken = tmp_path / "broken.bundle"
+    broken.write_bytes(replace(after, validator_sets=(after.validator_sets[0], after.validator_sets[2])).encode())
+    code, text = _run(capsys, "receipt", "verify", "--bundle", str(broken), "--genesis", str(genesis))
+    assert code == 14 and text.startswith("invalid: chain: validator_sets[1]"), text
+    for name, expected in (("newcomer", 0), ("leaver", 17), ("after", 17)):
+        code, text = _run(capsys, "receipt", "verify", "--bundle", str(paths[name]), "--genesis", str(genesis),
+                          "--issuers", "validators")
+        assert code == expected, (name, text)

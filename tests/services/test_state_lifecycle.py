@@ -6,7 +6,7 @@ from node.app import ChainRules, job_seed
 from node.base.codec import hash_tagged
 from node.base.keys import Identity
 from node.receipts.envelope import build_receipt
-from tests.services.test_state_support import ALICE, BLOCK_MS, NODES, START_MS, Chain, content_digest
+from tests.services.test_state_support import ALICE, BLOCK_MS, NODES, START_MS, Chain, block_seed, content_digest
 
 SALES = content_digest("sales")
 R1 = b"\x11" * 32
@@ -34,8 +34,8 @@ def test_submitted_scheduled_running_verified():
     job = chain.machine.job(job_id)
     assert job["id"] == job_id.hex() and job["state"] == "scheduled" and job["reason"] is None
     # Seed and logical clock come from the block that scheduled the job.
-    assert job["seed"] == job_seed(block, job_id).hex()
-    assert job["seed"] == hash_tagged("metanode/job-seed/v1", block + job_id).hex()
+    assert job["seed"] == job_seed(block_seed(block), job_id).hex()
+    assert job["seed"] == hash_tagged("metanode/job-seed/v1", block_seed(block) + job_id).hex()
     assert job["clock"] == (START_MS + height * BLOCK_MS) // 1000
     assert [a.attempt for a in effects.assignments] == [1, 1]
     assert {a.deadline for a in effects.assignments} == {height + 3}
@@ -143,7 +143,7 @@ def test_too_few_processing_nodes_waits_in_submitted_until_one_registers():
     job = chain.machine.job(job_id)
     assert job["state"] == "scheduled" and job["reason"] is None
     assert job["scheduled_height"] == chain.height  # the seed comes from this later block
-    assert job["seed"] == job_seed(chain.blocks[-1][1], job_id).hex()
+    assert job["seed"] == job_seed(block_seed(chain.blocks[-1][1]), job_id).hex()
     assert len(effects.assignments) == 3
 
 

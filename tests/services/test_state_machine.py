@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -14,6 +15,8 @@ from node.app import ChainRules, StateError, StateMachine, catch_up, lifecycle
 from node.base.codec import hash_tagged
 from node.base.db import open_node_db
 from node.base.keys import Identity
+from node.consensus.block import build_block, genesis_header, make_seed_proof
+from node.consensus.genesis import Genesis
 from node.consensus.store import ChainStore
 from node.receipts.envelope import build_receipt
 from node.receipts.log import ReceiptLog
@@ -21,8 +24,8 @@ from tests.services.test_state_support import (
     ALICE,
     BOB,
     CHAIN_ID,
-    GENESIS,
     NODES,
+    START_MS,
     Chain,
     content_digest,
     random_scenario,
@@ -38,14 +41,14 @@ R1 = b"\x11" * 32
 def test_heights_must_follow_one_another():
     chain = Chain()
     with pytest.raises(StateError, match="the next block is 1"):
-        chain.machine.apply_block(2, b"\x01" * 32, 0, [])
+        chain.machine.apply_block(2, b"\x01" * 32, 0, [], seed=bytes(64))
     chain.block()
     height, digest, timestamp, txs = chain.blocks[0]
     before = chain.machine.dump()
     with pytest.raises(StateError, match="state is at height 1, the next block is 2"):
-        chain.machine.apply_block(height, digest, timestamp, txs)  # re-applying is refused
+        chain.machine.apply_block(height, digest, timestamp, txs, seed=bytes(64))  # re-applying is refused
     with pytest.raises(StateError, match="the next block is 2"):
-        chain.machine.apply_block(3, digest, timestamp, txs)
+        chain.machine.apply_block(3, digest, timestamp, txs, seed=bytes(64))
     assert chain.machine.dump() == before
     assert chain.machine.head()["height"] == 1
 
@@ -58,7 +61,12 @@ def test_heights_must_follow_one_another():
 ])
 def test_bad_arguments_are_refused(args, message):
     with pytest.raises(StateError, match=message):
-        StateMachine(duckdb.connect(":memory:")).apply_block(*args)
+        StateMachine(duckdb.connect(":memory:")).apply_block(*args, seed=bytes(64))
+
+
+def test_a_seed_that_is_not_a_vrf_output_is_refused():
+    with pytest.raises(StateError, match="seed must be 64 bytes"):
+        StateMachine(duckdb.connect(":memory:")).apply_block(1, b"\x00" * 32, 0, [], seed=b"\x00" * 32)
 
 
 def test_state_built_under_other_rules_is_refused():
@@ -137,7 +145,7 @@ def test_receipts_enter_the_chain_once_in_block_order_and_feed_the_receipt_log()
     ]
     height = chain.height + 1
     digest = hash_tagged("test/block", b"receipts")
-    effects = chain.machine.apply_block(height, digest, 0, txs, on_applied=lambda e: log.append_receipts(e.receipts))
+    effects = chain.machine.apply_block(height, digest, 0, txs, seed=bytes(64), on_applied=lambda e: log.append_receipts(e.receipts))
     kinds = [r.kind for r in effects.receipts]
     assert kinds == ["api.call", "api.call", "job.exec", "api.call", "job.exec"]
     assert chain.machine.receipt_ids_for_block(height) == effects.receipt_ids
@@ -145,7 +153,7 @@ def test_receipts_enter_the_chain_once_in_block_order_and_feed_the_receipt_log()
     assert log.size() == 5 and [log.index_of(rid) for rid in effects.receipt_ids] == [0, 1, 2, 3, 4]
     # A receipt already on chain is refused, with nothing recorded twice.
     again = chain.tx(NODES[9], "receipts.batch", {"receipts": [gateway_receipts(1, start=50)[0], envelopes[1]]})
-    effects = chain.machine.apply_block(height + 1, hash_tagged("test/block", b"again"), 0, [again])
+    effects = chain.machine.apply_block(height + 1, hash_tagged("test/block", b"again"), 0, [again], seed=bytes(64))
     assert effects.rejected[0].reason.startswith("receipts[1]: receipt ")
     assert effects.receipts == [] and chain.machine.receipt_ids_for_block(height + 1) == []
 
@@ -215,19 +223,33 @@ def test_rebuild_after_reset_gives_the_same_state():
     assert chain.machine.dump() == before
 
 
-def test_catch_up_from_the_chain_store(tmp_path):
-    chain = random_scenario(seed=8, blocks=20)
+def store_with_real_blocks(tmp_path, chain: Chain) -> tuple[Any, ChainStore, StateMachine]:
+    """A node database whose chain store holds ``chain``'s blocks as real, VRF-seeded
+    blocks of a one-validator chain, and the state those blocks give when applied."""
+    proposer = Identity.from_label("catch-up-proposer")
+    genesis = Genesis(chain_id=CHAIN_ID, genesis_time_ms=START_MS, validators=(proposer.public_key,), block_period_ms=0)
     conn = open_node_db(tmp_path)
     store = ChainStore(conn)
-    store.bind_chain(CHAIN_ID, GENESIS)
-    parent = GENESIS
-    for height, digest, timestamp, txs in chain.blocks:
-        store.append_block(height=height, block_hash=digest, parent_hash=parent, timestamp_ms=timestamp,
-                           proposer=b"\x00" * 32, block=b"block", txs=[tx.encoded for tx in txs])
-        parent = digest
+    store.bind_chain(CHAIN_ID, genesis.hash)
+    expected = StateMachine(duckdb.connect(":memory:"))
+    parent = genesis_header(genesis)
+    for height, _, timestamp, txs in chain.blocks:
+        raw = [tx.encoded for tx in txs]
+        block = build_block(genesis, parent, proposer.public_key, 0, raw, timestamp,
+                            seed_proof=make_seed_proof(proposer, genesis.hash, parent))
+        store.append_block(height=height, block_hash=block.hash, parent_hash=parent.hash, timestamp_ms=block.header.timestamp_ms,
+                           proposer=proposer.public_key, block=block.encode(), txs=raw)
+        expected.apply_block(height, block.hash, block.header.timestamp_ms, txs, seed=block.header.seed)
+        parent = block.header
+    return conn, store, expected
+
+
+def test_catch_up_from_the_chain_store(tmp_path):
+    chain = random_scenario(seed=8, blocks=20)
+    conn, store, expected = store_with_real_blocks(tmp_path, chain)
     machine = StateMachine(conn)
     assert catch_up(machine, store) == len(chain.blocks)  # 20 and the storage blocks uploads added
-    assert machine.dump() == chain.machine.dump()
+    assert machine.dump() == expected.dump()  # the seeds come from the stored headers, as on the chain
     assert catch_up(machine, store) == 0
     # A state built from other blocks is detected, not silently extended.
     conn.execute("UPDATE state_height SET block_hash = ?", [b"\x09" * 32])
@@ -261,9 +283,9 @@ def test_an_exception_mid_apply_leaves_the_previous_height(monkeypatch):
 
     digest = hash_tagged("test/block", b"crash")
     with pytest.raises(OSError):
-        chain.machine.apply_block(height + 1, digest, 0, txs, on_applied=fail_after)
+        chain.machine.apply_block(height + 1, digest, 0, txs, seed=bytes(64), on_applied=fail_after)
     assert chain.machine.dump() == before  # ...and rolled back with the failed log append
-    effects = chain.machine.apply_block(height + 1, digest, 0, txs)
+    effects = chain.machine.apply_block(height + 1, digest, 0, txs, seed=bytes(64))
     assert len(effects.assignments) == 2 and len(effects.receipts) == 2
 
 
@@ -279,14 +301,7 @@ def test_reopening_the_database_keeps_the_applied_state(tmp_path):
 
 def test_a_state_of_an_older_schema_is_dropped_and_rebuilt_from_the_blocks(tmp_path):
     chain = random_scenario(seed=8, blocks=12)
-    conn = open_node_db(tmp_path)
-    store = ChainStore(conn)
-    store.bind_chain(CHAIN_ID, GENESIS)
-    parent = GENESIS
-    for height, digest, timestamp, txs in chain.blocks:
-        store.append_block(height=height, block_hash=digest, parent_hash=parent, timestamp_ms=timestamp,
-                           proposer=b"\x00" * 32, block=b"block", txs=[tx.encoded for tx in txs])
-        parent = digest
+    conn, store, expected = store_with_real_blocks(tmp_path, chain)
     machine = StateMachine(conn)
     catch_up(machine, store)
     # What an older version left: schema 1, without state_results.error.
@@ -297,7 +312,7 @@ def test_a_state_of_an_older_schema_is_dropped_and_rebuilt_from_the_blocks(tmp_p
     reopened = StateMachine(conn)
     assert reopened.height() is None  # dropped...
     assert catch_up(reopened, ChainStore(conn)) == len(chain.blocks)  # ...and rebuilt from the chain store
-    assert reopened.dump() == chain.machine.dump()
+    assert reopened.dump() == expected.dump()
 
 
 def test_a_dataset_is_registered_only_with_the_tenants_own_upload_receipt():

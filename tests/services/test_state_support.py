@@ -38,6 +38,11 @@ def block_hash(height: int, parent: bytes, txs: list[Transaction]) -> bytes:
     return hash_tagged("test/block", height.to_bytes(8, "big") + parent + b"".join(tx.hash for tx in txs))
 
 
+def block_seed(block_hash: bytes) -> bytes:
+    """A stand-in for a header's 64-byte VRF seed in chains built without headers."""
+    return hashlib.sha512(b"test/seed" + block_hash).digest()
+
+
 class Chain:
     """Signs transactions with per-sender nonces and applies them block by block.
 
@@ -46,9 +51,11 @@ class Chain:
     """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection | None = None, rules: ChainRules = DEFAULT_RULES,
-                 governance: Governance = OPEN_GOVERNANCE) -> None:
+                 governance: Governance = OPEN_GOVERNANCE, machine: StateMachine | None = None) -> None:
+        """A new state machine on ``conn`` (a fresh in-memory database if None),
+        or ``machine`` as it is (e.g. a ChainApplication's ``state``, on ``conn``)."""
         self.conn = conn if conn is not None else duckdb.connect(":memory:")
-        self.machine = StateMachine(self.conn, rules=rules, governance=governance)
+        self.machine = machine if machine is not None else StateMachine(self.conn, rules=rules, governance=governance)
         self.nonces: dict[bytes, int] = defaultdict(int)
         self.blocks: list[tuple[int, bytes, int, list[Transaction]]] = []
         self.parent = GENESIS
@@ -67,7 +74,7 @@ class Chain:
         height = self.height + 1
         digest = block_hash(height, self.parent, list(txs))
         timestamp = START_MS + height * BLOCK_MS
-        effects = self.machine.apply_block(height, digest, timestamp, list(txs))
+        effects = self.machine.apply_block(height, digest, timestamp, list(txs), seed=block_seed(digest))
         self.blocks.append((height, digest, timestamp, list(txs)))
         self.parent = digest
         return effects
@@ -140,7 +147,7 @@ class Chain:
 
 def replay(blocks: list[tuple[int, bytes, int, list[Transaction]]], machine: StateMachine) -> None:
     for height, digest, timestamp, txs in blocks:
-        machine.apply_block(height, digest, timestamp, txs)
+        machine.apply_block(height, digest, timestamp, txs, seed=block_seed(digest))
 
 
 def random_scenario(
