@@ -70,7 +70,7 @@ def test_known_nodes_reads_only_its_view():
             {"peer_id": "inbound-peer", "direction": "inbound", "address": "/ip4/10.0.0.3/tcp/4001"},
         ],
         registered_nodes=lambda: [registered],
-        genesis_validators=(validator.public_key,),
+        validators=lambda: (validator.public_key,),
         metrics=lambda: None,
     )
     assert known_nodes(view) == {

@@ -27,7 +27,7 @@ from node.app.chain_app import ChainApplication
 from node.base.config import NodeConfig
 from node.base.db import open_node_db
 from node.base.errors import ErrorCode, UserError
-from node.base.keys import Identity
+from node.base.keys import Identity, peer_id_from_public_key
 from node.consensus.genesis import Genesis, load_genesis
 from node.consensus.service import IBFT_PROTOCOL, SYNC_PROTOCOL, TX_PROTOCOL, ConsensusService
 from node.p2p.chain_hello import ChainHello, ChainIdentity
@@ -152,12 +152,31 @@ class Daemon:
             persistent_peers=tuple(self.config.network["persistent_peers"]),
             peer_snapshot=lambda: self.peers.snapshot() if self.peers else [],
             registered_nodes=self._registered_nodes,
-            genesis_validators=tuple(self.genesis.validators) if self.genesis else (),
+            validators=self._current_validators,
             metrics=lambda: self.metrics,
             under_replicated=lambda: self.storage.under_replicated() if self.storage else {"count": 0, "datasets": []},
         ))
         # security_report: what `metanode security export-audit` reads (node/roles/security.py).
         register_security_methods(self.registry, daemon_security_view(self))
+
+    def _privilege_new_validators(self, block: Any) -> None:
+        """A validator voted in may use the connection slots kept for validators,
+        as the genesis validators do (a stranger flood must not cut it off). The
+        set only grows: a removed validator keeps its privilege until a restart."""
+        if self.host is None or self.chain is None:
+            return
+        admission = self.host.get_network().admission
+        for key in self.chain.validators.keys:
+            peer = peer_id_from_public_key(key)
+            if peer != self.identity.peer_id and peer not in admission.privileged:
+                admission.privileged.add(peer)
+                log.info("validator joined: its connections may use the reserved slots", peer=peer)
+
+    def _current_validators(self) -> tuple[bytes, ...]:
+        """The set deciding the next block (it changes by vote); the genesis set before the chain runs."""
+        if self.chain is not None:
+            return self.chain.validators.keys
+        return tuple(self.genesis.validators) if self.genesis else ()
 
     def _registered_nodes(self) -> list[dict[str, Any]]:
         """The nodes registered on the chain this node follows (none without a chain)."""
@@ -297,6 +316,7 @@ class Daemon:
         cfg = self.config
         self.db = open_node_db(cfg.data_dir)
         self.app, self.chain = open_chain(cfg, self.identity, genesis, self.host, self.db)
+        self.chain.on_finalized.append(self._privilege_new_validators)
         node_txs = NodeTransactions(self.identity, self.chain)
         issuer = NodeIssuer(self.db, self.identity)
         context = RoleContext(

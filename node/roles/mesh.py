@@ -7,7 +7,7 @@
   does not have now (missing or quarantined, being fetched again), as
   ``{"count", "datasets": [{digest, size, missing_s, attempts, last_error}]}``.
 * ``mesh_nodes``: the nodes this node knows: those registered on chain (roles,
-  moniker), the genesis validators, and the addresses it can dial them at (its
+  moniker), the current validators (the set of the height being decided), and the addresses it can dial them at (its
   persistent peers and outbound connections).
 
 The client half (probing nodes, crawling the mesh) is :mod:`node.sdk.mesh`.
@@ -33,7 +33,7 @@ class MeshView:
     persistent_peers: Sequence[str]  # multiaddrs ending in /p2p/<peer id>, from the config
     peer_snapshot: Callable[[], list[dict[str, Any]]]  # PeerManager.snapshot(): connected peers
     registered_nodes: Callable[[], list[dict[str, Any]]]  # StateQueries.nodes(processing_only=False); [] without a chain
-    genesis_validators: Sequence[bytes]  # public keys; empty without a genesis
+    validators: Callable[[], Sequence[bytes]]  # the chain's current set (public keys); empty without a genesis
     metrics: Callable[[], NodeMetrics | None]
     # StorageService.under_replicated: {"count", "datasets"}; nothing on a node without a store.
     under_replicated: Callable[[], dict[str, Any]] = lambda: {"count": 0, "datasets": []}
@@ -58,7 +58,7 @@ def metrics_figures(metrics: NodeMetrics | None) -> dict[str, Any]:
 
 
 def known_nodes(view: MeshView) -> dict[str, Any]:
-    """Registered nodes, genesis validators and dialable addresses, as the node behind ``view`` knows them."""
+    """Registered nodes, the current validators and dialable addresses, as the node behind ``view`` knows them."""
     addresses: dict[str, set[str]] = {}
     for text in view.persistent_peers:
         addresses.setdefault(text.rsplit("/p2p/", 1)[-1], set()).add(text)
@@ -70,7 +70,7 @@ def known_nodes(view: MeshView) -> dict[str, Any]:
          "registered_height": n["registered_height"], "healthy": n["healthy"]}
         for n in view.registered_nodes()
     ]
-    validators = [peer_id_from_public_key(k) for k in view.genesis_validators]
+    validators = [peer_id_from_public_key(k) for k in view.validators()]
     return {"peer_id": view.peer_id, "registered": registered, "validators": validators,
             "addresses": {peer: sorted(addrs) for peer, addrs in sorted(addresses.items())}}
 
@@ -84,4 +84,4 @@ def register_mesh_methods(registry: Registry, view: MeshView) -> None:
 
     registry.register("node_metrics", node_metrics, {}, "This node's Prometheus gauges as JSON: height, round, peers, mempool, jobs, storage; "
                       "the replicas it should hold and does not have now (under_replicated).")
-    registry.register("mesh_nodes", mesh_nodes, {}, "Nodes this node knows: registered on chain, genesis validators, and where to dial them.")
+    registry.register("mesh_nodes", mesh_nodes, {}, "Nodes this node knows: registered on chain, the current validators, and where to dial them.")

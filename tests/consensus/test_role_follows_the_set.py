@@ -63,6 +63,7 @@ async def test_a_node_voted_in_signs_and_voted_out_stops_without_a_restart(tmp_p
             state = await rpc(w_addr, "consensus_state")
             assert state["validator"] is False
             assert [x["public_key"] for x in await rpc(w_addr, "validators_list")] == [V.public_key.hex()]
+            assert W.peer_id not in v.host.get_network().admission.privileged
 
             executed = await commit(v_addr, V, 0, "gov.propose", {"action": {"kind": "add_validator", "key": W.public_key}})
             first = executed + 2  # ACTIVATION_DELAY
@@ -73,6 +74,8 @@ async def test_a_node_voted_in_signs_and_voted_out_stops_without_a_restart(tmp_p
             assert (await rpc(w_addr, "consensus_state"))["validator"] is True
             status = (await rpc(w_addr, "node_status"))["services"]["consensus"]
             assert status["validator"] is True and status["signing"]["state"] == "open"
+            # The newcomer may now use the connection slots kept for validators.
+            assert W.peer_id in v.host.get_network().admission.privileged
             listed = await rpc(v_addr, "validators_list")
             assert sorted(x["public_key"] for x in listed) == sorted([V.public_key.hex(), W.public_key.hex()])
 
