@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create the project's virtualenv and install metanode with its test extras.
 # Installs what a fresh Debian/Ubuntu machine lacks (the GMP headers that
-# fastecdsa, a dependency of libp2p, compiles against) when run as root, and
-# otherwise says exactly what to install.
+# fastecdsa, a dependency of libp2p, compiles against; Chromium, which the
+# console's browser tests drive) when run as root, and otherwise says exactly
+# what to install.
 set -euo pipefail
 PY=${1:-python3}
 VENV=${2:-.venv}
@@ -17,6 +18,7 @@ have_header() { echo "#include <$1>" | cc -E -x c - >/dev/null 2>&1; }
 missing=()
 command -v cc >/dev/null || missing+=(gcc)
 have_header gmp.h || missing+=(libgmp-dev)
+command -v chromium >/dev/null || missing+=(chromium)
 "$PY" -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
   || missing+=(python3-dev)
 if ((${#missing[@]})); then

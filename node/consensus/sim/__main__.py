@@ -4,6 +4,7 @@ Examples::
 
     python -m node.consensus.sim --seeds 200 --n 4 --faults all
     python -m node.consensus.sim --seeds 5000 --n 4,7 --jobs 2
+    python -m node.consensus.sim --seeds 200 --faults set-change   # set changes alone
     python -m node.consensus.sim --seed 17 --n 7 --faults all -v   # replay one
 
 Exit status 0 when every run kept every invariant, 1 otherwise; each failing
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 
 import click
 
-from node.consensus.sim import SimResult, parse_faults, run_seed
+from node.consensus.sim import ALL_FAULTS, SimResult, parse_faults, run_seed
 
 
 def _one(args: tuple[int, int, tuple[str, ...]]) -> SimResult:
@@ -33,7 +35,7 @@ PROG = "python -m node.consensus.sim"
 @click.option("--start", type=int, default=0, help="first seed (default 0)")
 @click.option("--seed", type=int, default=None, help="run exactly this one seed")
 @click.option("--n", "n", default="4", help="validators, or a comma list run in turn (default 4)")
-@click.option("--faults", default="all", help="all | none | comma list (delay,drop,dup,partition,crash,silent,equivocate,shared-key)")
+@click.option("--faults", default="all", help=f"all | none | comma list ({','.join(ALL_FAULTS)})")
 @click.option("--jobs", type=int, default=1, help="worker processes (default 1)")
 @click.option("-v", "--verbose", is_flag=True, help="print every run's scenario and heights")
 @click.pass_context
@@ -48,15 +50,16 @@ def simulate(ctx: click.Context, seeds: int, start: int, seed: int | None, n: st
     seed_list = [seed] if seed is not None else list(range(start, start + seeds))
     runs = [(one_seed, size, fault_kinds) for size in sizes for one_seed in seed_list]
     started = time.monotonic()
-    failures = 0
+    tally = {"failures": 0, "with_changes": 0, "changes": 0}
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            results = pool.map(_one, runs, chunksize=8)
-            failures = _report(results, verbose)
+            _report(pool.map(_one, runs, chunksize=8), verbose, tally)
     else:
-        failures = _report(map(_one, runs), verbose)
+        _report(map(_one, runs), verbose, tally)
     elapsed = time.monotonic() - started
-    print(f"{len(runs) - failures}/{len(runs)} runs passed (n={n}, faults={faults}) in {elapsed:.1f} s")
+    failures = tally["failures"]
+    print(f"{len(runs) - failures}/{len(runs)} runs passed (n={n}, faults={faults}) in {elapsed:.1f} s; "
+          f"{tally['with_changes']} runs changed the validator set ({tally['changes']} changes executed)")
     ctx.exit(1 if failures else 0)
 
 
@@ -70,19 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(results, verbose: bool) -> int:
-    failures = 0
+def _report(results: Iterable[SimResult], verbose: bool, tally: dict[str, int]) -> None:
+    """Print failures (every run with ``verbose``) and count into ``tally``."""
     for result in results:
+        executed = [h for h in result.set_changes_executed if h >= 0]
+        tally["with_changes"] += bool(executed)
+        tally["changes"] += len(executed)
         if verbose or not result.ok:
             status = "ok  " if result.ok else "FAIL"
+            changes = f" set changes executed at {result.set_changes_executed}" if result.scenario.changes else ""
             print(f"{status} seed={result.seed} n={result.n} heights={result.heights} "
-                  f"virtual={result.virtual_ms} ms  {result.scenario.describe()}")
+                  f"virtual={result.virtual_ms} ms  {result.scenario.describe()}{changes}")
         if not result.ok:
-            failures += 1
+            tally["failures"] += 1
             print(f"     {result.error}")
             print(f"     replay: {result.replay}")
         sys.stdout.flush()
-    return failures
 
 
 if __name__ == "__main__":

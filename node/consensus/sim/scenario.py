@@ -14,8 +14,19 @@ Faults (``--faults`` takes ``all``, ``none`` or a comma list of these):
   whose application refuses about half of all valid blocks, as a validator
   with diverged or lagging state would). At most f of these per run: they
   count toward f.
+* ``set-change``: in about half of the runs, one to three validator-set
+  changes (add a spare, remove a validator, re-add a removed one), each a
+  transaction the world submits at a seeded time before the heal; the chain
+  decides when it executes and it decides blocks from ``ACTIVATION_DELAY``
+  heights later. Spares (one or two processes outside the genesis set) follow
+  the chain from the start. A removed correct validator keeps following, or
+  stops once the chain has passed its last height; a removed Byzantine one
+  keeps voting: it signs a PREPARE and a COMMIT (with a real seal) for every
+  block it sees proposed or voted for at heights it no longer decides. Every set the plan passes through
+  keeps ``n >= 3b + 1`` for the run's b Byzantine validators.
 
-All faults end by ``heal_ms``; the liveness claim starts there.
+All faults end by ``heal_ms``; the liveness claim starts there (and, with set
+changes, lasts until the chain finalises with the last set).
 """
 
 from __future__ import annotations
@@ -25,7 +36,10 @@ from dataclasses import dataclass, field
 
 NETWORK_FAULTS = ("delay", "drop", "dup", "partition", "crash")
 BYZANTINE_FAULTS = ("silent", "equivocate", "shared-key", "refuser")
-ALL_FAULTS = NETWORK_FAULTS + BYZANTINE_FAULTS
+SET_CHANGE = "set-change"
+ALL_FAULTS = NETWORK_FAULTS + BYZANTINE_FAULTS + (SET_CHANGE,)
+SET_CHANGE_SHARE = 0.5  # of the runs whose faults include set-change, when other faults are drawn too
+MAX_SPARES = 2
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
@@ -58,6 +72,21 @@ class Partition:
 
 
 @dataclass
+class SetChange:
+    """One validator-set change the world submits as a transaction at ``at_ms``.
+
+    ``member`` is an identity index: below n a genesis validator, from n on a
+    spare. ``stop``: the removed member's processes stop once their own chain
+    is past its last height as a validator (a correct one; a Byzantine one
+    keeps voting instead)."""
+
+    at_ms: int
+    action: str  # "add" | "remove"
+    member: int
+    stop: bool = False
+
+
+@dataclass
 class Scenario:
     seed: int
     n: int
@@ -70,6 +99,8 @@ class Scenario:
     crashes: list[Crash] = field(default_factory=list)
     partitions: list[Partition] = field(default_factory=list)
     skew_ms: list[int] = field(default_factory=list)  # per process, local clock offset
+    spares: int = 0  # processes outside the genesis set, identities n .. n+spares-1
+    changes: list[SetChange] = field(default_factory=list)  # in submission order
 
     @property
     def twin_of(self) -> int | None:
@@ -81,7 +112,30 @@ class Scenario:
 
     @property
     def processes(self) -> int:
-        return self.n + (1 if self.twin_of is not None else 0)
+        return self.n + (1 if self.twin_of is not None else 0) + self.spares
+
+    @property
+    def members(self) -> int:
+        """Identities that are, or may become, validators: genesis ones and spares."""
+        return self.n + self.spares
+
+    def pids_of(self, member: int) -> list[int]:
+        """The processes that run ``member``'s key: genesis validator i is
+        process i (and its twin, process n, under shared-key); spares follow."""
+        if member < self.n:
+            return [member] + ([self.n] if member == self.twin_of else [])
+        return [member + (1 if self.twin_of is not None else 0)]
+
+    def planned_sets(self) -> list[frozenset[int]]:
+        """The member sets the plan passes through, genesis first: each change
+        applied in submission order (the chain keeps that order, so every
+        height's set is one of these)."""
+        current = frozenset(range(self.n))
+        sets = [current]
+        for change in self.changes:
+            current = current | {change.member} if change.action == "add" else current - {change.member}
+            sets.append(current)
+        return sets
 
     def describe(self) -> str:
         parts = [f"heal={self.heal_ms}ms", f"delay<={self.max_delay_ms}ms"]
@@ -92,6 +146,9 @@ class Scenario:
         parts += [f"{kind}=v{i}" for i, kind in sorted(self.byzantine.items())]
         parts += [f"crash=v{c.node}@{c.at_ms}-{c.restart_ms}{'(torn)' if c.torn else ''}" for c in self.crashes]
         parts += [f"partition={sorted(p.side)}@{p.start_ms}-{p.end_ms}" for p in self.partitions]
+        if self.spares:
+            parts.append(f"spares=v{self.n}..v{self.n + self.spares - 1}")
+        parts += [f"{c.action}=v{c.member}@{c.at_ms}{'(stop)' if c.stop else ''}" for c in self.changes]
         return " ".join(parts)
 
 
@@ -124,7 +181,7 @@ def make_scenario(seed: int, n: int, faults: tuple[str, ...]) -> Scenario:
             at = rng.randint(200, max(300, fault_end - 600))
             restart = rng.randint(at + 100, max(at + 200, fault_end))
             scenario.crashes.append(Crash(node, at, min(restart, fault_end), rng.random() < 0.5))
-    if "partition" in faults:
+    if "partition" in faults and scenario.processes > 1:  # one process alone has no one to be cut from
         processes = n + (1 if scenario.twin_of is not None else 0)
         for _ in range(rng.randint(0, 2)):
             start = rng.randint(0, max(1, fault_end - 500))
@@ -133,4 +190,39 @@ def make_scenario(seed: int, n: int, faults: tuple[str, ...]) -> Scenario:
             scenario.partitions.append(Partition(start, min(end, fault_end), side))
     processes = n + (1 if scenario.twin_of is not None else 0)
     scenario.skew_ms = [rng.randint(-200, 200) for _ in range(processes)]
+    if SET_CHANGE in faults:
+        _plan_set_changes(scenario, random.Random(f"metanode-sim-set-changes/{seed}/{n}/{','.join(faults)}"))
     return scenario
+
+
+def _plan_set_changes(scenario: Scenario, rng: random.Random) -> None:
+    """Draw spares and one to three changes that keep every set the plan
+    passes through at ``3b + 1`` members or more (b: the run's Byzantine
+    validators, counted as if none ever left), from a random stream of their
+    own (so they never shift the draws of the other faults)."""
+    if len(scenario.faults) > 1 and rng.random() >= SET_CHANGE_SHARE:
+        return
+    needed = 3 * len(scenario.byzantine) + 1
+    scenario.spares = rng.randint(1, MAX_SPARES)
+    scenario.skew_ms += [rng.randint(-200, 200) for _ in range(scenario.spares)]
+    current = set(range(scenario.n))
+    latest = max(scenario.heal_ms, 1_500)
+    times = sorted(rng.randint(200, latest) for _ in range(rng.randint(1, 3)))
+    for at_ms in times:
+        addable = [i for i in range(scenario.members) if i not in current]
+        removable = sorted(current) if len(current) - 1 >= needed else []
+        if not addable and not removable:
+            break
+        if addable and (not removable or rng.random() < 0.5):
+            member = rng.choice(addable)
+            current.add(member)
+            scenario.changes.append(SetChange(at_ms, "add", member))
+        else:
+            member = rng.choice(removable)
+            current.discard(member)
+            scenario.changes.append(SetChange(at_ms, "remove", member))
+    for i, change in enumerate(scenario.changes):
+        readded = any(c.member == change.member and c.action == "add" for c in scenario.changes[i + 1:])
+        correct = change.member not in scenario.byzantine
+        if change.action == "remove" and correct and not readded and rng.random() < 0.5:
+            change.stop = True

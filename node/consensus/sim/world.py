@@ -2,7 +2,13 @@
 
 Discrete-event: a heap of (time, sequence, event). Nothing sleeps; virtual
 time jumps to the next event. Every process keeps only what it persisted
-(its Persist outputs and its Finalized blocks) across a crash.
+(its Persist outputs and its Finalized blocks, with the application state
+they imply) across a crash.
+
+Processes are the genesis validators (pid i runs identity i), the second
+process of a shared key (pid n), then the spares. Every process runs a core
+and follows the chain; which of them sign at a height is up to the validator
+set its own application derives from its own chain (``SimApplication``).
 """
 
 from __future__ import annotations
@@ -13,49 +19,35 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.base.keys import Identity, verify
+from node.base.keys import Identity
 from node.consensus import messages as m
 from node.consensus.block import SEAL_TAG, Block, BlockHeader, genesis_header, seal_message, transactions_root
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Persist, RoundStarted, SetTimer
 from node.consensus.safety import SafetyState
+from node.consensus.sim.application import ADMITTED, SimApplication, admitted, set_change_tx
+from node.consensus.sim.memo import MemoVerifier, MemoVrfVerifier
 from node.consensus.sim.scenario import Scenario
+from node.consensus.validators import ACTIVATION_DELAY, ValidatorSet
 
 GENESIS_TIME_MS = 1_767_225_600_000
-ADMITTED = b"ok/"  # the simulated application admits only transactions with this prefix
+
+__all__ = ["ADMITTED", "GENESIS_TIME_MS", "InvariantViolation", "MemoVerifier", "MemoVrfVerifier", "Process", "World"]
 
 
 class InvariantViolation(AssertionError):
     """A safety property broke; the message says which and where."""
 
 
-def admitted(header: BlockHeader, transactions: Any) -> bool:
-    return all(tx.startswith(ADMITTED) for tx in transactions)
-
-
-class MemoVerifier:
-    """Ed25519 verification memoised for the whole run: a pure function of its
-    arguments, so sharing results between simulated nodes changes nothing but
-    speed (the cores still call it for every signature they check)."""
-
-    def __init__(self) -> None:
-        self._memo: dict[tuple[bytes, str, bytes, bytes], bool] = {}
-
-    def __call__(self, key: bytes, tag: str, message: bytes, signature: bytes) -> bool:
-        entry = (key, tag, message, signature)
-        hit = self._memo.get(entry)
-        if hit is None:
-            hit = self._memo[entry] = verify(key, tag, message, signature)
-        return hit
-
-
 @dataclass
 class Process:
     pid: int
+    member: int  # the identity index it runs
     identity: Identity
     behaviour: str  # "honest", "silent", "equivocate", "shared-key", "refuser"
     skew_ms: int
+    app: SimApplication
     core: IbftCore | None = None
     safety: SafetyState | None = None  # durable
     chain: list[Block] = field(default_factory=list)  # durable, chain[i] is height i+1
@@ -63,6 +55,11 @@ class Process:
     epoch: int = 0  # bumps at every crash so stale events are ignored
     torn_crash: bool = False
     tx_counter: int = 0
+    stop_after: bytes | None = None  # a removal: stop once the chain holds it and is past its last height as a validator
+    stopped: bool = False  # for good: no restart
+    votes_after_removal: bool = False  # Byzantine: keeps signing votes at heights it no longer decides
+    forged_votes: set[tuple[int, int, bytes]] = field(default_factory=set)  # (height, round, digest) it voted for
+    syncing_until: tuple[int, int] = (-1, -1)  # (epoch, time its blocks arrive): one sync in flight, as in the shell
 
     @property
     def correct(self) -> bool:
@@ -74,17 +71,21 @@ class Process:
 
 
 class World:
-    def __init__(self, scenario: Scenario, *, amnesia: bool = False) -> None:
+    def __init__(self, scenario: Scenario, *, amnesia: bool = False, frozen_sets: bool = False) -> None:
         self.scenario = scenario
         # amnesia: restart without the persisted safety state, as a broken shell
-        # would; only the checker's own tests use it (it must then fail).
+        # would; frozen_sets: cores built without validators_at (the genesis set
+        # at every height, as before set changes existed). Only the checker's
+        # own tests use them (a run must then fail).
         self.amnesia = amnesia
+        self.frozen_sets = frozen_sets
         self.rng = random.Random(f"metanode-sim-run/{scenario.seed}/{scenario.n}/{','.join(scenario.faults)}")
-        self.identities = [Identity.from_label(f"sim-validator-{i}") for i in range(scenario.n)]
+        self.identities = [Identity.from_label(f"sim-validator-{i}") for i in range(scenario.members)]
+        self.member_keys = [identity.public_key for identity in self.identities]
         self.genesis = Genesis(
             chain_id="metanode-sim",
             genesis_time_ms=GENESIS_TIME_MS,
-            validators=tuple(i.public_key for i in self.identities),
+            validators=tuple(self.member_keys[: scenario.n]),
             block_period_ms=500,
             round_timeout_base_ms=1_000,
             round_timeout_cap_ms=8_000,
@@ -92,19 +93,30 @@ class World:
         )
         self.genesis_header = genesis_header(self.genesis)
         self.verifier = MemoVerifier()
+        self.vrf_verifier = MemoVrfVerifier()
         self.now = 0
         self._queue: list[tuple[int, int, str, Any]] = []
         self._seq = 0
+        # The set-change transactions, in submission order, and how many the
+        # world has submitted so far (every proposer offers those its chain lacks).
+        self.change_txs = [set_change_tx(c.action, c.member, i) for i, c in enumerate(scenario.changes)]
+        self.changes_submitted = 0
+        twin = [] if scenario.twin_of is None else [scenario.twin_of]
+        members = list(range(scenario.n)) + twin + list(range(scenario.n, scenario.members))
         self.processes: list[Process] = []
-        for i in range(scenario.n):
-            behaviour = scenario.byzantine.get(i, "honest")
-            self.processes.append(Process(i, self.identities[i], behaviour, scenario.skew_ms[i]))
-        twin = scenario.twin_of
-        if twin is not None:
-            self.processes.append(Process(scenario.n, self.identities[twin], "shared-key", scenario.skew_ms[scenario.n]))
+        for pid, member in enumerate(members):
+            behaviour = scenario.byzantine.get(member, "honest")
+            removals = [i for i, c in enumerate(scenario.changes) if c.action == "remove" and c.member == member]
+            app = SimApplication(self.genesis.validator_set, self.member_keys)
+            proc = Process(pid, member, self.identities[member], behaviour, scenario.skew_ms[pid], app)
+            proc.votes_after_removal = behaviour != "honest" and bool(removals)
+            stops = [self.change_txs[i] for i in removals if scenario.changes[i].stop]
+            proc.stop_after = stops[-1] if stops else None
+            self.processes.append(proc)
         self.signed: dict[tuple[bytes, int, int, str], bytes] = {}  # correct processes' signatures
         self.round_starts = 0
         self.messages_sent = 0
+        self.stops = 0
 
     # -- event queue ----------------------------------------------------------------
     def schedule(self, at: int, kind: str, data: Any) -> None:
@@ -141,9 +153,26 @@ class World:
 
         proc.core = IbftCore(
             self.genesis, proc.identity, tip, safety=None if self.amnesia else proc.safety,
-            validate_block=validate, verifier=self.verifier,
+            validate_block=validate, verifier=self.verifier, vrf_verifier=self.vrf_verifier,
+            validators_at=None if self.frozen_sets else lambda height: self.validators_at(proc, height),
         )
         self.carry_out(proc, proc.core.start(self.local(proc)))
+        if proc.core is not None and proc.epoch > 0:
+            # A restarted node syncs from a peer, as the shell does before its
+            # core votes: the validators that could tell it it is behind may
+            # all have left the set meanwhile (and followers send no votes).
+            self.sync(proc, NeedSync(proc.height + 1, ()))
+
+    def validators_at(self, proc: Process, height: int) -> ValidatorSet:
+        """What ``proc``'s core is given as ``validators_at``: its own
+        application's answer, asked only for heights the application has
+        decided (contract C1: up to the last applied height + ACTIVATION_DELAY)."""
+        if height > proc.app.applied_height + ACTIVATION_DELAY:
+            raise InvariantViolation(
+                f"process {proc.pid}'s core asked for the validator set of height {height} "
+                f"with only {proc.app.applied_height} blocks applied"
+            )
+        return proc.app.validator_set_at(height)
 
     def crash(self, proc: Process) -> None:
         proc.core = None
@@ -151,10 +180,21 @@ class World:
         proc.epoch += 1
         proc.torn_crash = False
 
+    def stop(self, proc: Process) -> None:
+        """Stop a process for good (an operator retiring a removed validator)."""
+        self.crash(proc)
+        proc.stopped = True
+        self.stops += 1
+
     def _ev_start(self, pid: int) -> None:
         proc = self.processes[pid]
         if proc.behaviour != "silent":
             self.boot(proc)
+
+    def _ev_submit(self, index: int) -> None:
+        """The world submits set change ``index``: from now on every proposer
+        offers it until its own chain holds it."""
+        self.changes_submitted = max(self.changes_submitted, index + 1)
 
     def _ev_crash(self, pid: int, torn: bool, epoch: int | None = None) -> None:
         proc = self.processes[pid]
@@ -170,7 +210,7 @@ class World:
         proc = self.processes[pid]
         if proc.core is not None and proc.torn_crash:
             self.crash(proc)  # the torn crash had no batch to tear yet
-        if proc.core is None:
+        if proc.core is None and not proc.stopped:
             self.boot(proc)
 
     def _ev_tick(self, pid: int, epoch: int, at: int) -> None:
@@ -183,6 +223,8 @@ class World:
     def _ev_deliver(self, pid: int, data: bytes) -> None:
         proc = self.processes[pid]
         if proc.core is not None:
+            if proc.votes_after_removal:
+                self.vote_after_removal(proc, data)
             self.carry_out(proc, proc.core.on_message(data, self.local(proc)))
 
     def _ev_block(self, pid: int, block: Block) -> None:
@@ -219,6 +261,7 @@ class World:
                 if out.block.height != proc.height + 1:
                     raise InvariantViolation(f"process {proc.pid} finalised height {out.block.height} after {proc.height}")
                 proc.chain.append(out.block)
+                proc.app.apply_final_block(out.block)  # as the shell does, before anything else sees it
                 finalized = True
                 for dst in self.others(proc.pid):
                     self.send_block(proc.pid, dst, out.block)
@@ -229,10 +272,21 @@ class World:
         if cut is not None and done == cut:
             self.crash(proc)
         elif finalized and proc.core is not None:
+            if proc.stop_after is not None and self.past_last_height(proc, proc.stop_after):
+                self.stop(proc)
+                return
             self.carry_out(proc, proc.core.resume(self.local(proc)))  # as the shell does, once the block is applied
 
+    def past_last_height(self, proc: Process, removal: bytes) -> bool:
+        """Whether ``proc``'s chain holds ``removal`` and a block its key does
+        not decide, with no later set holding the key (so a quorum of the new
+        set holds every block it helped decide, and it is needed no more)."""
+        return removal in proc.app.included and not proc.app.decides_at_or_after(proc.identity.public_key, proc.height)
+
     def answer_proposal(self, proc: Process, need: NeedProposal) -> list:
-        txs = []
+        # Submitted set changes first, in submission order (so the chain
+        # executes them in the order the scenario planned), then ordinary ones.
+        txs = [tx for tx in self.change_txs[: self.changes_submitted] if tx not in proc.app.included]
         for _ in range(self.rng.randint(0, 4)):
             proc.tx_counter += 1
             txs.append(b"ok/%d/%d" % (proc.pid, proc.tx_counter))
@@ -245,10 +299,16 @@ class World:
 
     def record_signature(self, proc: Process, data: bytes) -> None:
         """No correct process ever signs two different payloads for one
-        (height, round, kind): checked on every message it sends."""
+        (height, round, kind), nor signs at a height whose set (by its own
+        chain) does not hold its key: checked on every message it sends."""
         if not proc.correct:
             return
         signed = m.decode_message(data, max_size=1 << 24, max_block_size=1 << 24).signed
+        if signed.sender not in proc.app.validator_set_at(signed.height):
+            raise InvariantViolation(
+                f"process {proc.pid} signed a {signed.kind} at height {signed.height}, "
+                f"where its chain's validator set does not hold its key"
+            )
         key = (signed.sender, signed.height, signed.round, signed.kind)
         previous = self.signed.setdefault(key, signed.payload)
         if previous != signed.payload:
@@ -286,7 +346,14 @@ class World:
 
     def sync(self, proc: Process, need: NeedSync) -> None:
         """Block sync: ask one peer (a validator seen ahead, else anyone) for
-        the blocks from ``need.height`` on; they arrive in order."""
+        the blocks from ``need.height`` on; they arrive in order. One sync at
+        a time, as the shell runs it: a NeedSync while one is in flight is
+        dropped (else a node that refuses the chain's blocks, as a removed
+        Byzantine validator that disowns its removal would, would ask again for
+        every block each answer brings, without end)."""
+        epoch, until = proc.syncing_until
+        if epoch == proc.epoch and self.now < until:
+            return
         keys = set(need.peers)
         candidates = [p for p in self.processes if p.pid != proc.pid and (not keys or p.identity.public_key in keys)]
         candidates = [p for p in candidates if p.core is not None and p.height >= need.height and self.connected(proc.pid, p.pid)]
@@ -294,6 +361,7 @@ class World:
             return
         peer = self.rng.choice(candidates)
         at = self.now + 2 * self.delay()
+        proc.syncing_until = (proc.epoch, at)
         for block in peer.chain[need.height - 1 : need.height + 15]:
             self.schedule(at, "block", (proc.pid, block))
 
@@ -322,6 +390,29 @@ class World:
             forged = m.Message(m.sign_payload(proc.identity, fields))
             return [(out.message, targets[:half]), (forged.encode(), targets[half:])]
         return [(out.message, targets)]
+
+    def vote_after_removal(self, proc: Process, data: bytes) -> None:
+        """A removed Byzantine validator's votes: for each block it sees
+        proposed or voted for at a height it no longer decides, a PREPARE and
+        a COMMIT with a real seal, to everyone. None may ever count."""
+        try:
+            signed = m.decode_message(data, max_size=1 << 24, max_block_size=1 << 24).signed
+        except m.MessageError:
+            return
+        key = proc.identity.public_key
+        if signed.digest is None or key in proc.app.validator_set_at(signed.height):
+            return
+        if proc.app.last_height_before(key, signed.height) is None:
+            return  # never a validator before this height: nothing was taken from it
+        vote = (signed.height, signed.round, signed.digest)
+        if vote in proc.forged_votes:
+            return
+        proc.forged_votes.add(vote)
+        seal = proc.identity.sign(SEAL_TAG, seal_message(signed.digest, signed.round))
+        for fields in (m.prepare_payload(*vote), m.commit_payload(*vote, seal)):
+            forged = m.Message(m.sign_payload(proc.identity, fields)).encode()
+            for dst in self.others(proc.pid):
+                self.send(proc.pid, dst, forged)
 
     def conflicting_block(self, block: Block) -> Block:
         """Same height and parent, other transactions; sometimes inadmissible."""
