@@ -1,20 +1,23 @@
 """The state of the IBFT core, declared once for the core and its mixins.
 
-:class:`node.consensus.ibft.IbftCore` is split in three: the core proper
-(inputs, bookkeeping, message handlers), :class:`~node.consensus.ibft_checks.CoreChecks`
-(verification) and :class:`~node.consensus.ibft_sending.CoreSending` (signing).
-All three read and write the same attributes, which ``IbftCore.__init__`` and
+:class:`node.consensus.ibft.IbftCore` is split in four: the core proper
+(inputs, height and round bookkeeping, message dispatch),
+:class:`~node.consensus.ibft_handlers.CoreHandlers` (what each message does),
+:class:`~node.consensus.ibft_checks.CoreChecks` (verification) and
+:class:`~node.consensus.ibft_sending.CoreSending` (signing). All four read and
+write the same attributes, which ``IbftCore.__init__`` and
 ``IbftCore._reset_height`` assign. Declaring them here, on the one base the
-three share, gives each half the types of the state it works on without a
-dependency on the others. The class only declares: it holds no values and
-defines no behaviour at run time.
+four share, gives each part the types of the state it works on without a
+dependency on the others; the methods one part calls on another are declared
+here too, for the type checker only. The class only declares: it holds no
+values and defines no behaviour at run time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node.base.keys import Identity
 from node.consensus import messages as m
@@ -84,15 +87,37 @@ class CoreState:
     _replay_due: bool  # buffered messages for this height await resume()
 
     if TYPE_CHECKING:
-        # What each half calls on another; defined by IbftCore and CoreChecks.
+        # What each part calls on another. Defined by IbftCore:
         def _is_proposer(self, round_number: int) -> bool: ...
 
         def _next_validators(self) -> ValidatorSet: ...
 
+        def _enter_round(self, round_number: int, reason: str, out: list[Output], send_rc: bool = True) -> None: ...
+
+        def _finalize(self, block: Block, out: list[Output]) -> None: ...
+
+        # by CoreHandlers:
         def _on_proposal(self, message: m.Message, out: list[Output]) -> None: ...
 
         def _on_prepare(self, s: m.Signed, out: list[Output]) -> None: ...
 
         def _on_commit(self, s: m.Signed, out: list[Output]) -> None: ...
 
+        # by CoreChecks:
         def _round_change_justification(self) -> Justification | None: ...
+
+        def _cached_verify(self, key: bytes, tag: str, message: bytes, signature: bytes) -> bool: ...
+
+        def _valid_round_change(self, message: m.Message) -> bool: ...
+
+        def _justified(self, message: m.Message) -> bool: ...
+
+        # by CoreSending:
+        def _signer(self) -> Identity | None: ...
+
+        def _try_propose_new_round(self, out: list[Output]) -> None: ...
+
+        def _sign_and_send(
+            self, fields: dict[str, Any], out: list[Output], *, block: Block | None = None,
+            round_changes: tuple[m.Signed, ...] = (), prepares: tuple[m.Signed, ...] = (),
+        ) -> m.Message | None: ...

@@ -16,7 +16,10 @@ actor. Protocols:
 On the first two, each frame is a CBOR array of messages (node/p2p/links.py).
 
 A node that is behind (new, restarted, partitioned) syncs before its core
-starts, and again whenever the core says validators are ahead.
+starts, and again whenever the core says validators are ahead. Both ends of
+sync live in node/consensus/sync.py (:class:`BlockSync`, which the service
+owns): its tasks run beside the actor and reach the core only by posting
+blocks to the inbox.
 
 A validator that starts without its safety state (a wiped data directory)
 follows the chain without signing until the :class:`SigningGate` opens
@@ -36,7 +39,6 @@ voted out stops at its first height outside the set.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,8 +49,7 @@ import structlog
 import trio
 from libp2p.peer.id import ID
 
-from node.base.codec import CodecError, decode, encode
-from node.base.keys import Identity, peer_id_from_public_key
+from node.base.keys import Identity
 from node.consensus.app import Application, EmptyApplication
 from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
 from node.consensus.gate import SigningGate
@@ -58,6 +59,8 @@ from node.consensus.mempool import Admission, Mempool, MempoolConfig
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted
 from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
+from node.consensus.sync import SYNC_PROTOCOL, BlockSync
+from node.consensus.timer import WallClockTimer, now_ms
 from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
 from node.consensus.validators import ValidatorSet
 from node.p2p.framing import FramedStream, FrameError
@@ -65,24 +68,15 @@ from node.p2p.links import PeerLinks, read_batch
 
 IBFT_PROTOCOL = "/metanode/ibft/1.0.0"
 TX_PROTOCOL = "/metanode/tx/1.0.0"
-SYNC_PROTOCOL = "/metanode/sync/1.0.0"
 SAFETY_FILE = "consensus-safety.cbor"
 
 INBOX_SIZE = 4096
-SYNC_BATCH = 64
-SYNC_TIMEOUT_S = 10.0
-STARTUP_PEER_WAIT_S = 3.0
 GATE_SYNC_INTERVAL_S = 1.0  # a validator without safety state retries learning the head this often
 DOUBLE_SIGN_CHECK_HEIGHT = 2  # the [consensus] key's default
 RECENT_BLOCKS = 64
 DEFAULT_MEMPOOL = MempoolConfig()  # frozen: one shared default
 
 log = structlog.get_logger("metanode.consensus")
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds: block timestamps are compared across validators."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -94,42 +88,6 @@ class BlockSummary:
     timestamp_ms: int
     tx_count: int
     proposer: bytes
-
-
-class WallClockTimer:
-    """Calls ``fire`` once the wall clock (``now``, ms) reaches the latest deadline set.
-
-    trio sleeps on its monotonic clock while deadlines are wall-clock ms, so
-    a sleep may end a hair early: it then sleeps again rather than firing a
-    tick the core would ignore (the core never re-emits an unchanged
-    deadline, so that tick would be the last one: a stall).
-    """
-
-    def __init__(self, now: Callable[[], int], fire: Callable[[], None]) -> None:
-        self.now = now
-        self.fire = fire
-        self.deadline: int | None = None
-        self._changed = trio.Event()
-
-    def set(self, deadline_ms: int) -> None:
-        self.deadline = deadline_ms
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def run(self) -> None:
-        while True:
-            deadline, changed = self.deadline, self._changed
-            if deadline is None:
-                await changed.wait()
-                continue
-            delay = (deadline - self.now()) / 1000
-            if delay > 0:
-                with trio.move_on_after(delay):
-                    await changed.wait()
-                continue
-            if self.deadline == deadline:
-                self.deadline = None
-                self.fire()
 
 
 class ConsensusService:
@@ -183,13 +141,13 @@ class ConsensusService:
         # Until the gate opens the core is built without the key: it follows, it cannot sign.
         self.core = self._build_core(saved)
         self._was_validator = self.is_validator
-        self._peer_answered_sync = False
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
         self._timer = WallClockTimer(now_ms, lambda: self._post("tick"))
         self._committed: dict[bytes, trio.Event] = {}
         self._subscribers: list[trio.MemorySendChannel[BlockSummary]] = []
-        self._syncing = False
         self.links: PeerLinks | None = None
+        self.sync = BlockSync(host=host, store=self.store, max_frame=max_frame,
+                              height=lambda: self.core.height, deliver=lambda block: self._post("block", block))
         self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
         self.dropped_inbox = 0
         self.started = False
@@ -201,7 +159,7 @@ class ConsensusService:
         # connected during start-up would never send us consensus messages.
         # Streams that arrive before run() has its links wait for it.
         self._ready = trio.Event()
-        for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self._handle_tx), (SYNC_PROTOCOL, self._handle_sync)):
+        for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self._handle_tx), (SYNC_PROTOCOL, self.sync.serve)):
             host.set_stream_handler(protocol, self._when_ready(handler))
 
     def _build_core(self, safety: SafetyState | None) -> IbftCore:
@@ -280,14 +238,16 @@ class ConsensusService:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame)
-            self._nursery = nursery
+            self.sync.attach(self.links, nursery)
             self._ready.set()
             nursery.start_soon(self._timer.run)
             task_status.started()
-            await self._catch_up_before_voting()
+            # A restarted validator must not propose or vote for heights the
+            # network has finalised: sync from peers before the core starts.
+            await self.sync.catch_up(feed=self._feed_block)
             self.started = True
             if not self.gate.open:
-                self._gate_synced(self._peer_answered_sync, starting=True)
+                self._gate_synced(self.sync.peer_answered, starting=True)
             self._apply(self.core.start(now_ms()))
             log.info("consensus started", height=self.core.height, validator=self.is_validator,
                      signing=self.gate.open if self.is_validator else False, validators=len(self.validators))
@@ -295,20 +255,6 @@ class ConsensusService:
                 nursery.start_soon(self._learn_head_for_gate)
             async for kind, payload in self._inbox:
                 self._handle_event(kind, payload)
-
-    async def _catch_up_before_voting(self) -> None:
-        """A restarted validator must not propose or vote for heights the
-        network has finalised: sync from peers first."""
-        with trio.move_on_after(STARTUP_PEER_WAIT_S):
-            while not self.links.connected_peers():  # type: ignore[union-attr]
-                await trio.sleep(0.05)
-        for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
-            if not self.links.speaks(peer, SYNC_PROTOCOL):  # type: ignore[union-attr]
-                continue
-            while True:
-                fetched = await self._sync_batch(peer, self.core.height, feed=self._feed_block)
-                if not fetched:
-                    break
 
     # -- the signing gate (node/consensus/gate.py) ---------------------------------
     def _gate_synced(self, peer_answered: bool, *, starting: bool = False) -> None:
@@ -356,25 +302,7 @@ class ConsensusService:
         peers for blocks until one answers: only then is the head known."""
         while self.gate.state == "await-sync":
             await trio.sleep(GATE_SYNC_INTERVAL_S)
-            answered = False
-            for peer in list(self.links.connected_peers()):  # type: ignore[union-attr]
-                if not self.links.speaks(peer, SYNC_PROTOCOL):  # type: ignore[union-attr]
-                    continue
-                await self._sync_from(peer, self.core.height)
-                answered = answered or self._peer_answered_sync
-            self._post("gate-synced", answered)
-
-    async def _sync_from(self, peer: Any, height: int) -> int:
-        """Fetch blocks after ``height`` from ``peer`` batch by batch until it has no
-        more, posting each to the actor; returns the height reached."""
-        while True:
-            blocks: list[Block] = []
-            fetched = await self._sync_batch(peer, height, feed=blocks.append)
-            for block in blocks:
-                self._post("block", block)
-            if not fetched:
-                return height
-            height += fetched
+            self._post("gate-synced", await self.sync.sweep())
 
     # -- the actor ----------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:
@@ -442,7 +370,7 @@ class ConsensusService:
                 self._commit(output.block)
                 finalized = True
             elif isinstance(output, NeedSync):
-                self._start_sync(output)
+                self.sync.request(output)
             elif isinstance(output, RoundStarted) and output.round > 0:
                 log.info("round change", height=output.height, round=output.round, reason=output.reason)
         return finalized
@@ -518,64 +446,6 @@ class ConsensusService:
             await framed.reset()
         except Exception:
             pass
-
-    async def _handle_sync(self, stream: Any) -> None:
-        framed = FramedStream(stream, self.max_frame)
-        try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
-                request = decode(await framed.read_frame() or b"", max_size=256)
-                if not isinstance(request, dict) or set(request) != {"from", "limit"} or not all(
-                    isinstance(request[k], int) and not isinstance(request[k], bool) for k in request
-                ):
-                    raise CodecError('sync request must be {"from": int, "limit": int}')
-                start, limit = request["from"], max(1, min(request["limit"], SYNC_BATCH))
-                if start >= 1:
-                    for stored in self.store.blocks_range(start, limit, max_bytes=self.max_frame * 4):
-                        await framed.write_frame(stored.block)
-            await framed.close()
-        except (CodecError, FrameError):
-            await framed.reset()
-        except Exception:
-            pass
-
-    # -- block sync (client) -----------------------------------------------------------
-    def _start_sync(self, need: NeedSync) -> None:
-        if self._syncing:
-            return
-        self._syncing = True
-        self._nursery.start_soon(self._sync_task, need)
-
-    async def _sync_task(self, need: NeedSync) -> None:
-        try:
-            connected = {p.to_base58(): p for p in self.links.connected_peers()}  # type: ignore[union-attr]
-            preferred = [connected[pid] for pid in (peer_id_from_public_key(k) for k in need.peers) if pid in connected]
-            peers = preferred + [p for p in connected.values() if p not in preferred and self.links.speaks(p, SYNC_PROTOCOL)]  # type: ignore[union-attr]
-            height = need.height
-            for peer in peers:
-                height = await self._sync_from(peer, height)
-                if height > need.height:
-                    break
-        finally:
-            self._syncing = False
-
-    async def _sync_batch(self, peer: ID, start: int, *, feed: Callable[[Block], None]) -> int:
-        """Ask ``peer`` for blocks from ``start``; feed each decoded block. Returns how many came."""
-        count = 0
-        try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
-                framed = FramedStream(await self.host.new_stream(peer, [SYNC_PROTOCOL]), self.max_frame)
-                await framed.write_frame(encode({"from": start, "limit": SYNC_BATCH}))
-                while (frame := await framed.read_frame()) is not None:
-                    block = Block.decode(frame, max_size=self.max_frame)
-                    if block.height != start + count:
-                        break  # not what we asked for: stop trusting this answer
-                    feed(block)
-                    count += 1
-                await framed.close()
-            self._peer_answered_sync = True  # the head we reach is a peer's, not only ours
-        except Exception as exc:  # a bad or absent peer: try another
-            log.debug("sync from peer failed", peer=peer.to_base58(), reason=str(exc)[:200])
-        return count
 
     # -- transactions -------------------------------------------------------------------
     def submit(self, tx_bytes: bytes, *, source: ID | None = None) -> Admission:
