@@ -183,7 +183,10 @@ class IbftCore(CoreHandlers, CoreChecks, CoreSending):
         if self._round_deadline is not None and now_ms >= self._round_deadline:
             self.counters["round_timeouts"] += 1
             ahead = sorted(k for k, h in self._ahead.items() if h > self._height)
-            if ahead:
+            if ahead or self._round >= 1:
+                # A second timeout at one height asks peers for blocks even when no
+                # validator is seen ahead: after a set change the only nodes ahead
+                # may be non-validators, who send no consensus messages at all.
                 out.append(NeedSync(self._height, tuple(ahead)))
             if self._round == 0 or self._quorum_at_or_past(self._round):
                 self._enter_round(self._round + 1, "timeout", out)

@@ -13,7 +13,7 @@ from node.base import vrf
 from node.consensus import messages as m
 from node.consensus.block import Block, BlockHeader, build_block, genesis_header, make_seed_proof, seed_alpha
 from node.consensus.ibft import IbftCore
-from node.consensus.outputs import Broadcast, Finalized, NeedProposal
+from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync
 from node.consensus.validators import ValidatorSet
 
 GROWN_AT, SHRUNK_AT, LAST = 3, 5, 7
@@ -258,3 +258,18 @@ def test_synced_blocks_verify_across_the_changes_and_must_name_the_right_sets(wo
         unaware.on_block(blocks[height], now)
         unaware.resume(now)
     assert unaware.tip.height == GROWN_AT - 2 and unaware.counters["block_invalid"] == 1
+
+
+def test_a_validator_stuck_at_a_height_asks_peers_for_blocks_with_nobody_seen_ahead(ibft):
+    """After a set change the nodes ahead may all be non-validators, who send no
+    consensus messages: a second round timeout at one height asks for blocks anyway."""
+    identities = ibft.make_identities(4)
+    genesis = ibft.make_genesis(identities)
+    core = IbftCore(genesis, identities[0], genesis_header(genesis))
+    now = genesis.genesis_time_ms + 1_000
+    core.start(now)
+    first = core.tick(now + genesis.round_timeout_ms(0))  # round 0 times out: a round change, no sync yet
+    assert not [o for o in first if isinstance(o, NeedSync)]
+    assert core.round == 1
+    later = core.tick(now + genesis.round_timeout_ms(0) + genesis.round_timeout_ms(1))
+    assert [o for o in later if isinstance(o, NeedSync)] == [NeedSync(1, ())]
