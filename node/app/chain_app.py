@@ -71,7 +71,7 @@ class ChainApplication:
     # -- start-up ---------------------------------------------------------------------
     def register_tx_types(self, registry: TxTypeRegistry) -> None:
         """The state machine's transaction types, with their payload checks."""
-        register_tx_types(registry, self.rules)
+        register_tx_types(registry)  # the widest bounds a rule vote can set: the block's rules are the state's
 
     # -- receipts carried by a block -----------------------------------------------
     def receipts_in(self, txs: Sequence[bytes]) -> list[Receipt]:
@@ -96,7 +96,7 @@ class ChainApplication:
         return found
 
     def _carried(self, tx: Transaction) -> Sequence[Receipt]:
-        return carried_receipts(tx, self.rules)  # its type's entry says which (the payload check passed before)
+        return carried_receipts(tx)  # its type's entry says which (the payload hook passed before)
 
     def receipts_head_after(self, txs: Sequence[bytes]) -> LogHead:
         """The receipt log's head once the receipts ``txs`` carry are appended."""

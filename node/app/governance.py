@@ -5,9 +5,9 @@ Two transaction types (payload schemas in :mod:`node.app.txtypes`):
 * ``gov.propose`` ``{"action": {"kind": ..., ...}}``, sent by a current
   validator. The proposal's id is the transaction's hash; the proposer's vote
   counts. Refused when the action would change nothing (the key is already
-  admitted / not admitted, already a validator / not one), when a pending
-  proposal already proposes the same action, or, for a membership kind, when
-  the policy it concerns is ``open``.
+  admitted / not admitted, already a validator / not one, the rule already
+  has the value), when a pending proposal already proposes the same action,
+  or, for a membership kind, when the policy it concerns is ``open``.
 * ``gov.vote`` ``{"proposal": id}``, sent by a current validator, once per
   proposal, while the proposal is pending.
 
@@ -31,12 +31,13 @@ block that carried it expires: before the transactions of block
 votes are refused.
 
 The action is a CBOR map whose ``kind`` says which other fields it has.
-Every kind of today has ``key`` (a 32-byte Ed25519 public key): the
-membership kinds ``admit_node``, ``remove_node``, ``admit_tenant``,
+The membership kinds ``admit_node``, ``remove_node``, ``admit_tenant``,
 ``remove_tenant`` and the validator kinds ``add_validator``,
-``remove_validator``. A later kind (``set_param``...) is a new entry of
-:data:`ACTION_FIELDS` and of :func:`_execute`; the payload format stays as
-it is.
+``remove_validator`` have ``key`` (a 32-byte Ed25519 public key);
+``set_rule`` has ``name``, ``value`` and an optional ``from_height`` (a chain
+rule from a later height: :mod:`node.app.rule_changes`). A later kind is a
+new entry of :data:`ACTION_FIELDS` and of :func:`_execute`; the payload
+format stays as it is.
 
 Admission (policies in :mod:`node.app.policy`): under ``allow-list`` or
 ``by-vote`` a key is admitted when an executed proposal last admitted it, or,
@@ -51,10 +52,12 @@ from typing import Any
 
 import duckdb
 
-from node.app import validator_sets
+from node.app import rule_changes, validator_sets
 from node.app.model import BlockContext
 from node.app.payloads import GovPropose, GovVote
 from node.app.policy import NODE_ROLES_ADMITTED, Governance, votes_needed
+from node.app.rule_changes import SET_RULE, SET_RULE_FIELDS, SET_RULE_OPTIONAL
+from node.app.rules import ChainRules
 from node.app.validator_sets import ADD_VALIDATOR, REMOVE_VALIDATOR, VALIDATOR_CHANGES, validator_json
 from node.app.working import NodeRow, Reads, WorkingState
 from node.base.codec import decode, encode, to_hex
@@ -77,8 +80,14 @@ ACTION_FIELDS: dict[str, tuple[str, ...]] = {
     REMOVE_TENANT: ("key",),
     ADD_VALIDATOR: ("key",),
     REMOVE_VALIDATOR: ("key",),
+    SET_RULE: SET_RULE_FIELDS,
 }
 ACTION_KINDS = tuple(ACTION_FIELDS)
+# action kind -> the fields it may also have
+ACTION_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {SET_RULE: SET_RULE_OPTIONAL}
+# kinds whose action may stop applying while the proposal is pending (another
+# change executed since): a vote that would execute one checks it again
+RECHECKED_KINDS = (*VALIDATOR_CHANGES, SET_RULE)
 
 # membership kinds: action kind -> (member kind, admitted after execution)
 MEMBERSHIP: dict[str, tuple[str, bool]] = {
@@ -177,8 +186,12 @@ def _not_validator(ws: WorkingState, tx: Transaction) -> str | None:
             "validators propose and vote")
 
 
-def _action_problem(ws: WorkingState, height: int, kind: str, key: bytes) -> str | None:
+def _action_problem(ws: WorkingState, height: int, kind: str, action: dict[str, Any]) -> str | None:
     """Why the action would be refused if it were executed in block ``height`` now, or None."""
+    if kind == SET_RULE:  # always by vote, like validator changes
+        return rule_changes.change_problem(ws.conn, ws.genesis_rules, height, action["name"], action["value"],
+                                           action.get("from_height"))
+    key = action["key"]
     if kind in VALIDATOR_CHANGES:  # always by vote: no admission policy concerns them
         return validator_sets.change_problem(ws.conn, ws.validators, height, kind, key)
     member, admit = MEMBERSHIP[kind]
@@ -195,7 +208,7 @@ def _action_problem(ws: WorkingState, height: int, kind: str, key: bytes) -> str
 
 
 def check_gov_propose(ws: WorkingState, tx: Transaction, p: GovPropose) -> str | None:
-    problem = _not_validator(ws, tx) or _action_problem(ws, ws.height, p.action.kind, p.action.key)
+    problem = _not_validator(ws, tx) or _action_problem(ws, ws.height, p.action.kind, p.action.fields)
     if problem is not None:
         return problem
     row = ws.conn.execute(
@@ -238,10 +251,11 @@ def check_gov_vote(ws: WorkingState, tx: Transaction, p: GovVote) -> str | None:
     if voted is not None:
         return f"the sender already voted for {describe_proposal(p.proposal)} at height {voted[0]}"
     kind, action = _action_of(ws.conn, p.proposal)
-    if kind in VALIDATOR_CHANGES:
+    if kind in RECHECKED_KINDS:
         # Another change executed since the proposal may have made it void
-        # (or harmful: two removals of the last two validators).
-        problem = _action_problem(ws, ws.height, kind, action["key"])
+        # (or harmful: two removals of the last two validators, two rule
+        # changes that contradict each other).
+        problem = _action_problem(ws, ws.height, kind, action)
         if problem is not None:
             return f"{describe_proposal(p.proposal)} can no longer be executed: {problem}"
     return None
@@ -273,8 +287,8 @@ def _votes_counted(conn: duckdb.DuckDBPyConnection, proposal_id: bytes, validato
 def execute_carried_proposals(ws: WorkingState, ctx: BlockContext) -> None:
     """Before the transactions of a block whose validator set differs from its
     parent's: execute the pending proposals that the new set's votes already
-    carry, oldest first (a validator change whose action no longer applies
-    stays pending)."""
+    carry, oldest first (a validator or rule change whose action no longer
+    applies stays pending)."""
     needed = votes_needed(len(ws.validators))
     for proposal_id, kind, action in ws.conn.execute(
         "SELECT proposal_id, kind, action FROM state_proposals WHERE status = ? ORDER BY height, proposal_id",
@@ -283,7 +297,7 @@ def execute_carried_proposals(ws: WorkingState, ctx: BlockContext) -> None:
         proposal_id = bytes(proposal_id)
         if _votes_counted(ws.conn, proposal_id, ws.validators) < needed:
             continue
-        if kind in VALIDATOR_CHANGES and _action_problem(ws, ctx.height, kind, decode(bytes(action))["key"]):
+        if kind in RECHECKED_KINDS and _action_problem(ws, ctx.height, kind, decode(bytes(action))):
             continue
         _execute(ws, ctx, proposal_id)
 
@@ -293,6 +307,10 @@ def _execute(ws: WorkingState, ctx: BlockContext, proposal_id: bytes) -> None:
     if kind in VALIDATOR_CHANGES:
         validator_sets.record_change(ws.conn, ws.governance.validators, ctx.height, proposal_id, kind, action["key"])
         ws.validator_sets_changed = True
+    elif kind == SET_RULE:
+        rule_changes.record_change(ws.conn, ctx.height, proposal_id, action["name"], action["value"],
+                                   action.get("from_height"))
+        ws.rules_changed = True
     else:
         member, admitted = MEMBERSHIP[kind]
         ws.conn.execute(
@@ -313,7 +331,7 @@ def expire_proposals(conn: duckdb.DuckDBPyConnection, height: int) -> None:
     )
 
 
-# -- the views (RPC gov_proposals and gov_validators, metanode members / validators list) --
+# -- the views (RPC gov_proposals, gov_validators, gov_rules; metanode members / validators / rules list) --
 
 def _member_json(key: bytes, member: str) -> dict[str, Any]:
     answer: dict[str, Any] = {"key": to_hex(key)}
@@ -384,4 +402,22 @@ def validators_view(conn: duckdb.DuckDBPyConnection, governance: Governance, hei
         "votes_needed": votes_needed(len(validators)),
         "proposals": proposals_view(conn, validators, tuple(VALIDATOR_CHANGES), limit),
         "changes": validator_sets.changes_view(conn, governance.validators),
+    }
+
+
+def rules_view(conn: duckdb.DuckDBPyConnection, genesis_rules: ChainRules, height: int, rules: ChainRules,
+               validators: tuple[bytes, ...], limit: int = MAX_PROPOSALS_SHOWN) -> dict[str, Any]:
+    """The answer of RPC ``gov_rules``: the rules in force at block ``height``
+    (the next block), the genesis rules, each rule's range, the votes that
+    execute a proposal (of the set deciding ``height``), the ``set_rule``
+    proposals with their votes, and every executed change (also those not in
+    force yet: ``from_height`` > ``height``)."""
+    return {
+        "height": height,
+        "rules": rules.values(),
+        "genesis": genesis_rules.values(),
+        "ranges": rule_changes.rule_ranges(),
+        "votes_needed": votes_needed(len(validators)),
+        "proposals": proposals_view(conn, validators, (SET_RULE,), limit),
+        "changes": rule_changes.changes_view(conn, genesis_rules),
     }

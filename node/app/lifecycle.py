@@ -173,11 +173,13 @@ def eligible_candidates(nodes: dict[bytes, NodeRow], height: int, rules: ChainRu
     """Processing nodes that may get new work at ``height``, and how many are excluded.
 
     A node that missed a deadline at height m is excluded for heights
-    m .. m + exclusion_blocks - 1.
+    m .. m + exclusion_blocks - 1. A node's weight is its declared capacity,
+    at most ``rules.max_capacity`` (a vote that lowers the rule caps the
+    nodes registered before it).
     """
     processing = [nodes[key] for key in sorted(nodes) if nodes[key].capacity > 0]
     eligible = [
-        Candidate(n.node_key, n.capacity)
+        Candidate(n.node_key, min(n.capacity, rules.max_capacity))
         for n in processing
         if n.last_missed_height is None or height - n.last_missed_height >= rules.exclusion_blocks
     ]

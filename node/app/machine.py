@@ -29,6 +29,10 @@ Applying a block:
 Rows are read in bulk into a :class:`WorkingState` and written back once
 per block (DuckDB point statements cost ~1 ms each; see ``working.py``).
 
+Every step runs under the chain rules in force at the block
+(:meth:`StateMachine.rules_at`): the genesis rules, changed by executed
+``set_rule`` votes from their activation heights (node/app/rule_changes.py).
+
 Transactions of other types (``noop``, consensus types) are not the state
 machine's and are skipped. The caller hands over only committed blocks,
 whose transactions passed :func:`node.consensus.tx.check_block_txs`
@@ -46,6 +50,7 @@ import structlog
 from node.app import governance, lifecycle, queries, tables
 from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
+from node.app.rule_changes import RuleSchedule
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
 from node.app.validator_sets import ValidatorHistory
@@ -73,8 +78,11 @@ class StateMachine(queries.StateQueries):
     genesis header is not itself a block). ``governance`` (from the genesis:
     :meth:`Governance.from_genesis`) names the genesis validators and the
     admission policies; the validators of later heights are the state's
-    (:meth:`validator_keys_at`). Creates its tables if missing; refuses a
-    database whose state was built by another schema or rules.
+    (:meth:`validator_keys_at`). ``rules`` are the genesis rules
+    (:meth:`ChainRules.from_genesis`); the rules of later heights are the
+    state's (:meth:`rules_at`). Creates its tables if missing; refuses a
+    database whose state was built by another schema, genesis rules or
+    governance.
     """
 
     def __init__(
@@ -100,10 +108,12 @@ class StateMachine(queries.StateQueries):
                 tables.drop_tables(conn)
                 tables.create_tables(conn)
             self._check_meta("schema_version", str(tables.SCHEMA_VERSION).encode(), "schema version")
-            self._check_meta("rules", rules.digest(), "chain rules")
+            self._check_meta("rules", rules.digest(), "chain rules in its genesis")
             self._check_meta("governance", governance.digest(), "validators or admission policies")
         self._validators = ValidatorHistory(governance.validators)
         self._validators.load(conn)
+        self._rules = RuleSchedule(rules)
+        self._rules.load(conn)
 
     def _stored_meta(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
@@ -162,17 +172,18 @@ class StateMachine(queries.StateQueries):
                     f"the next block is {expected}"
                 )
             ctx = BlockContext.start(height, block_hash, timestamp_ms, seed)
-            work = WorkingState(conn, self.governance, self._validators.keys_at(height), height)
+            rules = self.rules_at(height)  # a change executed in this block takes effect 2 blocks later at the earliest
+            work = self._working_state(height)
             governance.expire_proposals(conn, height)
             if height > 0 and work.validators != self._validators.keys_at(height - 1):
                 governance.execute_carried_proposals(work, ctx)
-            parsed = [self._parse(tx) for tx in txs]
+            parsed = [self._parse(tx, rules) for tx in txs]
             work.prefetch(reads_of(tx, payload) for tx, (payload, _) in zip(txs, parsed) if payload is not None)
             for index, (tx, (payload, problem)) in enumerate(zip(txs, parsed)):
                 self._apply_tx(work, ctx, index, tx, payload, problem)
-            lifecycle.settle_declines(work, ctx, self.rules)
-            lifecycle.expire_deadlines(work, ctx, self.rules)
-            lifecycle.schedule_jobs(work, ctx, self.rules)
+            lifecycle.settle_declines(work, ctx, rules)
+            lifecycle.expire_deadlines(work, ctx, rules)
+            lifecycle.schedule_jobs(work, ctx, rules)
             work.flush()
             conn.execute(
                 "INSERT OR REPLACE INTO state_height VALUES (0, ?, ?, ?)", [height, block_hash, timestamp_ms]
@@ -181,15 +192,22 @@ class StateMachine(queries.StateQueries):
                 on_applied(ctx.effects)
         if work.validator_sets_changed:  # committed: the sets of later heights are known now
             self._validators.load(conn)
+        if work.rules_changed:  # likewise the rules of later heights
+            self._rules.load(conn)
         return ctx.effects
 
-    def _parse(self, tx: Transaction) -> tuple[Payload | None, str | None]:
-        """(payload, None) for a valid state transaction, (None, reason) for an
-        invalid one, (None, None) for a type that is not the state machine's."""
+    def _working_state(self, height: int) -> WorkingState:
+        return WorkingState(self._conn, self.governance, self._validators.keys_at(height), height,
+                            rules=self.rules_at(height), genesis_rules=self.rules)
+
+    def _parse(self, tx: Transaction, rules: ChainRules) -> tuple[Payload | None, str | None]:
+        """(payload, None) for a valid state transaction under ``rules`` (those
+        of the block it is applied in), (None, reason) for an invalid one,
+        (None, None) for a type that is not the state machine's."""
         if tx.type not in STATE_TX_TYPES:
             return None, None
         try:
-            return parse_payload(tx, self.rules), None
+            return parse_payload(tx, rules), None
         except PayloadError as exc:
             return None, f"invalid payload: {exc}"
 
@@ -211,15 +229,16 @@ class StateMachine(queries.StateQueries):
     def check_tx_against_state(self, tx: Transaction) -> str | None:
         """Why ``tx`` would be rejected if applied on the current state, or None.
 
-        Read-only. A None is no promise: transactions ahead of it in a block
-        may change the state (e.g. the job finishes first). Types that are
-        not the state machine's always pass.
+        Read-only; under the rules and validators of the next block. A None
+        is no promise: transactions ahead of it in a block may change the
+        state (e.g. the job finishes first). Types that are not the state
+        machine's always pass.
         """
-        payload, problem = self._parse(tx)
+        height = self.next_height()
+        payload, problem = self._parse(tx, self.rules_at(height))
         if payload is None:
             return problem
-        height = self._next_height()
-        work = WorkingState(self._conn, self.governance, self._validators.keys_at(height), height)
+        work = self._working_state(height)
         work.prefetch([reads_of(tx, payload)])
         return STATE_TX_TYPES[tx.type].check(work, tx, payload)
 
@@ -229,11 +248,25 @@ class StateMachine(queries.StateQueries):
         with transaction(self._conn):
             tables.clear_tables(self._conn)
         self._validators.load(self._conn)
+        self._rules.load(self._conn)
 
-    # -- validators ------------------------------------------------------------------
-    def _next_height(self) -> int:
+    # -- validators and rules per height ----------------------------------------------
+    def next_height(self) -> int:
+        """The height of the next block to apply."""
         applied = self.height()
         return self.first_height if applied is None else applied + 1
+
+    def rules_at(self, height: int) -> ChainRules:
+        """The chain rules in force at block ``height`` (in memory): the genesis
+        rules, changed by executed ``set_rule`` votes from their activation
+        heights. Exact up to the applied height + 2 (a change executed in block
+        H takes effect from H + 2 at the earliest); beyond, the changes known."""
+        return self._rules.rules_at(height)
+
+    def rule_history(self) -> list[tuple[int, ChainRules]]:
+        """``(from_height, rules)`` of every stretch of heights with the same
+        rules, oldest first; the first is ``(0, genesis rules)``."""
+        return self._rules.entries()
 
     def validator_keys_at(self, height: int) -> tuple[bytes, ...]:
         """The sorted keys of the set that decides block ``height`` (in memory).
@@ -249,12 +282,19 @@ class StateMachine(queries.StateQueries):
 
     def governance_view(self) -> dict[str, Any]:
         """Validators (of the next block), admission policies, admitted sets and proposals with their votes (JSON-able)."""
-        return governance.governance_view(self._conn, self.governance, self.validator_keys_at(self._next_height()))
+        return governance.governance_view(self._conn, self.governance, self.validator_keys_at(self.next_height()))
 
     def validators_view(self) -> dict[str, Any]:
         """The validator set of the next block, its proposals and past changes (RPC ``gov_validators``)."""
-        height = self._next_height()
+        height = self.next_height()
         return governance.validators_view(self._conn, self.governance, height, self.validator_keys_at(height))
+
+    def rules_view(self) -> dict[str, Any]:
+        """The rules of the next block, the genesis rules, the set_rule proposals and
+        every executed change (RPC ``gov_rules``)."""
+        height = self.next_height()
+        return governance.rules_view(self._conn, self.rules, height, self.rules_at(height),
+                                     self.validator_keys_at(height))
 
     def dump(self) -> bytes:
         """The whole state as deterministic CBOR (equal on nodes that applied the same blocks)."""

@@ -69,12 +69,12 @@ class ReceiptsBatch:
 class GovAction:
     """What a proposal does: ``kind`` selects the other fields (see node/app/governance.py).
 
-    ``key`` is the 32-byte public key every kind of today has (membership and
-    validator changes); ``fields`` is
-    the action's CBOR map as sent (what the state stores)."""
+    ``fields`` is the action's CBOR map as sent (what the state stores),
+    checked by the payload schema: ``key`` (32 bytes) for the membership and
+    validator kinds; ``name``, ``value`` and optionally ``from_height`` for
+    ``set_rule``."""
 
     kind: str
-    key: bytes
     fields: dict[str, Any]
 
 

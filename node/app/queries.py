@@ -96,7 +96,12 @@ class StateQueries:
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, rules: ChainRules = DEFAULT_RULES) -> None:
         self._conn = conn
-        self.rules = rules
+        self.rules = rules  # the genesis rules
+
+    def rules_at(self, height: int) -> ChainRules:
+        """The rules in force at block ``height`` (the state machine knows the
+        changes voted since the genesis; plain queries know the genesis rules)."""
+        return self.rules
 
     def height(self) -> int | None:
         """The height of the last applied block (None before the first)."""
@@ -259,6 +264,7 @@ class StateQueries:
         when it is not excluded). ``declined``: assignments it could not run.
         """
         next_height = (self.height() or 0) + 1
+        exclusion_blocks = self.rules_at(next_height).exclusion_blocks
         where = "WHERE n.capacity > 0" if processing_only else ""
         rows = self._conn.execute(
             "SELECT n.node_key, n.peer_id, n.moniker, n.roles, n.capacity, n.registered_height, "
@@ -269,13 +275,13 @@ class StateQueries:
         ).fetchall()
         answer = []
         for key, peer, moniker, roles, capacity, registered, delivered, missed, declined, last_missed, pending in rows:
-            excluded = last_missed is not None and next_height - last_missed < self.rules.exclusion_blocks
+            excluded = last_missed is not None and next_height - last_missed < exclusion_blocks
             answer.append({
                 "node": _hex(key), "peer_id": peer, "moniker": moniker, "roles": roles.split(","),
                 "capacity": capacity, "registered_height": registered, "pending": pending,
                 "delivered": delivered, "missed": missed, "declined": declined, "last_missed_height": last_missed,
                 "healthy": not excluded,
-                "excluded_until": last_missed + self.rules.exclusion_blocks if excluded else None,
+                "excluded_until": last_missed + exclusion_blocks if excluded else None,
             })
         return answer
 

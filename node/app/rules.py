@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from node.consensus.genesis import Genesis
 
 RULES_TAG = "metanode/state-rules/v1"
-__all__ = ["DEFAULT_RULES", "REPLICATION_LIMIT", "RULES_TAG", "ChainRules"]
+__all__ = ["DEFAULT_RULES", "LOWER_BOUND_RULES", "REPLICATION_LIMIT", "RULES_TAG", "WIDEST_RULES", "ChainRules"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,26 @@ class ChainRules:
         """A digest of every rule (stored with the state to detect a mismatch)."""
         return hash_value(RULES_TAG, asdict(self))
 
+    def values(self) -> dict[str, int]:
+        """Every rule by name, in :data:`RULES` order."""
+        return asdict(self)
+
 
 if tuple(f.name for f in fields(ChainRules)) != tuple(RULES):  # a rule added on one side only
     raise ImportError("node.app.rules.ChainRules and node.consensus.genesis.RULES name different rules")
 
 DEFAULT_RULES = ChainRules()
+
+# The rules a payload must be at least (the others bound it from above): a vote
+# widens these by lowering them.
+LOWER_BOUND_RULES = frozenset({"min_deadline_blocks"})
+
+WIDEST_RULES = ChainRules(**{name: rule.low if name in LOWER_BOUND_RULES else rule.high
+                             for name, rule in RULES.items()})
+"""The loosest payload bounds a vote could ever set (each rule at the end of its
+range that accepts the most payloads). The checks that cannot know at which
+height a transaction will be applied (the mempool's payload hooks, the receipts
+a block carries) use these; the state machine then refuses, with a recorded
+reason, a transaction that breaks the rule in force at its block. (Only the
+payload bounds matter here: ``max_attempts`` and ``exclusion_blocks`` bound no
+payload.)"""

@@ -36,6 +36,10 @@ sets``                 keys (CBOR sorted list), the height of the block that
                        executed the change and its proposal (no row for the
                        genesis set; two changes executed in one block leave
                        one row, the later change built on the earlier)
+``state_rule_          (height from which a chain rule changes, rule name):
+changes``              the new value, the proposal and the height of the
+                       block that executed it (node/app/rule_changes.py; the
+                       genesis rules have no row)
 =====================  =======================================================
 
 Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
@@ -53,8 +57,9 @@ from node.base.codec import encode
 
 # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note);
 # 4: dataset versions (state_datasets keyed by tenant, name, version); 5: governance
-# (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets)
-SCHEMA_VERSION = 6
+# (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets);
+# 7: rule changes by vote (state_rule_changes; rules applied per height)
+SCHEMA_VERSION = 7
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -109,6 +114,9 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_validator_sets", "from_height", """CREATE TABLE IF NOT EXISTS state_validator_sets (
         from_height BIGINT PRIMARY KEY, keys BLOB NOT NULL, executed_height BIGINT NOT NULL,
         proposal_id BLOB NOT NULL)"""),
+    ("state_rule_changes", "from_height, name", """CREATE TABLE IF NOT EXISTS state_rule_changes (
+        from_height BIGINT NOT NULL, name VARCHAR NOT NULL, value BIGINT NOT NULL, proposal_id BLOB NOT NULL,
+        executed_height BIGINT NOT NULL, PRIMARY KEY (from_height, name))"""),
 )
 
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)

@@ -52,8 +52,10 @@ type                payload
                     ``job.verdict`` (``job.exec`` travels in job.result)
 ``gov.propose``     ``action`` map: ``kind`` (``admit_node`` |
                     ``remove_node`` | ``admit_tenant`` | ``remove_tenant`` |
-                    ``add_validator`` | ``remove_validator``) and the kind's
-                    fields: ``key`` 32 bytes (a public key). Sent by a
+                    ``add_validator`` | ``remove_validator`` | ``set_rule``)
+                    and the kind's fields: ``key`` 32 bytes (a public key);
+                    for ``set_rule``: ``name`` a chain rule, ``value`` int
+                    in its range, optional ``from_height`` uint. Sent by a
                     validator; the proposal id is the tx hash
 ``gov.vote``        ``proposal`` 32 bytes: a pending proposal's id
                     (:mod:`node.app.governance`: votes, threshold, expiry)
@@ -65,6 +67,14 @@ type registry (:mod:`node.app.jobtypes`): ``sql`` {``query`` text};
 {``input``, ``time_column``, ``value_column`` column names, ``window``
 ``<n>d`` | ``<n>w`` | ``<n>m``; optional ``group_by`` column name,
 ``granularity`` ``day`` (default) | ``week`` | ``month``}.
+
+The bounds that come from the chain rules (``max_*``, ``min_*`` above) are
+those in force at the block that applies the transaction (a vote may change
+them: node/app/rule_changes.py). The mempool's hooks cannot know that block,
+so :func:`register_tx_types` checks against the widest bounds a vote could
+set (:data:`~node.app.rules.WIDEST_RULES`), and the state machine refuses,
+with a recorded reason (``invalid payload: ...``), a transaction that breaks
+the rule in force at its block.
 
 The table at the end of this module (:data:`STATE_TX_TYPES`) is the one
 place a transaction type is declared: one :class:`TxType` entry names its
@@ -101,7 +111,8 @@ from node.app.payloads import (
     Payload,
     ReceiptsBatch,
 )
-from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.rule_changes import SET_RULE, check_set_rule_fields
+from node.app.rules import DEFAULT_RULES, WIDEST_RULES, ChainRules
 from node.app.working import Reads, WorkingState
 from node.base.config import ROLES
 from node.base.verification import ReceiptError
@@ -257,11 +268,15 @@ def _parse_gov_propose(tx: Transaction, rules: ChainRules) -> GovPropose:
     if "kind" not in action:
         raise PayloadError("action.kind: is missing")
     kind = choice(action["kind"], "action.kind", governance.ACTION_KINDS)
-    record(action, "action", ("kind",) + governance.ACTION_FIELDS[kind])
-    key = action["key"]
-    if not isinstance(key, bytes) or len(key) != 32:
-        raise PayloadError("action.key: must be a 32-byte Ed25519 public key")
-    return GovPropose(GovAction(kind, key, dict(action)))
+    optional = tuple(name for name in governance.ACTION_OPTIONAL_FIELDS.get(kind, ()) if name in action)
+    record(action, "action", ("kind",) + governance.ACTION_FIELDS[kind] + optional)
+    if kind == SET_RULE:
+        check_set_rule_fields(action)
+    else:
+        key = action["key"]
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise PayloadError("action.key: must be a 32-byte Ed25519 public key")
+    return GovPropose(GovAction(kind, dict(action)))
 
 
 def _parse_gov_vote(tx: Transaction, rules: ChainRules) -> GovVote:
@@ -366,18 +381,25 @@ def reads_of(tx: Transaction, payload: Payload) -> Reads:
     return STATE_TX_TYPES[tx.type].reads(tx, payload)
 
 
-def carried_receipts(tx: Transaction, rules: ChainRules = DEFAULT_RULES) -> Sequence[Receipt]:
+def carried_receipts(tx: Transaction, rules: ChainRules = WIDEST_RULES) -> Sequence[Receipt]:
     """The receipts a (validated) transaction brings into the receipt log, in
     order; none for a type that carries none or is not the state machine's.
-    Only carrying types are parsed."""
+    Only carrying types are parsed, under the bounds the mempool's hooks
+    checked (by default the widest: a block's receipts do not depend on the
+    rules in force, only on its transactions)."""
     entry = STATE_TX_TYPES.get(tx.type)
     if entry is None or entry.carries is None:
         return ()
     return entry.carries(entry.parse(tx, rules))
 
 
-def register_tx_types(registry: TxTypeRegistry, rules: ChainRules = DEFAULT_RULES) -> None:
-    """Register every state transaction type with its payload schema as the mempool's hook."""
+def register_tx_types(registry: TxTypeRegistry, rules: ChainRules = WIDEST_RULES) -> None:
+    """Register every state transaction type with its payload schema as the mempool's hook.
+
+    The chain registers them with the default, :data:`WIDEST_RULES`: the hook
+    (which also decides whether a block's transactions are valid) cannot know
+    the height a transaction will be applied at, nor the rules a vote sets
+    there. ``rules`` pins other bounds (tests, tools)."""
     for entry in STATE_TX_TYPES.values():
         registry.register(entry.name, _hook(entry, rules))
 

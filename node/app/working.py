@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 
 from node.app.policy import OPEN_GOVERNANCE, Governance
+from node.app.rules import DEFAULT_RULES, ChainRules
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class WorkingState:
     """Cached state rows of one block (or one pre-screened transaction)."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, governance: Governance = OPEN_GOVERNANCE,
-                 validators: tuple[bytes, ...] | None = None, height: int = 0) -> None:
+                 validators: tuple[bytes, ...] | None = None, height: int = 0, *,
+                 rules: ChainRules = DEFAULT_RULES, genesis_rules: ChainRules | None = None) -> None:
         self.conn = conn
         self.height = height  # the block being applied (for a pre-screen: the next block)
         self.governance = governance  # genesis validators and admission policies (node/app/governance.py)
@@ -134,6 +136,11 @@ class WorkingState:
         # who proposes and votes in it, and whose votes count.
         self.validators: tuple[bytes, ...] = governance.validators if validators is None else validators
         self.validator_sets_changed = False  # this block executed a validator change
+        # The rules in force at this block, and the genesis rules that the stored
+        # changes apply to (node/app/rule_changes.py).
+        self.rules = rules
+        self.genesis_rules = rules if genesis_rules is None else genesis_rules
+        self.rules_changed = False  # this block executed a rule change
         self._nodes: dict[bytes, NodeRow] | None = None
         self._jobs: dict[bytes, JobRow | None] = {}
         self._datasets: set[tuple[bytes, bytes]] = set()  # known to exist

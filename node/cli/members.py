@@ -193,7 +193,8 @@ def list_members(node_addr: str, as_json: bool) -> None:
             click.echo(f"  {row.get('peer_id', row['key'])}")
     click.echo(f"proposals ({len(view['proposals'])}):")
     for p in view["proposals"]:
-        target = p["action"].get("peer_id", p["action"].get("key"))
+        action = p["action"]
+        target = action.get("peer_id", action.get("key")) if "key" in action else f"{action.get('name')}={action.get('value')}"
         closed = f" at {p['closed_height']}" if p["closed_height"] is not None else f", expires at {p['expires_height']}"
         click.echo(f"  {p['id']}  {p['action']['kind']} {target}  {p['status']}{closed}  "
                    f"votes {p.get('votes_counted', len(p['votes']))}/{view['votes_needed']}")

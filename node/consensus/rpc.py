@@ -103,6 +103,9 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         stored = chain.store.tx_by_hash(digest)
         if stored is not None:
             raw, where = stored.tx, {"status": "committed", "height": stored.height, "index": stored.index}
+            reason = chain.app.rejection_of(digest)
+            if reason is not None:  # ordered by consensus, refused by the state: it changed nothing
+                where["state_rejected"] = reason
         elif (pending := chain.mempool.get(digest)) is not None:
             raw, where = pending, {"status": "pending"}
         else:

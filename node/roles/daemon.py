@@ -172,6 +172,12 @@ class Daemon:
                 admission.privileged.add(peer)
                 log.info("validator joined: its connections may use the reserved slots", peer=peer)
 
+    def _max_receipt_batch(self) -> int:
+        """The chain's max_batch_receipts rule for the next block (votes may change it)."""
+        assert self.app is not None  # publishers exist only once the chain is open
+        state = self.app.state
+        return state.rules_at(state.next_height()).max_batch_receipts
+
     def _current_validators(self) -> tuple[bytes, ...]:
         """The set deciding the next block (it changes by vote); the genesis set before the chain runs."""
         if self.chain is not None:
@@ -324,7 +330,7 @@ class Daemon:
             rpc_server=lambda: self.rpc_server, metrics=self.metrics, db=self.db, chain=self.chain, app=self.app,
             cage_pool=self.cage_pool, node_txs=node_txs, issuer=issuer,
             publisher=ReceiptPublisher(issuer=issuer, node_txs=node_txs, chain=self.chain,
-                                       max_batch=self.app.rules.max_batch_receipts),
+                                       max_batch=self._max_receipt_batch),
         )
         for role in ROLES:
             if role.enabled(cfg):

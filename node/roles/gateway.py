@@ -121,7 +121,7 @@ class Gateway:
         payload parses). In a worker thread: parsing a query of the largest size
         the chain takes costs a few hundred ms of DuckDB and Python, which the
         event loop should not wait out."""
-        payload = parse_payload(tx, self.app.rules)
+        payload = parse_payload(tx, self.app.state.rules_at(self.app.state.next_height()))  # as the state checked it
         assert isinstance(payload, JobSubmit)
         schemas = self.checks.known_schemas(payload, tenant)  # the node's database: on this thread
         async with self.checks_lock:

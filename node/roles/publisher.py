@@ -8,7 +8,7 @@ chain's receipt log and can be bundled and verified offline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -22,7 +22,10 @@ BATCH_INTERVAL_S = 1.0
 
 
 class ReceiptPublisher:
-    def __init__(self, *, issuer: NodeIssuer, node_txs: NodeTransactions, chain: ConsensusService, max_batch: int) -> None:
+    def __init__(self, *, issuer: NodeIssuer, node_txs: NodeTransactions, chain: ConsensusService,
+                 max_batch: Callable[[], int]) -> None:
+        """``max_batch`` is asked before each batch: the chain's ``max_batch_receipts``
+        rule in force at the next height (a vote may change it)."""
         self.issuer = issuer
         self.node_txs = node_txs
         self.chain = chain
@@ -40,8 +43,9 @@ class ReceiptPublisher:
         while True:
             await trio.sleep(BATCH_INTERVAL_S)
             while self.pending and self.chain.started:
-                batch = self.pending[: self.max_batch]
+                size = self.max_batch()
+                batch = self.pending[:size]
                 if not self.node_txs.submit("receipts.batch", {"receipts": batch}).accepted:
                     break  # mempool busy: try again next interval
-                del self.pending[: self.max_batch]
+                del self.pending[:size]
                 self.published += len(batch)

@@ -26,8 +26,11 @@ a refused call, as for the gateway's other refusals):
    trend-analysis's ``time_column``, ``value_column``, ``group_by``) must name
    columns of the input's schema, when the catalog holds it.
 
-Bounded cost: the SQL text is at most the chain's ``max_query_bytes``;
-parsing is linear in it. Binding can evaluate constant expressions
+Bounded cost: the SQL text is at most the chain's ``max_query_bytes`` in
+force at the next height (the gateway parses the payload under the rules the
+chain state applies to the next block, ``StateMachine.rules_at``; a vote may
+raise the rule up to 65536 bytes, the largest transaction); parsing is
+linear in it. Binding can evaluate constant expressions
 (``repeat('x', 2000000000)`` is folded while binding, and neither DuckDB's
 memory limit nor an interrupt stops it), so a query with a function call
 over constants alone (other than arithmetic, interval and list literals, and

@@ -29,6 +29,7 @@ CLIENT_MODULES = [
     "node.cli.receipts",
     "node.cli.members",
     "node.cli.validators",
+    "node.cli.rules",
 ]
 
 

@@ -32,11 +32,14 @@ async def rpc(address: str, method: str, params: dict | None = None):
     return await call_node(address, method, params, timeout=20)
 
 
-async def commit(address: str, sender: Identity, nonce: int, tx_type: str, payload: dict) -> int:
+async def commit(address: str, sender: Identity, tx_type: str, payload: dict) -> tuple[int, bytes]:
+    """Sign with the sender's next nonce (the sender is a node whose daemon signs
+    transactions of its own too) and wait for the commit: (height, tx hash)."""
+    nonce = (await rpc(address, "chain_nonce", {"sender": sender.public_key.hex()}))["expected_next"]
     tx = sign_tx(sender, chain_id=CHAIN, nonce=nonce, tx_type=tx_type, payload=payload)
     answer = await rpc(address, "tx_submit", {"tx": tx.encoded.hex(), "mode": "commit", "timeout": 60})
     assert "state_rejected" not in answer, answer
-    return answer["height"]
+    return answer["height"], tx.hash
 
 
 async def wait_for_height(address: str, height: int) -> None:
@@ -65,7 +68,7 @@ async def test_a_node_voted_in_signs_and_voted_out_stops_without_a_restart(tmp_p
             assert [x["public_key"] for x in await rpc(w_addr, "validators_list")] == [V.public_key.hex()]
             assert W.peer_id not in v.host.get_network().admission.privileged
 
-            executed = await commit(v_addr, V, 0, "gov.propose", {"action": {"kind": "add_validator", "key": W.public_key}})
+            executed, _ = await commit(v_addr, V, "gov.propose", {"action": {"kind": "add_validator", "key": W.public_key}})
             first = executed + 2  # ACTIVATION_DELAY
             await wait_for_height(v_addr, first + 3)  # two validators, quorum two: W must be signing
             for height in range(first, first + 4):
@@ -80,10 +83,8 @@ async def test_a_node_voted_in_signs_and_voted_out_stops_without_a_restart(tmp_p
             assert sorted(x["public_key"] for x in listed) == sorted([V.public_key.hex(), W.public_key.hex()])
 
             # Out again: V proposes, W votes (two of two).
-            proposal = sign_tx(V, chain_id=CHAIN, nonce=1, tx_type="gov.propose",
-                               payload={"action": {"kind": "remove_validator", "key": W.public_key}})
-            await commit(v_addr, V, 1, "gov.propose", {"action": {"kind": "remove_validator", "key": W.public_key}})
-            removed_at = await commit(w_addr, W, 0, "gov.vote", {"proposal": proposal.hash})
+            _, proposal = await commit(v_addr, V, "gov.propose", {"action": {"kind": "remove_validator", "key": W.public_key}})
+            removed_at, _ = await commit(w_addr, W, "gov.vote", {"proposal": proposal})
             last = removed_at + 1
             await wait_for_height(v_addr, last + 4)
             for height in range(last + 1, last + 5):

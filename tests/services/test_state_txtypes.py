@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.app import ChainRules, parse_payload, register_tx_types
+from node.app import DEFAULT_RULES, ChainRules, parse_payload, register_tx_types
 from node.app.txtypes import TX_TYPES, JobResult, JobSubmit, NodeRegister, ReceiptsBatch
 from node.base.keys import Identity
 from node.consensus.tx import PayloadError, TxError, TxErrorCode, TxTypeRegistry, sign_tx
@@ -143,6 +143,19 @@ INVALID = [
     ("gov.propose", ["action", "key"], DELETE, "action.key: is missing"),
     ("gov.propose", ["action", "key"], b"k" * 31, "action.key: must be a 32-byte"),
     ("gov.propose", ["action", "extra"], 1, "action.extra: is not a field"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_speed", "value": 3},
+     "action.name: 'max_speed' is not a chain rule (one of max_replication,"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_attempts", "value": 0},
+     "action.value: max_attempts must be in 1..100, got 0"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_replication", "value": 9},
+     "action.value: max_replication must be in 1..8, got 9"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_attempts", "value": True},
+     "action.value: must be an integer, got bool"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_attempts"}, "action.value: is missing"),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_attempts", "value": 4, "from_height": -1},
+     "action.from_height: must be in 0.."),
+    ("gov.propose", ["action"], {"kind": "set_rule", "name": "max_attempts", "value": 4, "key": D1},
+     "action.key: is not a field"),
     ("gov.vote", ["proposal"], "ab" * 32, "proposal"),
     ("receipts.batch", ["receipts"], [], "receipts"),
     ("receipts.batch", ["receipts"], [store_envelope(), store_envelope()], "receipts[1]: repeats"),
@@ -158,9 +171,34 @@ def test_invalid_payloads_are_refused_naming_the_field(tx_type, path, value, fie
         parse_payload(tx(tx_type, payload))
     assert field in str(caught.value)
     with pytest.raises(TxError) as refused:
-        registry().check(tx(tx_type, payload))
+        registry(DEFAULT_RULES).check(tx(tx_type, payload))
     assert refused.value.code == TxErrorCode.INVALID_PAYLOAD
     assert field in refused.value.message
+
+
+@pytest.mark.parametrize(("path", "within_a_vote", "beyond"), [
+    (["capacity"], 65, 1025),
+    (["deadline_blocks"], 1, 0),
+    (["deadline_blocks"], 1_000_000, 1_000_001),
+    (["inputs"], {f"i{n}": D1 for n in range(17)}, {f"i{n}": D1 for n in range(257)}),
+])
+def test_the_chains_hooks_take_what_a_rule_vote_could_allow_and_no_more(path, within_a_vote, beyond):
+    """The mempool's hooks cannot know the height a transaction lands at, nor the
+    rules a vote sets there: they check against the widest bounds (RULES' ranges)."""
+    tx_type = "node.register" if path == ["capacity"] else "job.submit"
+    registry().check(tx(tx_type, mutate(tx_type, path, within_a_vote)))
+    with pytest.raises(PayloadError):
+        parse_payload(tx(tx_type, mutate(tx_type, path, within_a_vote)), DEFAULT_RULES)
+    with pytest.raises(TxError) as refused:
+        registry().check(tx(tx_type, mutate(tx_type, path, beyond)))
+    assert refused.value.code == TxErrorCode.INVALID_PAYLOAD
+
+
+def test_a_set_rule_action_parses_with_an_optional_from_height():
+    action = {"kind": "set_rule", "name": "max_attempts", "value": 5}
+    registry().check(tx("gov.propose", {"action": action}))
+    parsed = parse_payload(tx("gov.propose", {"action": {**action, "from_height": 40}}))
+    assert parsed.action.kind == "set_rule" and parsed.action.fields == {**action, "from_height": 40}
 
 
 def test_summary_and_trend_params_must_name_an_input():
