@@ -36,7 +36,7 @@ from node.app.machine import StateMachine, catch_up
 from node.app.model import BlockEffects
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.txtypes import carried_receipts, register_tx_types
+from node.app.txtypes import carried_receipts, misdated_receipt, register_tx_types
 from node.base.db import transaction
 from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
@@ -61,7 +61,7 @@ class ChainApplication:
         self.store = store
         self.rules = rules
         self.receipts = ReceiptLog(conn)
-        self._receipts_in_memo: dict[tuple[int, bytes], tuple[Receipt, ...]] = {}
+        self._receipts_in_memo: dict[tuple[int, int, bytes], tuple[Receipt, ...]] = {}
         self.state = StateMachine(conn, rules=rules, governance=governance)
         self._validator_sets: dict[tuple[bytes, ...], ValidatorSet] = {}
         # Called with (effects, block) after each block is applied, e.g. to
@@ -74,19 +74,26 @@ class ChainApplication:
         register_tx_types(registry)  # the widest bounds a rule vote can set: the block's rules are the state's
 
     # -- receipts carried by a block -----------------------------------------------
-    def receipts_in(self, txs: Sequence[bytes]) -> list[Receipt]:
-        """Receipt envelopes carried by ``txs`` (already validated), in order, new ones only.
+    def receipts_in(self, txs: Sequence[bytes], height: int) -> list[Receipt]:
+        """Receipt envelopes carried by ``txs`` (already validated) into the log of
+        block ``height``, in order, new ones only, and only those whose claimed
+        height is below ``height`` (:func:`misdated_receipt`: the state refuses
+        the transaction that carries such a receipt, so the log never holds it).
 
         A block's answer is asked for up to three times (propose or validate,
         then finalise) against the same log, so the last few are remembered,
-        keyed by the log size and the transactions."""
-        key = (self.receipts.size(), hashlib.sha256(b"".join(hashlib.sha256(raw).digest() for raw in txs)).digest())
+        keyed by the log size, the height and the transactions."""
+        key = (self.receipts.size(), height,
+               hashlib.sha256(b"".join(hashlib.sha256(raw).digest() for raw in txs)).digest())
         cached = self._receipts_in_memo.get(key)
         if cached is not None:
             return list(cached)
         carried: dict[bytes, Receipt] = {}
         for raw in txs:
-            for receipt in self._carried(decode_tx(raw)):
+            receipts = self._carried(decode_tx(raw))
+            if misdated_receipt(receipts, height) is not None:
+                continue
+            for receipt in receipts:
                 carried.setdefault(receipt.id, receipt)
         logged = self.receipts.present(list(carried))
         found = [r for rid, r in carried.items() if rid not in logged]
@@ -98,18 +105,18 @@ class ChainApplication:
     def _carried(self, tx: Transaction) -> Sequence[Receipt]:
         return carried_receipts(tx)  # its type's entry says which (the payload hook passed before)
 
-    def receipts_head_after(self, txs: Sequence[bytes]) -> LogHead:
-        """The receipt log's head once the receipts ``txs`` carry are appended."""
-        return self.receipts.head_after([r.id for r in self.receipts_in(txs)])
+    def receipts_head_after(self, txs: Sequence[bytes], height: int) -> LogHead:
+        """The receipt log's head once block ``height``'s transactions ``txs`` add their receipts."""
+        return self.receipts.head_after([r.id for r in self.receipts_in(txs, height)])
 
     # -- proposals ----------------------------------------------------------------------
     def commitment_after(self, txs: Sequence[bytes]) -> Commitment:
         """The header of a block holding ``txs`` seals the receipt log's head after them."""
-        head = self.receipts_head_after(txs)
+        head = self.receipts_head_after(txs, self.state.next_height())
         return Commitment(receipts_size=head.size, receipts_root=head.root)
 
     def accepts_proposal(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
-        head = self.receipts_head_after(txs)
+        head = self.receipts_head_after(txs, header.height)
         if (header.receipts_size, header.receipts_root) != (head.size, head.root):
             log.warning("proposal carries a wrong receipt log head", height=header.height,
                         claimed=header.receipts_size, expected=head.size)
@@ -179,7 +186,7 @@ class ChainApplication:
         return sorted(found, key=lambda r: (r["height"], _LIFECYCLE.get(r["kind"], 9), r["index"]))
 
     def _append_receipts(self, block: Block) -> None:
-        new = self.receipts_in(block.transactions)
+        new = self.receipts_in(block.transactions, block.height)
         with transaction(self.conn):
             self.receipts.store(new)
             head = self.receipts.append([r.id for r in new])

@@ -52,7 +52,7 @@ from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rule_changes import RuleSchedule
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.txtypes import STATE_TX_TYPES, Payload, parse_payload, reads_of
+from node.app.txtypes import STATE_TX_TYPES, Payload, misdated_receipt, parse_payload, reads_of
 from node.app.validator_sets import ValidatorHistory
 from node.app.working import WorkingState
 from node.base.codec import to_hex
@@ -218,7 +218,11 @@ class StateMachine(queries.StateQueries):
         if payload is None and problem is None:
             return
         handler = STATE_TX_TYPES[tx.type]
-        reason = problem if payload is None else handler.check(work, tx, payload)
+        if payload is None:
+            reason = problem
+        else:
+            carried = handler.carries(payload) if handler.carries is not None else ()
+            reason = misdated_receipt(carried, ctx.height) or handler.check(work, tx, payload)
         if reason is None:
             handler.apply(work, ctx, tx, payload)
             return

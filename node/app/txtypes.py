@@ -393,6 +393,22 @@ def carried_receipts(tx: Transaction, rules: ChainRules = WIDEST_RULES) -> Seque
     return entry.carries(entry.parse(tx, rules))
 
 
+def misdated_receipt(receipts: Sequence[Receipt], block_height: int) -> str | None:
+    """Why block ``block_height`` may not carry ``receipts``, or None.
+
+    A receipt's ``height`` is the height its issuer had finalised when it
+    acted, so it is below every block that can seal it: a receipt claiming
+    ``block_height`` or later claims to have seen a block that did not exist.
+    The proposer and every validator leave such a transaction's receipts out
+    of the block's log (node/app/chain_app.py) and the state refuses the
+    transaction, so the log and the state agree."""
+    for receipt in receipts:
+        if receipt.height >= block_height:
+            return (f"receipt {receipt.id.hex()} claims height {receipt.height}, but the block carrying it is "
+                    f"{block_height}: a receipt names a height its issuer had already finalised")
+    return None
+
+
 def register_tx_types(registry: TxTypeRegistry, rules: ChainRules = WIDEST_RULES) -> None:
     """Register every state transaction type with its payload schema as the mempool's hook.
 

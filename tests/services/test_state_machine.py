@@ -330,7 +330,7 @@ def test_a_dataset_is_registered_only_with_the_tenants_own_upload_receipt():
     assert "another tenant's upload" in reasons[0] and "not on chain" in reasons[1] and "not the stored size" in reasons[2]
     # A receipt signed by a node that is not a registered storage/gateway node does not count.
     rogue = Identity.from_label("rogue-node")
-    forged = build_receipt(rogue, "data.store", height=chain.height + 1, subject=SALES, prev=None,
+    forged = build_receipt(rogue, "data.store", height=chain.height, subject=SALES, prev=None,
                            fields={"content": "dataset", "tenant": BOB.public_key, "size": 1234, "replicas": 1})
     chain.block(chain.register_node(rogue, capacity=1), chain.tx(rogue, "receipts.batch", {"receipts": [forged.envelope]}))
     effects = chain.block(chain.tx(BOB, "dataset.register", {"digest": SALES, "size": 1234, "name": "s", "format": "csv", "receipt": forged.id}))

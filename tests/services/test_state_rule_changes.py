@@ -253,9 +253,9 @@ def test_a_block_carrying_a_batch_above_the_genesis_bound_neither_crashes_nor_en
     app = ChainApplication(conn, ChainStore(conn, first_height=1, first_parent=b"\0" * 32),
                            rules=ChainRules(max_batch_receipts=1), governance=GOV)
     chain = Chain(conn, machine=app.state)
-    envelopes = [build_receipt(STORAGE, "data.store", height=1, subject=content_digest(f"batch-{i}"), prev=None,
+    envelopes = [build_receipt(STORAGE, "data.store", height=0, subject=content_digest(f"batch-{i}"), prev=None,
                                fields={"content": "dataset", "tenant": ALICE.public_key, "size": 1, "replicas": 1}
                                ).envelope for i in range(2)]
     batch = chain.tx(STORAGE, "receipts.batch", {"receipts": envelopes})
-    assert len(app.receipts_in([batch.encoded])) == 2
+    assert len(app.receipts_in([batch.encoded], app.state.next_height())) == 2
     assert rejected(chain, batch) == ["invalid payload: receipts: must be a list of 1 to 1 envelopes"]

@@ -100,7 +100,7 @@ class Chain:
         if STORAGE.public_key not in self._storage_registered:
             txs.append(self.register_node(STORAGE, capacity=0, roles=["storage"]))
             self._storage_registered.add(STORAGE.public_key)
-        receipt = build_receipt(STORAGE, "data.store", height=self.height + 1, subject=digest, prev=None,
+        receipt = build_receipt(STORAGE, "data.store", height=self.height, subject=digest, prev=None,
                                 fields={"content": "dataset", "tenant": tenant.public_key, "size": size, "replicas": 1})
         txs.append(self.tx(STORAGE, "receipts.batch", {"receipts": [receipt.envelope]}))
         self.block(*txs)
