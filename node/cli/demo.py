@@ -79,6 +79,10 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
                 shutil.rmtree(directory, ignore_errors=True)
     if keep:
         key = directory / "tenant.key"
+        if not key.exists():  # a one-node demo runs no analytics step, which writes it
+            from node.base.keys import Identity
+
+            Identity.generate().write(key)
         click.echo(f"The testnet keeps running. Explore it with:\n"
                    f"  export METANODE_NODE={plans[0].address} METANODE_KEY={key} METANODE_GENESIS={directory / 'genesis.toml'}\n"
                    f"  metanode testnet status --dir {directory}\n"
@@ -89,10 +93,17 @@ def demo(nodes: int, keep: bool, directory: Path | None, timeout: float) -> None
                    f"  metanode receipt verify --job-id ID\n"
                    f"  metanode security export-audit --format json\n"
                    f"  metanode testnet logs --dir {directory} node0\n"
-                   f"  metanode testnet down --dir {directory}")
+                   f"  metanode testnet down --dir {directory}\n"
+                   f"Or see it all in your browser (the cluster, the jobs, their charts, receipts verified there):\n"
+                   f"  {console_command(plans[0].address, key, directory / 'genesis.toml')}")
     else:
         analytics = ", both jobs verified on two nodes each, receipt verified offline" if "analytics" in step.names else ""
         click.echo(f"demo complete: cluster formed, transaction final on every node{analytics}, all daemons stopped.")
+
+
+def console_command(address: str, key: Path, genesis: Path) -> str:
+    """The ``metanode console`` line for a kept demo cluster: its first node, the tenant, the genesis."""
+    return f"metanode console --node {address} --key {key} --genesis {genesis}"
 
 
 STEPS = ("wrote", "started", "rpc", "consensus", "analytics")

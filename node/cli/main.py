@@ -33,6 +33,7 @@ _LAZY_COMMANDS = {
     "demo": "node.cli.demo:demo",
     "members": "node.cli.members:members",
     "validators": "node.cli.validators:validators",
+    "console": "node.cli.console:console",
     "rules": "node.cli.rules:rules",
 }
 

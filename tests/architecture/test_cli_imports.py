@@ -29,6 +29,8 @@ CLIENT_MODULES = [
     "node.cli.receipts",
     "node.cli.members",
     "node.cli.validators",
+    "node.cli.console",  # the console talks to its node through the light client, like the rest
+    "node.console.server",
     "node.cli.rules",
 ]
 
