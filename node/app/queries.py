@@ -150,6 +150,9 @@ class StateQueries:
             {"state": job["state"], "result_digests": sorted({r["result"] for r in job["results"]})}
             if job["state"] in ("verified", "disputed") else None
         )
+        # The assignment rounds a job gets under the rules of the next block (a vote may change them).
+        applied = self.height()
+        job["max_attempts"] = self.rules_at(1 if applied is None else applied + 1).max_attempts
         return job
 
     def jobs_by_tenant(

@@ -266,7 +266,6 @@ def _summary(status: dict[str, Any], what: str | None = None) -> str:
 @JSON_OPTION
 def status(node_addr: str, key_path: str | None, job_id: str, follow: bool, quiet: bool, as_json: bool) -> None:
     """Show a job's state, assignments, results and verdict, and what it waits for."""
-    from node.app.rules import DEFAULT_RULES
     from node.cli.analytics_follow import BlockClock, FollowDisplay, awaited, follow_job, status_or_none
 
     async def body(client: Any) -> Any:
@@ -277,8 +276,7 @@ def status(node_addr: str, key_path: str | None, job_id: str, follow: bool, quie
             raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
         clock = BlockClock()
         await clock.tick(client.rpc)
-        found["awaited"] = awaited(found, height=clock.height, seconds_per_block=clock.seconds_per_block,
-                                   max_attempts=DEFAULT_RULES.max_attempts)
+        found["awaited"] = awaited(found, height=clock.height, seconds_per_block=clock.seconds_per_block)
         return found
 
     out = _run(key_path, node_addr, body)

@@ -46,10 +46,11 @@ def _in_time(blocks: int, seconds_per_block: float | None) -> str:
     return f"in {_plural(blocks, 'block')}"
 
 
-def awaited(status: Mapping[str, Any] | None, *, height: int | None, seconds_per_block: float | None,
-            max_attempts: int) -> str:
+def awaited(status: Mapping[str, Any] | None, *, height: int | None, seconds_per_block: float | None) -> str:
     """What the job is waiting for (or how it ended), without the clock: the part
-    of the progress line whose change makes a new line on a pipe."""
+    of the progress line whose change makes a new line on a pipe. The number of
+    attempts is the chain's (``max_attempts`` of the status: a rule votes may
+    change); a node that does not say it gets no "of N"."""
     if status is None:
         return "waiting for the job to be committed to a block"
     state, reason = status["state"], status.get("reason")
@@ -66,13 +67,14 @@ def awaited(status: Mapping[str, Any] | None, *, height: int | None, seconds_per
     active = {a["node"] for a in assignments if a.get("status") in ("pending", "delivered")}
     waiting = [a for a in assignments if a.get("status") == "pending" and a["node"] not in delivered]
     attempt = int(status.get("attempt") or 1)
-    parts = [f"attempt {attempt}/{max_attempts}"] if attempt > 1 else []
+    max_attempts = status.get("max_attempts")
+    parts = [f"attempt {attempt}" + (f"/{max_attempts}" if max_attempts else "")] if attempt > 1 else []
     parts.append(f"{len(active | delivered)}/{wanted} nodes assigned, {len(results)} result{'' if len(results) == 1 else 's'} in")
     if waiting:
         names = ", ".join(short_peer(str(a.get("peer_id") or a["node"])) for a in waiting[:3])
         more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
         deadline = min(int(a["deadline"]) for a in waiting)
-        then = "reassigned" if attempt < max_attempts else "the job fails"
+        then = "the job fails" if max_attempts and attempt >= int(max_attempts) else "reassigned"
         when = (f" ({then} {_in_time(deadline - height, seconds_per_block)}, at height {deadline})"
                 if height is not None else f" (deadline height {deadline})")
         parts.append(f"waiting for {names}{more}{when}")
@@ -179,8 +181,6 @@ async def follow_job(client: Any, job_id: str, *, display: FollowDisplay, includ
     not committed after ``timeout`` seconds, or not final, raises trio.TooSlowError."""
     import trio
 
-    from node.app.rules import DEFAULT_RULES
-
     started = time.monotonic() if started is None else started
     clock = BlockClock()
     try:
@@ -188,8 +188,7 @@ async def follow_job(client: Any, job_id: str, *, display: FollowDisplay, includ
             while True:
                 status = await status_or_none(client.rpc, job_id)
                 await clock.tick(client.rpc)
-                what = awaited(status, height=clock.height, seconds_per_block=clock.seconds_per_block,
-                               max_attempts=DEFAULT_RULES.max_attempts)
+                what = awaited(status, height=clock.height, seconds_per_block=clock.seconds_per_block)
                 if status is not None and status["state"] in FINAL_STATES:
                     if include_result and status["state"] == "verified":
                         status["result"] = await client.result(job_id)

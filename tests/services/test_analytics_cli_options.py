@@ -108,23 +108,27 @@ def _result(peer: str, node: str) -> dict:
 def test_the_follow_line_says_what_is_awaited():
     running = _status("running", assignments=[_assignment(PEER_A, "aa", "delivered"), _assignment(PEER_B, "bb", "pending")],
                       results=[_result(PEER_A, "aa")])
-    what = awaited(running, height=120, seconds_per_block=2.0, max_attempts=3)
+    what = awaited(running, height=120, seconds_per_block=2.0)
     assert what == "2/2 nodes assigned, 1 result in, waiting for 12D3…iDEp (reassigned in ~20 s, at height 130)"
     assert progress_line(running, 12.43, what).startswith("running 12.4 s · 2/2 nodes assigned")
     # Without a block time yet, blocks; on the last attempt, the job fails instead.
-    last = {**running, "attempt": 3}
-    assert awaited(last, height=125, seconds_per_block=None, max_attempts=3) == (
+    last = {**running, "attempt": 3, "max_attempts": 3}
+    assert awaited(last, height=125, seconds_per_block=None) == (
         "attempt 3/3, 2/2 nodes assigned, 1 result in, waiting for 12D3…iDEp (the job fails in 5 blocks, at height 130)")
     # A node that missed its deadline no longer counts as assigned.
     missed = _status("scheduled", assignments=[_assignment(PEER_A, "aa", "missed"), _assignment(PEER_B, "bb", "pending")])
-    assert awaited(missed, height=100, seconds_per_block=1.0, max_attempts=3).startswith("1/2 nodes assigned, 0 results in")
+    assert awaited(missed, height=100, seconds_per_block=1.0).startswith("1/2 nodes assigned, 0 results in")
     waiting = _status("submitted", reason="needs 2 eligible processing nodes, 1 registered")
-    assert awaited(waiting, height=5, seconds_per_block=1.0, max_attempts=3) == (
+    assert awaited(waiting, height=5, seconds_per_block=1.0) == (
         "waiting to be scheduled: needs 2 eligible processing nodes, 1 registered")
-    assert awaited(None, height=5, seconds_per_block=1.0, max_attempts=3) == "waiting for the job to be committed to a block"
+    assert awaited(None, height=5, seconds_per_block=1.0) == "waiting for the job to be committed to a block"
     verified = _status("verified", results=[_result(PEER_A, "aa"), _result(PEER_B, "bb")])
-    assert awaited(verified, height=5, seconds_per_block=1.0, max_attempts=3) == "2/2 results agree"
+    assert awaited(verified, height=5, seconds_per_block=1.0) == "2/2 results agree"
     assert short_peer(PEER_A) == "12D3…nXTN"
+    # The chain's own max_attempts (a voted rule) decides "of N" and whether the job fails next.
+    voted = {**running, "attempt": 3, "max_attempts": 5}
+    assert awaited(voted, height=125, seconds_per_block=None).startswith("attempt 3/5, 2/2 nodes assigned")
+    assert "(reassigned in 5 blocks" in awaited(voted, height=125, seconds_per_block=None)
 
 
 # -- what an upload shows ------------------------------------------------------------------------

@@ -97,6 +97,7 @@ def test_a_vote_lowering_max_attempts_changes_the_attempts_a_job_gets_from_that_
     assert rejected(chain, job, *carried(chain, lower)) == []
     chain.empty_blocks(2)  # submitted + 2: attempt 1 missed; the rule is still 3, so attempt 2
     assert chain.machine.job(job.hash)["attempt"] == 2
+    assert chain.machine.job(job.hash)["max_attempts"] == 1  # the job's answer says the rule of the next block
     chain.empty_blocks(2)  # submitted + 4: attempt 2 missed under max_attempts 1: no attempt 3
     found = chain.machine.job(job.hash)
     assert found["state"] == "failed" and found["attempt"] == 2
