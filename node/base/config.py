@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.base.errors import ConfigError
 from node.base.schema import REQUIRED, Array, Invalid, Key, Schema, Table, expected, read_toml
 
 ROLES = ("validator", "scheduler", "gateway", "processing", "storage")
@@ -209,8 +210,22 @@ class NodeConfig:
     debug: dict[str, Any] = field(default_factory=dict)
 
 
+# The planning documents' cluster configuration: consortium-wide, so it lives in
+# the genesis file (node/consensus/genesis.py), which every node reads alike.
+CONSORTIUM_SECTIONS = ("cluster", "scheduler", "service_mesh")
+
+
+def _no_consortium_sections(doc: dict[str, Any], path: Path) -> None:
+    for section in CONSORTIUM_SECTIONS:
+        if section in doc:
+            raise ConfigError(
+                f"{path}: [{section}] is consortium-wide, not a node setting: put it in the genesis file "
+                "([consensus] genesis), where every node reads the same value (docs/config.md)")
+
+
 def parse_config(doc: dict[str, Any], path: Path) -> NodeConfig:
     """Validate a parsed TOML document against :data:`NODE_CONFIG`."""
+    _no_consortium_sections(doc, path)
     values = NODE_CONFIG.validate(doc, str(path))
     base = path.parent
     node = values["node"]

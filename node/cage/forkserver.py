@@ -194,7 +194,7 @@ class ForkServer:
                     "missing": missing, "detail": {m: self.caps.detail.get(m, "") for m in missing}}
         applied = [layer for layer in L.ALL_LAYERS if layer in self.caps.layers]
         if L.LAYER_SECCOMP in applied:
-            job_filter(tuple(policy.deny), tuple(policy.kill))  # built here once, loaded by the child
+            job_filter(policy.deny, policy.kill, policy.syscalls)  # built here once, loaded by the child
         if job["kind"] == "python-fn":
             get_function(job["function"])  # KeyError names the registered ones
         job_part = {"kind": job["kind"], "sql": job["sql"], "function": job["function"],
@@ -287,7 +287,7 @@ class ForkServer:
         os.close(read_fd)
         reported = any(isinstance(item, dict) and item.get("t") == "result" for item in frames)
         # Without fork, a job cannot leave other processes behind to reap first.
-        alone = L.LAYER_SECCOMP in applied and ("fork" in policy.deny or "fork" in policy.kill)
+        alone = L.LAYER_SECCOMP in applied and policy.blocks("fork")
         wait_status, usage, stopped_late = self._end_child(
             pid, reported and not overflow and not garbled, alone, deadline)
         timed_out = timed_out or stopped_late

@@ -7,6 +7,12 @@ sockets are denied, a ``maximum`` policy without deterministic execution,
 ...) is refused with a message naming the file, the policy and the key. Whether *this host* can enforce a policy is a
 separate question answered by :func:`missing_layers` against the probed
 :class:`~node.cage.layers.HostCapabilities`.
+
+The planning documents' own keys are accepted with their meaning:
+``allow_network = true|false`` is another spelling of ``network =
+"allowed"|"denied"`` (both given and disagreeing is refused), and ``syscalls
+= [...]`` is a seccomp allow-list (every syscall it does not list is denied),
+beside the deny and kill lists.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from node.base.codec import hash_value
 from node.base.errors import ConfigError
-from node.base.schema import Array, Invalid, Key, Schema, Table, TableOf, read_toml
+from node.base.schema import OPTIONAL, Array, Invalid, Key, Schema, Table, TableOf, read_toml
 
 LEVELS = ("permissive", "strict", "maximum")
 NETWORK = ("denied", "allowed")
@@ -74,12 +80,20 @@ class Policy:
     kill: tuple[str, ...] = ()
     filesystem: Filesystem = field(default_factory=Filesystem)
     limits: Limits = field(default_factory=Limits)
+    # The seccomp allow-list (groups or raw names); None: no allow-list, only deny/kill.
+    syscalls: tuple[str, ...] | None = None
 
     def to_value(self) -> dict[str, Any]:
-        """The policy as a CBOR-able value (recorded in every witness)."""
+        """The policy as a CBOR-able value (recorded in every witness).
+        ``syscalls`` is in it only when the policy has an allow-list, so
+        every policy written before allow-lists existed keeps its digest."""
         value = asdict(self)
         value["deny"] = list(self.deny)
         value["kill"] = list(self.kill)
+        if self.syscalls is None:
+            del value["syscalls"]
+        else:
+            value["syscalls"] = list(self.syscalls)
         return value
 
     @property
@@ -91,6 +105,20 @@ class Policy:
     def allows_network(self) -> bool:
         return self.network == "allowed"
 
+    def blocks(self, group: str) -> bool:
+        """True if seccomp refuses ``group`` (a group or raw name) under this
+        policy: it is in deny or kill, or an allow-list leaves all of it out
+        (an allowed ``clone`` or ``clone3`` with no fork rule creates processes)."""
+        if group in self.deny or group in self.kill:
+            return True
+        if self.syscalls is None:
+            return False
+        from node.cage.syscalls import expand  # local: keeps policy light
+
+        allowed = set(expand(self.syscalls))
+        members = set(expand([group])) | ({"clone3"} if group == "fork" else set())
+        return not members & allowed
+
 
 def _names(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
@@ -100,11 +128,23 @@ def _rule_names_are_known(values: dict[str, Any]) -> None:
     from node.cage.syscalls import validate_rule_names  # local: keeps policy light
 
     for name, table in values["policies"].items():
-        for key in ("deny", "kill"):
+        for key in ("deny", "kill", "syscalls"):
             try:
-                validate_rule_names(table[key])
+                validate_rule_names(table.get(key, ()), any_arch=key == "syscalls")
             except ValueError as exc:
                 raise Invalid(("policies", name, key), str(exc)) from None
+
+
+def _allow_network_agrees(values: dict[str, Any]) -> None:
+    """``allow_network`` is the planning documents' spelling of ``network``;
+    given both, they must say the same."""
+    for name, table in values["policies"].items():
+        if "allow_network" in table and "network" in table:
+            said = "allowed" if table["allow_network"] else "denied"
+            if said != table["network"]:
+                raise Invalid(("policies", name, "allow_network"),
+                              f"{str(table['allow_network']).lower()} disagrees with network = "
+                              f"{table['network']!r}; give one of them")
 
 
 def _no_contradictions(values: dict[str, Any]) -> None:
@@ -122,13 +162,18 @@ POLICY_FILE = Schema(
                 "enforcement_level": Key(str, _DEFAULT.enforcement_level, choices=LEVELS),
                 "enable_witness_recording": Key(bool, _DEFAULT.enable_witness_recording),
                 "deterministic_execution": Key(bool, _DEFAULT.deterministic_execution),
-                "network": Key(str, _DEFAULT.network, choices=NETWORK),
+                # Left out (OPTIONAL) so that a disagreeing allow_network can be told from the default.
+                "network": Key(str, OPTIONAL, f"default {_DEFAULT.network!r}", choices=NETWORK),
+                "allow_network": Key(bool, OPTIONAL, 'the same as network: true = "allowed", false = "denied"'),
                 "rng_seed_source": Key(str, _DEFAULT.rng_seed_source, choices=RNG_SOURCES),
                 "clock_source": Key(str, _DEFAULT.clock_source, choices=CLOCK_SOURCES),
                 "deny": Array(Key(str), list(_DEFAULT.deny), "syscall groups or raw syscall names refused with an error",
                               unique=True, noun="entry"),
                 "kill": Array(Key(str), list(_DEFAULT.kill), "syscall groups or raw syscall names that kill the job",
                               unique=True, noun="entry"),
+                "syscalls": Array(Key(str), OPTIONAL, "seccomp allow-list: syscall groups or raw names; every "
+                                  "syscall not listed is denied (EPERM). Left out: no allow-list",
+                                  unique=True, noun="entry"),
                 "filesystem": Table({name: Key(bool, getattr(_DEFAULT.filesystem, name)) for name in _names(Filesystem)}),
                 "limits": Table({name: Key(int, getattr(_DEFAULT.limits, name), gt=0) for name in _names(Limits)}),
             }),
@@ -136,20 +181,30 @@ POLICY_FILE = Schema(
             header="policies.<name>",
         ),
     }),
-    checks=[_rule_names_are_known, _no_contradictions],
+    checks=[_rule_names_are_known, _allow_network_agrees, _no_contradictions],
 )
 
 
 def _policy(name: str, table: dict[str, Any]) -> Policy:
-    """A Policy from a validated table (every key present)."""
-    scalars = {k: v for k, v in table.items() if k not in ("deny", "kill", "filesystem", "limits")}
+    """A Policy from a validated table (every non-OPTIONAL key present)."""
+    lists = ("deny", "kill", "filesystem", "limits", "syscalls", "network", "allow_network")
+    scalars = {k: v for k, v in table.items() if k not in lists}
+    if "network" in table:
+        network = table["network"]
+    elif "allow_network" in table:
+        network = "allowed" if table["allow_network"] else "denied"
+    else:
+        network = _DEFAULT.network
+    syscalls = table.get("syscalls")
     return Policy(
         name=name,
         **scalars,
+        network=network,
         deny=tuple(table["deny"]),
         kill=tuple(table["kill"]),
         filesystem=Filesystem(**table["filesystem"]),
         limits=Limits(**table["limits"]),
+        syscalls=None if syscalls is None else tuple(syscalls),
     )
 
 
@@ -168,6 +223,14 @@ def find_contradiction(policy: Policy) -> str | None:
     blocked = set(policy.deny) | set(policy.kill)
     if policy.allows_network and "socket" in blocked:
         return "network = 'allowed' contradicts denying 'socket'"
+    if policy.syscalls is not None:
+        from node.cage.syscalls import allow_list_conflict
+
+        conflict = allow_list_conflict(policy.syscalls, policy.deny, policy.kill)
+        if conflict:
+            return f"syscalls: {conflict}"
+        if policy.allows_network and policy.blocks("socket"):
+            return "network = 'allowed' needs 'socket' in syscalls (the allow-list)"
     if policy.limits.memory_mb < MIN_MEMORY_MB:
         return (
             f"limits.memory_mb = {policy.limits.memory_mb} is below the "
@@ -191,8 +254,8 @@ def find_contradiction(policy: Policy) -> str | None:
             if group not in policy.deny:
                 return f"enforcement_level = 'maximum' needs {group!r} in deny"
         for group in MAXIMUM_BLOCKED:
-            if group not in blocked:
-                return f"enforcement_level = 'maximum' needs {group!r} in deny or kill"
+            if not policy.blocks(group):
+                return f"enforcement_level = 'maximum' needs {group!r} in deny or kill (or left out of syscalls)"
     return None
 
 
@@ -233,7 +296,7 @@ def required_layers(policy: Policy, *, for_service: bool = False) -> tuple[str, 
         layers = list(ALL_LAYERS)
     else:
         layers = [LAYER_RLIMITS, LAYER_LANDLOCK]
-        if policy.deny or policy.kill or for_service:
+        if policy.deny or policy.kill or policy.syscalls is not None or for_service:
             layers.append(LAYER_SECCOMP)
         if not for_service:
             layers.append(LAYER_NAMESPACES)

@@ -60,6 +60,7 @@ class AppliedConfinement:
     denied_syscalls: tuple[str, ...] = field(default=())
     landlock_abi: int = 0
     open_files: int | None = None
+    allowed_syscalls: tuple[str, ...] | None = None  # the policy's allow-list, when it has one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +68,8 @@ class AppliedConfinement:
             "layers": list(self.layers), "missing": list(self.missing), "network": self.network,
             "data_dir": self.data_dir, "read_paths": list(self.read_paths),
             "denied_syscalls": list(self.denied_syscalls), "landlock_abi": self.landlock_abi,
-            "open_files": self.open_files,
+            "open_files": self.open_files, "allowed_syscalls": (
+                None if self.allowed_syscalls is None else list(self.allowed_syscalls)),
         }
 
 
@@ -126,7 +128,12 @@ def confine_service(
         # Built before Landlock: loading libseccomp looks the C library up on disk.
         from node.cage.syscalls import build_filter
 
-        seccomp_filter = build_filter(deny, [], all_threads=True)
+        try:
+            # The policy's allow-list, if any, is enforced for services too: every
+            # syscall it leaves out answers EPERM.
+            seccomp_filter = build_filter(deny, [], allow=policy.syscalls, all_threads=True)
+        except ValueError as exc:
+            raise CageError(f"policy {policy.name!r} cannot confine this service: {exc}") from None
     if L.LAYER_LANDLOCK in caps.layers:
         L.landlock_restrict(
             L.runtime_read_paths() + list(SERVICE_READ_PATHS) + extra,
@@ -153,6 +160,8 @@ def confine_service(
         data_dir=str(data),
         read_paths=tuple(extra),
         denied_syscalls=tuple(expand(deny)) if L.LAYER_SECCOMP in applied else (),
+        allowed_syscalls=(tuple(expand(policy.syscalls))
+                          if L.LAYER_SECCOMP in applied and policy.syscalls is not None else None),
         landlock_abi=caps.landlock_abi if L.LAYER_LANDLOCK in applied else 0,
         open_files=nofile_in_force,
     )

@@ -53,7 +53,7 @@ class _DenialRecorder:
 
     def __init__(self, report_fd: int, policy: Policy, read_roots: list[str], write_root: str) -> None:
         self.fd = report_fd
-        self.blocked = set(policy.deny) | set(policy.kill)
+        self.blocked = {group for group in ("socket", "exec", "fork", "random") if policy.blocks(group)}
         self.read_roots = [_realpath(p) for p in read_roots]
         self.write_root = os.path.realpath(write_root)
         self.count = 0
@@ -114,7 +114,7 @@ def _guard_urandom(recorder: _DenialRecorder) -> None:
 
 
 def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str], output_dir: str,
-             cpu_used: float) -> None:
+             cpu_used: float, *, syscall_probe: bool = False) -> None:
     if L.LAYER_RLIMITS in layers:
         # The rehearsal's CPU time is not charged to the job.
         L.apply_rlimits(policy.limits, cpu_already_used=cpu_used)
@@ -124,18 +124,21 @@ def _confine(policy: Policy, layers: list[str], abi: int, read_paths: list[str],
         L.landlock_restrict(read_paths, [output_dir], abi=abi, scope_signals=True)
     if L.LAYER_SECCOMP in layers:
         L.set_no_new_privs()
-        job_filter(tuple(policy.deny), tuple(policy.kill)).load()
+        job_filter(policy.deny, policy.kill, policy.syscalls, syscall_probe).load()
 
 
 @functools.lru_cache(maxsize=16)
-def job_filter(deny: tuple[str, ...], kill: tuple[str, ...]) -> SyscallFilter:
+def job_filter(deny: tuple[str, ...], kill: tuple[str, ...], allow: tuple[str, ...] | None = None,
+               syscall_probe: bool = False) -> SyscallFilter:
     """The seccomp filter of a job policy; built (and cached) in the fork
     server, so a child forked after the policy's first job only loads it.
     Jobs also may not leave their process group ("session"), which the
-    supervisor kills on timeout."""
+    supervisor kills on timeout. ``allow``: the policy's allow-list;
+    ``syscall_probe`` hands the syscalls it leaves out to the probe's
+    listener instead of refusing them (node/cage/syscall_probe.py)."""
     from node.cage.syscalls import build_filter
 
-    return build_filter([*deny, "session"], kill)
+    return build_filter([*deny, "session"], kill, allow=allow, notify_unlisted=syscall_probe)
 
 
 def _lock_duckdb(con: duckdb.DuckDBPyConnection, policy: Policy, inputs: list[dict[str, Any]],
@@ -258,7 +261,8 @@ def run_child(base: duckdb.DuckDBPyConnection, message: dict[str, Any], report_f
             _guard_urandom(recorder)
         if L.thread_count() != 1:
             raise RuntimeError("the worker must be single-threaded to confine itself")
-        _confine(policy, message["layers"], message["landlock_abi"], read_paths, output_dir, cpu_used)
+        _confine(policy, message["layers"], message["landlock_abi"], read_paths, output_dir, cpu_used,
+                 syscall_probe=bool(message.get("syscall_probe")))
         con = base.cursor()
         _lock_duckdb(con, policy, prepared["inputs"], output_dir)
         recorder.active = True

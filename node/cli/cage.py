@@ -12,7 +12,7 @@ from node.base.codec import to_hex
 from node.base.errors import EXIT_REPLAY_MISMATCH, EXIT_RUNTIME, UserError
 from node.cage.job import CageError, JobOutcome, JobSpec
 from node.cage.layers import probe_host
-from node.cage.policy import default_policy_path, load_policies, missing_layers
+from node.cage.policy import Policy, default_policy_path, load_policies, missing_layers
 from node.cage.results import decode_result, display_cell
 
 MAX_ROWS_SHOWN = 50
@@ -53,9 +53,14 @@ def cage() -> None:
 
 @cage.command()
 @_policy_option
-def check(policy_file: str | None) -> None:
+@click.option("--policy", "policy_name", default=None, metavar="NAME",
+              help="also run a real probe job under this policy; with a syscalls allow-list, name the "
+                   "syscalls a job needs that it lacks (exit 1 if the job cannot run)")
+def check(policy_file: str | None, policy_name: str | None) -> None:
     """Print the layers this host enforces and the policies it can run."""
     policies = load_policies(policy_file or default_policy_path())
+    if policy_name is not None and policy_name not in policies:
+        raise UserError(f"--policy: no policy {policy_name!r} (known: {', '.join(sorted(policies))})", exit_code=2)
     caps = probe_host()
     click.echo("layers:")
     for layer, ok in caps.available.items():
@@ -64,7 +69,51 @@ def check(policy_file: str | None) -> None:
     for name, policy in sorted(policies.items()):
         missing = missing_layers(policy, caps.layers)
         verdict = "can run" if not missing else f"REFUSED: missing {', '.join(missing)}"
-        click.echo(f"  {name:<12} {policy.enforcement_level:<10} {verdict}")
+        allow = "" if policy.syscalls is None else f" (allow-list of {len(policy.syscalls)} syscalls)"
+        click.echo(f"  {name:<12} {policy.enforcement_level:<10} {verdict}{allow}")
+    if policy_name is not None:
+        _check_policy_runs_a_job(policies[policy_name], policy_file, missing_layers(policies[policy_name], caps.layers))
+
+
+def _check_policy_runs_a_job(policy: Policy, policy_file: str | None, missing: list[str]) -> None:
+    """``cage check --policy``: probe the allow-list, then run a real job under the policy."""
+    import dataclasses
+    import tempfile
+
+    from node.cage.pool import CagePool
+    from node.cage.syscall_probe import PROBE_SQL, probe_policy_syscalls, write_probe_input
+
+    name = policy.name
+    click.echo(f"probe job under {name!r}:")
+    if missing:
+        raise UserError(f"policy {name!r} cannot run on this host: missing {', '.join(missing)}",
+                        exit_code=EXIT_RUNTIME)
+    if policy.allows_network:
+        # Jobs never get network; a service policy is probed as a job. A job's
+        # syscalls are what a service needs at the least, not all of it.
+        click.echo("  (a service policy: probed as a job, with the network denied)")
+        policy = dataclasses.replace(policy, network="denied")
+    with tempfile.TemporaryDirectory(prefix="metanode-cage-check-") as scratch:
+        input_path = write_probe_input(scratch)
+        if policy.syscalls is not None:
+            report = probe_policy_syscalls(policy, input_path=input_path)
+            click.echo(f"  syscalls outside the allow-list the job made: {', '.join(report.unlisted) or 'none'} "
+                       f"(job {report.status}{': ' + report.detail if report.detail else ''})")
+            if report.unlisted:
+                raise UserError(
+                    f"policy {name!r} cannot run a job: its syscalls allow-list lacks {len(report.unlisted)} "
+                    f"syscall(s) a job needs: {', '.join(report.unlisted)}",
+                    exit_code=EXIT_RUNTIME,
+                )
+        job = JobSpec(kind="sql", policy=name, inputs={"sales": str(input_path)}, sql=PROBE_SQL)
+        with CagePool({name: policy}) as pool:
+            outcome = pool.run(job)
+    click.echo(f"  job status: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    if not outcome.ok:
+        raise UserError(f"policy {name!r} cannot run a job: {outcome.status}", exit_code=EXIT_RUNTIME)
+    assert outcome.result_digest is not None
+    click.echo(f"  result digest: {to_hex(outcome.result_digest)}")
+    click.echo(f"policy {name!r} runs jobs")
 
 
 def _print_outcome(outcome: JobOutcome) -> None:
@@ -161,4 +210,5 @@ def policies(policy_file: str | None) -> None:
     for name, policy in sorted(load_policies(path).items()):
         click.echo(f"{name:<12} {policy.enforcement_level:<10} network={policy.network:<8} "
                    f"deny={','.join(policy.deny) or '-'} kill={','.join(policy.kill) or '-'} "
+                   f"allow={'-' if policy.syscalls is None else f'{len(policy.syscalls)} syscalls'} "
                    f"digest={to_hex(policy.digest)}")

@@ -23,6 +23,16 @@ A genesis file is TOML::
     [rules]                              # optional: each left-out rule takes its default (:data:`RULES`)
     max_attempts = 3                     # the job state machine's and scheduler's rules (node/app/rules.py)
 
+    [cluster]                            # optional: the planning documents' cluster configuration
+    name = "metaanalytics"               # the consortium's display name ("" when left out)
+    consensus_algorithm = "ibft"         # the only one: metanode runs IBFT 2.0
+    [scheduler]
+    algorithm = "consensus_driven"       # the only one: placement is a pure function of committed state
+    enable_zk_verification = false       # true is refused (no zk proofs: re-execution on r nodes)
+    [service_mesh]
+    enable_receipt_auditing = true       # false is refused: every operation leaves a receipt
+    enable_bls_signatures = false        # true is refused (Ed25519 seals and receipts, no BLS)
+
 Every key is required (except the ``[admission]`` and ``[rules]`` tables and the rules in it) and unknown keys are
 refused (:data:`GENESIS_FILE`, node/base/schema.py), so a typo is an error and not a silently different chain. The
 genesis hash is
@@ -32,6 +42,11 @@ comments or validator order name the same chain. The ``admission`` map is in
 that form (and so in the hash) only when it is not the default (both
 policies open, no keys), so genesis files written before it existed keep
 their hash. Votes change the admitted sets later (node/app/governance.py).
+The ``[cluster]``, ``[scheduler]`` and ``[service_mesh]`` tables are the
+planning documents' cluster configuration: every option but the cluster name
+has one value metanode implements (the others are refused with why), so only
+a non-empty ``cluster`` name is in the hashed form (``"cluster": {"name": ...}``)
+and every genesis written before these tables existed keeps its hash.
 Likewise ``rules`` holds only the rules whose value is not the default, and
 is left out when there are none: a genesis keeps its hash when a later
 version adds a rule, and every genesis written before rules existed keeps
@@ -61,6 +76,24 @@ MAX_VALIDATORS = 256
 _HEX64 = r"[0-9a-f]{64}"
 ADMISSION_POLICIES = ("open", "allow-list", "by-vote")  # node/app/policy.py says what each means
 MAX_ADMITTED = 4096  # keys one admission list of the genesis may name
+CLUSTER_NAME_PATTERN = r"[^\x00-\x1f\x7f]{0,64}"
+# The planning documents' cluster options: (table, key) -> (the value metanode implements, why no other can be set).
+CLUSTER_OPTIONS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("cluster", "consensus_algorithm"): (
+        "ibft", "metanode runs IBFT 2.0 only (node/consensus/ibft.py); there is no other consensus to choose"),
+    ("scheduler", "algorithm"): (
+        "consensus_driven", "metanode's ENC scheduler is consensus-driven only: every node places jobs by the "
+        "same rendezvous hashing over committed chain state, so every node can check every placement"),
+    ("scheduler", "enable_zk_verification"): (
+        False, "metanode has no zero-knowledge proofs; it verifies results by re-executing each job on r nodes, "
+        "with recorded witnesses and signed receipts that agree on the result digest"),
+    ("service_mesh", "enable_receipt_auditing"): (
+        True, "receipt auditing cannot be turned off: every operation (job, dataset, vote) leaves a signed "
+        "receipt on chain, which audit and bundles read"),
+    ("service_mesh", "enable_bls_signatures"): (
+        False, "metanode signs commit seals and receipts with Ed25519, one signature per validator, "
+        "with no BLS aggregation"),
+}
 
 # key -> (minimum, maximum) for the integer settings
 _TOP_INTS = {
@@ -191,6 +224,7 @@ class Genesis:
     limits: Limits = field(default_factory=Limits)
     admission: Admission = field(default_factory=Admission)
     rules: Mapping[str, int] = field(default_factory=GenesisRules)
+    cluster_name: str = ""  # [cluster] name: the consortium's display name
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as a file.
@@ -249,6 +283,8 @@ class Genesis:
         changed = self.changed_rules()
         if changed:
             value["rules"] = changed
+        if self.cluster_name:
+            value["cluster"] = {"name": self.cluster_name}
         return value
 
     def full_value(self) -> dict[str, Any]:
@@ -276,6 +312,7 @@ class Genesis:
             admission[name] = [k.hex() if isinstance(k, (bytes, bytearray)) else k for k in admission[name]]
         value["admission"] = admission
         value["rules"] = dict(self.rules)
+        value["cluster"] = {"name": self.cluster_name}
         return value
 
     def to_toml(self) -> str:
@@ -305,6 +342,10 @@ class Genesis:
             lines.append("")
             lines.append("[rules]  # the rules left out take their defaults (docs/genesis.md)")
             lines.extend(f"{name} = {value}" for name, value in changed.items())
+        if self.cluster_name:
+            lines.append("")
+            lines.append("[cluster]")
+            lines.append(f"name = {_toml_string(self.cluster_name)}")
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:
@@ -343,6 +384,24 @@ def _rules_consistent(values: dict[str, Any]) -> None:
         raise Invalid(("rules", name), expected(must_be, values["rules"][name]))
 
 
+def _cluster_options_supported(values: dict[str, Any]) -> None:
+    """The planning documents' options metanode does not implement are refused
+    with why and what it does instead, never silently ignored."""
+    for (table, key), (supported, why) in CLUSTER_OPTIONS.items():
+        value = values[table][key]
+        if value != supported:
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            wanted = str(supported).lower() if isinstance(supported, bool) else f'"{supported}"'
+            raise Invalid((table, key), f"{shown} is not supported: {why} (set {wanted} or leave it out)")
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _admitted_keys() -> Array:
     return Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
                  default=[], max_items=MAX_ADMITTED, unique=True, noun="public key")
@@ -363,8 +422,22 @@ GENESIS_FILE = Schema(
         }),
         "rules": Table({name: Key(int, rule.default, rule.meaning, ge=rule.low, le=rule.high)
                         for name, rule in RULES.items()}),
+        "cluster": Table({
+            "name": Key(str, "", "the consortium's display name", pattern=CLUSTER_NAME_PATTERN,
+                        expect="at most 64 printable characters"),
+            "consensus_algorithm": Key(str, "ibft", 'only "ibft" (IBFT 2.0)'),
+        }),
+        "scheduler": Table({
+            "algorithm": Key(str, "consensus_driven", 'only "consensus_driven"'),
+            "enable_zk_verification": Key(bool, False, "only false: results are verified by re-execution"),
+        }),
+        "service_mesh": Table({
+            "enable_receipt_auditing": Key(bool, True, "only true: every operation leaves a receipt"),
+            "enable_bls_signatures": Key(bool, False, "only false: Ed25519 seals and receipts"),
+        }),
     }),
-    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies, _rules_consistent],
+    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies, _rules_consistent,
+            _cluster_options_supported],
 )
 
 
@@ -380,6 +453,8 @@ def _validate(doc: Any, source: str) -> dict[str, Any]:
     )
     values["validators"] = tuple(sorted(bytes.fromhex(key) for key in values["validators"]))
     values["rules"] = GenesisRules(values["rules"])
+    values["cluster_name"] = values.pop("cluster")["name"]
+    del values["scheduler"], values["service_mesh"]  # each has one accepted value (checked above)
     return values
 
 

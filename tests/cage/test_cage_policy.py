@@ -37,7 +37,7 @@ def test_shipped_policies_load():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"colour": "red"}, "test.toml: [policies.p] unknown key 'colour'; expected one of ['clock_source',"),
+    ({"colour": "red"}, "test.toml: [policies.p] unknown key 'colour'; expected one of ['allow_network', 'clock_source',"),
     ({"limits": {"cpu": 3}}, "[policies.p.limits] unknown key 'cpu'; expected one of ['cpu_seconds',"),
     ({"filesystem": {"writable_inputs": True}}, "[policies.p.filesystem] unknown key 'writable_inputs'"),
     ({"enforcement_level": "paranoid"}, "[policies.p] enforcement_level: expected one of ['permissive', 'strict', 'maximum'], got 'paranoid'"),
