@@ -42,8 +42,13 @@ log = structlog.get_logger("metanode.console")
 
 MAX_HEAD = 16 * 1024
 MAX_CONNECTIONS = 64
-HEAD_TIMEOUT_S = 30.0  # a whole request head
-IDLE_TIMEOUT_S = 30.0  # between requests on a kept-alive connection, and between body bytes
+HEAD_TIMEOUT_S = 30.0  # a whole request head, from its first byte
+IDLE_TIMEOUT_S = 30.0  # between body bytes
+# Between requests on a kept-alive connection: longer than a browser keeps a used
+# connection for reuse (Chromium: 5 minutes). A server that closes first races the
+# browser's next request on that connection, which then fails (a module import
+# with it); loopback clients and MAX_CONNECTIONS bound what idle connections hold.
+KEEPALIVE_IDLE_S = 330.0
 SEND_TIMEOUT_S = 30.0  # one write to a client that does not read
 LINGER_S, LINGER_BYTES = 2.0, 4 * 1024 * 1024
 CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -130,6 +135,8 @@ class ConsoleServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
+            if not await self._await_request(conn, stream):
+                break  # idle past KEEPALIVE_IDLE_S, or the client closed
             try:
                 with trio.fail_after(HEAD_TIMEOUT_S):
                     event = await self._next_event(conn, stream)
@@ -149,6 +156,17 @@ class ConsoleServer:
             drained = 0
             while drained < LINGER_BYTES and (data := await stream.receive_some(65536)):
                 drained += len(data)
+
+    async def _await_request(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+        """Wait (up to KEEPALIVE_IDLE_S) for the first byte of the next request on a
+        connection with nothing buffered; False if none came."""
+        if conn.their_state is not h11.IDLE or conn.trailing_data[0]:
+            return True  # a request is under way, or already buffered (pipelined)
+        with trio.move_on_after(KEEPALIVE_IDLE_S):
+            data = await stream.receive_some(65536)
+            conn.receive_data(data)
+            return bool(data)
+        return False
 
     async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
         while True:

@@ -76,13 +76,17 @@ export function lineChart({ title, labels, series, width = 640, height = 260, yL
     yAxis.append(svg("text", { x: 12, y: margin.top + plotH / 2, transform: `rotate(-90 12 ${margin.top + plotH / 2})`,
       "text-anchor": "middle", class: "axis-label" }, yLabel));
   }
-  // x axis: at most ~8 labelled ticks, always the first and the last
+  // x axis: at most ~8 labelled ticks, always the first and the last, none
+  // overlapping: labels are ~6.5 units a character at the 11 px axis font.
   const xAxis = svg("g", { class: "axis x-axis" },
     svg("line", { x1: margin.left, x2: margin.left + plotW, y1: margin.top + plotH, y2: margin.top + plotH, class: "axis-line" }));
-  const every = Math.max(1, Math.ceil(n / 8));
+  const labelW = labels.reduce((w, l) => Math.max(w, String(l).length), 1) * 6.5 + 8;
+  const step = n > 1 ? plotW / (n - 1) : plotW;
+  const every = Math.max(1, Math.ceil(n / 8), Math.ceil(labelW / step));
   labels.forEach((label, i) => {
     if (i % every !== 0 && i !== n - 1) return;
-    if (i !== n - 1 && n - 1 - i < every / 2 && i !== 0) return; // keep the last label clear
+    // the end labels are anchored inwards, so a middle label needs a label and a half of room from them
+    if (i !== 0 && i !== n - 1 && (i * step < 1.5 * labelW || (n - 1 - i) * step < 1.5 * labelW)) return;
     xAxis.append(svg("line", { x1: x(i), x2: x(i), y1: margin.top + plotH, y2: margin.top + plotH + 5, class: "tick" }),
       // the end labels are anchored inwards so they are not cut at the edges
       svg("text", { x: x(i), y: margin.top + plotH + 18, "text-anchor": n > 1 && i === n - 1 ? "end" : n > 1 && i === 0 ? "start" : "middle" }, label));
