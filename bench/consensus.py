@@ -7,6 +7,9 @@ tx_submit over p2p) at a target rate, and measures from block notifications:
   * committed transactions per second (sustained over the load window);
   * finality latency, submit to commit (p50, p99);
   * rounds per height (1.0 = every block decided in round 0);
+  * validator CPU per committed transaction (the four daemons' user + system
+    CPU time over the load window, from /proc, per committed tx and per
+    validator), also counted in Ed25519 verifies;
 
 beside the single-core Ed25519 verify rate measured in the same run, the
 baseline every validator's work is bounded by.
@@ -53,6 +56,19 @@ def ed25519_verify_rate(seconds: float = 1.0) -> float:
             verify(signed)
         count += 100
     return count / seconds
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def presign(total: int, chain_id: str) -> list[bytes]:
@@ -133,6 +149,7 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
         "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
         "p99_ms": sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan"),
         "rounds_per_height": (sum(r + 1 for r in rounds) / len(rounds)) if rounds else float("nan"),
+        "window_s": window,
         "blocks_with_txs": len(rounds),
         "rejections": dict(reasons),
     }
@@ -177,7 +194,15 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"testnet did not start; logs in {directory}")
             time.sleep(0.5)
+        pids = [pid for n in layout.read_manifest(directory)
+                if (pid := processes.running_pid(directory, str(n["name"]))) is not None]
+        cpu_before, wall_before = cpu_seconds(pids), time.perf_counter()
         result = trio.run(drive, addresses, txs, args.rate)
+        validator_cpu, wall = cpu_seconds(pids) - cpu_before, time.perf_counter() - wall_before
+        # Includes the work on refused transactions: compare runs with none refused.
+        per_tx_ms = validator_cpu / len(pids) / result["committed"] * 1000 if result["committed"] and pids else float("nan")
+        result["validator_cpu_ms_per_tx"] = per_tx_ms
+        result["validator_cores"] = validator_cpu / len(pids) / wall if pids else float("nan")
     finally:
         processes.down(directory)
     if args.json:
@@ -192,6 +217,9 @@ def main() -> None:
     print(f"{'finality p99 (ms)':38} {result['p99_ms']:12.1f}")
     print(f"{'rounds per height':38} {result['rounds_per_height']:12.2f}  1.00 = all decided in round 0")
     print(f"{'committed / rejected txs':38} {result['committed']:>6} / {result['rejected']:<5}")
+    print(f"{'validator CPU per committed tx (ms)':38} {result['validator_cpu_ms_per_tx']:12.3f}  "
+          f"= {result['validator_cpu_ms_per_tx'] * verify_rate / 1000:.1f} Ed25519 verifies; "
+          f"{result['validator_cores']:.2f} cores per validator")
     print(f"{'Ed25519 verify, one core (/s)':38} {verify_rate:12.0f}  baseline")
     print(f"{'committed tx/s per verify/s':38} {result['tx_s'] / verify_rate:12.4f}")
     print(json.dumps({"metric": "consensus", **result, "ed25519_verify_s": verify_rate}))

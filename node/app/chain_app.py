@@ -41,7 +41,7 @@ from node.base.db import transaction
 from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
 from node.consensus.store import ChainStore
-from node.consensus.tx import Transaction, TxTypeRegistry, decode_tx
+from node.consensus.tx import Transaction, TxTypeRegistry
 from node.consensus.validators import ValidatorSet
 from node.receipts.envelope import Receipt, decode_receipt
 from node.receipts.log import LogHead, ReceiptLog
@@ -90,7 +90,7 @@ class ChainApplication:
             return list(cached)
         carried: dict[bytes, Receipt] = {}
         for raw in txs:
-            receipts = self._carried(decode_tx(raw))
+            receipts = self._carried(self.store.tx_cache.decode(raw))  # decoded once per node
             if misdated_receipt(receipts, height) is not None:
                 continue
             for receipt in receipts:
@@ -158,7 +158,7 @@ class ChainApplication:
         """Append the block's receipts to the log, then apply it to the state machine."""
         self._append_receipts(block)
         effects = self.state.apply_block(
-            block.height, block.hash, block.header.timestamp_ms, [decode_tx(t) for t in block.transactions],
+            block.height, block.hash, block.header.timestamp_ms, [self.store.tx_cache.decode(t) for t in block.transactions],
             seed=block.header.seed,
         )
         for callback in self.on_effects:

@@ -59,7 +59,7 @@ from node.base.codec import to_hex
 from node.base.db import transaction
 from node.consensus.block import SEED_SIZE, Block
 from node.consensus.store import ChainStore
-from node.consensus.tx import PayloadError, Transaction, decode_tx
+from node.consensus.tx import PayloadError, Transaction
 
 MAX_HEIGHT = 2**63 - 1
 
@@ -337,9 +337,12 @@ def catch_up(
         block = store.block_by_height(height)
         if block is None:
             raise StateError(f"the chain store has no block at height {height}")
-        txs = [decode_tx(raw) for raw in store.block_txs(height)]
+        # Through the node's cache: the receipt log's catch-up may have decoded
+        # them already; evicted once applied, as a committed block's are.
+        txs = [store.tx_cache.decode(raw) for raw in store.block_txs(height)]
         seed = Block.decode(block.block).header.seed
         machine.apply_block(height, block.hash, block.timestamp_ms, txs, seed=seed, on_applied=on_applied)
+        store.tx_cache.evict(tx.hash for tx in txs)
         height += 1
         count += 1
     return count

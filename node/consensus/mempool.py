@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from node.base.codec import to_hex
 from node.consensus.tx import (
     MAX_TX_BYTES,
+    DecodedTxCache,
     SignatureCache,
     Transaction,
     TxError,
     TxErrorCode,
     TxTypeRegistry,
     check_tx,
-    decode_tx,
     tx_hash,
 )
 
@@ -133,13 +133,23 @@ class Mempool:
         committed_nonce: Callable[[bytes], int],
         config: MempoolConfig | None = None,
         signatures: SignatureCache | None = None,
+        tx_cache: DecodedTxCache | None = None,
     ) -> None:
+        """``tx_cache``: the node's decoded transactions (shared with the block
+        check, the store and the application); the pool decodes through it,
+        adds what it admits, and evicts what it drops without a commit. A
+        private one sized for the pool's limits if not given."""
         self.chain_id = chain_id
         self.registry = registry
         self.config = config if config is not None else MempoolConfig()
         # Not `signatures or ...`: an empty cache is falsy (it has __len__).
         self.signatures = (
             signatures if signatures is not None else SignatureCache(self.config.signature_cache_size)
+        )
+        self.tx_cache = (
+            tx_cache if tx_cache is not None
+            else DecodedTxCache.for_limits(pool_txs=self.config.max_txs, pool_bytes=self.config.max_bytes,
+                                           block_txs=0, block_bytes=0)
         )
         self._committed_nonce = committed_nonce
         self._by_hash: dict[bytes, Transaction] = {}
@@ -200,7 +210,8 @@ class Mempool:
             return _reject(digest, TxErrorCode.DUPLICATE,
                            f"transaction {to_hex(digest)} is already pending")
         try:
-            tx = decode_tx(tx_bytes, max_size=cfg.max_tx_bytes)
+            # A hit: this node decoded the same bytes already (in a proposal).
+            tx = self.tx_cache.decode(tx_bytes, digest=digest, max_size=cfg.max_tx_bytes, keep=False)
         except TxError as exc:
             return _reject(digest, exc.code, exc.message)
         if tx.chain_id != self.chain_id:
@@ -235,6 +246,8 @@ class Mempool:
             return _reject(digest, exc.code, exc.message)
         for victim in victims:
             self._remove(victim)
+        self.tx_cache.evict(v.hash for v in victims)
+        self.tx_cache.add(tx)
         queue = self._insert(tx, self._senders.get(tx.sender), committed_next)
         evicted = tuple(v.hash for v in victims)
         if queue.ready_end <= tx.nonce:
@@ -370,7 +383,9 @@ class Mempool:
 
         Removes the included transactions, advances the senders' committed
         nonces, and drops pending transactions those nonces made stale (for
-        example a different transaction that took the same nonce). Call it
+        example a different transaction that took the same nonce). The
+        block's and the dropped transactions leave the decoded-transaction
+        cache: this is the last step of a commit that needs them. Call it
         for every committed block in order; if a height is skipped the pool
         re-reads every pending sender's nonce through ``committed_nonce``.
         """
@@ -379,14 +394,17 @@ class Mempool:
         self._last_height = height
         committed: list[bytes] = []
         touched: set[bytes] = set()
+        digests: list[bytes] = []
         for raw in txs:
             digest = tx_hash(raw)
+            digests.append(digest)
             pooled = self._by_hash.get(digest)
             if pooled is not None:
                 committed.append(digest)
                 self._remove(pooled)
             try:
-                tx = pooled or decode_tx(raw)
+                # Not kept: the block's entries are evicted once it is committed.
+                tx = pooled or self.tx_cache.decode(raw, digest=digest, keep=False)
             except TxError:
                 continue  # a committed block was validated already; nothing to learn here
             queue = self._senders.get(tx.sender)
@@ -395,6 +413,10 @@ class Mempool:
                 queue.advance()
                 touched.add(tx.sender)
         dropped = [d for sender in sorted(touched) for d in self._drop_stale(sender)]
+        # Called once the store and the application have the block: nothing
+        # needs its transactions (or the stale ones) decoded any more.
+        self.tx_cache.evict(digests)
+        self.tx_cache.evict(dropped)
         return CommitResult(committed, dropped)
 
     def resync(self) -> list[bytes]:
@@ -408,6 +430,7 @@ class Mempool:
             queue.ready_end = queue.committed_next
             queue.advance()
             dropped.extend(self._drop_stale(sender))
+        self.tx_cache.evict(dropped)
         return dropped
 
     def _drop_stale(self, sender: bytes) -> list[bytes]:

@@ -61,7 +61,7 @@ from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.sync import SYNC_PROTOCOL, BlockSync
 from node.consensus.timer import WallClockTimer, now_ms
-from node.consensus.tx import SignatureCache, TxError, TxTypeRegistry, check_block_txs
+from node.consensus.tx import DecodedTxCache, SignatureCache, TxError, TxTypeRegistry, check_block_txs
 from node.consensus.validators import ValidatorSet
 from node.p2p.framing import FramedStream, FrameError
 from node.p2p.links import PeerLinks, read_batch
@@ -125,13 +125,23 @@ class ConsensusService:
         self.max_frame = max_frame
         self.store = store or ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
         self.store.bind_chain(genesis.chain_id, genesis.hash)
+        # One decode per transaction on this node: the mempool, the block check,
+        # the store and the application all go through this cache (the
+        # application reads it as ``store.tx_cache``); a block's entries are
+        # evicted by the mempool's on_commit, the last step of _commit that
+        # decodes.
+        self.tx_cache = DecodedTxCache.for_limits(
+            pool_txs=mempool_config.max_txs, pool_bytes=mempool_config.max_bytes,
+            block_txs=genesis.limits.max_txs_per_block, block_bytes=genesis.limits.max_block_bytes,
+        )
+        self.store.tx_cache = self.tx_cache
         self.app: Application = app if app is not None else EmptyApplication(genesis.validator_set)
         self.app.register_tx_types(registry)
         self.app.catch_up()
         self.signatures = SignatureCache()
         self.mempool = Mempool(
             chain_id=genesis.chain_id, registry=registry, committed_nonce=self.store.next_nonce,
-            config=mempool_config, signatures=self.signatures,
+            config=mempool_config, signatures=self.signatures, tx_cache=self.tx_cache,
         )
         self.safety = SafetyStore(data_dir / SAFETY_FILE)
         self.identity = identity
@@ -390,7 +400,8 @@ class ConsensusService:
     def _validate_block(self, header: BlockHeader, txs: Sequence[bytes]) -> bool:
         try:
             check_block_txs(txs, chain_id=self.genesis.chain_id, registry=self.registry,
-                            committed_nonce=self.store.next_nonce, signatures=self.signatures)
+                            committed_nonce=self.store.next_nonce, signatures=self.signatures,
+                            tx_cache=self.tx_cache)
         except TxError as exc:
             log.warning("proposed block refused", height=header.height, reason=str(exc))
             return False

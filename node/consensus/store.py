@@ -6,9 +6,13 @@ block and its encoded transactions); the store only decodes transactions
 (its own format, :mod:`node.consensus.tx`) to index them and to track each
 sender's next nonce.
 
-Appending a block is one DuckDB transaction: after a crash at any point the
-store reopens at the last block whose append returned, or at most the one
-being appended, never part of one. Tables (all prefixed ``chain_``):
+Appending a block is one DuckDB transaction of one statement per table:
+after a crash at any point the store reopens at the last block whose append
+returned, or at most the one being appended, never part of one. A repeated
+transaction is refused by key: ``chain_txs.hash`` is the primary key, so the
+insert of the block's rows probes its index for each hash (no scan of the
+chain, and no query of its own when the block is good). Tables (all prefixed
+``chain_``):
 
 * ``chain_blocks``  height, hash, parent_hash, timestamp_ms, proposer, tx_count, block
 * ``chain_txs``     hash, height, idx, sender, nonce, type, tx
@@ -29,7 +33,7 @@ from node.base.codec import to_hex
 from node.base.db import transaction
 from node.base.errors import UserError
 from node.base.faults import data_dir_failure
-from node.consensus.tx import Transaction, TxError, decode_tx, next_nonces_after
+from node.consensus.tx import DecodedTxCache, Transaction, TxError, next_nonces_after
 
 # 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
 # version 1 lack it and no longer validate, so such a store is refused.
@@ -54,6 +58,7 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY CHECK (id = 0), height UBIGINT NOT NULL, hash BLOB NOT NULL)""",
 )
 
+_LOOKUP_BATCH = 1000  # hashes per duplicate lookup: below DuckDB's index_scan_max_count (2048)
 _BLOCK_COLUMNS = "height, hash, parent_hash, timestamp_ms, proposer, tx_count, block"
 
 
@@ -109,10 +114,17 @@ class ChainStore:
         *,
         first_height: int = 1,
         first_parent: bytes | None = None,
+        tx_cache: DecodedTxCache | None = None,
     ) -> None:
+        """``tx_cache``: the node's decoded transactions. Appends decode through
+        it, and the application reads the same entries (``store.tx_cache``);
+        the consensus service installs one sized for its limits, and a
+        block's entries leave when the mempool is told of its commit. A store
+        used alone gets a default-sized one (its bounds still hold)."""
         if first_height < 0:
             raise ValueError("first_height must be >= 0")
         self._conn = conn
+        self.tx_cache = tx_cache if tx_cache is not None else DecodedTxCache()
         # Named in the error that stops the node when a write fails (disk full...).
         files = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
         self.db_file: str = files[0][0] if files and files[0][0] else "the in-memory chain store"
@@ -191,9 +203,11 @@ class ChainStore:
         ``height`` must be head + 1 (``first_height`` on an empty store) and
         ``parent_hash`` the head's hash (``first_parent``, if set, on an empty
         store); ``txs`` are the block's encoded transactions in block order,
-        each with its sender's next nonce. ``block`` is stored as given and
-        never parsed. All checks run before anything is written; StoreError
-        names the problem (DuckDB errors during the write roll it back whole).
+        each with its sender's next nonce, none already stored. ``block`` is
+        stored as given and never parsed. StoreError names the problem and
+        nothing is written: the checks run before the write, and the keys
+        (block hash, transaction hashes) are checked by the write itself,
+        whose DuckDB transaction is then rolled back whole.
         """
         head = self._head
         expected = self.first_height if head is None else head.height + 1
@@ -215,12 +229,15 @@ class ChainStore:
             )
         if not isinstance(proposer, bytes) or not isinstance(block, bytes):
             raise StoreError(f"block {height}: proposer and block must be bytes")
-        if self.block_by_hash(block_hash) is not None:
-            raise StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored")
         decoded = self._decode_block_txs(height, txs)
         nonces = self._check_nonces(height, decoded)
         try:
             self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded, nonces)
+        except duckdb.ConstraintException as exc:
+            # A key already stored (rolled back: nothing was written). The
+            # nonces make a repeated transaction fail earlier on a consistent
+            # store; this is the check that does not depend on them.
+            raise self._duplicate_error(height, block_hash, decoded, exc) from None
         except duckdb.Error as exc:
             # The checks above passed, so a failure here is the disk's (full,
             # read-only, I/O error): the block is not stored, and the node must
@@ -268,23 +285,41 @@ class ChainStore:
         seen: set[bytes] = set()
         for index, raw in enumerate(txs):
             try:
-                tx = decode_tx(raw)
+                tx = self.tx_cache.decode(raw)
             except TxError as exc:
                 raise StoreError(f"block {height} tx {index}: {exc.message}") from None
             if tx.hash in seen:
                 raise StoreError(f"block {height} tx {index}: {to_hex(tx.hash)} appears twice")
             seen.add(tx.hash)
             decoded.append(tx)
-        if decoded:
-            hashes = [tx.hash for tx in decoded]
+        return decoded
+
+    def _duplicate_error(self, height: int, block_hash: bytes, decoded: list[Transaction],
+                         exc: duckdb.ConstraintException) -> StoreError:
+        """Which key the refused write repeated, as a StoreError."""
+        if self.block_by_hash(block_hash) is not None:
+            return StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored")
+        found = self._already_stored([tx.hash for tx in decoded])
+        if found is not None:
+            return StoreError(f"block {height}: transaction {to_hex(found[0])} is already in block {found[1]}")
+        return StoreError(f"block {height}: refused by the chain store: {str(exc).splitlines()[0][:300]}")
+
+    def _already_stored(self, hashes: Sequence[bytes]) -> tuple[bytes, int] | None:
+        """The first of ``hashes`` already in ``chain_txs`` and its block height,
+        or None: one query, answered from the primary key's index."""
+        if not hashes:
+            return None
+        # An IN list of parameters is what DuckDB answers with an index scan
+        # (up to its index_scan_max_count keys); larger lists are split.
+        for start in range(0, len(hashes), _LOOKUP_BATCH):
+            batch = list(hashes[start:start + _LOOKUP_BATCH])
             row = self._conn.execute(
-                "SELECT hash, height FROM chain_txs WHERE list_contains($1, hash) LIMIT 1", [hashes]
+                f"SELECT hash, height FROM chain_txs WHERE hash IN ({', '.join('?' * len(batch))}) "
+                "ORDER BY height, idx LIMIT 1", batch,
             ).fetchone()
             if row is not None:
-                raise StoreError(
-                    f"block {height}: transaction {to_hex(row[0])} is already in block {row[1]}"
-                )
-        return decoded
+                return bytes(row[0]), int(row[1])
+        return None
 
     def _check_nonces(self, height: int, decoded: list[Transaction]) -> dict[bytes, int]:
         expected: dict[bytes, int] = {}
@@ -293,6 +328,11 @@ class ChainStore:
             if want is None:
                 want = self._nonces.get(tx.sender, 0)
             if tx.nonce != want:
+                stored = self.tx_by_hash(tx.hash) if tx.nonce < want else None
+                if stored is not None:  # the usual way a repeated transaction shows
+                    raise StoreError(
+                        f"block {height}: transaction {to_hex(tx.hash)} is already in block {stored.height}"
+                    )
                 raise StoreError(
                     f"block {height} tx {index}: nonce {tx.nonce} of sender "
                     f"{to_hex(tx.sender)} is not the next nonce {want}"

@@ -155,6 +155,26 @@ def test_refused_appends_leave_the_store_unchanged(conn):
     assert store.head().height == 2
 
 
+def test_a_repeated_transaction_is_refused_by_its_key_even_when_the_nonces_allow_it(conn):
+    """The nonces refuse a repeated transaction first; the primary key on its
+    hash refuses it even when they do not (here a nonce table that lost its
+    row), and the refused append writes nothing."""
+    store = ChainStore(conn)
+    repeated = tx(ALICE, 0)
+    first = append(store, [repeated])
+    conn.execute("DELETE FROM chain_nonces")  # the fault: the stored nonce is gone
+    reopened = ChainStore(conn)
+    assert reopened.next_nonce(ALICE.public_key) == 0
+    before = (reopened.head(), counts(conn))
+    with pytest.raises(StoreError, match=f"transaction {hash_tagged('metanode/tx/v1', repeated).hex()} "
+                                         "is already in block 1"):
+        append(reopened, [tx(BOB, 0), repeated])
+    assert (reopened.head(), counts(conn)) == before and reopened.next_nonce(BOB.public_key) == 0
+    assert reopened.block_txs(1) == first["txs"]
+    append(reopened, [tx(BOB, 0)])  # the store still takes a good block
+    assert reopened.head().height == 2
+
+
 class FailingConnection:
     """A DuckDB connection whose disk 'fails' at one statement (fault injection)."""
 
