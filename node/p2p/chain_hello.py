@@ -181,12 +181,13 @@ AGREED, REFUSED, UNCHECKED, PENDING = "agreed", "refused", "unchecked", "pending
 class _Verdict:
     """What we know of one connection's chain: pending until a hello was read or the exchange gave up."""
 
-    __slots__ = ("state", "decided", "closing")
+    __slots__ = ("state", "decided", "closing", "greeting")
 
     def __init__(self) -> None:
         self.state = PENDING
         self.decided = trio.Event()
         self.closing = False
+        self.greeting = False  # our hello on this connection has been started
 
     def decide(self, state: str) -> None:
         if self.state in (PENDING, UNCHECKED) and state != PENDING:
@@ -212,6 +213,7 @@ class ChainHello:
         self.timeout = timeout
         self._verdicts: weakref.WeakKeyDictionary[Any, _Verdict] = weakref.WeakKeyDictionary()
         self._warned: OrderedDict[str, bytes] = OrderedDict()  # peer -> the genesis hash we warned about
+        self._greet_requests: trio.MemorySendChannel[Any] | None = None
         self.refused = 0  # connections closed for another genesis
         self.refused_streams = 0  # gated streams kept out
         self.last_refusal: str | None = None
@@ -230,6 +232,7 @@ class ChainHello:
             return True
         verdict = self._verdict(muxed)
         if not verdict.decided.is_set():
+            self._greet_soon(muxed)
             with trio.move_on_after(self.timeout):
                 await verdict.decided.wait()
         if verdict.state == REFUSED:
@@ -249,9 +252,15 @@ class ChainHello:
         return verdict
 
     # -- the exchange ----------------------------------------------------------------
+    # We greet at once the connections we dialed (our peers), and an inbound one
+    # only when its peer first opens a gated stream: greeting every inbound
+    # connection would let a stranger's flood of connections make us open a
+    # stream and wait on each (clients and probes never open gated streams).
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Greet every new connection until cancelled."""
+        """Greet connections until cancelled: outbound ones as they come up,
+        inbound ones when :meth:`admits` asks for it."""
         send, receive = trio.open_memory_channel[Any](math.inf)
+        self._greet_requests = send
         notifee = _Connected(send)
         network = self.host.get_network()
         network.register_notifee(notifee)
@@ -259,12 +268,42 @@ class ChainHello:
             async with trio.open_nursery() as nursery:
                 for conns in list(network.connections.values()):  # already up before we watched
                     for conn in conns:
-                        nursery.start_soon(self._greet, conn)
+                        self._start_greet(nursery, conn, requested=False)
                 task_status.started()
-                async for conn in receive:
-                    nursery.start_soon(self._greet, conn)
+                async for item in receive:
+                    if isinstance(item, _GreetRequest):
+                        conn = self._conn_of(item.muxed)
+                        if conn is not None:
+                            self._start_greet(nursery, conn, requested=True)
+                    else:
+                        self._start_greet(nursery, item, requested=False)
         finally:
+            self._greet_requests = None
             network.remove_notifee(notifee)
+
+    def _start_greet(self, nursery: trio.Nursery, conn: Any, *, requested: bool) -> None:
+        muxed = conn.muxed_conn
+        if not requested and not getattr(muxed, "is_initiator_value", False):
+            return  # inbound: greeted if and when its peer opens a gated stream
+        verdict = self._verdict(muxed)
+        if verdict.greeting:
+            return
+        verdict.greeting = True
+        nursery.start_soon(self._greet, conn)
+
+    def _greet_soon(self, muxed: Any) -> None:
+        """Ask :meth:`run` to greet ``muxed``'s connection (a gated stream waits for it)."""
+        if self._greet_requests is not None and not self._verdict(muxed).greeting:
+            try:
+                self._greet_requests.send_nowait(_GreetRequest(muxed))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    def _conn_of(self, muxed: Any) -> Any:
+        for conn in self.host.get_network().connections.get(muxed.peer_id, []) or []:
+            if conn.muxed_conn is muxed:
+                return conn
+        return None
 
     async def _greet(self, conn: Any) -> None:
         """Say which chain we run over a stream of our own; judge the answer."""
@@ -344,6 +383,13 @@ class ChainHello:
         """Counters for node_status: connections refused, streams kept out, the last refusal."""
         return {"refused_connections": self.refused, "refused_streams": self.refused_streams,
                 "last_refusal": self.last_refusal}
+
+
+@dataclass(frozen=True)
+class _GreetRequest:
+    """An inbound connection whose peer opened a gated stream: greet it now."""
+
+    muxed: Any
 
 
 class _Connected(INotifee):

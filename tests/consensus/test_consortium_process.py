@@ -96,9 +96,17 @@ def upload(address: str, tenant: Identity, nonce: int, name: str) -> dict:
 
     async def go():
         async with connect_to_node(address, identity=tenant, timeout=30) as client:
-            data = CSV + f"2026-02-01,{name},{nonce + 1}\n".encode()  # distinct bytes: a new data.store receipt
-            row = await upload_and_register(client, tenant, chain_id=CHAIN, nonce=nonce, data=data, name=name)
-            return row
+            for attempt in range(5):
+                # Distinct bytes: a new data.store receipt. A store refused for lack of a
+                # second replica (1207: right after a storage node was killed, its peers may
+                # still pick it) is retried with other bytes; it changes nothing on chain.
+                data = CSV + f"2026-02-01,{name},{nonce + 1}\n2026-02-02,{name},{attempt}\n".encode()
+                try:
+                    return await upload_and_register(client, tenant, chain_id=CHAIN, nonce=nonce, data=data, name=name)
+                except RpcCallError as exc:
+                    if exc.code != 1207 or attempt == 4:
+                        raise
+                    await trio.sleep(2)
 
     return trio.run(go)
 

@@ -220,11 +220,16 @@ async def test_a_host_without_the_handshake_is_not_refused():
 
     async def body(nursery) -> None:
         await silent.host.connect(info_from_p2p_addr(a.host.get_addrs()[0]))
-        assert await _verdict(a, silent) == UNCHECKED
+        await trio.sleep(0.5)
+        # An inbound connection that opens no gated stream (a client, a probe) is not
+        # greeted at all: a flood of them must not make us open a stream on each.
+        muxed = _muxed(a, silent)
+        assert muxed is not None and a.hello.verdict_of(muxed) == "pending"
         stream = await silent.host.new_stream(a.host.get_id(), [GATED])
         with trio.fail_after(10):
             while a.gated_streams < 1:
                 await trio.sleep(0.02)
+        assert await _verdict(a, silent) == UNCHECKED
         await stream.close()
         assert a.hello.refused == 0
 
