@@ -21,9 +21,10 @@ def node_dir(tmp_path: Path) -> Path:
 # Tests that build network namespaces, bridges or TUN devices, or list the
 # host's namespaces to check for leftovers, also start processes, so they are
 # in the same group: they share the host's network configuration, which no
-# tmp_path separates.
+# tmp_path separates. So do the browser tests: a headless Chromium takes a
+# core, and beside a cluster it made honest clients miss their handshake deadlines.
 _PROCESS_MARKERS = ("DaemonProcess", "processes.up(", "run_cli(", "run_manifest(", "subprocess.Popen(", "subprocess.run([sys.executable",
-                    "mark.slow", "NetnsNetwork", "TunSwitch")
+                    "mark.slow", "NetnsNetwork", "TunSwitch", "sync_playwright")
 _process_modules: dict[Path, bool] = {}
 
 

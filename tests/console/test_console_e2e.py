@@ -372,7 +372,7 @@ def test_a_tampered_bundle_is_refused_in_the_browser_for_the_verifier_reason(pag
 
 def test_a_job_submitted_with_the_cli_goes_to_verified_on_the_open_jobs_page(page: Any, console: Console, demo: Demo) -> None:
     open_route(page, console, "#/jobs")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'", timeout=WAIT_MS)
+    page.locator("#live-state[data-state='live']").wait_for(timeout=WAIT_MS)  # a locator wait: no eval under the CSP
     page.evaluate("window.__sameDocument = true")
     # Every state a job row is drawn with, in order, from here on.
     page.evaluate("""() => {

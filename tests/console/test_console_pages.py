@@ -117,7 +117,7 @@ def test_cluster_shows_every_node_and_the_finality_of_the_last_blocks(page: Any,
     assert by_testid(page, "finality-bar").count() == 3  # 4 blocks: 3 deltas
     fake.push("block", {"height": 5, "hash": "a" * 64, "round": 0, "commit_round": 0,
                         "timestamp_ms": fake.canned.blocks[-1]["timestamp_ms"] + 2500, "tx_count": 0, "proposer": fake.canned.blocks[0]["proposer"]})
-    page.wait_for_function("document.querySelectorAll('[data-testid=finality-bar]').length === 4")
+    playwright_sync.expect(page.locator("[data-testid=finality-bar]")).to_have_count(4)  # no eval under the CSP
     assert "head #5" in by_testid(page, "finality-summary").inner_text()
 
 
@@ -147,7 +147,7 @@ def test_a_block_event_adds_a_row_without_a_reload(page: Any, fake: FakeConsole)
     open_page(page, fake, "#/chain")
     assert by_testid(page, "block-row").count() == 4
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    page.locator("#live-state[data-state='live']").wait_for()  # a locator wait: no eval under the CSP
     head = fake.canned.blocks[-1]
     fake.push("block", {"height": 99, "hash": "b" * 64, "round": 1, "commit_round": 1, "timestamp_ms": head["timestamp_ms"] + 1000,
                         "tx_count": 7, "proposer": head["proposer"]})
@@ -180,7 +180,7 @@ def test_a_job_event_changes_the_state_in_the_list_without_a_reload(page: Any, f
     assert "10 blocks" in row.locator("[data-testid=job-elapsed]").inner_text()  # submitted at 50, head 60
     assert "6 blocks" in page.locator(f"[data-testid=job-row][data-job='{TREND_JOB}'] [data-testid=job-elapsed]").inner_text()
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    page.locator("#live-state[data-state='live']").wait_for()  # a locator wait: no eval under the CSP
     fake.push("job", {"id": RUNNING_JOB, "state": "verified", "previous": "running", "height": 61})
     page.wait_for_selector(f"[data-testid=job-row][data-job='{RUNNING_JOB}'][data-state=verified]")
     assert page.evaluate("window.__sameDocument") is True
@@ -195,7 +195,7 @@ def test_the_job_page_marks_the_late_node_and_follows_the_job_live(page: Any, fa
     assert by_testid(page, "job-state").inner_text() == "running"
     assert by_testid(page, "result-pending").count() == 1
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    page.locator("#live-state[data-state='live']").wait_for()  # a locator wait: no eval under the CSP
     job = next(j for j in fake.canned.jobs if j["id"] == RUNNING_JOB)
     job["state"] = "verified"
     try:
@@ -291,7 +291,7 @@ def test_an_upload_from_the_file_input_shows_its_own_progress(page: Any, fake: F
     assert "unregistered" in page.locator("[data-testid=dataset-row]").nth(2).inner_text()
     csv = tmp_path / "Sales 2025.csv"
     csv.write_text("day,units\n2025-01-01,3\n2025-01-02,5\n")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    page.locator("#live-state[data-state='live']").wait_for()  # a locator wait: no eval under the CSP
     page.get_by_label("File").set_input_files(str(csv))
     assert page.get_by_label("Name").input_value() == "Sales-2025"
     assert page.get_by_label("Format").input_value() == "csv"
@@ -306,7 +306,7 @@ def test_an_upload_from_the_file_input_shows_its_own_progress(page: Any, fake: F
 
 def test_a_file_dropped_on_the_zone_is_the_one_uploaded(page: Any, fake: FakeConsole) -> None:
     open_page(page, fake, "#/datasets")
-    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    page.locator("#live-state[data-state='live']").wait_for()  # a locator wait: no eval under the CSP
     by_testid(page, "drop-zone").evaluate("""zone => {
         const files = new DataTransfer();
         files.items.add(new File(["k,v\\na,1\\n"], "dropped.jsonl", { type: "application/x-ndjson" }));
