@@ -160,6 +160,17 @@ def propose(admit_node: str | None, remove_node: str | None, admit_tenant: str |
         click.echo(answer["hash"])
 
 
+def vote_for(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None:
+    """Sign and commit a gov.vote for PROPOSAL_ID and say so: what every
+    ``vote`` command (members, validators, rules) does, whatever the action."""
+    proposal = parse_proposal_id(proposal_id)
+    answer = submit_gov_tx(node_addr, key_path, "gov.vote", {"proposal": proposal})
+    if as_json:
+        echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
+    else:
+        click.echo(f"voted for {proposal.hex()} (tx {answer['hash']}, height {answer['height']})")
+
+
 @members.command("vote")
 @click.argument("proposal_id")
 @NODE_OPTION
@@ -167,12 +178,7 @@ def propose(admit_node: str | None, remove_node: str | None, admit_tenant: str |
 @JSON_OPTION
 def vote(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None:
     """Vote for the pending proposal PROPOSAL_ID (64 hex)."""
-    proposal = parse_proposal_id(proposal_id)
-    answer = submit_gov_tx(node_addr, key_path, "gov.vote", {"proposal": proposal})
-    if as_json:
-        echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
-    else:
-        click.echo(f"voted for {proposal.hex()} (tx {answer['hash']}, height {answer['height']})")
+    vote_for(proposal_id, node_addr, key_path, as_json)
 
 
 @members.command("list")

@@ -28,8 +28,8 @@ from node.cli.members import (
     NODE_OPTION,
     call_node_method,
     echo_json,
-    parse_proposal_id,
     submit_gov_tx,
+    vote_for,
 )
 
 
@@ -89,12 +89,7 @@ def propose(setting: str, from_height: int | None, node_addr: str, key_path: str
 @JSON_OPTION
 def vote(proposal_id: str, node_addr: str, key_path: str, as_json: bool) -> None:
     """Vote for the pending rule proposal PROPOSAL_ID (64 hex)."""
-    proposal = parse_proposal_id(proposal_id)
-    answer = submit_gov_tx(node_addr, key_path, "gov.vote", {"proposal": proposal})
-    if as_json:
-        echo_json({"proposal_id": proposal.hex(), "tx": answer["hash"], "height": answer["height"]})
-    else:
-        click.echo(f"voted for {proposal.hex()} (tx {answer['hash']}, height {answer['height']})")
+    vote_for(proposal_id, node_addr, key_path, as_json)
 
 
 @rules.command("list")
