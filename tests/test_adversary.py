@@ -92,9 +92,12 @@ class Wave:
 
 
 async def _wave(attacks: dict[str, adversary.AttackFn], address: str, watch: str, pids: dict[str, int],
-                hold_s: float, honest_calls: int) -> Wave:
+                hold_s: float, honest_calls: int, lead: tuple[str, ...] = (), lead_s: float = 3.0) -> Wave:
     """Run ``attacks`` together against ``address``; meanwhile check the chain
-    (through ``watch``), every node's life and honest calls."""
+    (through ``watch``), every node's life and honest calls. The attacks named
+    in ``lead`` start ``lead_s`` seconds before the others: an attack that
+    needs a stranger's connection slot must get one before a flood fills them
+    (the node refusing it then would be right, and the test would not attack)."""
     wave = Wave()
     stop = trio.Event()
     wave.start_height = await adversary.chain_height(watch, timeout=10)
@@ -104,8 +107,13 @@ async def _wave(attacks: dict[str, adversary.AttackFn], address: str, watch: str
         wave.reports[name] = await attack(address, stop)
 
     async with trio.open_nursery() as nursery:
+        for name in lead:
+            nursery.start_soon(run_attack, name, attacks[name])
+        if lead:
+            await trio.sleep(lead_s)
         for name, attack in attacks.items():
-            nursery.start_soon(run_attack, name, attack)
+            if name not in lead:
+                nursery.start_soon(run_attack, name, attack)
         # Let every attack reach full strength, then call as an honest user would.
         await trio.sleep(hold_s / 3)
         for _ in range(honest_calls):
@@ -146,8 +154,10 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
         }
         int_pids = {n: int(p) for n, p in pids.items() if p}
         results: dict[str, Wave] = {}
-        for label, attacks, hold_s in (("A", wave_a, 25.0), ("B", wave_b, 15.0)):
-            wave = results[label] = trio.run(_wave, attacks, target, watch, int_pids, hold_s, 3)
+        # idle_streams leads wave A: it holds its connections' streams, and
+        # needs a stranger slot before the authenticated flood fills them.
+        for label, attacks, hold_s, lead in (("A", wave_a, 25.0, ("idle_streams",)), ("B", wave_b, 15.0, ())):
+            wave = results[label] = trio.run(_wave, attacks, target, watch, int_pids, hold_s, 3, lead)
             print(f"wave {label}:", json.dumps({"honest": wave.honest, "heights": [wave.start_height, wave.height_during],
                                                 "reports": {k: r.summary() for k, r in wave.reports.items()}}))
             # The attacked validator (and every other) stayed up throughout.
