@@ -43,12 +43,12 @@ from typing import Any
 
 import structlog
 import trio
-from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from node.base.codec import CodecError, decode, encode
 from node.p2p.framing import FramedStream, FrameError
+from node.p2p.notifee import ChannelNotifee
 
 CHAIN_HELLO_PROTOCOL = TProtocol("/metanode/chain-hello/1.0.0")
 HELLO_TAG = "metanode/chain-hello/v1"
@@ -392,29 +392,8 @@ class _GreetRequest:
     muxed: Any
 
 
-class _Connected(INotifee):
+class _Connected(ChannelNotifee[Any]):
     """Forwards each new connection to :meth:`ChainHello.run`."""
 
-    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
-        self._send = send
-
     async def connected(self, network: Any, conn: Any) -> None:
-        try:
-            self._send.send_nowait(conn)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        pass
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        pass
+        self.push(conn)

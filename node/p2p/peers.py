@@ -21,7 +21,6 @@ from typing import Any
 import multiaddr
 import structlog
 import trio
-from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -29,6 +28,7 @@ from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from node.base.retry import Backoff, retry
 from node.p2p.framing import FramedStream, FrameError
+from node.p2p.notifee import ChannelNotifee
 
 PING_PROTOCOL = TProtocol("/metanode/ping/1.0.0")
 PING_SIZE = 8
@@ -61,35 +61,14 @@ async def answer_pings(stream: Any) -> None:
     await framed.close()
 
 
-class _ConnectionEvents(INotifee):
+class _ConnectionEvents(ChannelNotifee[tuple[str, Any]]):
     """Forwards libp2p connection events into the peer manager's channel."""
 
-    def __init__(self, send: trio.MemorySendChannel[tuple[str, Any]]) -> None:
-        self._send = send
-
     async def connected(self, network: Any, conn: Any) -> None:
-        self._push(("connected", conn))
+        self.push(("connected", conn))
 
     async def disconnected(self, network: Any, conn: Any) -> None:
-        self._push(("disconnected", conn))
-
-    def _push(self, event: tuple[str, Any]) -> None:
-        try:
-            self._send.send_nowait(event)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        pass
+        self.push(("disconnected", conn))
 
 
 class PeerManager:
