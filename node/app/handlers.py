@@ -113,6 +113,7 @@ def check_dataset_register(ws: WorkingState, tx: Transaction, p: DatasetRegister
 
 def apply_dataset_register(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: DatasetRegister) -> None:
     ws.add_dataset(tx.sender, p.name, p.digest, p.size, p.format, ctx.height, tx.hash)
+    ctx.new_versions.add((tx.sender, p.name))  # on_new_version services of this name run in this block
 
 
 # -- job.submit -------------------------------------------------------------------
@@ -224,6 +225,7 @@ def apply_job_decline(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: J
     ws.touch_job(job)
     ctx.declines.pop(p.job, None)  # keep transaction order: the last note given is the latest
     ctx.declines[p.job] = assignment.note
+    ctx.declined_by.append((p.job, tx.sender))  # a placed node that declines a service run is replaced
 
 
 # -- job.cancel -------------------------------------------------------------------

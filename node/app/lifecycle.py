@@ -22,6 +22,7 @@ from node.app.model import (
     PENDING,
     RUNNING,
     SCHEDULED,
+    SERVICE_ACTIVE,
     SUBMITTED,
     VERIFIED,
     WITHDRAWN,
@@ -210,9 +211,13 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
         job_id = job.job_id
         open_slots = _open_slots(job)
         held = sorted(job.assignments)  # every node that ever held the job, whatever became of it
-        chosen = choose_nodes(job_id, eligible, open_slots, exclude=held)
+        if job.service_id is not None:  # a service run: its service's placed nodes only
+            chosen, waiting = _placed_for_run(ws, job, open_slots)
+        else:
+            chosen = choose_nodes(job_id, eligible, open_slots, exclude=held)
+            waiting = None if chosen is not None else _waiting_reason(job.state, open_slots, eligible, held, excluded)
         if chosen is None:
-            reason = _waiting_reason(job.state, open_slots, eligible, held, excluded)
+            reason = waiting
             if job.reason != reason:  # the common case (still waiting, same reason) writes nothing
                 job.reason = reason
                 ws.touch_job(job)
@@ -225,6 +230,23 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
             job.attempt += 1
         job.reason = None
         _assign(ws, ctx, job, sorted(chosen), ctx.height + job.deadline_blocks)
+
+
+def _placed_for_run(ws: WorkingState, job: JobRow, open_slots: int) -> tuple[list[bytes] | None, str | None]:
+    """The placed nodes (slot order) that take a service run's open slots, or
+    (None, why it waits). The block's service pass placed only candidates."""
+    assert job.service_id is not None
+    service = ws.service(job.service_id)
+    placed = [] if service is None or service.state != SERVICE_ACTIVE else [p.node_key for p in service.placements]
+    usable = [key for key in placed if key not in job.assignments]
+    if len(usable) >= open_slots:
+        return usable[:open_slots], None
+    name = service.name if service is not None else "?"
+    replicas = service.replicas if service is not None else 0
+    return None, (
+        f"waiting for the placement of service {name}: the run needs {open_slots} node(s), "
+        f"{len(usable)} placed node(s) have not held it ({len(placed)} of {replicas} replicas placed)"
+    )
 
 
 def _open_slots(job: JobRow) -> int:

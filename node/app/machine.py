@@ -20,9 +20,11 @@ Applying a block:
    no attempt or no untried processing node is left (``settle_declines``);
    pending assignments whose deadline is this height are missed: their jobs
    get replacements or, with no attempt left, fail;
-4. the scheduler assigns every job with open slots (new jobs first get their
-   seed and clock from this block);
-5. the changed rows and the height row are written; ``on_applied(effects)``
+4. the service pass (:mod:`node.app.service_pass`): verified runs become
+   their services' results, placements follow the nodes, triggers start runs;
+5. the scheduler assigns every job with open slots (new jobs first get their
+   seed and clock from this block; a service run goes to its placed nodes);
+6. the changed rows and the height row are written; ``on_applied(effects)``
    runs last, inside the same transaction (e.g. to append the block's
    receipts to the receipt log).
 
@@ -47,7 +49,7 @@ from typing import Any
 import duckdb
 import structlog
 
-from node.app import governance, lifecycle, queries, tables
+from node.app import governance, lifecycle, queries, service_pass, tables
 from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rule_changes import RuleSchedule
@@ -183,6 +185,7 @@ class StateMachine(queries.StateQueries):
                 self._apply_tx(work, ctx, index, tx, payload, problem)
             lifecycle.settle_declines(work, ctx, rules)
             lifecycle.expire_deadlines(work, ctx, rules)
+            service_pass.run_services(work, ctx, rules)
             lifecycle.schedule_jobs(work, ctx, rules)
             work.flush()
             conn.execute(

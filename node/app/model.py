@@ -27,10 +27,16 @@ WITHDRAWN = "cancelled"  # the job was cancelled while the assignment was pendin
 # Why an assignee could not run a job (job.decline): never a property of the job
 # itself, so never a signed result. ``input_unavailable``: no copy of an input
 # that matched its digest could be obtained; ``local_fault``: the node itself
-# failed (disk, cage, I/O), and it gets no new work for ``exclusion_blocks``.
+# failed (disk, cage, I/O), and it gets no new work for ``exclusion_blocks``;
+# ``policy_unavailable``: the node holds no DockLock policy of the job's
+# ``policy`` name (the slot goes to another node; the node is not excluded).
 INPUT_UNAVAILABLE = "input_unavailable"
 LOCAL_FAULT = "local_fault"
-DECLINE_REASONS = (INPUT_UNAVAILABLE, LOCAL_FAULT)
+POLICY_UNAVAILABLE = "policy_unavailable"
+DECLINE_REASONS = (INPUT_UNAVAILABLE, LOCAL_FAULT, POLICY_UNAVAILABLE)
+SERVICE_ACTIVE = "active"  # a service's states (node/app/services.py)
+SERVICE_STOPPED = "stopped"
+PROCESSING_POLICY = "processing"  # the policy name of a plain job (job.submit names none)
 
 JOB_SEED_TAG = "metanode/job-seed/v1"
 
@@ -79,7 +85,7 @@ class Rejection:
 
 @dataclass(frozen=True)
 class ReceiptBody:
-    """An unsigned ``job.schedule`` / ``job.verdict`` receipt body this block implies.
+    """An unsigned ``job.schedule`` / ``job.verdict`` / ``service.placement`` receipt body this block implies.
 
     A scheduler node may sign one with ``ReceiptIssuer.issue(kind,
     height=<block height>, subject=subject, fields=fields)`` and submit it in
@@ -87,7 +93,7 @@ class ReceiptBody:
     """
 
     kind: str
-    subject: bytes  # the job id
+    subject: bytes  # the job id (the service id for service.placement)
     fields: dict[str, Any]
 
 
@@ -143,6 +149,15 @@ class BlockContext:
     # Jobs an assignee declined in this block (job.decline), with the last note
     # given for each, in transaction order: settled after the block's transactions.
     declines: dict[bytes, str] = field(default_factory=dict)
+    # (job id, node key) of every job.decline applied in this block, in
+    # transaction order: a placed node that declines a service run is replaced.
+    declined_by: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # (tenant, dataset name) given a new latest version in this block (on_new_version triggers).
+    new_versions: set[tuple[bytes, str]] = field(default_factory=set)
+    # What this block's service transactions did, by service id: "deploy" | "scale" | "stop" (the last one).
+    service_actions: dict[bytes, str] = field(default_factory=dict)
+    # Placement moves those transactions made (service.stop clears them): (from node, to node).
+    service_moves: dict[bytes, list[tuple[bytes | None, bytes | None]]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, height: int, block_hash: bytes, timestamp_ms: int, seed: bytes) -> "BlockContext":

@@ -88,7 +88,30 @@ class GovVote:
     proposal: bytes  # the proposal id: the hash of its gov.propose transaction
 
 
+@dataclass(frozen=True)
+class ServiceDeploy:
+    name: str
+    job_type: str
+    inputs: dict[str, str]  # input name -> dataset NAME (resolved to its latest digest at each run), sorted
+    params: dict[str, Any]
+    replicas: int
+    policy: str
+    every_blocks: int | None  # None: the trigger is on_new_version
+    deadline_blocks: int
+
+
+@dataclass(frozen=True)
+class ServiceScale:
+    name: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ServiceStop:
+    name: str
+
+
 Payload = (
     NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobCancel | ReceiptsBatch
-    | GovPropose | GovVote
+    | GovPropose | GovVote | ServiceDeploy | ServiceScale | ServiceStop
 )

@@ -13,6 +13,7 @@ import duckdb
 
 from node.app.model import ACTIVE_STATES, JOB_STATES, PENDING
 from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.service_queries import ServiceQueries
 from node.base.codec import decode, to_hex
 from node.receipts.envelope import Receipt, decode_receipt
 
@@ -31,7 +32,8 @@ _DATASET_COLUMNS = (
 
 _JOB_COLUMNS = (
     "job_id, seq, tenant, type, inputs, params, replication, deadline_blocks, state, reason, attempt, "
-    "submitted_height, scheduled_height, schedule_block, seed, clock, finished_height"
+    "submitted_height, scheduled_height, schedule_block, seed, clock, finished_height, "
+    "(SELECT s.name FROM state_services s WHERE s.service_id = state_jobs.service_id), run, policy"
 )
 
 
@@ -91,7 +93,7 @@ def _key(value: bytes, what: str) -> bytes:
     return value
 
 
-class StateQueries:
+class StateQueries(ServiceQueries):
     """Queries over the state tables of ``conn`` (mixed into StateMachine)."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, rules: ChainRules = DEFAULT_RULES) -> None:
@@ -321,7 +323,7 @@ class StateQueries:
 
 def _job_summary(row: tuple) -> dict[str, Any]:
     (job_id, seq, tenant, job_type, inputs, params, replication, deadline_blocks, state, reason, attempt,
-     submitted, scheduled, schedule_block, seed, clock, finished) = row
+     submitted, scheduled, schedule_block, seed, clock, finished, service, run, policy) = row
     return {
         "id": _hex(job_id), "seq": seq, "tenant": _hex(tenant), "type": job_type,
         "inputs": {name: to_hex(digest) for name, digest in decode(bytes(inputs)).items()},
@@ -329,4 +331,5 @@ def _job_summary(row: tuple) -> dict[str, Any]:
         "state": state, "reason": reason, "attempt": attempt, "submitted_height": submitted,
         "scheduled_height": scheduled, "schedule_block": _hex(schedule_block), "seed": _hex(seed),
         "clock": clock, "finished_height": finished,
+        "service": service, "run": run, "policy": policy,  # service None, run None: a plain job.submit job
     }

@@ -42,6 +42,8 @@ class ChainRules:
     max_inputs: int = RULES["max_inputs"].default  # datasets per job
     max_query_bytes: int = RULES["max_query_bytes"].default  # SQL text of an sql job (UTF-8)
     max_batch_receipts: int = RULES["max_batch_receipts"].default  # envelopes in one receipts.batch
+    max_services: int = RULES["max_services"].default  # active services per tenant
+    min_service_interval: int = RULES["min_service_interval"].default  # shortest every_blocks trigger
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -75,7 +77,7 @@ DEFAULT_RULES = ChainRules()
 
 # The rules a payload must be at least (the others bound it from above): a vote
 # widens these by lowering them.
-LOWER_BOUND_RULES = frozenset({"min_deadline_blocks"})
+LOWER_BOUND_RULES = frozenset({"min_deadline_blocks", "min_service_interval"})
 
 WIDEST_RULES = ChainRules(**{name: rule.low if name in LOWER_BOUND_RULES else rule.high
                              for name, rule in RULES.items()})

@@ -14,7 +14,9 @@ table                  one row per
                        several names (and several versions of one name)
 ``state_jobs``         job: tenant, type, inputs and params (CBOR), r,
                        deadline_blocks, state, reason, attempt, and the
-                       scheduling block, seed and clock once scheduled
+                       scheduling block, seed and clock once scheduled; for
+                       a service run its service id and run number (NULL for
+                       a plain job), and the policy name it runs under
 ``state_assignments``  (job, node): attempt, assigned height, deadline,
                        status pending | delivered | missed | declined |
                        cancelled, and the note of a declined one
@@ -40,6 +42,13 @@ sets``                 keys (CBOR sorted list), the height of the block that
 changes``              the new value, the proposal and the height of the
                        block that executed it (node/app/rule_changes.py; the
                        genesis rules have no row)
+``state_services``     service (node/app/services.py): tenant, name (unique
+                       per tenant), job template (type, inputs by dataset
+                       name, params, policy), replicas, trigger, deadline,
+                       state active | stopped, run count, the last run's
+                       resolved inputs, the latest verified run
+``state_service_       (service, slot): the processing node placed there and
+placements``           the height it was placed
 =====================  =======================================================
 
 Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
@@ -58,8 +67,9 @@ from node.base.codec import encode
 # 2: state_results.error; 3: declines (state_nodes.declined, state_assignments.note);
 # 4: dataset versions (state_datasets keyed by tenant, name, version); 5: governance
 # (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets);
-# 7: rule changes by vote (state_rule_changes; rules applied per height)
-SCHEMA_VERSION = 7
+# 7: rule changes by vote (state_rule_changes; rules applied per height); 8: services
+# (state_services, state_service_placements; state_jobs.service_id, run, policy)
+SCHEMA_VERSION = 8
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -84,7 +94,8 @@ TABLES: tuple[tuple[str, str, str], ...] = (
         replication INTEGER NOT NULL, deadline_blocks INTEGER NOT NULL,
         state VARCHAR NOT NULL, reason VARCHAR, attempt INTEGER NOT NULL,
         submitted_height BIGINT NOT NULL, scheduled_height BIGINT, schedule_block BLOB,
-        seed BLOB, clock BIGINT, finished_height BIGINT)"""),
+        seed BLOB, clock BIGINT, finished_height BIGINT,
+        service_id BLOB, run INTEGER, policy VARCHAR NOT NULL)"""),
     ("state_assignments", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_assignments (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, attempt INTEGER NOT NULL,
         assigned_height BIGINT NOT NULL, deadline BIGINT NOT NULL, status VARCHAR NOT NULL,
@@ -117,6 +128,16 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_rule_changes", "from_height, name", """CREATE TABLE IF NOT EXISTS state_rule_changes (
         from_height BIGINT NOT NULL, name VARCHAR NOT NULL, value BIGINT NOT NULL, proposal_id BLOB NOT NULL,
         executed_height BIGINT NOT NULL, PRIMARY KEY (from_height, name))"""),
+    ("state_services", "service_id", """CREATE TABLE IF NOT EXISTS state_services (
+        service_id BLOB PRIMARY KEY, tenant BLOB NOT NULL, name VARCHAR NOT NULL, type VARCHAR NOT NULL,
+        inputs BLOB NOT NULL, params BLOB NOT NULL, replicas INTEGER NOT NULL, policy VARCHAR NOT NULL,
+        on_new_version BOOLEAN NOT NULL, every_blocks INTEGER, deadline_blocks INTEGER NOT NULL,
+        state VARCHAR NOT NULL, deployed_height BIGINT NOT NULL, updated_height BIGINT NOT NULL,
+        runs INTEGER NOT NULL, last_inputs BLOB, verified_job BLOB, verified_run INTEGER,
+        verified_height BIGINT, UNIQUE (tenant, name))"""),
+    ("state_service_placements", "service_id, slot", """CREATE TABLE IF NOT EXISTS state_service_placements (
+        service_id BLOB NOT NULL, slot INTEGER NOT NULL, node_key BLOB NOT NULL, since_height BIGINT NOT NULL,
+        PRIMARY KEY (service_id, slot))"""),
 )
 
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)

@@ -36,7 +36,9 @@ type                payload
                     ``job.exec`` receipt envelope with subject = job;
                     optional ``error`` text (1..300 printable) when exit != 0
 ``job.decline``     ``job`` 32 bytes; ``reason`` ``input_unavailable`` |
-                    ``local_fault``; ``detail`` text (1..300 printable).
+                    ``local_fault`` | ``policy_unavailable`` (the node
+                    holds no DockLock policy of the job's ``policy`` name);
+                    ``detail`` text (1..300 printable).
                     The sender, a pending assignee, could not run the job
                     for a reason that is not the job's own (no verified copy
                     of an input from any holder; its own disk, I/O or cage
@@ -49,7 +51,20 @@ type                payload
 ``receipts.batch``  ``receipts`` [envelope, ...] (1..max_batch_receipts,
                     distinct), each signed by the sender, of kind
                     ``api.call``, ``data.store``, ``job.schedule`` or
-                    ``job.verdict`` (``job.exec`` travels in job.result)
+                    ``job.verdict`` or ``service.placement`` (``job.exec``
+                    travels in job.result)
+``service.deploy``  ``name`` service name (1-64 of ``a-z0-9._-``, starting
+                    with a letter or digit); ``type`` a registered job
+                    type; ``inputs`` {input name: dataset NAME}
+                    (1..max_inputs); ``params`` (the type's schema);
+                    ``replicas`` 1..max_replication; ``policy`` a DockLock
+                    policy name; ``trigger`` exactly one of
+                    {``on_new_version``: true} | {``every_blocks``: N}
+                    (N in min_service_interval..1000000);
+                    ``deadline_blocks`` as for job.submit
+                    (:mod:`node.app.services`)
+``service.scale``   ``name``; ``replicas`` 1..max_replication
+``service.stop``    ``name``
 ``gov.propose``     ``action`` map: ``kind`` (``admit_node`` |
                     ``remove_node`` | ``admit_tenant`` | ``remove_tenant`` |
                     ``add_validator`` | ``remove_validator`` | ``set_rule``)
@@ -94,7 +109,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from node.app import governance, handlers
+from node.app import governance, handlers, services
 from node.app.fields import MAX_UINT, choice, digest, integer, record, text
 from node.app.jobtypes import job_type, job_type_names
 from node.app.model import DECLINE_REASONS, BlockContext
@@ -122,7 +137,8 @@ from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 
 __all__ = [
     "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "GOV_PROPOSE", "GOV_VOTE", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
-    "JOB_SUBMIT", "NODE_REGISTER", "RECEIPTS_BATCH", "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel",
+    "JOB_SUBMIT", "NODE_REGISTER", "RECEIPTS_BATCH", "SERVICE_DEPLOY", "SERVICE_SCALE", "SERVICE_STOP",
+    "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel",
     "JobDecline", "JobResult",
     "JobSubmit", "NodeRegister", "Payload", "ReceiptsBatch", "TxType", "carried_receipts", "parse_payload",
     "reads_of", "register_tx_types",
@@ -138,9 +154,12 @@ JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
 GOV_PROPOSE = governance.GOV_PROPOSE
 GOV_VOTE = governance.GOV_VOTE
+SERVICE_DEPLOY = services.SERVICE_DEPLOY
+SERVICE_SCALE = services.SERVICE_SCALE
+SERVICE_STOP = services.SERVICE_STOP
 
 DATASET_FORMATS = ("csv", "parquet", "jsonl")
-BATCH_RECEIPT_KINDS = ("api.call", "data.store", "job.schedule", "job.verdict")
+BATCH_RECEIPT_KINDS = ("api.call", "data.store", "job.schedule", "job.verdict", "service.placement")
 
 _MONIKER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -348,6 +367,18 @@ STATE_TX_TYPES: dict[str, TxType[Any]] = _table(
         RECEIPTS_BATCH, _parse_receipts_batch,
         handlers.reads_receipts_batch, handlers.check_receipts_batch, handlers.apply_receipts_batch,
         carries=lambda p: p.receipts,
+    ),
+    TxType(
+        SERVICE_DEPLOY, services.parse_service_deploy,
+        services.reads_service_deploy, services.check_service_deploy, services.apply_service_deploy,
+    ),
+    TxType(
+        SERVICE_SCALE, services.parse_service_scale,
+        services.reads_service_change, services.check_service_scale, services.apply_service_scale,
+    ),
+    TxType(
+        SERVICE_STOP, services.parse_service_stop,
+        services.reads_service_change, services.check_service_stop, services.apply_service_stop,
     ),
     TxType(
         GOV_PROPOSE, _parse_gov_propose,

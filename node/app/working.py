@@ -94,12 +94,49 @@ class JobRow:
     seed: bytes | None = None
     clock: int | None = None
     finished_height: int | None = None
+    service_id: bytes | None = None  # the service a run belongs to (None: a plain job.submit job)
+    run: int | None = None  # the run number within its service (1, 2, 3...)
+    policy: str = "processing"  # the DockLock policy name the assignees run it under
     # Not columns: the job's rows in state_assignments / state_results, by node key.
     assignments: dict[bytes, AssignmentRow] = field(default_factory=dict, compare=False)
     results: dict[bytes, ResultRow] = field(default_factory=dict, compare=False)
 
 
+@dataclass
+class PlacementRow:
+    service_id: bytes
+    slot: int  # 0, 1, 2...: the placement's order
+    node_key: bytes
+    since_height: int  # the block that placed the node in this slot
+
+
+@dataclass
+class ServiceRow:
+    service_id: bytes
+    tenant: bytes
+    name: str
+    type: str
+    inputs: bytes  # CBOR {input name: dataset name}
+    params: bytes  # CBOR map
+    replicas: int
+    policy: str
+    on_new_version: bool
+    every_blocks: int | None
+    deadline_blocks: int
+    state: str  # active | stopped
+    deployed_height: int
+    updated_height: int
+    runs: int  # runs started (the last run's number)
+    last_inputs: bytes | None  # CBOR {input name: digest} of the last run
+    verified_job: bytes | None = None
+    verified_run: int | None = None
+    verified_height: int | None = None
+    # Not a column: the rows in state_service_placements, in slot order.
+    placements: list[PlacementRow] = field(default_factory=list, compare=False)
+
+
 _PRIMARY_KEYS = {
+    "state_services": ("service_id",),
     "state_nodes": ("node_key",),
     "state_jobs": ("job_id",),
     "state_assignments": ("job_id", "node_key"),
@@ -108,8 +145,15 @@ _PRIMARY_KEYS = {
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRow) if f.name not in ("assignments", "results"))
 
 
+_SERVICE_COLUMNS = tuple(f.name for f in fields(ServiceRow) if f.name != "placements")
+
+
 def _columns(row_type: type) -> tuple[str, ...]:
-    return _JOB_COLUMNS if row_type is JobRow else tuple(f.name for f in fields(row_type))
+    if row_type is JobRow:
+        return _JOB_COLUMNS
+    if row_type is ServiceRow:
+        return _SERVICE_COLUMNS
+    return tuple(f.name for f in fields(row_type))
 
 
 def _bytes_row(values: Sequence[Any]) -> list[Any]:
@@ -118,8 +162,8 @@ def _bytes_row(values: Sequence[Any]) -> list[Any]:
 
 
 def _values(row: Any) -> tuple[Any, ...]:
-    if isinstance(row, JobRow):
-        return tuple(getattr(row, name) for name in _JOB_COLUMNS)
+    if isinstance(row, (JobRow, ServiceRow)):
+        return tuple(getattr(row, name) for name in _columns(type(row)))
     return astuple(row)
 
 
@@ -152,6 +196,12 @@ class WorkingState:
         self._next_seq: int | None = None
         self._dirty_nodes: set[bytes] = set()
         self._dirty_jobs: set[bytes] = set()
+        # Services (with their placements), by id; which tenants' and whether all
+        # active ones are loaded. Few rows: loaded whole, on first use.
+        self._services: dict[bytes, ServiceRow] = {}
+        self._service_tenants: set[bytes] = set()
+        self._active_services_loaded = False
+        self._dirty_services: set[bytes] = set()
         self._inserts: dict[str, list[tuple[Any, ...]]] = {
             "state_datasets": [], "state_receipts": [], "state_rejections": []
         }
@@ -295,6 +345,47 @@ class WorkingState:
         self._inserts["state_datasets"].append((tenant, name, version, digest, size, fmt, height, tx_hash))
         return version
 
+    def _load_services(self, where: str, args: list[Any]) -> None:
+        rows = self.conn.execute(f"SELECT {', '.join(_SERVICE_COLUMNS)} FROM state_services WHERE {where}",
+                                 args).fetchall()
+        fresh = [ServiceRow(*_bytes_row(row)) for row in rows]
+        fresh = [service for service in fresh if service.service_id not in self._services]  # memory wins
+        if not fresh:
+            return
+        for service in fresh:
+            self._services[service.service_id] = service
+        for row in self.conn.execute(
+            f"SELECT {', '.join(_columns(PlacementRow))} FROM state_service_placements "
+            "WHERE service_id IN (SELECT unnest(?)) ORDER BY service_id, slot",
+            [sorted(service.service_id for service in fresh)],
+        ).fetchall():
+            placement = PlacementRow(*_bytes_row(row))
+            self._services[placement.service_id].placements.append(placement)
+
+    def services_of(self, tenant: bytes) -> list[ServiceRow]:
+        """Every service of ``tenant`` (active or stopped), by name."""
+        if tenant not in self._service_tenants:
+            self._load_services("tenant = ?", [tenant])
+            self._service_tenants.add(tenant)
+        return sorted((s for s in self._services.values() if s.tenant == tenant), key=lambda s: s.name)
+
+    def service(self, service_id: bytes) -> ServiceRow | None:
+        if service_id not in self._services:
+            self._load_services("service_id = ?", [service_id])
+        return self._services.get(service_id)
+
+    def active_services(self) -> list[ServiceRow]:
+        """Every active service, by service id."""
+        if not self._active_services_loaded:
+            self._load_services("state = 'active'", [])
+            self._active_services_loaded = True
+        return sorted((s for s in self._services.values() if s.state == "active"), key=lambda s: s.service_id)
+
+    def touch_service(self, service: ServiceRow) -> None:
+        """Add or mark a service (its row and placements) for writing back."""
+        self._services[service.service_id] = service
+        self._dirty_services.add(service.service_id)
+
     def receipt_on_chain(self, receipt_id: bytes) -> bool:
         self._load_receipts({receipt_id})
         return receipt_id in self._receipts
@@ -326,11 +417,18 @@ class WorkingState:
                 [_values(a) for j in jobs for _, a in sorted(j.assignments.items())])
         _upsert(self.conn, "state_results", _columns(ResultRow),
                 [_values(r) for j in jobs for _, r in sorted(j.results.items())])
+        services = [self._services[k] for k in sorted(self._dirty_services)]
+        _upsert(self.conn, "state_services", _SERVICE_COLUMNS, [_values(s) for s in services])
+        if services:  # placements are rewritten whole (slots shift when a node leaves)
+            self.conn.execute("DELETE FROM state_service_placements WHERE service_id IN (SELECT unnest(?))",
+                              [[s.service_id for s in services]])
+            _insert(self.conn, "state_service_placements", [_values(p) for s in services for p in s.placements])
         for table, rows in self._inserts.items():
             _insert(self.conn, table, rows)
             rows.clear()
         self._dirty_nodes.clear()
         self._dirty_jobs.clear()
+        self._dirty_services.clear()
 
 
 def _upsert(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:

@@ -136,6 +136,8 @@ RULES: dict[str, Rule] = {
     "max_inputs": Rule(16, 1, 256, "datasets one job reads"),
     "max_query_bytes": Rule(16 * 1024, 1, _TX_BYTES, "bytes of an sql job's SQL text (UTF-8)"),
     "max_batch_receipts": Rule(64, 1, 1024, "receipt envelopes in one receipts.batch transaction"),
+    "max_services": Rule(16, 1, 1024, "active services one tenant may run at once"),
+    "min_service_interval": Rule(5, 1, 100_000, "the shortest every_blocks trigger a service may ask for, in blocks"),
 }
 
 

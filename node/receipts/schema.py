@@ -16,6 +16,7 @@ kind               subject
 ``job.schedule``   job id
 ``job.exec``       job id
 ``job.verdict``    job id
+``service.placement`` service id
 =================  ==========================================================
 """
 
@@ -129,9 +130,10 @@ def record(fields: Mapping[str, Check]) -> Check:
     return check_record
 
 
-def list_of(item: Check, *, low: int, high: int, unique_key: str | None = None) -> Check:
+def list_of(item: Check, *, low: int, high: int, unique_key: str | None = None, distinct: bool = True) -> Check:
     """A list of ``low``..``high`` items; with ``unique_key`` no two items
-    (maps) may share that key's value."""
+    (maps) may share that key's value; without it no two items may be equal
+    (``distinct=False``: items may repeat, e.g. maps checked by a kind rule)."""
 
     def check_list(value: Any, path: str) -> None:
         if not isinstance(value, list):
@@ -141,6 +143,8 @@ def list_of(item: Check, *, low: int, high: int, unique_key: str | None = None) 
         seen = set()
         for i, entry in enumerate(value):
             item(entry, f"{path}[{i}]")
+            if not distinct:
+                continue
             key = entry[unique_key] if unique_key else entry
             if key in seen:
                 raise _fail(f"{path}[{i}]", "repeats an earlier item")
@@ -223,6 +227,17 @@ KIND_FIELDS: dict[str, dict[str, Check]] = {
             record({"node": peer_id, "result": digest}), low=1, high=MAX_LIST, unique_key="node"
         ),
     },
+    # A block changed where a service's replicas run (subject: service id).
+    "service.placement": {
+        "block": digest,  # hash of the block the placement derives from
+        "action": choice("deploy", "scale", "stop", "replace", "fill"),
+        "replicas": integer(1, 255),  # the service's replica count after the block
+        "placements": list_of(peer_id, low=0, high=MAX_LIST),  # the placed nodes, slot order
+        # Each slot that changed: the node that left it (null: a new slot) and the
+        # one that entered it (null: the slot is gone).
+        "moved": list_of(record({"from": optional(peer_id), "to": optional(peer_id)}), low=0, high=2 * MAX_LIST,
+                         distinct=False),
+    },
 }
 
 KINDS = tuple(KIND_FIELDS)
@@ -236,7 +251,25 @@ def _check_verdict(body: dict) -> None:
         raise _fail("verdict", "is disputed but every result digest is equal")
 
 
-_KIND_RULES: dict[str, Callable[[dict], None]] = {"job.verdict": _check_verdict}
+def _check_placement(body: dict) -> None:
+    if len(set(body["placements"])) != len(body["placements"]):
+        raise _fail("placements", "names a node twice")
+    if len(body["placements"]) > body["replicas"]:
+        raise _fail("placements", f"holds more nodes than replicas ({body['replicas']})")
+    leaving: set[str] = set()
+    entering: set[str] = set()
+    for i, move in enumerate(body["moved"]):
+        if move["from"] is None and move["to"] is None:
+            raise _fail(f"moved[{i}]", "moves no node (from and to are both null)")
+        if move["from"] in leaving or move["to"] in entering:
+            raise _fail(f"moved[{i}]", "moves a node an earlier entry moves")
+        if move["from"] is not None:
+            leaving.add(move["from"])
+        if move["to"] is not None:
+            entering.add(move["to"])
+
+
+_KIND_RULES: dict[str, Callable[[dict], None]] = {"job.verdict": _check_verdict, "service.placement": _check_placement}
 
 
 def check_body(body: Any) -> None:

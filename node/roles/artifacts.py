@@ -138,16 +138,22 @@ class ArtifactFetcher:
         self.own_peer_id = own_peer_id
 
     async def fetch(self, kind: str, digest: bytes, holders: Sequence[str]) -> bytes | None:
+        fetched = await self.fetch_from(kind, digest, holders)
+        return fetched[0] if fetched is not None else None
+
+    async def fetch_from(self, kind: str, digest: bytes, holders: Sequence[str]) -> tuple[bytes, str] | None:
+        """The artifact and the peer id of the node it came from (this node's own
+        when its store has it), trying ``holders`` in the order given."""
         data = self.store.get(kind, digest)
         if data is not None:
-            return data
+            return data, self.own_peer_id
         for peer in holders:
             if peer == self.own_peer_id:
                 continue
             data = await self._from_peer(peer, kind, digest)
             if data is not None:
                 self.store.put(kind, data, expected=digest)
-                return data
+                return data, peer
         return None
 
     async def _from_peer(self, peer: str, kind: str, digest: bytes) -> bytes | None:

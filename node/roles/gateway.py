@@ -14,6 +14,9 @@ A ``job.submit`` is checked before it goes on chain (node/roles/submit_check.py)
 its SQL against the cage's gate and, where this node's catalog holds the
 inputs' schemas, against those; column parameters likewise. A refusal answers
 at once (SQL_REFUSED, JOB_PARAMS_REFUSED) and nothing reaches the mempool.
+
+The ``service_*`` methods (node/roles/services_rpc.py) use this class's tenant
+check, submit path, receipts and artifact fetcher.
 """
 
 from __future__ import annotations

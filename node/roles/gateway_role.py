@@ -9,6 +9,7 @@ from node.roles.datasets_rpc import register_dataset_rpcs
 from node.roles.gateway import Gateway
 from node.roles.http_gateway import HttpGateway
 from node.roles.role import RoleContext, Service, no_background_task
+from node.roles.services_rpc import register_service_rpcs
 from node.roles.submit_check import catalog_schemas
 
 
@@ -27,6 +28,7 @@ class GatewayRole:
                           schemas=catalog_schemas(lambda: context.storage))  # the storage role is built after this one
         gateway.register(context.registry)
         register_dataset_rpcs(context.registry, context.app, gateway.tenant)  # same tenant check as the gateway's
+        register_service_rpcs(context.registry, gateway)
         built = [Service("gateway", no_background_task, lambda: {"tenants": "allow-list" if gateway.allowed else "open"})]
         if services["http_listen"]:
             # Same registry, rate limits and receipts as the JSON-RPC gateway.

@@ -6,6 +6,7 @@ the tenant's. Parameter validation, quotas, tenant checks and ``api.call``
 receipts are therefore the p2p gateway's own, and the per-peer rate limit is
 the same bucket. RPC errors become HTTP statuses (each code's status is in
 node/base/errors.py) with a JSON body ``{"error": {"code", "message", "data"}}``.
+The service routes (``/v1/services...``) are node/roles/http_services.py's.
 
 Requests are signed with the tenant key (node/base/http_auth.py). Nothing
 is done in a tenant's name before its signature over the whole body
@@ -32,7 +33,8 @@ import trio
 from node.base.errors import ErrorCode, http_status_of
 from node.base.http_auth import AUTH_SCHEME, AuthError, RequestVerifier, sign_request
 from node.base.keys import peer_id_from_public_key
-from node.p2p.jsonrpc import CallContext, dump_json, parse_json
+from node.p2p.jsonrpc import CallContext, RpcError, dump_json, parse_json
+from node.roles.http_services import SERVICE_ROUTES
 
 __all__ = ["HttpGateway", "HttpError", "ROUTES", "sign_request"]
 log = structlog.get_logger("metanode.http")
@@ -98,11 +100,13 @@ class Route:
     rpc: str  # the JSON-RPC method, or "_handler" for a route with its own handler
     query: dict[str, type]  # allowed query parameters and their types
     body: str  # "none", "json" (small, in memory) or "dataset" (spooled, up to max_body_bytes)
+    handler: Any = None  # node/roles/http_services.py's Handler for a route with a JSON body, else None
 
 
-def _route(method: str, path: str, rpc: str, query: dict[str, type] | None = None, body: str = "none") -> Route:
+def _route(method: str, path: str, rpc: str, query: dict[str, type] | None = None, body: str = "none",
+           handler: Any = None) -> Route:
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-    return Route(method, re.compile(f"^{regex}$"), rpc, query or {}, body)
+    return Route(method, re.compile(f"^{regex}$"), rpc, query or {}, body, handler)
 
 
 ROUTES = [
@@ -122,6 +126,7 @@ ROUTES = [
     _route("POST", "/v1/txs", "_tx", body="json"),
     _route("GET", "/v1/receipts/{id}", "receipt_get"),
     _route("GET", "/v1/receipts/{id}/bundle", "receipt_bundle"),
+    *(_route(r.method, r.path, r.rpc, body=r.body, handler=r.handler) for r in SERVICE_ROUTES),
 ]
 
 
@@ -298,7 +303,9 @@ class HttpGateway:
             if spool is not None:
                 spool.seek(0)
             request = Request(method, target, params, args, body, spool, size, creds.key, CallContext(peer_id=peer_id))
-            if route.rpc.startswith("_"):
+            if route.handler is not None:
+                status, result = await route.handler(self.call, route.rpc, self._json(request, ("tx",)), args, request.ctx)
+            elif route.rpc.startswith("_"):
                 status, result = await getattr(self, route.rpc)(request)
             else:
                 status, result = 200, await self.call(route.rpc, {**params, **args}, request.ctx)
@@ -307,6 +314,8 @@ class HttpGateway:
             await self._error(conn, stream, _unauthorized(str(exc)))
         except HttpError as exc:
             await self._error(conn, stream, exc)
+        except RpcError as exc:  # a route handler's own check (node/roles/http_services.py)
+            await self._error(conn, stream, HttpError(exc.code, exc.message, exc.data))
         except h11.RemoteProtocolError as exc:
             await self._error(conn, stream, HttpError(ErrorCode.INVALID_REQUEST, "malformed HTTP request", {"reason": str(exc)},
                                                       status=exc.error_status_hint, close=True))
@@ -445,7 +454,8 @@ class HttpGateway:
         if tx.sender != r.tenant:
             raise HttpError(ErrorCode.WRONG_TX, "the transaction must be signed by the caller", {"signed_by_caller": False})
         if tx.type not in TENANT_TX_TYPES:
-            hint = "; submit jobs with POST /v1/jobs" if tx.type == "job.submit" else ""
+            hint = {"job.submit": "; submit jobs with POST /v1/jobs", "service.deploy": "; deploy with POST /v1/services",
+                    "service.scale": "; POST /v1/services/{name}/scale", "service.stop": "; POST /v1/services/{name}/stop"}.get(tx.type, "")
             raise HttpError(ErrorCode.WRONG_TX, f"a tenant may send {list(TENANT_TX_TYPES)} here{hint}", {"type": tx.type})
         commit = {"tx": raw_hex, "mode": "commit", **({"timeout": body["timeout"]} if "timeout" in body else {})}
         if tx.type == "job.cancel":

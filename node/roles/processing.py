@@ -25,6 +25,11 @@ Only what the job itself decides is signed. A run can end three ways:
 
   - ``input_unavailable``: no peer gave a copy of an input that matches its
     digest (every copy corrupt, or no holder reachable);
+  - ``policy_unavailable``: the job names a DockLock policy (a service's
+    ``policy``; ``processing`` for plain jobs) that this node's policy file
+    does not define. Declined at once, without retries: the file does not
+    change while the daemon runs, and the node is not at fault (the chain
+    does not exclude it for this).
   - ``local_fault``: this node failed: its disk or I/O (out of space, a
     blob path that cannot be written or opened), the cage's machinery (fork
     server died, policy layers unavailable, worker lost or killed by something
@@ -68,7 +73,7 @@ is cheap, a false verdict is not. A job that cannot run anywhere still ends,
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,7 +82,7 @@ import trio
 
 from node.app.chain_app import ChainApplication
 from node.app.jobtypes import job_type
-from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT
+from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT, POLICY_UNAVAILABLE
 from node.base.keys import Identity
 from node.cage.job import JobOutcome, JobSpec
 from node.consensus.service import ConsensusService
@@ -94,6 +99,7 @@ log = structlog.get_logger("metanode.processing")
 MAX_LOCAL_TRIES = 3  # runs (or input fetch rounds) of one assignment before this node declines it
 RETRY_DELAY_S = 2.0  # between them: a peer that was briefly unreachable, a blob being repaired
 MAX_DETAIL = 300  # the chain's bound on job.decline's detail and job.result's error
+DEFAULT_POLICY = "processing"  # the policy of a plain job (a job dict without "policy")
 
 # Outcome statuses that are a property of the job (see the module docstring).
 JOB_STATUSES = frozenset({"ok", "refused", "output_limit"})
@@ -190,15 +196,17 @@ def local_failure(outcome: JobOutcome, inputs: dict[str, str]) -> str | None:
 def job_spec(job: dict[str, Any], inputs: dict[str, str]) -> JobSpec:
     """The cage job of an assigned job: its type's registry entry (node/app/jobtypes.py) says
     what the cage runs; KeyError for a type this build does not know."""
-    common = {"policy": "processing", "inputs": inputs, "seed": bytes.fromhex(job["seed"]), "clock": job["clock"]}
+    common = {"policy": job.get("policy") or DEFAULT_POLICY, "inputs": inputs, "seed": bytes.fromhex(job["seed"]), "clock": job["clock"]}
     return JobSpec(**job_type(job["type"]).cage_job(job["params"]), **common)
 
 
 class ProcessingService:
     def __init__(self, *, identity: Identity, chain: ConsensusService, app: ChainApplication, pool: JobRunner, issuer: NodeIssuer,
                  node_txs: NodeTransactions, resolve_input: InputResolver, artifacts: ArtifactStore,
-                 metrics: NodeMetrics | None = None) -> None:
+                 metrics: NodeMetrics | None = None, policies: Collection[str] | None = None) -> None:
         self.key = identity.public_key
+        # The policies this node's cage can run a job under (its policy file's names).
+        self.policies = frozenset(policies if policies is not None else getattr(pool, "policies", (DEFAULT_POLICY,)))
         self.chain = chain
         self.app = app
         self.pool = pool
@@ -251,6 +259,10 @@ class ProcessingService:
 
     async def _run(self, job: dict[str, Any]) -> JobOutcome:
         """The job's own outcome on verified inputs, kept for gateways; CouldNotRun otherwise."""
+        policy = job.get("policy") or DEFAULT_POLICY
+        if policy not in self.policies:  # before fetching inputs it could not use
+            raise CouldNotRun(POLICY_UNAVAILABLE, f"this node has no job policy {policy!r} (its job policies: "
+                                                  f"{', '.join(sorted(self.policies)) or 'none'})")
         inputs = {name: str(await self.resolve_input(digest)) for name, digest in sorted(job["inputs"].items())}
         try:
             spec = job_spec(job, inputs)
@@ -292,6 +304,8 @@ class ProcessingService:
         assignment on chain. True once the decline is submitted."""
         key = (job["id"], job["attempt"])
         tries = self._tries[key] = self._tries.get(key, 0) + 1
+        if exc.reason == POLICY_UNAVAILABLE:
+            tries = self._tries[key] = MAX_LOCAL_TRIES  # a policy file does not change between tries
         log.warning("job could not run here", job=job["id"], attempt=job["attempt"], reason=exc.reason,
                     detail=one_line(exc.detail), tries=tries, of=MAX_LOCAL_TRIES)
         if tries < MAX_LOCAL_TRIES:

@@ -26,6 +26,11 @@ class ProcessingRole:
             issuer=context.issuer, node_txs=context.node_txs,
             resolve_input=processing.storage_resolver(context.storage, context.storage_peers),
             artifacts=artifacts, metrics=context.metrics,
+            # Only deterministic job policies: results are compared across nodes, and a
+            # service naming the daemon's own (network, host clock) policy must be declined
+            # (policy_unavailable), not run, nor counted as this node's fault.
+            policies=[name for name, policy in context.cage_pool.policies.items()
+                      if policy.deterministic_execution and not policy.allows_network],
         )
         register_artifact_methods(context.registry, artifacts, lambda key: context.is_registered_as(key, {"gateway"}))
         return [Service("processing", service.run, lambda: {"completed": service.completed, "declined": service.declined})]

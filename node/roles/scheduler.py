@@ -1,4 +1,4 @@
-"""The scheduler role: sign the ``job.schedule`` and ``job.verdict`` receipts each block implies.
+"""The scheduler role: sign the ``job.schedule``, ``job.verdict`` and ``service.placement`` receipts each block implies.
 
 Scheduling itself is a pure function of the chain (node/app/scheduler.py) that
 every node computes; a scheduler node also vouches for each decision with a

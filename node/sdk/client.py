@@ -43,12 +43,13 @@ from node.consensus.tx import sign_tx
 from node.sdk.datasets import DatasetResolver, PreparedJob, is_digest
 from node.sdk.link import Link
 from node.sdk.results import FINAL_STATES, JobResult
+from node.sdk.services import PreparedService, ServiceMethods, SyncServiceMethods
 from node.sdk.uploads import Progress
 
 if TYPE_CHECKING:
     from node.p2p.rpc_client import RpcClient
 
-__all__ = ["FINAL_STATES", "AsyncClient", "Client", "JobResult", "PreparedJob", "require_key"]
+__all__ = ["FINAL_STATES", "AsyncClient", "Client", "JobResult", "PreparedJob", "PreparedService", "require_key"]
 
 ENV_NODE, ENV_KEY, ENV_GENESIS = "METANODE_NODE", "METANODE_KEY", "METANODE_GENESIS"
 DATASET_PAGE = 1000  # dataset_list's largest page
@@ -99,8 +100,9 @@ def trusted_genesis(*candidates: str | Path | None) -> str | Path:
     return str(found)
 
 
-class AsyncClient:
-    """The trio API over one gateway connection (replaced when it drops mid-upload)."""
+class AsyncClient(ServiceMethods):
+    """The trio API over one gateway connection (replaced when it drops mid-upload);
+    the service methods are node/sdk/services.py's."""
 
     def __init__(self, link: Link, identity: Identity, chain_id: str, *, genesis: str | Path | None = None) -> None:
         self.link = link
@@ -333,7 +335,7 @@ def _receipt_id(receipt_hash: str) -> None:
                         "e.g. result.receipt_hash)", exit_code=EXIT_USAGE)
 
 
-class Client:
+class Client(SyncServiceMethods):
     """The same operations for plain (non-trio) Python: one connection per call.
 
     ``Client()`` reads ``METANODE_NODE``, ``METANODE_KEY`` and ``METANODE_GENESIS``
@@ -346,9 +348,12 @@ class Client:
         self.genesis: str | Path | None = _from_env(genesis, ENV_GENESIS)
         self.timeout = timeout
 
+    def _async_client(self) -> Any:
+        return AsyncClient.connect(self.node, self.identity, timeout=self.timeout, genesis=self.genesis)
+
     def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
-            async with AsyncClient.connect(self.node, self.identity, timeout=self.timeout, genesis=self.genesis) as client:
+            async with self._async_client() as client:
                 return await getattr(client, method)(*args, **kwargs)
 
         try:

@@ -44,6 +44,11 @@ VALID = {
     "receipts.batch": {"receipts": [store_envelope(), store_envelope(subject=D2)]},
     "gov.propose": {"action": {"kind": "admit_node", "key": D1}},
     "gov.vote": {"proposal": D2},
+    "service.deploy": {"name": "daily-sales", "type": "sql", "inputs": {"sales": "sales.csv"},
+                       "params": {"query": "SELECT 1"}, "replicas": 2, "policy": "processing",
+                       "trigger": {"on_new_version": True}, "deadline_blocks": 10},
+    "service.scale": {"name": "daily-sales", "replicas": 3},
+    "service.stop": {"name": "daily-sales"},
 }
 
 
