@@ -26,6 +26,10 @@ time, and checks on every run:
   by the last set, within ``LIVENESS_BOUND_MS`` of virtual time.
 
 Same seed, same run: a failing seed replays exactly with the printed command.
+
+``wan.run_wan(seed, n, model)`` runs the same checks over a wide-area link
+and CPU model (``network.py``) under a client load and measures finality
+against n (bench/scaling.py prints it).
 """
 
 from __future__ import annotations

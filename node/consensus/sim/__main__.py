@@ -6,6 +6,7 @@ Examples::
     python -m node.consensus.sim --seeds 5000 --n 4,7 --jobs 2
     python -m node.consensus.sim --seeds 200 --faults set-change   # set changes alone
     python -m node.consensus.sim --seed 17 --n 7 --faults all -v   # replay one
+    python -m node.consensus.sim --wan --seeds 20 --n 16 --faults silent   # wide-area links (20-150 ms)
 
 Exit status 0 when every run kept every invariant, 1 otherwise; each failing
 seed prints the one command that replays it.
@@ -21,6 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 import click
 
 from node.consensus.sim import ALL_FAULTS, SimResult, parse_faults, run_seed
+from node.consensus.sim.wan import WanModel, run_wan
+
+# Costs of the order bench/scaling.py measures on one core (it passes its own).
+WAN_MODEL = WanModel(sign_us=20, verify_us=50, vrf_us=400, message_us=25)
 
 
 def _one(args: tuple[int, int, tuple[str, ...]]) -> SimResult:
@@ -38,8 +43,11 @@ PROG = "python -m node.consensus.sim"
 @click.option("--faults", default="all", help=f"all | none | comma list ({','.join(ALL_FAULTS)})")
 @click.option("--jobs", type=int, default=1, help="worker processes (default 1)")
 @click.option("-v", "--verbose", is_flag=True, help="print every run's scenario and heights")
+@click.option("--wan", is_flag=True, help="wide-area links and CPU costs under a client load (faults: none or silent)")
 @click.pass_context
-def simulate(ctx: click.Context, seeds: int, start: int, seed: int | None, n: str, faults: str, jobs: int, verbose: bool) -> None:
+def simulate(
+    ctx: click.Context, seeds: int, start: int, seed: int | None, n: str, faults: str, jobs: int, verbose: bool, wan: bool,
+) -> None:
     try:
         fault_kinds = parse_faults(faults)
         sizes = [int(x) for x in n.split(",")]
@@ -48,6 +56,8 @@ def simulate(ctx: click.Context, seeds: int, start: int, seed: int | None, n: st
     if any(size < 1 or size > 64 for size in sizes):
         raise click.UsageError("--n must be between 1 and 64")
     seed_list = [seed] if seed is not None else list(range(start, start + seeds))
+    if wan:
+        ctx.exit(_run_wan(seed_list, sizes, fault_kinds, faults, verbose))
     runs = [(one_seed, size, fault_kinds) for size in sizes for one_seed in seed_list]
     started = time.monotonic()
     tally = {"failures": 0, "with_changes": 0, "changes": 0}
@@ -61,6 +71,32 @@ def simulate(ctx: click.Context, seeds: int, start: int, seed: int | None, n: st
     print(f"{len(runs) - failures}/{len(runs)} runs passed (n={n}, faults={faults}) in {elapsed:.1f} s; "
           f"{tally['with_changes']} runs changed the validator set ({tally['changes']} changes executed)")
     ctx.exit(1 if failures else 0)
+
+
+def _run_wan(seed_list: list[int], sizes: list[int], fault_kinds: tuple[str, ...], faults: str, verbose: bool) -> int:
+    """``--wan``: run_wan for every (n, seed); 1 if any run broke an invariant."""
+    if set(fault_kinds) - {"silent"}:
+        raise click.UsageError(f"--wan takes --faults none or silent, not {faults!r}")
+    silent = "silent" in fault_kinds
+    if silent and min(sizes) < 4:
+        raise click.UsageError("--wan --faults silent needs every --n >= 4")
+    started, failures, runs = time.monotonic(), 0, 0
+    for size in sizes:
+        for one_seed in seed_list:
+            result = run_wan(one_seed, size, WAN_MODEL, silent=silent, load_ms=3_000)
+            runs += 1
+            if verbose or not result.ok:
+                figures = result.summary()
+                print(f"{'ok  ' if result.ok else 'FAIL'} seed={one_seed} n={size} heights={result.heights} "
+                      f"finality p50/p99={figures['tx_quorum_p50_ms']}/{figures['tx_quorum_p99_ms']} ms "
+                      f"rounds/height={result.rounds_per_height:.2f}  {WAN_MODEL.describe()}")
+            if not result.ok:
+                failures += 1
+                print(f"     {result.error}")
+                print(f"     replay: {PROG} --wan --seed {one_seed} --n {size} --faults {'silent' if silent else 'none'}")
+            sys.stdout.flush()
+    print(f"{runs - failures}/{runs} wide-area runs passed (faults={faults}) in {time.monotonic() - started:.1f} s")
+    return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from node.consensus.sim.network import WanModel
+
 NETWORK_FAULTS = ("delay", "drop", "dup", "partition", "crash")
 BYZANTINE_FAULTS = ("silent", "equivocate", "shared-key", "refuser")
 SET_CHANGE = "set-change"
@@ -101,6 +103,7 @@ class Scenario:
     skew_ms: list[int] = field(default_factory=list)  # per process, local clock offset
     spares: int = 0  # processes outside the genesis set, identities n .. n+spares-1
     changes: list[SetChange] = field(default_factory=list)  # in submission order
+    wan: WanModel | None = None  # a wide-area link and CPU model (network.py) instead of max_delay_ms
 
     @property
     def twin_of(self) -> int | None:
@@ -138,7 +141,7 @@ class Scenario:
         return sets
 
     def describe(self) -> str:
-        parts = [f"heal={self.heal_ms}ms", f"delay<={self.max_delay_ms}ms"]
+        parts = [f"heal={self.heal_ms}ms", self.wan.describe() if self.wan else f"delay<={self.max_delay_ms}ms"]
         if self.drop_rate:
             parts.append(f"drop={self.drop_rate:.2f}")
         if self.dup_rate:

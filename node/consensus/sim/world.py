@@ -28,12 +28,20 @@ from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync,
 from node.consensus.safety import SafetyState
 from node.consensus.sim.application import ADMITTED, SimApplication, admitted, set_change_tx
 from node.consensus.sim.memo import MemoVerifier, MemoVrfVerifier
+from node.consensus.sim.network import Wan
 from node.consensus.sim.scenario import Scenario
 from node.consensus.validators import ACTIVATION_DELAY, ValidatorSet
 
 GENESIS_TIME_MS = 1_767_225_600_000
 
-__all__ = ["ADMITTED", "GENESIS_TIME_MS", "InvariantViolation", "MemoVerifier", "MemoVrfVerifier", "Process", "World"]
+__all__ = [
+    "ADMITTED", "GENESIS_TIME_MS", "InvariantViolation", "MemoVerifier", "MemoVrfVerifier", "Process", "World", "member_identity",
+]
+
+
+def member_identity(index: int) -> Identity:
+    """The identity simulated member ``index`` runs (the same in every run)."""
+    return Identity.from_label(f"sim-validator-{index}")
 
 
 class InvariantViolation(AssertionError):
@@ -80,15 +88,15 @@ class World:
         self.amnesia = amnesia
         self.frozen_sets = frozen_sets
         self.rng = random.Random(f"metanode-sim-run/{scenario.seed}/{scenario.n}/{','.join(scenario.faults)}")
-        self.identities = [Identity.from_label(f"sim-validator-{i}") for i in range(scenario.members)]
+        self.identities = [member_identity(i) for i in range(scenario.members)]
         self.member_keys = [identity.public_key for identity in self.identities]
         self.genesis = Genesis(
             chain_id="metanode-sim",
             genesis_time_ms=GENESIS_TIME_MS,
             validators=tuple(self.member_keys[: scenario.n]),
-            block_period_ms=500,
-            round_timeout_base_ms=1_000,
-            round_timeout_cap_ms=8_000,
+            block_period_ms=scenario.wan.block_period_ms if scenario.wan else 500,
+            round_timeout_base_ms=scenario.wan.round_timeout_base_ms if scenario.wan else 1_000,
+            round_timeout_cap_ms=scenario.wan.round_timeout_cap_ms if scenario.wan else 8_000,
             limits=Limits(max_block_bytes=1 << 20, max_txs_per_block=64, max_timestamp_drift_ms=1_000),
         )
         self.genesis_header = genesis_header(self.genesis)
@@ -117,6 +125,7 @@ class World:
         self.round_starts = 0
         self.messages_sent = 0
         self.stops = 0
+        self.wan = Wan(scenario.wan, scenario.seed, len(self.processes)) if scenario.wan else None
 
     # -- event queue ----------------------------------------------------------------
     def schedule(self, at: int, kind: str, data: Any) -> None:
@@ -221,6 +230,13 @@ class World:
         self.carry_out(proc, proc.core.tick(self.local(proc)))
 
     def _ev_deliver(self, pid: int, data: bytes) -> None:
+        if self.wan is not None and self.processes[pid].core is not None:
+            # Its core checks the message once it has checked those before it.
+            self.schedule(self.wan.received(pid, self.now, data), "handle", (pid, data))
+            return
+        self._ev_handle(pid, data)
+
+    def _ev_handle(self, pid: int, data: bytes) -> None:
         proc = self.processes[pid]
         if proc.core is not None:
             if proc.votes_after_removal:
@@ -248,9 +264,14 @@ class World:
                 proc.safety = out.state
             elif isinstance(out, Broadcast):
                 self.record_signature(proc, out.message)
-                for data, targets in self.tamper(proc, out):
+                sends = self.tamper(proc, out)
+                depart = None
+                if self.wan is not None:
+                    depart = self.wan.broadcast(proc.pid, self.now, out, sum(len(targets) for _, targets in sends))
+                    self.broadcast_sent(proc, out, depart)
+                for data, targets in sends:
                     for dst in targets:
-                        self.send(proc.pid, dst, data)
+                        self.send(proc.pid, dst, data, depart)
             elif isinstance(out, SetTimer):
                 at = max(self.now, out.deadline_ms - GENESIS_TIME_MS - proc.skew_ms)
                 proc.timer = at
@@ -263,6 +284,7 @@ class World:
                 proc.chain.append(out.block)
                 proc.app.apply_final_block(out.block)  # as the shell does, before anything else sees it
                 finalized = True
+                self.finalized(proc, out.block)
                 for dst in self.others(proc.pid):
                     self.send_block(proc.pid, dst, out.block)
             elif isinstance(out, NeedSync):
@@ -276,6 +298,12 @@ class World:
                 self.stop(proc)
                 return
             self.carry_out(proc, proc.core.resume(self.local(proc)))  # as the shell does, once the block is applied
+
+    def broadcast_sent(self, proc: Process, out: Broadcast, depart: int) -> None:
+        """Under the WAN model, ``proc``'s copies of ``out`` leave at ``depart`` (for measurements)."""
+
+    def finalized(self, proc: Process, block: Block) -> None:
+        """``proc`` has just applied ``block`` (for measurements)."""
 
     def past_last_height(self, proc: Process, removal: bytes) -> bool:
         """Whether ``proc``'s chain holds ``removal`` and a block its key does
@@ -327,22 +355,30 @@ class World:
     def delay(self) -> int:
         return self.rng.randint(1, self.scenario.max_delay_ms)
 
-    def send(self, src: int, dst: int, data: bytes) -> None:
+    def link(self, src: int, dst: int, depart: int | None = None) -> int:
+        """When a message leaving ``src`` (at ``depart``, default now) reaches ``dst``."""
+        if self.wan is not None:
+            return self.wan.arrival(src, dst, self.now if depart is None else depart)
+        return self.now + self.delay()
+
+    def send(self, src: int, dst: int, data: bytes, depart: int | None = None) -> None:
         self.messages_sent += 1
         if not self.connected(src, dst):
             return
         faulty = self.now < self.scenario.heal_ms
         if faulty and self.scenario.drop_rate and self.rng.random() < self.scenario.drop_rate:
             return
-        self.schedule(self.now + self.delay(), "deliver", (dst, data))
+        self.schedule(self.link(src, dst, depart), "deliver", (dst, data))
         if faulty and self.scenario.dup_rate and self.rng.random() < self.scenario.dup_rate:
-            self.schedule(self.now + self.delay(), "deliver", (dst, data))
+            self.schedule(self.link(src, dst, depart), "deliver", (dst, data))
 
     def send_block(self, src: int, dst: int, block: Block) -> None:
         if self.connected(src, dst) and not (
             self.now < self.scenario.heal_ms and self.scenario.drop_rate and self.rng.random() < self.scenario.drop_rate
         ):
-            self.schedule(self.now + self.delay(), "block", (dst, block))
+            if self.wan is not None:
+                self.wan.blocks_sent += 1
+            self.schedule(self.link(src, dst), "block", (dst, block))
 
     def sync(self, proc: Process, need: NeedSync) -> None:
         """Block sync: ask one peer (a validator seen ahead, else anyone) for
@@ -360,7 +396,10 @@ class World:
         if not candidates:
             return
         peer = self.rng.choice(candidates)
-        at = self.now + 2 * self.delay()
+        if self.wan is not None:  # the request's way there and the blocks' way back
+            at = self.wan.arrival(peer.pid, proc.pid, self.wan.arrival(proc.pid, peer.pid, self.now))
+        else:
+            at = self.now + 2 * self.delay()
         proc.syncing_until = (proc.epoch, at)
         for block in peer.chain[need.height - 1 : need.height + 15]:
             self.schedule(at, "block", (proc.pid, block))
