@@ -422,12 +422,14 @@ def health(node_addr: str, key_path: str | None, as_json: bool) -> None:
 def trace(node_addr: str, key_path: str | None, job_id: str, genesis: str | None, include_witness: bool, as_json: bool) -> None:
     """Every receipt of a job in order (submission, schedule, executions, verdict) and whether each verifies."""
     from node.cli.analytics_follow import status_or_none
-    from node.cli.analytics_trace import attach_witnesses, verify_offline, witness_lines
+    from node.cli.analytics_trace import attach_witnesses, verify_offline, with_service_placements, witness_lines
 
     async def body(client: Any) -> Any:
-        if await status_or_none(client.rpc, job_id) is None:
+        status = await status_or_none(client.rpc, job_id)
+        if status is None:
             raise UserError(f"job {job_id} not found (not committed yet, or not yours)")
-        receipts = await client.rpc.call("receipt_trace", {"job_id": job_id})
+        # A service run: the service.placement receipts that decided where it could run come first.
+        receipts = await with_service_placements(client, status, await client.rpc.call("receipt_trace", {"job_id": job_id}))
         for r in receipts:
             r["verified"] = await verify_offline(client, r["id"], genesis) if genesis else None
         if include_witness:
@@ -440,7 +442,7 @@ def trace(node_addr: str, key_path: str | None, job_id: str, genesis: str | None
     else:
         for r in receipts:
             mark = "" if r["verified"] is None else ("  verified offline" if r["verified"] else "  DOES NOT VERIFY")
-            click.echo(f"#{r['index']:<6} height {r['height']:<6} {r['kind']:13} by {r['issuer']}  {r['id']}{mark}")
+            click.echo(f"#{r['index']:<6} height {r['height']:<6} {r['kind']:17} by {r['issuer']}  {r['id']}{mark}")
             if "witness" in r:
                 click.echo(witness_lines(r["witness"]))
     bad_witness = include_witness and any(r.get("witness", {}).get("matches_receipt") is False for r in receipts)

@@ -52,3 +52,29 @@ def witness_lines(w: dict[str, Any]) -> str:
     for item in rec.get("denials", []):
         lines.append(f"           denied  {item}")
     return "\n".join(lines)
+
+
+async def with_service_placements(client: Any, status: dict[str, Any] | None, receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A service run's trace with the ``service.placement`` receipts that decided
+    where it could run: the last one at or before the run's first receipt (the
+    placement it was scheduled onto) and every one up to its last (replacements
+    while it ran), in height order. A plain job's trace is returned as it is."""
+    if not status or not status.get("service") or not receipts:
+        return receipts
+    from node.base.codec import hash_tagged
+
+    # The service id is a pure function of owner and name (docs/services.md).
+    service_id = hash_tagged("metanode/service-id/v1", bytes.fromhex(str(status["tenant"])) + str(status["service"]).encode())
+    placements = [r for r in await client.rpc.call("receipt_trace", {"job_id": service_id.hex()})
+                  if r["kind"] == "service.placement"]
+    first, last = min(r["height"] for r in receipts), max(r["height"] for r in receipts)
+    before = [r for r in placements if r["height"] <= first][-1:]
+    during = [r for r in placements if first < r["height"] <= last]
+    # Each placement goes before the run's first receipt at or after its height (the block's
+    # service pass places before it schedules); the run's own order is the node's.
+    merged = list(receipts)
+    for placement in reversed(before + during):
+        at = next((i for i, r in enumerate(merged) if r["height"] >= placement["height"] and r["kind"] != "service.placement"),
+                  len(merged))
+        merged.insert(at if placement not in before else 0, placement)
+    return merged

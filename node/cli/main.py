@@ -35,6 +35,8 @@ _LAZY_COMMANDS = {
     "validators": "node.cli.validators:validators",
     "console": "node.cli.console:console",
     "rules": "node.cli.rules:rules",
+    "service": "node.cli.services:service",
+    "container": "node.cli.services:container",
 }
 
 
