@@ -269,7 +269,7 @@ def main() -> None:
         return
     warmup, pause = 3.0, 3.0
     if args.smoke:
-        args.seconds, args.rate, warmup, pause = 2.0, 40.0, 1.0, 0.5
+        args.seconds, args.rate, warmup, pause = 1.0, 40.0, 0.5, 0.3
     every = list(adversary.attacks(SMOKE_SCALE, 1.0))
     names = [n.strip() for n in args.only.split(",") if n.strip()] or every
     unknown = sorted(set(names) - set(every))

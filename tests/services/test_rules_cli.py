@@ -48,7 +48,7 @@ def test_the_human_list_shows_rules_pending_votes_and_each_change_with_its_heigh
     chain.block(waiting)
     lines = describe(chain.machine.rules_view())
     assert lines[0] == "rules of block 3 (a proposal executes with 3 validator votes):"
-    assert lines[2] == "  max_attempts         5  (genesis 3, range 1..100)"
+    assert lines[2] == "  max_attempts          5  (genesis 3, range 1..100)"  # padded to min_service_interval
     assert lines[1 + len(RULES)] == "pending proposals (1):"
     assert lines[2 + len(RULES)] == (f"  {waiting.hash.hex()}  max_inputs = 8 from height 100  votes 1 of 3 needed "
                                      f"({V[3].peer_id}); expires at height 1002")
