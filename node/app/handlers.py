@@ -30,6 +30,7 @@ from node.app.model import (
 )
 from node.app.payloads import (
     DatasetRegister,
+    JobAck,
     JobCancel,
     JobDecline,
     JobResult,
@@ -37,7 +38,7 @@ from node.app.payloads import (
     NodeRegister,
     ReceiptsBatch,
 )
-from node.app.working import JobRow, NodeRow, Reads, ResultRow, WorkingState
+from node.app.working import AssignmentRow, JobRow, NodeRow, Reads, ResultRow, WorkingState
 from node.base.codec import encode, to_hex
 from node.base.keys import peer_id_from_public_key
 from node.consensus.tx import Transaction
@@ -161,6 +162,8 @@ def _check_pending_assignee(ws: WorkingState, tx: Transaction, job_id: bytes) ->
         return f"the sender already delivered its result for {describe_job_ref(job_id)}"
     if assignment.status == DECLINED:
         return f"the sender already declined {describe_job_ref(job_id)}"
+    if assignment.status == MISSED and assignment.note is not None:  # missed for want of an acknowledgement
+        return f"the sender's assignment (attempt {assignment.attempt}) was missed: {assignment.note}"
     if assignment.status == MISSED:
         return (
             f"the sender's assignment (attempt {assignment.attempt}) missed its deadline "
@@ -191,7 +194,9 @@ def apply_job_result(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
     job.results[tx.sender] = ResultRow(
         p.job, tx.sender, ctx.height, tx.hash, p.receipt.id, fields["result"], fields["witness"], fields["exit"], p.error
     )
-    job.assignments[tx.sender].status = DELIVERED
+    assignment = job.assignments[tx.sender]
+    assignment.status = DELIVERED
+    acknowledge(assignment, ctx.height)  # a result is the surest sign of life
     node = ws.nodes()[tx.sender]
     node.delivered += 1
     ws.touch_node(node)
@@ -217,6 +222,7 @@ def apply_job_decline(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: J
     assignment = job.assignments[tx.sender]
     assignment.status = DECLINED
     assignment.note = f"{p.reason}: {p.detail}"
+    acknowledge(assignment, ctx.height)
     node = ws.nodes()[tx.sender]
     node.declined += 1
     if p.reason == LOCAL_FAULT:  # a node that says it is broken gets no new work for a while
@@ -226,6 +232,42 @@ def apply_job_decline(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: J
     ctx.declines.pop(p.job, None)  # keep transaction order: the last note given is the latest
     ctx.declines[p.job] = assignment.note
     ctx.declined_by.append((p.job, tx.sender))  # a placed node that declines a service run is replaced
+
+
+# -- job.ack ----------------------------------------------------------------------
+
+def acknowledge(assignment: AssignmentRow, height: int) -> None:
+    """Record the first sign of life of an assignee on its assignment."""
+    if assignment.acked_height is None:
+        assignment.acked_height = height
+
+
+def reads_job_ack(tx: Transaction, p: JobAck) -> Reads:
+    return Reads(jobs=p.jobs)
+
+
+def check_job_ack(ws: WorkingState, tx: Transaction, p: JobAck) -> str | None:
+    """Every job named has a pending assignment of the sender not acknowledged
+    yet; the first that has not is the reason (the whole ack is refused)."""
+    for i, job_id in enumerate(p.jobs):
+        problem = _check_pending_assignee(ws, tx, job_id)
+        if problem is None:
+            job = ws.job(job_id)
+            assert job is not None  # checked
+            acked = job.assignments[tx.sender].acked_height
+            if acked is not None:
+                problem = f"the sender already acknowledged {describe_job_ref(job_id)} at height {acked}"
+        if problem is not None:
+            return f"jobs[{i}]: {problem}"
+    return None
+
+
+def apply_job_ack(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: JobAck) -> None:
+    for job_id in p.jobs:
+        job = ws.job(job_id)
+        assert job is not None  # checked
+        acknowledge(job.assignments[tx.sender], ctx.height)
+        ws.touch_job(job)
 
 
 # -- job.cancel -------------------------------------------------------------------

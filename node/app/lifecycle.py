@@ -86,39 +86,58 @@ def settle_if_complete(ws: WorkingState, ctx: BlockContext, job: JobRow) -> None
         }))
 
 
+def unacknowledged_by(assignment: AssignmentRow, height: int) -> bool:
+    """Whether a pending assignment is missed at ``height`` for want of an
+    acknowledgement (its result deadline, when it comes first, decides instead)."""
+    return (assignment.ack_deadline is not None and assignment.acked_height is None
+            and assignment.ack_deadline <= height and assignment.ack_deadline < assignment.deadline)
+
+
 def expire_deadlines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> None:
-    """Pending assignments whose deadline is this height or earlier are missed.
+    """Pending assignments whose deadline is this height or earlier are missed,
+    and so are those not acknowledged by their ack deadline (rule ``ack_blocks``).
 
     Their nodes are excluded from new work for ``rules.exclusion_blocks``;
     their jobs either get replacements in the scheduling pass or, with no
-    attempt left, fail.
+    attempt left, fail. An assignment missed for want of an acknowledgement
+    carries the note ``no acknowledgement by height H``.
     """
     # The table holds the state before this block; the block's own changes
-    # only withdrew or delivered assignments, on jobs held in memory.
+    # only withdrew, delivered or acknowledged assignments, on jobs held in memory.
     job_ids = [bytes(job_id) for (job_id,) in ws.conn.execute(
-        "SELECT DISTINCT job_id FROM state_assignments WHERE status = ? AND deadline <= ? ORDER BY job_id",
-        [PENDING, ctx.height],
+        "SELECT DISTINCT job_id FROM state_assignments WHERE status = ? AND "
+        "(deadline <= ? OR (ack_deadline <= ? AND acked_height IS NULL)) ORDER BY job_id",
+        [PENDING, ctx.height, ctx.height],
     ).fetchall()]
     ws.load_jobs(job_ids)
     nodes = ws.nodes()
     for job_id in job_ids:
         job = ws.job(job_id)
         assert job is not None
-        missed = [a for _, a in sorted(job.assignments.items()) if a.status == PENDING and a.deadline <= ctx.height]
-        if not missed:  # delivered or withdrawn earlier in this block
+        pending = [a for _, a in sorted(job.assignments.items()) if a.status == PENDING]
+        late = [a for a in pending if a.deadline <= ctx.height]
+        silent = [a for a in pending if a.deadline > ctx.height and unacknowledged_by(a, ctx.height)]
+        if not late and not silent:  # delivered, acknowledged or withdrawn earlier in this block
             continue
-        for assignment in missed:
+        for assignment in late + silent:
             assignment.status = MISSED
             node = nodes[assignment.node_key]
             node.missed += 1
             node.last_missed_height = ctx.height
             ws.touch_node(node)
+        for assignment in silent:
+            assignment.note = f"no acknowledgement by height {assignment.ack_deadline}"
         ws.touch_job(job)
         if job.attempt >= rules.max_attempts:
+            why = []
+            if late:
+                why.append(f"{len(late)} assignee(s) missed the deadline at height {max(a.deadline for a in late)}")
+            if silent:
+                why.append(f"{len(silent)} assignee(s) did not acknowledge by height "
+                           f"{max(a.ack_deadline or 0 for a in silent)}")
             finish_job(ws, ctx, job, FAILED, (
                 f"attempts exhausted: {len(job.results)} of {job.replication} results after "
-                f"{job.attempt} attempt(s); {len(missed)} assignee(s) missed the deadline at height "
-                f"{max(a.deadline for a in missed)}"
+                f"{job.attempt} attempt(s); {'; '.join(why)}"
             ))
 
 
@@ -229,7 +248,7 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
         else:
             job.attempt += 1
         job.reason = None
-        _assign(ws, ctx, job, sorted(chosen), ctx.height + job.deadline_blocks)
+        _assign(ws, ctx, job, sorted(chosen), ctx.height + job.deadline_blocks, rules.ack_blocks)
 
 
 def _placed_for_run(ws: WorkingState, job: JobRow, open_slots: int) -> tuple[list[bytes] | None, str | None]:
@@ -270,10 +289,13 @@ def _waiting_reason(
     )
 
 
-def _assign(ws: WorkingState, ctx: BlockContext, job: JobRow, nodes: list[bytes], deadline: int) -> None:
+def _assign(ws: WorkingState, ctx: BlockContext, job: JobRow, nodes: list[bytes], deadline: int,
+            ack_blocks: int) -> None:
     peer_ids = {key: ws.nodes()[key].peer_id for key in nodes}
+    ack_deadline = ctx.height + ack_blocks if ack_blocks > 0 else None
     for key in nodes:
-        job.assignments[key] = AssignmentRow(job.job_id, key, job.attempt, ctx.height, deadline, PENDING)
+        job.assignments[key] = AssignmentRow(job.job_id, key, job.attempt, ctx.height, deadline, PENDING,
+                                             ack_deadline=ack_deadline)
         ctx.effects.assignments.append(Assignment(job.job_id, key, peer_ids[key], job.attempt, deadline))
     ws.touch_job(job)
     ctx.effects.receipt_bodies.append(ReceiptBody("job.schedule", job.job_id, {

@@ -18,8 +18,10 @@ Applying a block:
    reason and changes nothing else, so every node reaches the same state;
 3. jobs an assignee declined (``job.decline``: it could not run them) fail when
    no attempt or no untried processing node is left (``settle_declines``);
-   pending assignments whose deadline is this height are missed: their jobs
-   get replacements or, with no attempt left, fail;
+   pending assignments whose deadline is this height are missed, and so are
+   those not acknowledged (``job.ack``, or a result or decline) by their ack
+   deadline (rule ``ack_blocks``): their jobs get replacements or, with no
+   attempt left, fail;
 4. the service pass (:mod:`node.app.service_pass`): verified runs become
    their services' results, placements follow the nodes, triggers start runs;
 5. the scheduler assigns every job with open slots (new jobs first get their

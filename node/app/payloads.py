@@ -56,6 +56,13 @@ class JobDecline:
 
 
 @dataclass(frozen=True)
+class JobAck:
+    """An assignee acknowledges assignments: it is alive and has taken them on."""
+
+    jobs: tuple[bytes, ...]  # distinct job ids, in payload order
+
+
+@dataclass(frozen=True)
 class JobCancel:
     job: bytes
 
@@ -112,6 +119,6 @@ class ServiceStop:
 
 
 Payload = (
-    NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobCancel | ReceiptsBatch
+    NodeRegister | DatasetRegister | JobSubmit | JobResult | JobDecline | JobAck | JobCancel | ReceiptsBatch
     | GovPropose | GovVote | ServiceDeploy | ServiceScale | ServiceStop
 )

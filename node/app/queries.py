@@ -128,15 +128,16 @@ class StateQueries(ServiceQueries):
             return None
         job = _job_summary(row)
         assignments = self._conn.execute(
-            "SELECT a.attempt, a.node_key, n.peer_id, a.assigned_height, a.deadline, a.status, a.note "
+            "SELECT a.attempt, a.node_key, n.peer_id, a.assigned_height, a.deadline, a.status, a.note, "
+            "a.acked_height, a.ack_deadline "
             "FROM state_assignments a JOIN state_nodes n USING (node_key) WHERE a.job_id = ? "
             "ORDER BY a.attempt, a.node_key",
             [job_id],
         ).fetchall()
         job["assignments"] = [
             {"attempt": attempt, "node": _hex(key), "peer_id": peer, "assigned_height": assigned,
-             "deadline": deadline, "status": status, "note": note}
-            for attempt, key, peer, assigned, deadline, status, note in assignments
+             "deadline": deadline, "status": status, "note": note, "acked_height": acked, "ack_deadline": ack_deadline}
+            for attempt, key, peer, assigned, deadline, status, note, acked, ack_deadline in assignments
         ]
         results = self._conn.execute(
             "SELECT r.node_key, n.peer_id, r.height, r.tx_hash, r.receipt_id, r.result, r.witness, r.exit, r.error "
@@ -193,6 +194,17 @@ class StateQueries(ServiceQueries):
             [_key(node_key, "node key"), PENDING],
         ).fetchall()
         return [(bytes(job_id), attempt) for job_id, attempt in rows]
+
+    def unacknowledged_assignments_of(self, node_key: bytes) -> list[bytes]:
+        """Job ids of the pending assignments of ``node_key`` that wait for its
+        acknowledgement (``job.ack``: those made while the rule ack_blocks was
+        above 0 and not acknowledged yet), in job id order."""
+        rows = self._conn.execute(
+            "SELECT job_id FROM state_assignments WHERE node_key = ? AND status = ? "
+            "AND ack_deadline IS NOT NULL AND acked_height IS NULL ORDER BY job_id",
+            [_key(node_key, "node key"), PENDING],
+        ).fetchall()
+        return [bytes(job_id) for (job_id,) in rows]
 
     def queue_depth(self) -> dict[str, int]:
         """How many jobs are in each active state, and how many wait for nodes."""

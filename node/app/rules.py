@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from node.consensus.genesis import Genesis
 
 RULES_TAG = "metanode/state-rules/v1"
-__all__ = ["DEFAULT_RULES", "LOWER_BOUND_RULES", "REPLICATION_LIMIT", "RULES_TAG", "WIDEST_RULES", "ChainRules"]
+__all__ = ["DEFAULT_RULES", "LOWER_BOUND_RULES", "NEW_CHAIN_RULES", "REPLICATION_LIMIT", "RULES_TAG", "WIDEST_RULES",
+           "ChainRules"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ChainRules:
     max_batch_receipts: int = RULES["max_batch_receipts"].default  # envelopes in one receipts.batch
     max_services: int = RULES["max_services"].default  # active services per tenant
     min_service_interval: int = RULES["min_service_interval"].default  # shortest every_blocks trigger
+    ack_blocks: int = RULES["ack_blocks"].default  # an unacknowledged assignment is missed this many blocks after it (0: off)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -74,6 +76,13 @@ if tuple(f.name for f in fields(ChainRules)) != tuple(RULES):  # a rule added on
     raise ImportError("node.app.rules.ChainRules and node.consensus.genesis.RULES name different rules")
 
 DEFAULT_RULES = ChainRules()
+
+NEW_CHAIN_RULES: dict[str, int] = {"ack_blocks": 4}
+"""Rules a new chain's genesis sets explicitly (``metanode genesis init``, the
+testnet): their defaults keep older chains' behaviour and hash, but a new chain
+wants them. ``ack_blocks = 4``: an assignee that has not acknowledged its
+assignment 4 blocks (seconds) after it is replaced, instead of at the job's
+deadline."""
 
 # The rules a payload must be at least (the others bound it from above): a vote
 # widens these by lowering them.

@@ -117,11 +117,14 @@ class ServiceQueries:
                 "result_digest": _hex(row[0]) if row is not None else None}
 
     def _late(self, sid: bytes) -> list[dict[str, Any]]:
+        # An assignee that has not acknowledged is replaced at its ack deadline when that comes first.
+        replaced_at = ("CASE WHEN a.ack_deadline IS NOT NULL AND a.acked_height IS NULL AND a.ack_deadline < a.deadline "
+                       "THEN a.ack_deadline ELSE a.deadline END")
         rows = self._conn.execute(
-            "SELECT n.peer_id, j.job_id, j.run, a.deadline FROM state_assignments a "
+            f"SELECT n.peer_id, j.job_id, j.run, {replaced_at} AS replaced_at FROM state_assignments a "
             "JOIN state_jobs j USING (job_id) JOIN state_nodes n ON n.node_key = a.node_key "
             f"WHERE j.service_id = ? AND a.status = ? AND j.state IN ({', '.join('?' * len(ACTIVE_STATES))}) "
-            "ORDER BY a.deadline, j.run, n.peer_id",
+            "ORDER BY replaced_at, j.run, n.peer_id",
             [sid, PENDING, *ACTIVE_STATES],
         ).fetchall()
         return [{"peer_id": peer, "job_id": _hex(job_id), "run": run, "deadline": deadline}

@@ -19,7 +19,11 @@ table                  one row per
                        a plain job), and the policy name it runs under
 ``state_assignments``  (job, node): attempt, assigned height, deadline,
                        status pending | delivered | missed | declined |
-                       cancelled, and the note of a declined one
+                       cancelled, the note of a declined one (or of one
+                       missed for want of an acknowledgement), the height
+                       of its acknowledgement (job.ack, or its result or
+                       decline) and the height by which one is due (NULL
+                       when the rule ack_blocks was 0 at assignment)
 ``state_results``      (job, node): the committed result: receipt id, result
                        and witness digests, exit status, the error the node
                        reported when the job failed
@@ -68,8 +72,9 @@ from node.base.codec import encode
 # 4: dataset versions (state_datasets keyed by tenant, name, version); 5: governance
 # (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets);
 # 7: rule changes by vote (state_rule_changes; rules applied per height); 8: services
-# (state_services, state_service_placements; state_jobs.service_id, run, policy)
-SCHEMA_VERSION = 8
+# (state_services, state_service_placements; state_jobs.service_id, run, policy); 9: assignment
+# acknowledgements (state_assignments.acked_height, ack_deadline)
+SCHEMA_VERSION = 9
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -99,7 +104,7 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_assignments", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_assignments (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, attempt INTEGER NOT NULL,
         assigned_height BIGINT NOT NULL, deadline BIGINT NOT NULL, status VARCHAR NOT NULL,
-        note VARCHAR, PRIMARY KEY (job_id, node_key))"""),
+        note VARCHAR, acked_height BIGINT, ack_deadline BIGINT, PRIMARY KEY (job_id, node_key))"""),
     ("state_results", "job_id, node_key", """CREATE TABLE IF NOT EXISTS state_results (
         job_id BLOB NOT NULL, node_key BLOB NOT NULL, height BIGINT NOT NULL,
         tx_hash BLOB NOT NULL, receipt_id BLOB NOT NULL, result BLOB NOT NULL,

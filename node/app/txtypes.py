@@ -47,6 +47,13 @@ type                payload
                     ``max_attempts`` are used up or no registered processing
                     node that has not held it is left; ``local_fault`` also
                     keeps the sender from new work for ``exclusion_blocks``
+``job.ack``         ``jobs`` [job id (32 bytes), ...] (1..64 distinct).
+                    The sender acknowledges assignments it holds: each
+                    job must have a pending assignment of the sender not
+                    acknowledged yet. Under the rule ``ack_blocks`` > 0 an
+                    assignment not acknowledged (by job.ack, job.result or
+                    job.decline) within ``ack_blocks`` blocks is missed
+                    and the job goes to another node
 ``job.cancel``      ``job`` 32 bytes
 ``receipts.batch``  ``receipts`` [envelope, ...] (1..max_batch_receipts,
                     distinct), each signed by the sender, of kind
@@ -118,6 +125,7 @@ from node.app.payloads import (
     GovAction,
     GovPropose,
     GovVote,
+    JobAck,
     JobCancel,
     JobDecline,
     JobResult,
@@ -136,9 +144,9 @@ from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
 from node.receipts.envelope import MAX_ENVELOPE_SIZE, Receipt, verify_receipt
 
 __all__ = [
-    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "GOV_PROPOSE", "GOV_VOTE", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
+    "BATCH_RECEIPT_KINDS", "DATASET_FORMATS", "DATASET_REGISTER", "GOV_PROPOSE", "GOV_VOTE", "JOB_ACK", "JOB_CANCEL", "JOB_DECLINE", "JOB_RESULT",
     "JOB_SUBMIT", "NODE_REGISTER", "RECEIPTS_BATCH", "SERVICE_DEPLOY", "SERVICE_SCALE", "SERVICE_STOP",
-    "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobCancel",
+    "STATE_TX_TYPES", "TX_TYPES", "DatasetRegister", "JobAck", "JobCancel",
     "JobDecline", "JobResult",
     "JobSubmit", "NodeRegister", "Payload", "ReceiptsBatch", "TxType", "carried_receipts", "parse_payload",
     "reads_of", "register_tx_types",
@@ -150,6 +158,8 @@ JOB_SUBMIT = "job.submit"
 MAX_ERROR_TEXT = 300
 JOB_RESULT = "job.result"
 JOB_DECLINE = "job.decline"
+JOB_ACK = "job.ack"
+MAX_ACK_JOBS = 64  # job ids in one job.ack: a processing node's pending assignments fit many times over
 JOB_CANCEL = "job.cancel"
 RECEIPTS_BATCH = "receipts.batch"
 GOV_PROPOSE = governance.GOV_PROPOSE
@@ -258,6 +268,20 @@ def _parse_job_decline(tx: Transaction, rules: ChainRules) -> JobDecline:
     return JobDecline(digest(p["job"], "job"), choice(p["reason"], "reason", DECLINE_REASONS), detail)
 
 
+def _parse_job_ack(tx: Transaction, rules: ChainRules) -> JobAck:
+    p = record(tx.payload, "", ("jobs",))
+    jobs = p["jobs"]
+    if not isinstance(jobs, list) or not 1 <= len(jobs) <= MAX_ACK_JOBS:
+        raise PayloadError(f"jobs: must be a list of 1 to {MAX_ACK_JOBS} job ids")
+    seen: set[bytes] = set()
+    for i, job in enumerate(jobs):
+        digest(job, f"jobs[{i}]")
+        if job in seen:
+            raise PayloadError(f"jobs[{i}]: repeats an earlier job id")
+        seen.add(job)
+    return JobAck(tuple(jobs))
+
+
 def _parse_job_cancel(tx: Transaction, rules: ChainRules) -> JobCancel:
     p = record(tx.payload, "", ("job",))
     return JobCancel(digest(p["job"], "job"))
@@ -358,6 +382,10 @@ STATE_TX_TYPES: dict[str, TxType[Any]] = _table(
     TxType(
         JOB_DECLINE, _parse_job_decline,
         handlers.reads_job_decline, handlers.check_job_decline, handlers.apply_job_decline,
+    ),
+    TxType(
+        JOB_ACK, _parse_job_ack,
+        handlers.reads_job_ack, handlers.check_job_ack, handlers.apply_job_ack,
     ),
     TxType(
         JOB_CANCEL, _parse_job_cancel,

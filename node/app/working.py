@@ -59,7 +59,9 @@ class AssignmentRow:
     assigned_height: int
     deadline: int
     status: str
-    note: str | None = None  # why the node declined it: "<reason>: <detail>" (status declined only)
+    note: str | None = None  # why the node declined it ("<reason>: <detail>"), or missed it for want of an ack
+    acked_height: int | None = None  # the block of its job.ack (or of its result or decline)
+    ack_deadline: int | None = None  # unacknowledged at this height, it is missed (None: no ack required)
 
 
 @dataclass

@@ -6,6 +6,12 @@ each attempt with their deadline heights, the results committed so far) and
 the chain's height::
 
     running 12.4 s · 2/2 nodes assigned, 1 result in, waiting for 12D3…hkMd (reassigned in ~20 s)
+    running 1.1 s · 2/2 nodes assigned, 0 results in, 12D3…hkMd has not acknowledged; replaced at height 41 (in ~2 s), waiting for 12D3…x9Qe (reassigned in ~20 s, at height 60)
+
+An assignee that has not acknowledged its assignment on chain (``job.ack``,
+under the chain rule ``ack_blocks``) is named apart, with the height at which
+the chain replaces it if it stays silent (its ``ack_deadline``): a dead node
+shows there within a block or two, long before the job's deadline.
 
 Seconds are estimated from the block timestamps (``chain_head`` and a block a
 few heights back); without an estimate the line counts blocks. On a terminal
@@ -65,22 +71,39 @@ def awaited(status: Mapping[str, Any] | None, *, height: int | None, seconds_per
     wanted = int(status.get("replication") or 1)
     delivered = {r["node"] for r in results}
     active = {a["node"] for a in assignments if a.get("status") in ("pending", "delivered")}
-    waiting = [a for a in assignments if a.get("status") == "pending" and a["node"] not in delivered]
+    pending = [a for a in assignments if a.get("status") == "pending" and a["node"] not in delivered]
+    silent = [a for a in pending if _unacknowledged(a)]
+    waiting = [a for a in pending if not _unacknowledged(a)]
     attempt = int(status.get("attempt") or 1)
     max_attempts = status.get("max_attempts")
     parts = [f"attempt {attempt}" + (f"/{max_attempts}" if max_attempts else "")] if attempt > 1 else []
     parts.append(f"{len(active | delivered)}/{wanted} nodes assigned, {len(results)} result{'' if len(results) == 1 else 's'} in")
+    last = max_attempts is not None and attempt >= int(max_attempts)
+    for a in silent[:3]:
+        due = int(a["ack_deadline"])
+        when = (f" ({_in_time(due - height, seconds_per_block)})" if height is not None else "")
+        parts.append(f"{short_peer(str(a.get('peer_id') or a['node']))} has not acknowledged; "
+                     f"{'the job fails' if last else 'replaced'} at height {due}{when}")
+    if len(silent) > 3:
+        parts.append(f"{len(silent) - 3} more have not acknowledged")
     if waiting:
         names = ", ".join(short_peer(str(a.get("peer_id") or a["node"])) for a in waiting[:3])
         more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
         deadline = min(int(a["deadline"]) for a in waiting)
-        then = "the job fails" if max_attempts and attempt >= int(max_attempts) else "reassigned"
+        then = "the job fails" if last else "reassigned"
         when = (f" ({then} {_in_time(deadline - height, seconds_per_block)}, at height {deadline})"
                 if height is not None else f" (deadline height {deadline})")
         parts.append(f"waiting for {names}{more}{when}")
-    elif wanted > len(active | delivered):
+    elif wanted > len(active | delivered) and not silent:
         parts.append("waiting for more nodes" + (f": {reason}" if reason else ""))
     return ", ".join(parts)
+
+
+def _unacknowledged(assignment: Mapping[str, Any]) -> bool:
+    """A pending assignment the chain replaces at its ack deadline unless the node
+    acknowledges it first (the deadline before the result deadline: else that decides)."""
+    due = assignment.get("ack_deadline")
+    return due is not None and assignment.get("acked_height") is None and int(due) < int(assignment["deadline"])
 
 
 def progress_line(status: Mapping[str, Any] | None, elapsed: float, what: str) -> str:

@@ -50,6 +50,7 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round
          round_timeout_cap_ms: int, genesis_time_ms: int | None, nodes_admission: str, tenants_admission: str,
          admit_nodes: tuple[str, ...], admit_tenants: tuple[str, ...], rule_args: tuple[str, ...], out: Path) -> None:
     """Write a genesis file (refuses to overwrite one)."""
+    from node.app.rules import NEW_CHAIN_RULES
     from node.consensus.genesis import Admission, Genesis
 
     keys = _distinct_keys("--validator", validators)
@@ -63,7 +64,8 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round
         genesis_time_ms=genesis_time_ms if genesis_time_ms is not None else time.time_ns() // 1_000_000,
         validators=tuple(keys), block_period_ms=block_period_ms,
         round_timeout_base_ms=round_timeout_base_ms, round_timeout_cap_ms=round_timeout_cap_ms,
-        admission=admission, rules=parse_rules(rule_args),
+        # A new chain gets the rules older chains leave at their defaults (ack_blocks); --rule overrides them.
+        admission=admission, rules={**NEW_CHAIN_RULES, **parse_rules(rule_args)},
     )
     g.write(out)
     click.echo(f"wrote {out}: chain {chain_id}, {len(keys)} validators, genesis hash {g.hash.hex()}")

@@ -380,8 +380,16 @@ def build_block(
 
 
 def earliest_timestamp(parent: BlockHeader, genesis: Genesis) -> int:
-    """The least timestamp a child of ``parent`` may carry."""
-    return parent.timestamp_ms + max(1, genesis.block_period_ms)
+    """The least timestamp a child of ``parent`` may carry: parent + the
+    genesis ``min_block_interval_ms`` (at least 1 ms: timestamps strictly increase)."""
+    return parent.timestamp_ms + max(1, genesis.min_interval_ms)
+
+
+def heartbeat_timestamp(parent: BlockHeader, genesis: Genesis) -> int:
+    """When a proposer with nothing to propose proposes anyway (an empty
+    block): parent + ``block_period_ms``. Not a validity rule, only what an
+    honest proposer waits for; never before :func:`earliest_timestamp`."""
+    return max(parent.timestamp_ms + genesis.block_period_ms, earliest_timestamp(parent, genesis))
 
 
 def check_block_contents(
@@ -395,7 +403,7 @@ def check_block_contents(
     vrf_verifier: VrfVerifier = vrf_valid,
 ) -> None:
     """Every rule of a block except its seals: chain and genesis, height, parent link,
-    timestamp (>= parent + block period, and at most the drift ahead of
+    timestamp (>= parent + min block interval, and at most the drift ahead of
     ``now_ms`` when given), proposer of the header's round, validator sets
     (``validators`` decide this height and are the parent's
     ``next_validators_hash``; ``next_validators``, when given, the next

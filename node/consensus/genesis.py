@@ -4,7 +4,8 @@ A genesis file is TOML::
 
     chain_id = "metanode-local"          # 1-64 of [a-z0-9._-]
     genesis_time_ms = 1767225600000      # unix time in milliseconds
-    block_period_ms = 1000               # least gap between block timestamps
+    block_period_ms = 1000               # the empty-block heartbeat: at most this long without a block
+    min_block_interval_ms = 1000         # optional (default: block_period_ms): least gap between block timestamps
     round_timeout_base_ms = 4000         # round r times out after base * 2**r ...
     round_timeout_cap_ms = 60000         # ... but never more than this
     validators = ["<64 hex chars: Ed25519 public key>", ...]
@@ -33,7 +34,8 @@ A genesis file is TOML::
     enable_receipt_auditing = true       # false is refused: every operation leaves a receipt
     enable_bls_signatures = false        # true is refused (Ed25519 seals and receipts, no BLS)
 
-Every key is required (except the ``[admission]`` and ``[rules]`` tables and the rules in it) and unknown keys are
+Every key is required (except ``min_block_interval_ms``, the ``[admission]`` and ``[rules]`` tables and the rules in
+it) and unknown keys are
 refused (:data:`GENESIS_FILE`, node/base/schema.py), so a typo is an error and not a silently different chain. The
 genesis hash is
 ``hash_value("metanode/genesis/v1", genesis.to_value())`` over the canonical
@@ -47,7 +49,9 @@ planning documents' cluster configuration: every option but the cluster name
 has one value metanode implements (the others are refused with why), so only
 a non-empty ``cluster`` name is in the hashed form (``"cluster": {"name": ...}``)
 and every genesis written before these tables existed keeps its hash.
-Likewise ``rules`` holds only the rules whose value is not the default, and
+``min_block_interval_ms`` is in the hashed form only when it differs from
+``block_period_ms`` (its default), so every genesis written before it
+existed keeps its hash and its timing. Likewise ``rules`` holds only the rules whose value is not the default, and
 is left out when there are none: a genesis keeps its hash when a later
 version adds a rule, and every genesis written before rules existed keeps
 its hash. docs/genesis.md specifies all of this byte by byte.
@@ -67,7 +71,7 @@ from typing import Any, NamedTuple
 
 from node.base.codec import hash_value
 from node.base.errors import ConfigError
-from node.base.schema import REQUIRED, Array, Invalid, Key, Schema, Table, expected, parse_toml, read_toml
+from node.base.schema import OPTIONAL, REQUIRED, Array, Invalid, Key, Schema, Table, expected, parse_toml, read_toml
 from node.consensus.validators import ValidatorSet
 
 GENESIS_TAG = "metanode/genesis/v1"
@@ -138,6 +142,9 @@ RULES: dict[str, Rule] = {
     "max_batch_receipts": Rule(64, 1, 1024, "receipt envelopes in one receipts.batch transaction"),
     "max_services": Rule(16, 1, 1024, "active services one tenant may run at once"),
     "min_service_interval": Rule(5, 1, 100_000, "the shortest every_blocks trigger a service may ask for, in blocks"),
+    # 0 by default: a chain whose genesis predates the rule keeps its hash and its behaviour.
+    "ack_blocks": Rule(0, 0, 1_000_000, "blocks an assignee has to acknowledge (job.ack) an assignment "
+                                        "before it is missed and replaced (0: no acknowledgement required)"),
 }
 
 
@@ -227,6 +234,10 @@ class Genesis:
     admission: Admission = field(default_factory=Admission)
     rules: Mapping[str, int] = field(default_factory=GenesisRules)
     cluster_name: str = ""  # [cluster] name: the consortium's display name
+    # The least gap between block timestamps; None (and a value equal to
+    # block_period_ms, which is normalised to None) means block_period_ms.
+    # Read it as :attr:`min_interval_ms`.
+    min_block_interval_ms: int | None = None
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as a file.
@@ -240,6 +251,14 @@ class Genesis:
             self.admission.nodes, self.admission.tenants,
             tuple(sorted(self.admission.admitted_nodes)), tuple(sorted(self.admission.admitted_tenants)),
         ))
+        if self.min_block_interval_ms == self.block_period_ms:
+            # One canonical form: equal to the period is the default (left out of the hash).
+            object.__setattr__(self, "min_block_interval_ms", None)
+
+    @property
+    def min_interval_ms(self) -> int:
+        """The least gap between block timestamps (``min_block_interval_ms``, default ``block_period_ms``)."""
+        return self.block_period_ms if self.min_block_interval_ms is None else self.min_block_interval_ms
 
     @property
     def validator_set(self) -> ValidatorSet:
@@ -287,6 +306,8 @@ class Genesis:
             value["rules"] = changed
         if self.cluster_name:
             value["cluster"] = {"name": self.cluster_name}
+        if self.min_block_interval_ms is not None and self.min_block_interval_ms != self.block_period_ms:
+            value["min_block_interval_ms"] = self.min_block_interval_ms
         return value
 
     def full_value(self) -> dict[str, Any]:
@@ -323,6 +344,8 @@ class Genesis:
         lines.append(f'chain_id = "{self.chain_id}"')
         for key in _TOP_INTS:
             lines.append(f"{key} = {getattr(self, key)}")
+            if key == "block_period_ms" and self.min_block_interval_ms is not None:
+                lines.append(f"min_block_interval_ms = {self.min_block_interval_ms}")
         lines.append("validators = [")
         lines.extend(f'  "{key.hex()}",' for key in sorted(self.validators))
         lines.append("]")
@@ -366,6 +389,14 @@ def _round_timeout_cap_not_below_base(values: dict[str, Any]) -> None:
     base, cap = values["round_timeout_base_ms"], values["round_timeout_cap_ms"]
     if cap < base:
         raise Invalid(("round_timeout_cap_ms",), expected(f"at least round_timeout_base_ms ({base})", cap))
+
+
+def _min_interval_not_above_period(values: dict[str, Any]) -> None:
+    interval, period = values.get("min_block_interval_ms"), values["block_period_ms"]
+    if interval is not None and interval > period:
+        raise Invalid(("min_block_interval_ms",), expected(
+            f"at most block_period_ms ({period}): the period is the longest a chain goes without a block, "
+            "the interval the shortest", interval))
 
 
 def _admission_lists_match_policies(values: dict[str, Any]) -> None:
@@ -413,6 +444,8 @@ GENESIS_FILE = Schema(
     Table({
         "chain_id": Key(str, pattern=CHAIN_ID_PATTERN, expect="1-64 characters of [a-z0-9._-] starting with a letter or digit"),
         **{key: Key(int, ge=low, le=high) for key, (low, high) in _TOP_INTS.items()},
+        "min_block_interval_ms": Key(int, OPTIONAL, "least gap between block timestamps (default: block_period_ms)",
+                                     ge=0, le=_TOP_INTS["block_period_ms"][1]),
         "validators": Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
                             min_items=1, max_items=MAX_VALIDATORS, unique=True, noun="public key"),
         "limits": Table({key: Key(int, ge=low, le=high) for key, (low, high) in _LIMIT_INTS.items()}, default=REQUIRED),
@@ -438,7 +471,7 @@ GENESIS_FILE = Schema(
             "enable_bls_signatures": Key(bool, False, "only false: Ed25519 seals and receipts"),
         }),
     }),
-    checks=[_round_timeout_cap_not_below_base, _admission_lists_match_policies, _rules_consistent,
+    checks=[_round_timeout_cap_not_below_base, _min_interval_not_above_period, _admission_lists_match_policies, _rules_consistent,
             _cluster_options_supported],
 )
 

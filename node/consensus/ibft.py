@@ -9,8 +9,16 @@ Driving it (a shell, or the simulator)::
     outputs = core.on_message(wire_bytes, now_ms)      # a consensus message
     outputs = core.tick(now_ms)                        # at/after SetTimer's deadline
     outputs = core.propose(h, r, txs, timestamp_ms, now_ms)  # answer to NeedProposal
+    outputs = core.transactions_pending(now_ms)  # when wants_transactions and txs wait
     outputs = core.on_block(block, now_ms)             # a finalised block (sync/announce)
     outputs = core.resume(now_ms)   # after carrying out a batch that held a Finalized
+
+When to propose: a round-0 proposer asks for its block (NeedProposal) at
+the heartbeat, parent timestamp + ``block_period_ms``, unless the shell says
+meanwhile that transactions wait (``transactions_pending``, worth calling
+while ``wants_transactions``): then as soon as the timestamp rule allows,
+parent timestamp + ``min_block_interval_ms``, at once if that has passed.
+The core does not see the mempool; the shell does not keep time for it.
 
 Outputs (``node.consensus.outputs``) must be carried out in order; a Persist
 must be durable before anything after it is sent. The core reads no clock,
@@ -62,6 +70,7 @@ from node.consensus.block import (
     VrfVerifier,
     build_block,
     earliest_timestamp,
+    heartbeat_timestamp,
     make_seed_proof,
     max_encoded_block_size,
     seed_alpha,
@@ -147,6 +156,13 @@ class IbftCore(CoreHandlers, CoreChecks, CoreSending):
         return self._round
 
     @property
+    def wants_transactions(self) -> bool:
+        """This node proposes round 0 of this height and still waits for the
+        heartbeat: transactions pending now would make it propose sooner
+        (tell it with :meth:`transactions_pending`)."""
+        return self._propose_early is not None
+
+    @property
     def next_deadline_ms(self) -> int | None:
         deadlines = [d for d in (self._round_deadline, self._propose_deadline) if d is not None]
         return min(deadlines) if deadlines else None
@@ -178,7 +194,7 @@ class IbftCore(CoreHandlers, CoreChecks, CoreSending):
         self._now = now_ms
         out: list[Output] = []
         if self._propose_deadline is not None and now_ms >= self._propose_deadline:
-            self._propose_deadline = None
+            self._propose_deadline = self._propose_early = None
             self._request_proposal(out)
         if self._round_deadline is not None and now_ms >= self._round_deadline:
             self.counters["round_timeouts"] += 1
@@ -202,6 +218,21 @@ class IbftCore(CoreHandlers, CoreChecks, CoreSending):
                         out.append(Broadcast(data, kind, self._height, self._round))
                 else:
                     self._resend_last_signed(out)
+        return self._finish(out)
+
+    def transactions_pending(self, now_ms: int) -> list[Output]:
+        """The shell has transactions to propose: a round-0 proposer waiting for
+        the heartbeat asks for its block as soon as the timestamp rule allows
+        (at once if it already does). Otherwise (not proposing, asked already,
+        told already) nothing happens: calling it again is harmless."""
+        self._now = now_ms
+        out: list[Output] = []
+        if self._propose_early is not None and self._propose_deadline is not None:
+            self._propose_deadline = min(self._propose_deadline, self._propose_early)
+            self._propose_early = None
+            if now_ms >= self._propose_deadline:
+                self._propose_deadline = None
+                self._request_proposal(out)
         return self._finish(out)
 
     def on_message(self, data: bytes, now_ms: int) -> list[Output]:
@@ -292,17 +323,24 @@ class IbftCore(CoreHandlers, CoreChecks, CoreSending):
         self._app_ok = {}
         self._round_deadline = None
         self._propose_deadline = None
+        self._propose_early = None
         self._awaiting = None
         self._sync_requested = False
         self._replay_due = False  # buffered messages for this height await resume()
 
     def _begin_round(self, out: list[Output], reason: str) -> None:
         self._round_deadline = self._now + self.genesis.round_timeout_ms(self._round)
-        self._propose_deadline = None
+        self._propose_deadline = self._propose_early = None
         self._awaiting = None
         out.append(RoundStarted(self._height, self._round, reason))
         if self._round == 0 and self._is_proposer(0) and not self._signed_at(0, m.STEP[m.PROPOSAL]):
-            self._propose_deadline = max(self._now, earliest_timestamp(self.tip, self.genesis))
+            # Wait for the heartbeat, or less once the shell says transactions
+            # wait (transactions_pending). Others time out round 0 after
+            # round_timeout_base_ms from their own start of the height, so a
+            # genesis needs base > block_period_ms (+ latency) either way.
+            self._propose_deadline = max(self._now, heartbeat_timestamp(self.tip, self.genesis))
+            early = max(self._now, earliest_timestamp(self.tip, self.genesis))
+            self._propose_early = early if early < self._propose_deadline else None
         self._try_propose_new_round(out)
 
     def _enter_round(self, round_number: int, reason: str, out: list[Output], send_rc: bool = True) -> None:

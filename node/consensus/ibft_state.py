@@ -81,7 +81,8 @@ class CoreState:
     _blocks: dict[bytes, Block]  # known blocks by digest
     _app_ok: dict[bytes, bool]  # the application's verdict by block digest
     _round_deadline: int | None
-    _propose_deadline: int | None
+    _propose_deadline: int | None  # when to ask for the round-0 proposal (the heartbeat until transactions wait)
+    _propose_early: int | None  # the earliest it may be asked for, once the shell says transactions wait
     _awaiting: tuple[int, int] | None  # (height, round) of the NeedProposal awaiting an answer
     _sync_requested: bool
     _replay_due: bool  # buffered messages for this height await resume()

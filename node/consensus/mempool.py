@@ -182,6 +182,12 @@ class Mempool:
             return []
         return [queue.by_nonce[n] for n in sorted(queue.by_nonce)]
 
+    def has_ready(self) -> bool:
+        """Whether :meth:`reap` has something to take: some sender's next
+        committed nonce is pending (transactions held behind a gap do not
+        count, so they never make a proposer hurry an empty block)."""
+        return any(queue.ready_end > queue.committed_next for queue in self._senders.values())
+
     def expected_nonce(self, sender: bytes) -> int:
         """The nonce this pool needs next from ``sender``: its committed next
         nonce, past every pending one that follows without a gap. A new

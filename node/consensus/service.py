@@ -160,6 +160,7 @@ class ConsensusService:
                               height=lambda: self.core.height, deliver=lambda block: self._post("block", block))
         self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
         self.dropped_inbox = 0
+        self._txs_posted = False  # a "txs" event is in the inbox: one is enough
         self.started = False
         self.on_finalized: list[Callable[[Block], None]] = []
         # Handlers go in before the host listens: a peer's identify record of
@@ -331,16 +332,23 @@ class ConsensusService:
             self._apply(self.core.tick(now))
         elif kind == "gate-synced":
             self._gate_synced(bool(payload))
+        elif kind == "txs":
+            self._apply([])
 
     def _feed_block(self, block: Block) -> None:
         self._apply(self.core.on_block(block, now_ms()))
 
     def _apply(self, outputs: list[Output]) -> None:
-        while outputs:
-            finalized = self._apply_batch(outputs)
-            # Only now does the store and application state hold the block, so
-            # only now may the core judge proposals that waited for its successor.
-            outputs = self.core.resume(now_ms()) if finalized else []
+        while True:
+            while outputs:
+                finalized = self._apply_batch(outputs)
+                # Only now does the store and application state hold the block, so
+                # only now may the core judge proposals that waited for its successor.
+                outputs = self.core.resume(now_ms()) if finalized else []
+            # A proposer waiting for the heartbeat proposes at once when transactions wait (after a block too).
+            outputs = self._offer_transactions()
+            if not outputs:
+                break
         if self.gate.finalized(self.core.tip.height):
             self._start_signing()
             return
@@ -353,6 +361,12 @@ class ConsensusService:
         deadline = self.core.next_deadline_ms
         if deadline is not None and deadline != self._timer.deadline:
             self._timer.set(deadline)
+
+    def _offer_transactions(self) -> list[Output]:
+        """Tell the core that transactions wait, if it wants to know and they do."""
+        self._txs_posted = False  # checked now: a "txs" event still queued is redundant
+        wanted = self.core.wants_transactions and self.mempool.has_ready()
+        return self.core.transactions_pending(now_ms()) if wanted else []
 
     def _note_role_change(self) -> None:
         """Log when a set change makes this node a validator or stops it being one."""
@@ -464,6 +478,9 @@ class ConsensusService:
         admission = self.mempool.add(tx_bytes)
         if admission.accepted:
             self.links.broadcast(TX_PROTOCOL, tx_bytes, exclude=source)  # type: ignore[union-attr]
+            if self.core.wants_transactions and not self._txs_posted:  # wake the actor, which owns the core
+                self._txs_posted = True
+                self._post("txs")
         return admission
 
     def commit_event(self, tx_hash_: bytes) -> trio.Event:

@@ -9,6 +9,15 @@ fixed, keeps the canonical result and the witness (node/roles/artifacts.py)
 for gateways to fetch, and submits ``job.result`` carrying its signed
 ``job.exec`` receipt.
 
+First, on every block, it acknowledges its new assignments: ONE ``job.ack``
+listing every pending assignment of its own that waits for an
+acknowledgement on chain (rule ``ack_blocks`` > 0 when it was made) and that
+it has not acknowledged in a transaction still on its way. Under that rule a
+node that does not acknowledge in time is replaced (a dead node costs
+``ack_blocks`` blocks, not the job's deadline); an ack that has not reached
+the chain after ``ack_blocks / 2`` blocks (lost, or refused with another job
+of the same ack) is sent again.
+
 Only what the job itself decides is signed. A run can end three ways:
 
 * **the job's own outcome**, signed in ``job.result``: its result, or a failure
@@ -83,6 +92,7 @@ import trio
 from node.app.chain_app import ChainApplication
 from node.app.jobtypes import job_type
 from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT, POLICY_UNAVAILABLE
+from node.app.txtypes import JOB_ACK, MAX_ACK_JOBS
 from node.base.keys import Identity
 from node.cage.job import JobOutcome, JobSpec
 from node.consensus.service import ConsensusService
@@ -218,6 +228,7 @@ class ProcessingService:
         self._running: set[str] = set()
         self._done: set[tuple[str, int]] = set()  # (job id, attempt) answered: result or decline submitted
         self._tries: dict[tuple[str, int], int] = {}  # (job id, attempt) -> runs that could not run here
+        self._acks_sent: dict[bytes, int] = {}  # job id -> finalized height when its job.ack was submitted
         self.completed = 0
         self.declined = 0
 
@@ -239,11 +250,38 @@ class ProcessingService:
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for _ in blocks:
+                self.acknowledge()
                 for job in self.pending_assignments():
                     key = (job["id"], job["attempt"])
                     if job["id"] not in self._running and key not in self._done:
                         self._running.add(job["id"])
                         nursery.start_soon(self._execute, job)
+
+    def acknowledge(self) -> int:
+        """Submit job.ack for the assignments that wait for this node's
+        acknowledgement and have none on its way (a node holds a job at most
+        once, so the job id names the assignment); how many it listed. One
+        transaction, or one per :data:`MAX_ACK_JOBS` ids."""
+        waiting = self.app.state.unacknowledged_assignments_of(self.key)
+        # Forget what is acknowledged on chain (or no longer pending): it stays bounded.
+        still = set(waiting)
+        self._acks_sent = {job_id: sent for job_id, sent in self._acks_sent.items() if job_id in still}
+        if not waiting:
+            return 0
+        height = self.chain.finalized_height
+        resend_after = max(1, self.app.state.rules_at(height + 1).ack_blocks // 2)
+        due = [job_id for job_id in waiting
+               if job_id not in self._acks_sent or height - self._acks_sent[job_id] >= resend_after]
+        listed = 0
+        for start in range(0, len(due), MAX_ACK_JOBS):
+            part = due[start:start + MAX_ACK_JOBS]
+            if not self.node_txs.submit(JOB_ACK, {"jobs": part}).accepted:
+                break  # logged by node_txs; the next block tries again
+            self._acks_sent.update(dict.fromkeys(part, height))
+            listed += len(part)
+        if listed:
+            log.info("assignments acknowledged", jobs=[job_id.hex() for job_id in due[:listed]], height=height)
+        return listed
 
     async def _execute(self, job: dict[str, Any]) -> None:
         try:

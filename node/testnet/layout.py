@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.app.rules import NEW_CHAIN_RULES
 from node.base.errors import UserError
 from node.base.keys import Identity
 from node.consensus.genesis import Genesis
@@ -108,6 +109,7 @@ def testnet_genesis(plans: list[NodePlan], *, chain_id: str = CHAIN_ID, genesis_
         block_period_ms=block_period_ms,
         round_timeout_base_ms=2_000,
         round_timeout_cap_ms=16_000,
+        rules=dict(NEW_CHAIN_RULES),  # ack_blocks = 4: a dead assignee is replaced in seconds
     )
 
 

@@ -40,6 +40,7 @@ VALID = {
                    "replication": 3, "deadline_blocks": 10},
     "job.result": {"job": JOB, "receipt": exec_envelope()},
     "job.decline": {"job": JOB, "reason": "input_unavailable", "detail": "no peer gave a verified copy"},
+    "job.ack": {"jobs": [JOB, D1]},
     "job.cancel": {"job": JOB},
     "receipts.batch": {"receipts": [store_envelope(), store_envelope(subject=D2)]},
     "gov.propose": {"action": {"kind": "admit_node", "key": D1}},

@@ -33,6 +33,9 @@ from node.consensus.sim.scenario import Scenario
 from node.consensus.validators import ACTIVATION_DELAY, ValidatorSet
 
 GENESIS_TIME_MS = 1_767_225_600_000
+# The fault runs' genesis: a proposer told transactions wait proposes this soon
+# after its parent, one with none at the heartbeat (block_period_ms, 500).
+MIN_BLOCK_INTERVAL_MS = 100
 
 __all__ = [
     "ADMITTED", "GENESIS_TIME_MS", "InvariantViolation", "MemoVerifier", "MemoVrfVerifier", "Process", "World", "member_identity",
@@ -97,6 +100,7 @@ class World:
             block_period_ms=scenario.wan.block_period_ms if scenario.wan else 500,
             round_timeout_base_ms=scenario.wan.round_timeout_base_ms if scenario.wan else 1_000,
             round_timeout_cap_ms=scenario.wan.round_timeout_cap_ms if scenario.wan else 8_000,
+            min_block_interval_ms=None if scenario.wan else MIN_BLOCK_INTERVAL_MS,
             limits=Limits(max_block_bytes=1 << 20, max_txs_per_block=64, max_timestamp_drift_ms=1_000),
         )
         self.genesis_header = genesis_header(self.genesis)
@@ -204,6 +208,8 @@ class World:
         """The world submits set change ``index``: from now on every proposer
         offers it until its own chain holds it."""
         self.changes_submitted = max(self.changes_submitted, index + 1)
+        for proc in self.processes:
+            self.offer_transactions(proc)  # it reaches every mempool now, mid-wait or not
 
     def _ev_crash(self, pid: int, torn: bool, epoch: int | None = None) -> None:
         proc = self.processes[pid]
@@ -298,6 +304,23 @@ class World:
                 self.stop(proc)
                 return
             self.carry_out(proc, proc.core.resume(self.local(proc)))  # as the shell does, once the block is applied
+        if cut is None:
+            self.offer_transactions(proc)
+
+    def offer_transactions(self, proc: Process) -> None:
+        """As the shell does after each batch (and when a transaction arrives):
+        a round-0 proposer waiting for the heartbeat is told when transactions wait."""
+        core = proc.core
+        if core is not None and core.wants_transactions and self.has_transactions(proc):
+            self.carry_out(proc, core.transactions_pending(self.local(proc)))
+
+    def has_transactions(self, proc: Process) -> bool:
+        """Whether ``proc``'s mempool holds something to propose: a submitted set
+        change its chain lacks, or (a client load drawn from nothing random, so
+        runs replay) at two heights in three."""
+        if (proc.height * 7 + proc.pid) % 3 != 0:
+            return True
+        return any(tx not in proc.app.included for tx in self.change_txs[: self.changes_submitted])
 
     def broadcast_sent(self, proc: Process, out: Broadcast, depart: int) -> None:
         """Under the WAN model, ``proc``'s copies of ``out`` leave at ``depart`` (for measurements)."""
