@@ -30,7 +30,11 @@ def genesis() -> None:
 @click.option("--chain-id", required=True, help="Chain name: 1-64 characters of [a-z0-9._-].")
 @click.option("--validator", "validators", multiple=True, required=True, metavar="KEYFILE|HEX|PEERID",
               help="A validator: its key file, its public key (64 hex) or its peer id. Repeat per validator.")
-@click.option("--block-period-ms", default=1000, show_default=True, type=click.IntRange(0, 3_600_000))
+@click.option("--block-period-ms", default=1000, show_default=True, type=click.IntRange(0, 3_600_000),
+              help="The empty-block heartbeat: at most this long between blocks when no transaction waits.")
+@click.option("--min-block-interval-ms", default=None, type=click.IntRange(0, 3_600_000),
+              help="The least gap between blocks: a proposer with transactions ready proposes this long after "
+                   "the last block (at most --block-period-ms). Default: the block period (a fixed tick).")
 @click.option("--round-timeout-base-ms", default=4000, show_default=True, type=click.IntRange(1, 3_600_000))
 @click.option("--round-timeout-cap-ms", default=60000, show_default=True, type=click.IntRange(1, 86_400_000))
 @click.option("--genesis-time-ms", default=None, type=int, help="Default: now.")
@@ -46,7 +50,8 @@ def genesis() -> None:
 @click.option("--rule", "rule_args", multiple=True, metavar="NAME=VALUE",
               help="A chain rule other than its default (an integer; `metanode genesis rules` lists them). Repeatable.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round_timeout_base_ms: int,
+def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, min_block_interval_ms: int | None,
+         round_timeout_base_ms: int,
          round_timeout_cap_ms: int, genesis_time_ms: int | None, nodes_admission: str, tenants_admission: str,
          admit_nodes: tuple[str, ...], admit_tenants: tuple[str, ...], rule_args: tuple[str, ...], out: Path) -> None:
     """Write a genesis file (refuses to overwrite one)."""
@@ -54,6 +59,9 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round
     from node.consensus.genesis import Admission, Genesis
 
     keys = _distinct_keys("--validator", validators)
+    if min_block_interval_ms is not None and min_block_interval_ms > block_period_ms:
+        raise click.BadParameter(f"{min_block_interval_ms} is more than --block-period-ms ({block_period_ms}); "
+                                 "the interval is the least gap, the period the longest", param_hint="--min-block-interval-ms")
     admission = Admission(
         nodes_admission, tenants_admission,
         _admitted("node", nodes_admission, _distinct_keys("--admit-node", admit_nodes)),
@@ -62,7 +70,7 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, round
     g = Genesis(
         chain_id=chain_id,
         genesis_time_ms=genesis_time_ms if genesis_time_ms is not None else time.time_ns() // 1_000_000,
-        validators=tuple(keys), block_period_ms=block_period_ms,
+        validators=tuple(keys), block_period_ms=block_period_ms, min_block_interval_ms=min_block_interval_ms,
         round_timeout_base_ms=round_timeout_base_ms, round_timeout_cap_ms=round_timeout_cap_ms,
         # A new chain gets the rules older chains leave at their defaults (ack_blocks); --rule overrides them.
         admission=admission, rules={**NEW_CHAIN_RULES, **parse_rules(rule_args)},
@@ -97,7 +105,7 @@ def show(path: Path, as_json: bool) -> None:
     g = load_genesis(path)
     info: dict[str, Any] = {
         "chain_id": g.chain_id, "hash": g.hash.hex(), "genesis_time_ms": g.genesis_time_ms,
-        "block_period_ms": g.block_period_ms, "quorum": g.validator_set.quorum,
+        "block_period_ms": g.block_period_ms, "min_block_interval_ms": g.min_interval_ms, "quorum": g.validator_set.quorum,
         "validators": [{"public_key": k.hex(), "peer_id": peer_id_from_public_key(k)} for k in g.validators],
         "admission": {
             "nodes": g.admission.nodes, "tenants": g.admission.tenants,
@@ -110,7 +118,8 @@ def show(path: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"chain {info['chain_id']}  genesis hash {info['hash']}")
-    click.echo(f"{len(g.validators)} validators, quorum {info['quorum']}, block period {g.block_period_ms} ms")
+    interval = "" if g.min_interval_ms == g.block_period_ms else f" (blocks with transactions from {g.min_interval_ms} ms)"
+    click.echo(f"{len(g.validators)} validators, quorum {info['quorum']}, block period {g.block_period_ms} ms{interval}")
     for v in info["validators"]:
         click.echo(f"  {v['peer_id']}  {v['public_key']}")
     admission = info["admission"]

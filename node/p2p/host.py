@@ -27,7 +27,10 @@ under a handshake deadline, authenticated ones capped at ``max_peers`` with
 slots reserved for privileged peers.
 
 Keepalive (4, 5), deadlines and framing (7, 8) live in node/p2p/peers.py and
-node/p2p/framing.py.
+node/p2p/framing.py. The transport's data path (Noise messages read and
+sealed in batches, yamux frames parsed from large reads, no task switch per
+frame) is node/p2p/fastpath.py and node/p2p/muxer.py, applied to every
+connection by :class:`HardenedSwarm`.
 """
 
 from __future__ import annotations

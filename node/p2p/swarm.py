@@ -11,7 +11,6 @@ import contextvars
 import logging
 import math
 import os
-import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -23,18 +22,11 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
-from libp2p.stream_muxer.exceptions import MuxedStreamError
-from libp2p.stream_muxer.yamux.yamux import (
-    GO_AWAY_NORMAL,
-    HEADER_SIZE,
-    TYPE_DATA,
-    TYPE_GO_AWAY,
-    YAMUX_HEADER_FORMAT,
-    Yamux,
-    YamuxStream,
-)
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.p2p.budget import CONNECTIONS, PENDING, BudgetExceeded, Reservation, ResourceBudget
+from node.p2p.fastpath import Baton
+from node.p2p.muxer import BpciYamux, BpciYamuxStream  # noqa: F401 - BpciYamuxStream re-exported
 
 log = logging.getLogger("metanode.p2p.swarm")
 
@@ -434,7 +426,7 @@ class HardenedSwarm(Swarm):
         # Upstream's muxer negotiation constructs Yamux directly, ignoring the
         # configured class, so the subclass is applied here, before start.
         if type(muxed_conn) is Yamux:
-            muxed_conn.__class__ = BpciYamux
+            BpciYamux.adopt(muxed_conn)  # and its Noise session becomes a FastNoiseSession
         try:
             conn = await super().add_conn(muxed_conn, direction)
         except BaseException:
@@ -506,132 +498,9 @@ class BpciSwarmConn(SwarmConn):
         await trio.lowlevel.checkpoint()
         await self._notify_disconnected()
 
-
-# Noise carries at most 65,535 bytes per message, 16 of them the AEAD tag:
-# a yamux frame (12-byte header + payload) that fits is sent as one message
-# instead of being split in two.
-NOISE_MAX_PLAINTEXT = 65535 - 16
-FRAME_PAYLOAD = NOISE_MAX_PLAINTEXT - HEADER_SIZE
-WINDOW_WAIT_S = 5.0
-
-
-class BpciYamuxStream(YamuxStream):
-    """A yamux stream whose writer sleeps until the send window grows.
-
-    Upstream polls every 10 ms while the window is exhausted, which caps one
-    stream at roughly a window (256 KiB) per 10 ms. Here window updates and
-    close/reset wake the writer at once.
-    """
-
-    # Held in the instance __dict__ (set by adopt) behind the properties below.
-    _send_window: int
-    _closed: bool
-    _wake: trio.Event
-
-    @classmethod
-    def adopt(cls, stream: YamuxStream) -> None:
-        state = stream.__dict__
-        send_window, closed = state.pop("send_window"), state.pop("closed")
-        stream.__class__ = cls
-        state["_wake"] = trio.Event()
-        state["_send_window"], state["_closed"] = send_window, closed
-
-    def _wake_writer(self) -> None:
-        wake = self.__dict__.get("_wake")
-        if wake is not None:
-            wake.set()
-            self.__dict__["_wake"] = trio.Event()
-
-    @property
-    def send_window(self) -> int:
-        return self._send_window
-
-    @send_window.setter
-    def send_window(self, value: int) -> None:
-        grew = value > self.__dict__.get("_send_window", 0)
-        self.__dict__["_send_window"] = value
-        if grew:
-            self._wake_writer()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self.__dict__["_closed"] = value
-        if value:
-            self._wake_writer()
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        total, sent = len(view), 0
-        while sent < total:
-            frame = None
-            async with self.rw_lock.write_lock():
-                if self.send_closed:
-                    raise MuxedStreamError("Stream is closed for sending")
-                async with self.window_lock:
-                    if self.closed:
-                        raise MuxedStreamError("Stream is closed")
-                    if self.send_window > 0:
-                        size = min(self.send_window, FRAME_PAYLOAD, total - sent)
-                        self.send_window -= size
-                        header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, size)
-                        frame = header + view[sent : sent + size]
-                    else:
-                        wake = self._wake
-            if frame is None:
-                with trio.move_on_after(WINDOW_WAIT_S) as scope:
-                    await wake.wait()
-                if scope.cancelled_caught:
-                    raise MuxedStreamError(f"Timed out waiting for window update after {WINDOW_WAIT_S:g} seconds.")
-                continue
-            await self.conn._write_frame(frame)
-            sent += len(frame) - HEADER_SIZE
-
-
-class BpciYamux(Yamux):
-    """Yamux with BpciYamuxStream streams and a close without a fixed 100 ms sleep.
-
-    Upstream constructs YamuxStream directly, so streams are adopted as
-    they are opened or accepted, before anyone writes to them.
-    """
-
-    async def open_stream(self) -> Any:
-        stream = await super().open_stream()
-        if type(stream) is YamuxStream:
-            BpciYamuxStream.adopt(stream)
-        return stream
-
-    async def accept_stream(self) -> Any:
-        stream = await super().accept_stream()
-        if type(stream) is YamuxStream:
-            BpciYamuxStream.adopt(stream)
-        return stream
-
-    async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
-        async with self.streams_lock:
-            if not self.event_shutting_down.is_set():
-                try:
-                    await self._write_frame(struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_GO_AWAY, 0, 0, error_code))
-                except Exception as exc:
-                    log.debug("failed to send GO_AWAY: %s", exc)
-                self.event_shutting_down.set()
-                self.new_stream_send_channel.close()
-                for stream in self.streams.values():
-                    stream.closed = stream.send_closed = stream.recv_closed = True
-                    event = self.stream_events.get(stream.stream_id)
-                    if event is not None:
-                        event.set()
-                self.streams.clear()
-                self.stream_buffers.clear()
-                self.stream_events.clear()
-        try:
-            await self.secured_conn.close()
-        except Exception as exc:
-            log.debug("error closing secured connection: %s", exc)
-        self.event_closed.set()
-        if self.on_close is not None:
-            await self.on_close()
-        await trio.lowlevel.checkpoint()
+    async def _add_stream(self, muxed_stream: Any) -> Any:
+        net_stream = await super()._add_stream(muxed_stream)
+        # NetStream takes its trio.Lock around every read and write: a task
+        # switch each time, for a state check that never waits in practice.
+        net_stream._state_lock = Baton()  # type: ignore[assignment]  # the same async-with interface
+        return net_stream

@@ -109,7 +109,10 @@ def testnet_genesis(plans: list[NodePlan], *, chain_id: str = CHAIN_ID, genesis_
         block_period_ms=block_period_ms,
         round_timeout_base_ms=2_000,
         round_timeout_cap_ms=16_000,
-        rules=dict(NEW_CHAIN_RULES),  # ack_blocks = 4: a dead assignee is replaced in seconds
+        # Blocks with transactions ready follow 250 ms after the last, empty ones every period:
+        # a job's two proposal waits shrink from up to a period each (docs/blocks.md, "Block timing").
+        min_block_interval_ms=min(block_period_ms, 250),
+        rules=dict(NEW_CHAIN_RULES),  # ack_blocks = 6: a dead assignee is replaced in seconds
     )
 
 

@@ -57,8 +57,8 @@ def test_init_sets_admission_and_rules(tmp_path):
     g = load_genesis(out)
     assert (g.admission.nodes, g.admission.admitted_nodes) == ("allow-list", (node.public_key,))
     assert (g.admission.tenants, g.admission.admitted_tenants) == ("by-vote", (tenant.public_key,))
-    # ack_blocks = 4: what init writes for every new chain (its default, 0, is older chains').
-    assert g.changed_rules() == {"max_attempts": 5, "max_deadline_blocks": 50000, "ack_blocks": 4}
+    # ack_blocks = 6: what init writes for every new chain (its default, 0, is older chains').
+    assert g.changed_rules() == {"max_attempts": 5, "max_deadline_blocks": 50000, "ack_blocks": 6}
     shown = json.loads(run_cli("genesis", "show", str(out), "--json").stdout)
     assert shown["rules"]["max_attempts"] == 5 and shown["rules"]["max_inputs"] == 16
     assert shown["admission"]["admitted_nodes"] == [node.public_key.hex()]
@@ -92,3 +92,23 @@ def test_init_errors_name_the_option(tmp_path, args, message):
     else:
         assert done.exit_code == 2 and message in done.output, done.output
     assert not (tmp_path / "g.toml").exists()
+
+
+def test_init_sets_the_least_block_interval_beside_the_heartbeat(tmp_path):
+    out = tmp_path / "g.toml"
+    validator = Identity.from_label("interval-0").peer_id
+    done = run_cli("genesis", "init", "--chain-id", "interval-1", "--validator", validator, "--block-period-ms", "500",
+                   "--min-block-interval-ms", "100", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert load_genesis(out).min_interval_ms == 100
+    shown = run_cli("genesis", "show", str(out))
+    assert "block period 500 ms (blocks with transactions from 100 ms)" in shown.stdout
+    assert json.loads(run_cli("genesis", "show", str(out), "--json").stdout)["min_block_interval_ms"] == 100
+    # Left out: the period is also the interval (a fixed tick), and the file does not carry the key.
+    plain = tmp_path / "plain.toml"
+    assert run_cli("genesis", "init", "--chain-id", "interval-1", "--validator", validator, "--block-period-ms", "500",
+                   "--out", str(plain)).returncode == 0
+    assert "min_block_interval_ms" not in plain.read_text() and load_genesis(plain).min_interval_ms == 500
+    longer = run_cli("genesis", "init", "--chain-id", "interval-1", "--validator", validator, "--block-period-ms", "500",
+                     "--min-block-interval-ms", "501", "--out", str(tmp_path / "bad.toml"))
+    assert longer.returncode == 2 and "--min-block-interval-ms" in longer.stderr and "Traceback" not in longer.stderr

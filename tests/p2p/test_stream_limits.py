@@ -335,7 +335,9 @@ def test_a_real_validator_outlives_vanishing_subscribers_and_a_stream_flood(node
         log = daemon.log()
     print(dict(outcomes), f"honest calls {len(honest)}, slowest {max(honest) * 1000:.0f} ms")
     assert "eof" not in outcomes and "reset" not in outcomes, outcomes
-    assert outcomes["result"] >= 32 and outcomes["result"] + outcomes["error:-32004"] + outcomes["not opened"] == 3000
+    # -32002: the per-peer rate limit answered (a fast transport lets one peer's 3,000 calls outrun it).
+    answered = outcomes["result"] + outcomes["error:-32004"] + outcomes["error:-32002"] + outcomes["not opened"]
+    assert outcomes["result"] >= 32 and answered == 3000, outcomes
     assert outcomes["not opened"] < 300, outcomes
     assert honest and max(honest) < 5
     assert "Traceback" not in log and "daemon stopped" not in log

@@ -5,7 +5,7 @@
   both digests are on chain, the verdict receipt and the honest receipts verify
   offline, and no honest daemon stops.
 * A processing node killed (SIGKILL) while it holds an assignment never
-  acknowledges it (job.ack; the testnet genesis sets ack_blocks = 4): the chain
+  acknowledges it (job.ack; the testnet genesis sets ack_blocks = 6): the chain
   gives the job to another node 4 blocks after the assignment, not at the job's
   deadline, and verifies it with two live nodes' results. Restarted, the killed
   node catches up with the chain.
@@ -181,7 +181,7 @@ def test_processing_node_killed_before_it_acknowledges_is_replaced(tmp_path):
         started = time.monotonic()
         job_id, caught = trio.run(submit_until_the_victim_is_assigned)
         first = [a for a in caught["assignments"] if a["attempt"] == 1]
-        assert len(first) == 2 and {a["ack_deadline"] for a in first} == {first[0]["assigned_height"] + 4}
+        assert len(first) == 2 and {a["ack_deadline"] for a in first} == {first[0]["assigned_height"] + 6}
         survivor = next(a["peer_id"] for a in first if a["peer_id"] != victim.identity.peer_id)
 
         status = Client(gateway, key).wait_for_completion(job_id, timeout=300)

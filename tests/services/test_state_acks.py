@@ -278,9 +278,9 @@ def test_new_chains_require_acknowledgements_and_init_can_turn_them_off(tmp_path
     from node.consensus.genesis import load_genesis
     from node.testnet import layout
 
-    assert layout.testnet_genesis(layout.plan_testnet(2, seed="acks")).rules["ack_blocks"] == 4
+    assert layout.testnet_genesis(layout.plan_testnet(2, seed="acks")).rules["ack_blocks"] == 6
     key = NODES[0].public_key.hex()
-    for extra, expected in (((), 4), (("--rule", "ack_blocks=0"), 0), (("--rule", "ack_blocks=10"), 10)):
+    for extra, expected in (((), 6), (("--rule", "ack_blocks=0"), 0), (("--rule", "ack_blocks=10"), 10)):
         out = tmp_path / f"genesis-{expected}.toml"
         done = CliRunner().invoke(cli, ["genesis", "init", "--chain-id", "acks", "--validator", key,
                                         "--out", str(out), *extra])

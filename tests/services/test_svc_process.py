@@ -8,8 +8,8 @@ On a 4-node testnet a tenant deploys a trend-analysis service over its
 2. a new version of ``sales`` makes the service run again, over the new
    digest, and the result by name follows;
 3. one of its placed nodes is killed (``kill -9``): on the next version the
-   run's assignment to it is never acknowledged (the testnet's ack_blocks = 4),
-   the chain places that replica on another node 4 blocks later, and the run
+   run's assignment to it is never acknowledged (the testnet's ack_blocks = 6),
+   the chain places that replica on another node 6 blocks later, and the run
    is verified on 2 live nodes;
 4. ``service scale --replicas 3`` places a third replica, never on the dead
    node (excluded after its miss; this test's genesis keeps it excluded for
