@@ -14,7 +14,18 @@ tenant's nonces are sequential). Per configuration:
     window, after ``--warmup``) and submit-to-verified latency p50/p99 of
     the jobs submitted in that window;
   * saturation: every tenant keeps ``--window`` jobs outstanding (closed
-    loop) for ``--seconds``: the most jobs/s the cluster completes.
+    loop) for ``--seconds``: the most jobs/s the cluster completes;
+  * CPU per verified job, per daemon and its cage workers (from /proc, from
+    the phase's start until its jobs are drained), grouped by the roles the
+    daemons hold, and, less each daemon's idle floor, the marginal CPU of one
+    more job: with ``--split-roles`` each daemon holds one role set (4
+    validator+scheduler, N processing, 2 gateway+storage) so each role's cost
+    is measured apart and throughput on N machines can be predicted;
+  * dead node (``--dead-node``, on by default; last, on the configuration with
+    the most processing nodes, >= 3): one processing node is killed with
+    SIGKILL and the first r=2 job assigned to it is timed, from submit and
+    from the block at its assignment's deadline (when the chain learns the
+    node is down and gives the slot to another; see bench/jobs_dead_node.py).
 
 Each tenant's connection subscribes to ``chain_newBlock``. A job's state
 changes only when a block is applied, and the node applies a block before
@@ -26,9 +37,10 @@ at the ``job executed`` lines of the processing nodes' logs. Baselines from
 the same run, before any testnet starts: the query in-process on DuckDB
 (threads=1, as in the cage; median) and run once through a local cage pool.
 
-    python bench/jobs.py                        # 4, 2, 1 processing nodes, 12 jobs/s offered, 30 s phases
+    python bench/jobs.py                        # 4, 2, 1 processing nodes, 4 jobs/s offered, 30 s phases, dead node
+    python bench/jobs.py --configs 4 --split-roles --window 8
     python bench/jobs.py --configs 4 --rate 4 --window 0 --keep
-    python bench/jobs.py --smoke [--json]       # one configuration, a handful of jobs (CI)
+    python bench/jobs.py --smoke [--json]       # one configuration, a handful of jobs, no dead node (CI)
 """
 
 from __future__ import annotations
@@ -38,7 +50,6 @@ import dataclasses
 import datetime
 import json
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -59,11 +70,10 @@ from node.p2p.rpc import RpcCallError  # noqa: E402
 from node.sdk.client import FINAL_STATES, AsyncClient  # noqa: E402
 from node.testnet import layout, processes  # noqa: E402
 
-QUERY = "SELECT product, count(*) AS n, sum(units) AS units FROM sales GROUP BY product"
-ROWS = 200
-GOAL_JOBS_S, GOAL_P50_MS = 10.0, 1500.0
-STAGES = ("submit call", "wait for proposal", "consensus, job block", "execution", "wait for result proposal",
-          "consensus, result block", "observed")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jobs_dead_node  # noqa: E402
+import proc_cpu  # noqa: E402
+from jobs_report import QUERY, ROWS, STAGES, render, table_rows  # noqa: E402
 
 
 def tenant_csv(index: int) -> str:
@@ -110,57 +120,6 @@ def baselines(csv_path: Path, runs: int) -> dict[str, Any]:
     except Exception as exc:  # a host without the cage's layers still gets the other figures
         out["cage_note"] = f"(cage not measured: {str(exc)[:160]})"
     return out
-
-
-# -- CPU accounting ---------------------------------------------------------------------------
-def tree_cpu(roots: list[int]) -> tuple[float, float]:
-    """CPU seconds of the ``roots`` (the daemons) and of all their descendants
-    (cage fork servers, with the jobs they forked and reaped)."""
-    tick, stats = os.sysconf("SC_CLK_TCK"), {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    own, below, todo = sum(stats[p][1] for p in roots if p in stats), 0.0, [c for p in roots for c in children.get(p, [])]
-    while todo:
-        pid = todo.pop()
-        below += stats[pid][1]
-        todo.extend(children.get(pid, []))
-    return own, below
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(busy, steal, total) CPU seconds of this machine since boot (steal: the hypervisor ran someone else)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(v) - v[3] - v[4] - v[7]) / tick, v[7] / tick, sum(v) / tick
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class CpuWindow:
-    """CPU used between construction and :meth:`stop`, in cores (CPU seconds per second)."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids, self.start = pids, (time.time(), tree_cpu(pids), _self_cpu(), machine_cpu())
-
-    def stop(self) -> dict[str, float]:
-        (_, (own0, below0), client0, (busy0, steal0, total0)), wall = self.start, time.time() - self.start[0]
-        (own, below), client, (busy, steal, total) = tree_cpu(self.pids), _self_cpu(), machine_cpu()
-        own, below, client, busy = own - own0, below - below0, client - client0, busy - busy0
-        return {"cores": (total - total0) / wall, "machine": busy / wall, "daemons": own / wall, "cages": below / wall,
-                "bench_client": client / wall, "other": max(0.0, busy - own - below - client) / wall,
-                "steal": (steal - steal0) / wall}
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -309,28 +268,36 @@ async def fetch_result_heights(tenant: Tenant) -> None:
 
 
 # -- one configuration ------------------------------------------------------------------------
-def plan(processing: int, seed: str) -> list[layout.NodePlan]:
-    """Four validators with every role; only the first ``processing`` keep the processing role."""
+def plan(processing: int, seed: str, split: bool = False) -> list[layout.NodePlan]:
+    """Four validators with every role; only the first ``processing`` keep the processing role.
+    ``split``: one role set per daemon instead, so each role's CPU is measured apart: four
+    validator+scheduler nodes, ``processing`` processing nodes and two gateway+storage nodes
+    (storage keeps two replicas of each dataset, as in the shared layout)."""
+    if split:
+        plans = layout.plan_testnet(4, non_validators=processing + 2, seed=seed, validator_roles=("validator", "scheduler"),
+                                    other_roles=("processing",))
+        return [p if i < 4 + processing else dataclasses.replace(p, roles=("gateway", "storage")) for i, p in enumerate(plans)]
     plans = layout.plan_testnet(4, seed=seed)
     return [p if i < processing else dataclasses.replace(p, roles=tuple(r for r in p.roles if r != "processing"))
             for i, p in enumerate(plans)]
 
 
 async def run_config(plans: list[layout.NodePlan], data_dir: Path, args: argparse.Namespace, processing: int,
-                     replication: int, pids: list[int]) -> dict[str, Any]:
-    tenants = [Tenant(i, Identity.from_label(f"bench-jobs/tenant{i}"), plans[i % len(plans)].address) for i in range(args.tenants)]
+                     replication: int, pids: dict[str, int], dead_node: bool) -> dict[str, Any]:
+    gateways = [p for p in plans if "gateway" in p.roles]
+    tenants = [Tenant(i, Identity.from_label(f"bench-jobs/tenant{i}"), gateways[i % len(gateways)].address) for i in range(args.tenants)]
     blocks: dict[int, tuple[int, int]] = {}
     with trio.fail_after(180):  # the testnet is up and every processing node registered on chain
         while True:
             try:
-                async with AsyncClient.connect(plans[0].address, tenants[0].identity) as probe:
+                async with AsyncClient.connect(gateways[0].address, tenants[0].identity) as probe:
                     health = await probe.health()
                 if health["processing_nodes"] >= processing and health["height"] >= 2:
                     break
             except Exception:
                 pass
             await trio.sleep(1.0)
-    ran: list[tuple[str, float, float, dict[str, float], str]] = []
+    ran: list[tuple[str, float, float, dict[str, Any], dict[str, Any], str]] = []
     async with trio.open_nursery() as sessions:
         for t in tenants:
             sessions.start_soon(session, t, blocks)
@@ -348,11 +315,12 @@ async def run_config(plans: list[layout.NodePlan], data_dir: Path, args: argpars
                 for t in tenants:
                     nursery.start_soon(step, t)
         await drain(tenants, 120)
-        idle, idle_window = CpuWindow(pids), (time.time(), time.time() + args.idle)
+        idle, idle_window = proc_cpu.Window(pids), (time.time(), time.time() + args.idle)
         await trio.sleep(args.idle)
         idle_cpu = idle.stop() if args.idle else None
         for phase, window in [("offered", None)] + ([("saturation", args.window)] if args.window else []):
-            cpu, start, stop_at = CpuWindow(pids), time.time(), trio.current_time() + args.seconds
+            cpu, start, stop_at = proc_cpu.Window(pids), time.time(), trio.current_time() + args.seconds
+            whole = proc_cpu.Window(pids)  # to the end of the drain: all the work the phase's jobs took
             async with trio.open_nursery() as nursery:
                 for t in tenants:
                     if window is None:
@@ -362,15 +330,27 @@ async def run_config(plans: list[layout.NodePlan], data_dir: Path, args: argpars
                         nursery.start_soon(closed_loop, t, phase, replication, window, stop_at)
             end, usage = time.time(), cpu.stop()
             await drain(tenants, args.drain)
-            ran.append((phase, start, end, usage, f"{args.rate:g} jobs/s offered" if window is None else f"{window} outstanding per tenant"))
+            ran.append((phase, start, end, usage, whole.stop(),
+                        f"{args.rate:g} jobs/s offered" if window is None else f"{window} outstanding per tenant"))
             for t in tenants:  # still open after the drain: counted as unfinished; the next phase starts clean
                 t.outstanding.clear()
+        dead = None
+        if dead_node:  # last: the killed node stays down
+            victim = [p for p in plans if "processing" in p.roles][processing - 1]
+            tenant = next(t for t in tenants if t.address != victim.address)
+            with trio.move_on_after(args.dead_timeout):
+                await tenant.connected.wait()
+                assert tenant.client is not None
+                dead = await jobs_dead_node.measure(tenant.client, tenant.dataset, QUERY, victim.name, victim.identity.peer_id,
+                                                    pids[victim.name], tenant.seen, args.dead_deadline)
+            if dead is None:
+                dead = {"error": f"no figure within {args.dead_timeout:g} s"}
         with trio.move_on_after(120):
             async with trio.open_nursery() as nursery:
                 for t in tenants:
                     nursery.start_soon(fetch_result_heights, t)
         sessions.cancel_scope.cancel()
-    return {"tenants": tenants, "blocks": blocks, "ran": ran, "idle_cpu": idle_cpu, "idle_window": idle_window}
+    return {"tenants": tenants, "blocks": blocks, "ran": ran, "idle_cpu": idle_cpu, "idle_window": idle_window, "dead_node": dead}
 
 
 def executions(directory: Path) -> dict[str, float]:
@@ -394,7 +374,7 @@ def phase_figures(raw: dict[str, Any], phase: str, start: float, end: float, war
     jobs = [(t, i, j) for t in raw["tenants"] for i, j in t.jobs.items() if j.phase == phase]
     steady = [(t, i, j) for t, i, j in jobs if w0 <= j.t_submit <= end]
     verified = [(t, i, j) for t, i, j in steady if j.state == "verified"]
-    latency = [j.t_final - j.t_submit for _, _, j in verified]  # type: ignore[operator]
+    latency = [(j.t_final or 0.0) - j.t_submit for _, _, j in verified]  # verified jobs have a t_final
     states: dict[str, int] = {}
     for _, _, j in jobs:
         states[j.state or "unfinished"] = states.get(j.state or "unfinished", 0) + 1
@@ -440,13 +420,14 @@ def block_latency(raw: dict[str, Any], start: float, end: float) -> list[float]:
 def measure_config(processing: int, args: argparse.Namespace) -> dict[str, Any]:
     replication = 2 if processing >= 2 else 1
     directory = Path(tempfile.mkdtemp(prefix=f"metanode-bench-jobs-{processing}p-"))
-    plans = plan(processing, f"bench-jobs-{processing}")
+    plans = plan(processing, f"bench-jobs-{processing}", args.split_roles)
     layout.write_testnet(directory, plans)
     ok = False
+    dead_node = args.dead_node and processing >= 3 and processing == max(args.config_list)  # a spare node to take the slot
     try:
-        pids = list(processes.up(directory).values())
+        pids = processes.up(directory)
         try:
-            raw = trio.run(run_config, plans, directory, args, processing, replication, pids)
+            raw = trio.run(run_config, plans, directory, args, processing, replication, pids, dead_node)
         except BaseExceptionGroup as group:  # one connection nursery per tenant nests the real error deep
             raise _first_leaf(group) from None
         ok = True
@@ -458,8 +439,14 @@ def measure_config(processing: int, args: argparse.Namespace) -> dict[str, Any]:
     idle = block_latency(raw, *raw["idle_window"])
     out: dict[str, Any] = {"processing_nodes": processing, "replication": replication, "tenants": args.tenants,
                            "idle_cpu": raw["idle_cpu"], "idle_proposal_to_notified_ms": {"median": med(idle), "p90": pct(idle, 0.9)}}
-    for phase, start, end, usage, load in raw["ran"]:
-        out[phase] = {"load": load, **phase_figures(raw, phase, start, end, args.warmup, executed), "cpu": usage}
+    roles = {p.name: p.roles for p in plans}
+    for phase, start, end, usage, whole, load in raw["ran"]:
+        # CPU from the phase's start to the end of its drain, per job of the phase verified.
+        done = sum(1 for t in raw["tenants"] for j in t.jobs.values() if j.phase == phase and j.state == "verified")
+        out[phase] = {"load": load, **phase_figures(raw, phase, start, end, args.warmup, executed), "cpu": usage,
+                      "cpu_per_job": proc_cpu.per_unit(whole, roles, done, raw["idle_cpu"])}
+    if raw["dead_node"] is not None:
+        out["dead_node"] = raw["dead_node"]
     tenants = raw["tenants"]
     out["problems"] = {k: sum(t.problems.get(k, 0) for t in tenants) for k in sorted({k for t in tenants for k in t.problems})}
     if args.keep:
@@ -467,64 +454,6 @@ def measure_config(processing: int, args: argparse.Namespace) -> dict[str, Any]:
     else:
         shutil.rmtree(directory, ignore_errors=True)
     return out
-
-
-# -- output -----------------------------------------------------------------------------------
-def table_rows(configs: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
-    rows, q_s, top = [], 1000 / base["duckdb_ms"], max(c["processing_nodes"] for c in configs)
-
-    def row(figure: str, value: float, unit: str, baseline: float | None, label: str, goal: str = "", met: bool | None = None) -> None:
-        rows.append({"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_label": label, "goal": goal, "met": met})
-
-    for c in configs:
-        tag, main, o = f"{c['processing_nodes']} processing, r={c['replication']}", c["processing_nodes"] == top, c["offered"]
-        row(f"jobs/s verified at {o['load']} ({tag})", o["jobs_s"], "jobs/s", q_s, "in-process DuckDB queries/s",
-            *((f">= {GOAL_JOBS_S:g} jobs/s", o["jobs_s"] >= GOAL_JOBS_S) if main else ()))
-        row(f"submit to verified p50 ({tag})", o["p50_ms"], "ms", base["duckdb_ms"], "in-process DuckDB ms",
-            *((f"< {GOAL_P50_MS:g} ms", o["p50_ms"] < GOAL_P50_MS) if main else ()))
-        row(f"submit to verified p99 ({tag})", o["p99_ms"], "ms", base["cage_ms"], "one cage run ms")
-        if "saturation" in c:
-            s = c["saturation"]
-            row(f"jobs/s at saturation, {s['load']} ({tag})", s["jobs_s"], "jobs/s", q_s, "in-process DuckDB queries/s")
-            row(f"p50 at saturation ({tag})", s["p50_ms"], "ms", base["duckdb_ms"], "in-process DuckDB ms")
-    return rows
-
-
-def render(report: dict[str, Any]) -> str:
-    base = report["baselines"]
-    cage = "n/a" if base["cage_ms"] is None else f"{base['cage_ms']:.1f} ms"
-    lines = [f"jobs benchmark ({'smoke' if report['smoke'] else 'full'}): 4 validator daemons on loopback, {os.cpu_count()} cores "
-             f"(shared with whatever else runs: see 'other'), {report['tenants']} tenants, query over {ROWS}-row CSVs: {QUERY}",
-             f"baselines: in-process DuckDB {base['duckdb_ms']:.2f} ms, one cage run {cage} {base['cage_note']}".rstrip(), ""]
-    header = f"{'figure':64} {'value':>9}  {'baseline':>9}  {'ratio':>8}  goal"
-    lines += [header, "-" * len(header)]
-    for r in report["rows"]:
-        ratio = r["value"] / r["baseline"] if r["baseline"] else float("nan")
-        met = "" if r["met"] is None else ("  met" if r["met"] else "  NOT met")
-        baseline = "n/a" if r["baseline"] is None else f"{r['baseline']:.1f}"
-        lines.append(f"{r['figure']:64} {r['value']:9.1f}  {baseline:>9}  {ratio:8.2f}  {r['goal']}{met}")
-    lines += ["", "where the time goes: medians per verified job of the steady window, ms (p90); CPU in cores"]
-    for c in report["configs"]:
-        if c["idle_cpu"]:
-            i = c["idle_cpu"]
-            b = c["idle_proposal_to_notified_ms"]
-            lines.append(f"  {c['processing_nodes']}p idle        CPU: daemons {i['daemons']:.2f} + cages {i['cages']:.2f}, other processes "
-                         f"{i['other']:.2f}; block proposal to notification {b['median']:.0f} ms (p90 {b['p90']:.0f})")
-        for phase in ("offered", "saturation"):
-            if phase in c:
-                f, cpu = c[phase], c[phase]["cpu"]
-                stages = ", ".join(f"{s} {f['stages_ms'][s]:.0f} ({f['stages_p90_ms'][s]:.0f})" for s in STAGES)
-                lines.append(f"  {c['processing_nodes']}p {phase:10}  {stages}")
-                lines.append(f"  {'':14}blocks from job block to verdict {f['blocks_submit_to_verdict']}; block interval median "
-                             f"{f['block_interval_ms']['median']:.0f} ms, p90 {f['block_interval_ms']['p90']:.0f}, max "
-                             f"{f['block_interval_ms']['max']:.0f}; proposal to notification {f['proposal_to_notified_ms']['median']:.0f} ms "
-                             f"(p90 {f['proposal_to_notified_ms']['p90']:.0f}); txs/block {f['txs_per_block']:.0f}; jobs {f['states']}")
-                lines.append(f"  {'':14}CPU: machine {cpu['machine']:.2f} of {cpu['cores']:.0f} = daemons {cpu['daemons']:.2f} + their cages "
-                             f"{cpu['cages']:.2f} + bench client {cpu['bench_client']:.2f} + other processes {cpu['other']:.2f} "
-                             f"(hypervisor steal {cpu['steal']:.2f})")
-        if c["problems"]:
-            lines.append(f"  {c['processing_nodes']}p refused or failed calls: {c['problems']}")
-    return "\n".join(lines)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -535,18 +464,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="4,2,1", help="processing node counts, one fresh testnet each (default 4,2,1)")
     parser.add_argument("--tenants", type=int, default=16)
-    parser.add_argument("--rate", type=float, default=12.0, help="offered jobs per second, all tenants together")
+    parser.add_argument("--rate", type=float, default=4.0, help="offered jobs per second, all tenants together")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each load phase")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds at the start of a phase left out of the figures")
     parser.add_argument("--window", type=int, default=4, help="outstanding jobs per tenant in the saturation phase (0: skip it)")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of no load measured before the phases (0: skip)")
     parser.add_argument("--drain", type=float, default=90.0, help="seconds to wait for outstanding jobs after a phase")
-    parser.add_argument("--smoke", action="store_true", help="one configuration, a handful of jobs (CI)")
+    parser.add_argument("--split-roles", action="store_true",
+                        help="one role set per daemon (4 validator+scheduler, N processing, 2 gateway+storage) to measure each role's CPU apart")
+    parser.add_argument("--dead-node", action=argparse.BooleanOptionalAction, default=True,
+                        help="last, on the configuration with the most (>= 3) processing nodes: kill -9 one and time a job assigned to it")
+    parser.add_argument("--dead-deadline", type=int, default=100,
+                        help="deadline_blocks of the dead-node job (default 100, the SDK's: the ack rule finds the dead node first)")
+    parser.add_argument("--dead-timeout", type=float, default=120.0, help="seconds to give the dead-node figure")
+    parser.add_argument("--smoke", action="store_true", help="one configuration, a handful of jobs, no dead node (CI)")
     parser.add_argument("--keep", action="store_true", help="keep each testnet directory (configs, node logs)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the table")
     args = parser.parse_args(argv)
     if args.smoke:
         args.configs, args.tenants, args.rate, args.seconds, args.warmup, args.window, args.idle = "4", 2, 2.0, 3.0, 0.0, 0, 0.0
+        args.dead_node = False
     try:
         configs = [int(x) for x in args.configs.split(",")]
     except ValueError:
@@ -555,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--configs: each processing node count must be 1..4 (the testnet has four nodes)")
     if args.tenants < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.window < 0 or args.idle < 0:
         parser.error("need --tenants >= 1, --rate > 0, --seconds > --warmup, --window >= 0, --idle >= 0")
+    if args.dead_deadline < 2 or args.dead_timeout <= 0:
+        parser.error("need --dead-deadline >= 2 (the chain's min_deadline_blocks) and --dead-timeout > 0")
+    args.config_list = configs
     configure_client_logging()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears the testnet down like Ctrl-C
     with tempfile.TemporaryDirectory(prefix="metanode-bench-jobs-base-") as tmp:

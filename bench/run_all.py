@@ -6,12 +6,16 @@ turns each JSON answer into rows of
 
     bench, figure, value, baseline, ratio (value / baseline), goal, met
 
-with the goals of the issues that asked for each figure. ``--smoke`` runs
+with the goals of the issues that asked for each figure (issue 16's for
+transport, consensus and jobs). A full run that misses a goal also prints,
+under the table, the per-core cost measured in the run that bounds the
+figure and what meeting the goal would take. ``--smoke`` runs
 every bench at tiny sizes, as CI does, so the benchmarks never rot: there a
 missed goal means nothing, only a bench that crashes or prints no JSON
 fails the run.
 
-    python bench/run_all.py                  # full sizes (tens of minutes: jobs, consensus and adversary start testnets)
+    python bench/run_all.py                  # full sizes (tens of minutes: jobs, consensus and adversary start testnets;
+                                             # run it on an otherwise idle machine: the figures are CPU-bound)
     python bench/run_all.py --smoke          # CI
     python bench/run_all.py --only cage,receipts --json-out figures.json
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +51,7 @@ class Row:
     baseline_label: str = ""
     goal: str = ""
     met: bool | None = None  # None: no goal for this figure
+    note: str = ""  # for a missed goal: the measured per-core cost that bounds it, and what meeting it would take
 
     @property
     def ratio(self) -> float | None:
@@ -58,25 +64,57 @@ class Row:
 def transport_rows(doc: dict[str, Any]) -> list[Row]:
     b, t = doc["bpci"], doc["tcp"]
     rtt = b["rtt_median_us"] / t["rtt_median_us"]
+    cpu = b["bulk_cpu_ms_per_mb"]
+    bulk_note = (f"BPCI costs {cpu:.1f} ms CPU per MB, sender and receiver together (plain TCP {t['bulk_cpu_ms_per_mb']:.1f}): "
+                 f"one core per end moves at most ~{2000 / cpu:,.0f} MB/s; 250 MB/s needs <= 8 ms per MB for both ends "
+                 f"(4 ms per end), i.e. the Noise/yamux per-byte path {cpu / 8:.1f}x cheaper")
     return [
         Row("transport", "BPCI round trip 100 B, median", b["rtt_median_us"], "us", t["rtt_median_us"], "plain TCP",
-            "<= 10x TCP", rtt <= 10),
+            "<= 5x TCP", rtt <= 5),
         Row("transport", "BPCI round trip 100 B, p99", b["rtt_p99_us"], "us", t["rtt_p99_us"], "plain TCP"),
         Row("transport", "BPCI bulk, one stream", b["bulk_mb_s"], "MB/s", t["bulk_mb_s"], "plain TCP",
-            ">= 100 MB/s", b["bulk_mb_s"] >= 100),
+            ">= 250 MB/s", b["bulk_mb_s"] >= 250, bulk_note),
+        # Both ends in one process: 1000 / this = MB/s one core can move (sender and receiver together).
+        Row("transport", "BPCI bulk CPU, both ends, per MB", b["bulk_cpu_ms_per_mb"], "ms", t["bulk_cpu_ms_per_mb"], "plain TCP"),
         Row("transport", "BPCI connection set-up", b["connect_ms"], "ms", t["connect_ms"], "plain TCP"),
     ]
 
 
 def consensus_rows(doc: dict[str, Any]) -> list[Row]:
-    verify = doc["ed25519_verify_s"]
-    return [
-        Row("consensus", "committed tx/s, 4 validators", doc["tx_s"], "tx/s", verify, "Ed25519 verify/s, one core",
-            ">= 1,000 tx/s", doc["tx_s"] >= 1000),
-        Row("consensus", "finality p50, submit to commit", doc["p50_ms"], "ms", None, "", "< 1,000 ms", doc["p50_ms"] < 1000),
-        Row("consensus", "finality p99", doc["p99_ms"], "ms"),
+    """Throughput from the throughput phase; finality and CPU from the phase at a fixed offered load.
+    CPU per transaction is per validator process, so N machines predict as ~1 / (CPU-seconds per tx)."""
+    verify_s, verify_us = doc["ed25519_verify_s"], doc["ed25519_verify_us"]
+    verifies = doc["validator_verifies_per_tx"]
+    offered, final = doc["offered_tx_s"], doc["finality_offered_tx_s"]
+    per_tx = doc["validator_cpu_s_per_tx"]
+    cores = doc.get("cores") or 2
+    tx_note = (f"each validator spends {per_tx * 1e6:,.0f} us CPU per committed tx: with a core of its own it could commit at most "
+               f"~{1 / per_tx:,.0f} tx/s; here 4 validators share {cores} cores with the load client, so at most "
+               f"~{cores / (4 * per_tx):,.0f} tx/s. 3,000 tx/s needs one core per validator and <= 333 us per tx "
+               f"(<= {333 / verify_us:.1f} verifies), or {per_tx * 1e6 / 333:.1f}x less CPU per tx")
+    cpu_note = (f"{per_tx * 1e6:,.0f} us per tx per validator = {verifies:.1f} verifies of {verify_us:.0f} us; the goal needs "
+                f"<= {2.5 * verify_us:.0f} us: the per-tx path (decode, admit, gossip, block, apply, store) "
+                f"{verifies / 2.5:.1f}x cheaper")
+    gap = doc.get("min_block_interval_ms")
+    final_note = (f"a transaction waits for the next block (the testnet's genesis puts at least {gap} ms between block timestamps: "
+                  f"~{gap / 2:.0f} ms on average), then for the round's three message delays and the block's apply; p50 < 300 ms "
+                  f"needs min_block_interval_ms well under 300 on the testnet" if gap else "")
+    rows = [
+        Row("consensus", f"committed tx/s, 4 validators ({offered:,.0f} tx/s offered)", doc["tx_s"], "tx/s", verify_s,
+            "Ed25519 verify/s, one core", ">= 3,000 tx/s", doc["tx_s"] >= 3000, tx_note),
+        Row("consensus", f"validator CPU per committed tx, mean of 4 ({final:,.0f} tx/s offered)", verifies, "Ed25519 verifies", 1.0,
+            f"1 verify = {verify_us:.0f} us, same run", "<= 2.5 verifies", verifies <= 2.5, cpu_note),
+    ]
+    rows += [Row("consensus", f"CPU per committed tx, validator {node}", cpu * 1e6, "us", verify_us,
+                 "one Ed25519 verify, us") for node, cpu in sorted(doc["cpu_s_per_tx"].items())]
+    rows += [
+        Row("consensus", f"finality p50, submit to commit ({final:,.0f} tx/s offered)", doc["p50_ms"], "ms", None, "",
+            "< 300 ms", doc["p50_ms"] < 300, final_note),
+        Row("consensus", f"finality p99 ({final:,.0f} tx/s offered)", doc["p99_ms"], "ms", None, "", "< 1,000 ms",
+            doc["p99_ms"] < 1000),
         Row("consensus", "rounds per height", doc["rounds_per_height"], "rounds", 1.0, "all decided in round 0"),
     ]
+    return rows
 
 
 def cage_rows(doc: dict[str, Any]) -> list[Row]:
@@ -102,8 +140,41 @@ def _rate_rows(bench: str, goals: dict[str, tuple[str, Callable[[float], bool]]]
 
 
 def jobs_rows(doc: dict[str, Any]) -> list[Row]:
-    return [Row("jobs", r["figure"], r["value"], r["unit"], r["baseline"], r["baseline_label"], r["goal"], r["met"])
+    rows = [Row("jobs", r["figure"], r["value"], r["unit"], r["baseline"], r["baseline_label"], r["goal"], r["met"])
             for r in doc["rows"]]
+    # The throughput goal is bounded by the CPU each verified job costs the whole testnet, over the idle floor.
+    top = max(doc["configs"], key=lambda c: c["processing_nodes"])
+    cpu = top.get("saturation", {}).get("cpu_per_job", {})
+    cores = os.cpu_count() or 2
+    if "marginal_s" in cpu:
+        marginal, floor = cpu["marginal_s"], cpu["idle_cores"]
+        note = (f"a verified job costs {marginal * 1000:,.0f} ms CPU over all daemons and cages above their idle floor of "
+                f"{floor:.2f} cores (the query in-process: {doc['baselines']['duckdb_ms']:.1f} ms): {cores} cores give at most "
+                f"~{max(0.0, cores - floor) / marginal:.1f} jobs/s; 10 jobs/s needs ~{floor + 10 * marginal:.1f} cores at this cost, "
+                f"or <= {max(0.0, cores - floor) * 100:.0f} ms CPU per job on {cores}")
+        for r in rows:
+            if r.figure.startswith("jobs/s verified at saturation"):
+                r.note = note
+    return rows
+
+
+def scaling_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/scaling.py (the IBFT simulator over a WAN model, virtual time): finality by validator count,
+    beside the model's lower bound (three one-way delays over the median link)."""
+    rows = []
+    for silent in (False, True):
+        for r in (r for r in doc["rows"] if r["silent"] == silent):
+            tag = f"n={r['n']}, WAN model" + (", one silent validator" if silent else "")
+            rows += [
+                Row("scaling", f"finality p50, submit to quorum ({tag})", r["tx_quorum_p50_ms"], "ms", r["lower_bound_ms"],
+                    "3 x median link ms"),
+                Row("scaling", f"finality p99, submit to quorum ({tag})", r["tx_quorum_p99_ms"], "ms", r["lower_bound_ms"],
+                    "3 x median link ms"),
+            ]
+        if not silent:
+            rows += [Row("scaling", f"CPU per validator per height (n={r['n']}, WAN model)", r["cpu_ms_per_height"], "ms",
+                         doc["model"]["verify_us"] / 1000, "one Ed25519 verify ms") for r in doc["rows"] if not r["silent"]]
+    return rows
 
 
 def adversary_rows(doc: dict[str, Any]) -> list[Row]:
@@ -150,6 +221,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
         "bundle verify (headers cached)": (">= 2,000 bundles/s, one core", lambda rate: rate >= 2000)})),
     "mempool": ("mempool.py", _rate_rows("mempool", {})),  # the mempool issue set no figure to reach
     "consensus": ("consensus.py", consensus_rows),
+    "scaling": ("scaling.py", scaling_rows),
     "jobs": ("jobs.py", jobs_rows),
     "adversary": ("adversary.py", adversary_rows),
     "ingest": ("ingest.py", ingest_rows),
@@ -208,6 +280,10 @@ def render(outcomes: list[Outcome], smoke: bool) -> str:
     fmt = lambda cells: "  ".join((c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
     times = ", ".join(f"{o.bench} {o.seconds:.0f} s" for o in outcomes)
     out = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", f"run times: {times}"]
+    notes = [r for o in outcomes for r in o.rows if r.met is False and r.note]
+    if notes and not smoke:
+        out += ["", "goals missed, and what bounds them (per-core costs measured in this run):"]
+        out += [f"  {r.bench}: {r.figure}: {r.note}" for r in notes]
     if smoke:
         out.append("smoke sizes: the figures only show that every bench runs; goals are judged on full runs")
     return "\n".join(out)

@@ -19,16 +19,24 @@ pytestmark = pytest.mark.timeout(1500)
 
 # The figures each bench must produce (a prefix of the figure's name is enough).
 EXPECTED = {
-    "transport": ["BPCI round trip 100 B, median", "BPCI round trip 100 B, p99", "BPCI bulk, one stream", "BPCI connection set-up"],
+    "transport": ["BPCI round trip 100 B, median", "BPCI round trip 100 B, p99", "BPCI bulk, one stream", "BPCI bulk CPU, both ends, per MB",
+                  "BPCI connection set-up"],
     "cage": ["cage overhead per job", "cage job, small query", "cage overhead per job, medium query", "cage job, medium query"],
     "receipts": ["Ed25519 verify (PyNaCl, baseline)", "receipt envelope verify", "inclusion proof verify",
                  "inclusion proof from DuckDB", "log append (DuckDB)", "bundle verify (headers cached)",
                  "bundle verify (cold)", "bundle build (DuckDB)"],
     "mempool": ["Ed25519 verify (PyNaCl, baseline)", "decode_tx", "mempool admit (new txs)", "mempool admit (signature cached)",
                 "mempool reject duplicate", "mempool reap", "mempool on_commit", "store append_block (DuckDB file)", "store tx_by_hash"],
-    "consensus": ["committed tx/s, 4 validators", "finality p50, submit to commit", "finality p99", "rounds per height"],
-    "jobs": ["jobs/s verified at 2 jobs/s offered (4 processing, r=2)", "submit to verified p50 (4 processing, r=2)",
-             "submit to verified p99 (4 processing, r=2)"],
+    "consensus": ["committed tx/s, 4 validators", "validator CPU per committed tx",
+                  *(f"CPU per committed tx, validator node{i}" for i in range(4)),
+                  "finality p50, submit to commit (50 tx/s offered)", "finality p99 (50 tx/s offered)", "rounds per height"],
+    "scaling": [*(f"finality {q}, submit to quorum (n={n}, WAN model)" for n in (4, 16, 64) for q in ("p50", "p99")),
+                *(f"CPU per validator per height (n={n}, WAN model)" for n in (4, 16, 64)),
+                *(f"finality {q}, submit to quorum (n={n}, WAN model, one silent validator)" for n in (4, 16, 64) for q in ("p50", "p99"))],
+    "jobs": ["jobs/s verified at 2 jobs/s offered (4 processing, r=2)", "submit to verified p50 at 2 jobs/s offered (4 processing, r=2)",
+             "submit to verified p99 at 2 jobs/s offered (4 processing, r=2)",
+             "CPU per verified job, all daemons and cages, offered (4 processing, r=2)",
+             "CPU per verified job, one validator+scheduler+gateway+processing+storage daemon + its cages (4 processing, r=2)"],
     "adversary": [f"{figure} under {attack}"
                   for attack in ("silent_tcp", "authenticated", "idle_streams", "slowloris", "garbage", "batch_flood",
                                  "vanishing_subscribers")
@@ -37,8 +45,9 @@ EXPECTED = {
     "cli_latency": ["metanode rpc node_status, median", "metanode rpc node_status, p90"],
 }
 WITH_GOALS = {"BPCI round trip 100 B, median", "BPCI bulk, one stream", "cage overhead per job",
-              "bundle verify (headers cached)", "committed tx/s, 4 validators", "finality p50, submit to commit",
-              "jobs/s verified at 2 jobs/s offered", "submit to verified p50", "honest calls failed under",
+              "bundle verify (headers cached)", "committed tx/s, 4 validators", "validator CPU per committed tx",
+              "finality p50, submit to commit", "finality p99 (", "jobs/s verified at saturation", "submit to verified p50",
+              "submit to verified p99", "job with an assigned node killed: marked missed", "honest calls failed under",
               "upload + register over p2p", "metanode rpc node_status, median"}
 
 
