@@ -200,7 +200,7 @@ def test_cage_check_passes_the_shipped_allow_list_example():
 def test_cage_check_refuses_an_unknown_policy_name():
     done = run_cli("cage", "check", "--policy", "nope")
     assert done.returncode == 2
-    assert "--policy: no policy 'nope' (known: gateway, processing, processing-allowlist)" in done.stderr
+    assert "--policy: no policy 'nope' (known: gateway, processing, processing-allowlist, strict-determinism)" in done.stderr
 
 
 SERVICE_SCRIPT = """

@@ -512,7 +512,15 @@ def test_a_genesis_that_is_not_a_canonical_genesis_value_is_a_usage_error(verifi
                                                                                   "admitted_nodes": [], "admitted_tenants": []}}),
         "a bad chain id": codec.encode({**value, "chain_id": "Not A Chain"}),
         "an unknown key": codec.encode({**value, "extra": 1}),
+        "the block interval equal to the period": codec.encode({**value, "min_block_interval_ms": value["block_period_ms"]}),
+        "an empty cluster name": codec.encode({**value, "cluster": {"name": ""}}),
+        "a rule out of range": codec.encode({**value, "rules": {"ack_blocks": 2_000_000}}),
     }
+    # Valid genesis values of other chains (every optional key the canonical value may carry): they
+    # parse, and the bundle is refused as another chain's.
+    others = [replace(GENESIS, rules={"ack_blocks": 6, "max_services": 4, "min_service_interval": 10}),
+              replace(GENESIS, min_block_interval_ms=GENESIS.block_period_ms // 4),
+              replace(GENESIS, cluster_name="Hôpitaux réunis")]
     results = verifier_page.evaluate(
         """async ([bundleHex, genesisHexes]) => {
           const { verifyBundle } = await import("/verify/bundle.js");
@@ -522,11 +530,22 @@ def test_a_genesis_that_is_not_a_canonical_genesis_value_is_a_usage_error(verifi
             return [r.ok, r.part ?? null, r.exitCode ?? 0, r.genesisHash ?? null];
           }));
         }""",
-        [data.hex(), [codec.encode(value).hex(), codec.encode(_with_rule(GENESIS).to_value()).hex(), *(b.hex() for b in bad.values())]],
+        [data.hex(), [codec.encode(value).hex(), codec.encode(_with_rule(GENESIS).to_value()).hex(),
+                      *(codec.encode(g.to_value()).hex() for g in others), *(b.hex() for b in bad.values())]],
     )
     assert results[0] == [True, None, 0, GENESIS.hash.hex()]
     assert results[1][:3] == [False, "chain", 14]  # a genesis with another rule: another hash, another chain
-    assert all(r == [False, "genesis", 2, None] for r in results[2:]), dict(zip(bad, results[2:], strict=True))
+    for other, result in zip(others, results[2:2 + len(others)], strict=True):
+        assert result[:3] == [False, "chain", 14], (other, result)
+    hashes = verifier_page.evaluate(
+        """async (genesisHexes) => {
+          const { parseGenesis } = await import("/verify/genesis.js");
+          const { fromHex, toHex } = await import("/verify/cbor.js");
+          return Promise.all(genesisHexes.map(async (g) => toHex((await parseGenesis(fromHex(g))).hash)));
+        }""", [codec.encode(g.to_value()).hex() for g in others])
+    assert hashes == [g.hash.hex() for g in others]  # the browser's genesis hash is Python's
+    rest = results[2 + len(others):]
+    assert all(r == [False, "genesis", 2, None] for r in rest), dict(zip(bad, rest, strict=True))
 
 
 def _with_rule(genesis: Genesis) -> Genesis:

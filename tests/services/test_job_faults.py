@@ -158,7 +158,7 @@ def test_processing_node_killed_before_it_acknowledges_is_replaced(tmp_path):
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: processes.running_pid(directory, victim.name) is None, 30, what="the killed node gone")
         genesis = load_genesis(directory / "genesis.toml")
-        assert genesis.rules["ack_blocks"] == 4  # the testnet's genesis sets it
+        assert genesis.rules["ack_blocks"] == 6  # the testnet's genesis sets it
 
         async def submit_until_the_victim_is_assigned() -> tuple[str, dict[str, Any]]:
             """The scheduler's choice depends only on the job id (and the nodes): submit
@@ -192,8 +192,8 @@ def test_processing_node_killed_before_it_acknowledges_is_replaced(tmp_path):
         assert missed["note"] == f"no acknowledgement by height {missed['ack_deadline']}", missed
         replacement = [a for a in status["assignments"] if a["attempt"] == 2]
         assert len(replacement) == 1 and replacement[0]["peer_id"] not in {a["peer_id"] for a in first}
-        # Replaced in the block that found the acknowledgement missing, 36 blocks before the job's deadline.
-        assert replacement[0]["assigned_height"] == missed["ack_deadline"] == missed["deadline"] - 36
+        # Replaced in the block that found the acknowledgement missing, 34 blocks before the job's deadline.
+        assert replacement[0]["assigned_height"] == missed["ack_deadline"] == missed["deadline"] - 34
         computed_by = {r["peer_id"] for r in status["results"]}
         assert computed_by == {survivor, replacement[0]["peer_id"]}
         assert len({r["result"] for r in status["results"]}) == 1

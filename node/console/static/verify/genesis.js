@@ -4,7 +4,8 @@
 // The genesis hash is hash_tagged("metanode/genesis/v1", those bytes). The bytes are accepted only when they
 // are exactly what Genesis.to_value() encodes to for some valid genesis (every key in range, validators
 // sorted, `admission` present only when not the default, `rules` only with rules that differ from their
-// defaults), so the hash computed here is the one every header of that chain commits to.
+// defaults, `cluster` only with a non-empty name, `min_block_interval_ms` only when it differs from
+// block_period_ms), so the hash computed here is the one every header of that chain commits to.
 
 import { CborError, compareBytes, decode, hasExactKeys, intIn, isMap } from "./cbor.js";
 import { hashTagged } from "./crypto.js";
@@ -34,7 +35,12 @@ const RULES = {
   max_inputs: [16, 1, 256],
   max_query_bytes: [16 * 1024, 1, 64 * 1024],
   max_batch_receipts: [64, 1, 1024],
+  max_services: [16, 1, 1024],
+  min_service_interval: [5, 1, 100_000],
+  ack_blocks: [0, 0, 1_000_000],
 };
+const OPTIONAL_KEYS = ["admission", "rules", "cluster", "min_block_interval_ms"];
+const CLUSTER_NAME = /^[^\x00-\x1f\x7f]{1,64}$/u;
 const POLICIES = ["open", "allow-list", "by-vote"];
 
 export class GenesisError extends Error {}
@@ -67,8 +73,10 @@ export async function parseGenesis(genesisCbor) {
   }
   if (!isMap(value)) throw new GenesisError("expected a map");
   const required = ["chain_id", ...Object.keys(TOP_INTS), "validators", "limits"];
-  const keys = [...required, ...["admission", "rules"].filter((key) => value.has(key))];
-  if (!hasExactKeys(value, keys)) throw new GenesisError(`expected the keys ${required.join(", ")} (and optionally admission, rules)`);
+  const keys = [...required, ...OPTIONAL_KEYS.filter((key) => value.has(key))];
+  if (!hasExactKeys(value, keys)) {
+    throw new GenesisError(`expected the keys ${required.join(", ")} (and optionally ${OPTIONAL_KEYS.join(", ")})`);
+  }
   const chainId = value.get("chain_id");
   if (typeof chainId !== "string" || !CHAIN_ID.test(chainId)) throw new GenesisError("chain_id: expected 1-64 of [a-z0-9._-]");
   checkInts(value, TOP_INTS, "");
@@ -81,6 +89,13 @@ export async function parseGenesis(genesisCbor) {
   checkInts(limits, LIMIT_INTS, "limits.");
   if (value.has("admission")) checkAdmission(value.get("admission"));
   if (value.has("rules")) checkRules(value.get("rules"));
+  if (value.has("cluster")) checkCluster(value.get("cluster"));
+  if (value.has("min_block_interval_ms")) {
+    const interval = value.get("min_block_interval_ms");
+    if (!intIn(interval, 0, value.get("block_period_ms") - 1)) {
+      throw new GenesisError("min_block_interval_ms: expected 0..block_period_ms - 1 (equal to the period, it is left out)");
+    }
+  }
   return { hash: await hashTagged(GENESIS_TAG, genesisCbor), chainId, validators };
 }
 
@@ -98,6 +113,14 @@ function checkAdmission(admission) {
     isDefault = isDefault && mode === "open";
   }
   if (isDefault) throw new GenesisError("admission: present but the default (the canonical value leaves it out)");
+}
+
+function checkCluster(cluster) {
+  if (!hasExactKeys(cluster, ["name"])) throw new GenesisError("cluster: expected only name");
+  const name = cluster.get("name");
+  if (typeof name !== "string" || !CLUSTER_NAME.test(name) || [...name].length > 64) {
+    throw new GenesisError("cluster.name: expected 1-64 printable characters (an empty name is left out)");
+  }
 }
 
 function checkRules(rules) {
