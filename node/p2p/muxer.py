@@ -181,7 +181,10 @@ class BpciYamuxStream(YamuxStream):
                 if credit:
                     await self.send_window_update(credit)
                 elif not waited:
-                    await trio.lowlevel.checkpoint_if_cancelled()
+                    # A schedule point, not only a cancel check: a peer flooding one stream must
+                    # not keep the loop from other connections' handshakes (trio's fairness rests
+                    # on every read yielding; a buffered read awaits nothing else).
+                    await trio.lowlevel.checkpoint()
                 return data
             if buffer is None:
                 # Upstream's order: a stream already gone when read is called

@@ -35,6 +35,7 @@ from node.sdk.datasets import is_digest
 if TYPE_CHECKING:
     from node.p2p.rpc_client import RpcClient
     from node.sdk.datasets import DatasetResolver
+    from node.sdk.link import Link
 
 __all__ = ["PreparedService", "ServiceMethods", "SyncServiceMethods", "service_name"]
 
@@ -90,6 +91,7 @@ class ServiceMethods:
 
     if TYPE_CHECKING:
         _datasets: DatasetResolver
+        link: Link
 
         @property
         def rpc(self) -> RpcClient: ...
@@ -173,27 +175,38 @@ class ServiceMethods:
         skipped once the later one is out). Starts with the current result
         when ``include_current``. Checks once per block (``chain_subscribe``,
         else polling the head); ends after the service is stopped."""
+        from node.sdk.link import is_transport_failure
+
         service_name(name)
         seen = 0
         waited = trio.current_time()
         first = True
-        async for _ in self._blocks():
-            status = await self.service_status(name)
-            if status is None:
-                if trio.current_time() - waited > APPEAR_S:
-                    raise UserError(f"no service named {name!r} of yours")
-                continue
-            verified = status.get("last_verified") or {}
-            run = int(verified.get("run") or 0)
-            if first and not include_current:
-                seen = run
-            first = False
-            if run > seen:
-                result = await self.service_result(name)
-                seen = max(seen, int(result["run"]))
-                yield result
-            if status.get("state") == "stopped":
-                return
+        while True:
+            # A follower runs for hours: a dropped connection (a missed keepalive on a busy
+            # machine, a node restart) is dialled again and the subscription renewed.
+            generation = self.link.generation
+            try:
+                async for _ in self._blocks():
+                    status = await self.service_status(name)
+                    if status is None:
+                        if trio.current_time() - waited > APPEAR_S:
+                            raise UserError(f"no service named {name!r} of yours")
+                        continue
+                    verified = status.get("last_verified") or {}
+                    run = int(verified.get("run") or 0)
+                    if first and not include_current:
+                        seen = run
+                    first = False
+                    if run > seen:
+                        result = await self.service_result(name)
+                        seen = max(seen, int(result["run"]))
+                        yield result
+                    if status.get("state") == "stopped":
+                        return
+            except Exception as exc:
+                if not is_transport_failure(exc):
+                    raise
+                await self.link.reconnect(generation)  # UnreachableError when the node is gone for good
 
     async def _blocks(self) -> AsyncIterator[None]:
         """Yields now, then once after each new block (or several, coalesced)."""

@@ -207,9 +207,16 @@ async def test_a_frame_split_across_noise_messages_and_reads_arrives_intact():
         stream = await client.new_stream(info.peer_id, [ECHO])
         payload = random.Random(3).randbytes(100_000)
         frame = HEADER.pack(0, TYPE_DATA, 0, stream.muxed_stream.stream_id, len(payload)) + payload
-        for piece in (frame[:5], frame[5:40_000], frame[40_000:70_001], frame[70_001:]):
-            await session.write(piece)
-            await trio.sleep(0.05)
+        # The pieces are sealed and sent under the session's send baton, as its write
+        # does, but held across the pauses: a frame the muxer sends meanwhile (identify,
+        # a window update) would land inside ours. A peer's writer holds it likewise.
+        await session._send_baton.acquire()
+        try:
+            for piece in (frame[:5], frame[5:40_000], frame[40_000:70_001], frame[70_001:]):
+                await session._sock.send_all(session._seal(piece))
+                await trio.sleep(0.05)
+        finally:
+            session._send_baton.release()
         received = bytearray()
         with trio.fail_after(10):
             while len(received) < len(payload):

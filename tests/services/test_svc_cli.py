@@ -190,9 +190,17 @@ def test_a_service_from_deploy_to_stop_against_a_node(node):
                                "--key", str(key)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert follow.stdout is not None
-        assert json.loads(follow.stdout.readline())["run"] == 1
+        def next_result() -> dict:
+            assert follow.stdout is not None
+            line = follow.stdout.readline()
+            if not line:  # the follower ended: say why
+                follow.wait(30)
+                raise AssertionError(f"--follow ended with {follow.returncode}: {follow.stderr.read() if follow.stderr else ''}")
+            return json.loads(line)
+
+        assert next_result()["run"] == 1
         _upload(node, directory, 5)
-        second = json.loads(follow.stdout.readline())
+        second = next_result()
         assert second["run"] == 2 and second["rows"] == [[5]]
     finally:
         follow.send_signal(signal.SIGINT)
