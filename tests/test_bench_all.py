@@ -38,8 +38,7 @@ EXPECTED = {
              "CPU per verified job, all daemons and cages, offered (4 processing, r=2)",
              "CPU per verified job, one validator+scheduler+gateway+processing+storage daemon + its cages (4 processing, r=2)"],
     "adversary": [f"{figure} under {attack}"
-                  for attack in ("silent_tcp", "authenticated", "idle_streams", "slowloris", "garbage", "batch_flood",
-                                 "vanishing_subscribers")
+                  for attack in ("silent_tcp", "garbage", "batch_flood")  # the smoke run's (tests/test_adversary.py: all)
                   for figure in ("honest call p50", "honest call p99", "honest calls failed", "committed tx/s")],
     "ingest": ["upload + register over p2p", "upload until stored, validated, replicated", "receiving node peak RSS"],
     "cli_latency": ["metanode rpc node_status, median", "metanode rpc node_status, p90"],
