@@ -133,6 +133,16 @@ class DatasetRef:
         return self.ref.split("@", 1)[0]
 
 
+def split_input_name(value: str) -> tuple[str | None, str]:
+    """``INPUT=REF`` as (INPUT, REF) when INPUT is a valid input name and REF is not
+    empty; anything else as (None, the whole text), stripped."""
+    text = value.strip()
+    head, sep, rest = text.partition("=")
+    if sep and INPUT_NAME.fullmatch(head) and rest:
+        return head, rest
+    return None, text
+
+
 class DatasetRefType(click.ParamType):
     """``--dataset NAME``, ``NAME@VERSION``, ``DIGEST``, or any of them as ``INPUT=...``."""
 
@@ -141,11 +151,7 @@ class DatasetRefType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> DatasetRef:
         if isinstance(value, DatasetRef):
             return value
-        text = str(value).strip()
-        name: str | None = None
-        head, sep, rest = text.partition("=")
-        if sep and INPUT_NAME.fullmatch(head) and rest:
-            name, text = head, rest
+        name, text = split_input_name(str(value))
         if HEX64.fullmatch(text):
             return DatasetRef(text.lower(), name)
         match = _REF.fullmatch(text)

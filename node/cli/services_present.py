@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from node.cli.analytics_follow import short_peer
-from node.cli.analytics_options import HEX64, INPUT_NAME, MAX_DATASET_NAME, refuse
+from node.cli.analytics_options import HEX64, MAX_DATASET_NAME, refuse, split_input_name
 
 # The chain's rules (node/app/payloads.py service.deploy), repeated so that
 # checking an option does not import the chain application.
@@ -78,11 +78,7 @@ class ServiceDatasetType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ServiceInput:
         if isinstance(value, ServiceInput):
             return value
-        text = str(value).strip()
-        name: str | None = None
-        head, sep, rest = text.partition("=")
-        if sep and INPUT_NAME.fullmatch(head) and rest:
-            name, text = head, rest
+        name, text = split_input_name(str(value))
         if HEX64.fullmatch(text) or _VERSIONED.fullmatch(text):
             raise refuse(ctx, param, f"a service follows a dataset by its name (each run reads the latest version), "
                                      f"not a digest or NAME@VERSION; got {str(value)!r:.80}")
