@@ -216,6 +216,9 @@ class Dispatcher:
         responses: list[dict[str, Any] | None] = []
         with trio.move_on_after(timeout):
             for request in requests:
+                # A schedule point per call: a peer's batch of cheap calls (or of refusals,
+                # which await nothing) must not hold the loop from other peers' handshakes.
+                await trio.lowlevel.checkpoint()
                 responses.append(await self.handle_one(request, ctx, admit=admit))
         for request in requests[len(responses):]:
             if isinstance(request, dict) and "id" not in request:
