@@ -272,9 +272,19 @@ class ConsensusService:
         """A sync attempt ended: tell the gate where the head is; sign if it opens.
         Every node runs it (any node may be voted in); only a validator of the
         current height is loud about waiting."""
+        if self.gate.state != "await-sync":
+            return  # decided already (a later sweep's report was still queued)
         alone = self.core.validators.keys == (self.identity.public_key,)
-        opened = self.gate.synced(self.core.tip.height, peer_answered=peer_answered, alone=alone,
-                                  sealed_recently=self._sealed_recently())
+        head, sealed = self.core.tip.height, self._sealed_recently()
+        if (peer_answered and not sealed and self.gate.wants_copies(head, alone=alone)
+                and any(self.identity.public_key in self.app.validator_set_at(h) for h in self.gate.window(head))):
+            # Our copy holds one peer's quorums, which may lack us though we sealed:
+            # decided once _learn_head_for_gate has read the validator peers' copies.
+            if starting and self.is_validator:
+                log.info("validator not signing yet: reading peers' copies of the last blocks' seals",
+                         head=head, check_heights=self.gate.check_heights)
+            return
+        opened = self.gate.synced(head, peer_answered=peer_answered, alone=alone, sealed_recently=sealed)
         if opened:
             self._start_signing(starting=starting)
         elif self.is_validator and (self.gate.state != "await-sync" or starting):
@@ -283,11 +293,15 @@ class ConsensusService:
                         reason=self.gate.reason, safety_file=str(self.safety.path))
 
     def _sealed_recently(self) -> bool:
-        """Whether our key is among the commit seals of the last ``double_sign_check_height`` finalised blocks."""
-        tip, me = self.core.tip.height, self.identity.public_key
-        for height in range(max(1, tip - self.gate.check_heights + 1), tip + 1):
+        """Whether our key sealed or proposed one of the last ``double_sign_check_height``
+        finalised blocks in our own copy (verified when stored, so the key is enough)."""
+        me = self.identity.public_key
+        for height in self.gate.window(self.core.tip.height):
             stored = self.store.block_by_height(height)
-            if stored is not None and any(key == me for key, _ in Block.decode(stored.block).seals):
+            if stored is None:
+                continue
+            block = Block.decode(stored.block)
+            if block.header.proposer == me or any(key == me for key, _ in block.seals):
                 return True
         return False
 
@@ -309,11 +323,24 @@ class ConsensusService:
             self._apply(self.core.start(now_ms()))
 
     async def _learn_head_for_gate(self) -> None:
-        """Without safety state and without a peer's answer at start, keep asking
-        peers for blocks until one answers: only then is the head known."""
+        """Without safety state: keep asking peers for blocks until one answers
+        (only then is the head known), then read the validator peers' copies of
+        the last blocks for the gate's seal check (:meth:`BlockSync.copies`)."""
+        pause = 0.0 if self.sync.peer_answered else GATE_SYNC_INTERVAL_S  # synced at start: read the copies now
         while self.gate.state == "await-sync":
-            await trio.sleep(GATE_SYNC_INTERVAL_S)
-            self._post("gate-synced", await self.sync.sweep())
+            await trio.sleep(pause)
+            pause = GATE_SYNC_INTERVAL_S
+            answered = await self.sync.sweep()
+            me, head = self.identity.public_key, self.core.tip.height
+            alone = self.core.validators.keys == (me,)
+            window = self.gate.window(head)
+            if (answered and self.gate.wants_copies(head, alone=alone)
+                    and any(me in self.app.validator_set_at(h) for h in window)):
+                # Blocks the sweep delivered may still wait in the inbox: the window then
+                # starts lower, so more heights are checked (BlockSync.copies reads on past it).
+                others = [key for key in self.core.validators.keys if key != me]
+                self.gate.copies_read(me, await self.sync.copies(window.start, heights=len(window), validators=others))
+            self._post("gate-synced", answered)
 
     # -- the actor ----------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:

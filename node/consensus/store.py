@@ -7,8 +7,12 @@ block and its encoded transactions); the store only decodes transactions
 sender's next nonce.
 
 Appending a block is one DuckDB transaction of one statement per table:
-after a crash at any point the store reopens at the last block whose append
-returned, or at most the one being appended, never part of one. A repeated
+after a crash at any point (kill -9 included, see :mod:`node.base.db` for
+checkpoints) the store reopens at the last block whose append returned, or
+at most the one being appended, never part of one. Once the write-ahead log
+passes ``checkpoint_wal_bytes`` an append checkpoints it, through
+:func:`node.base.db.checkpoint_node_db` (DuckDB's own automatic checkpoints,
+which a kill can leave torn, are off). A repeated
 transaction is refused by key: ``chain_txs.hash`` is the primary key, so the
 insert of the block's rows probes its index for each hash (no scan of the
 chain, and no query of its own when the block is good). Tables (all prefixed
@@ -26,11 +30,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
 from node.base.codec import to_hex
-from node.base.db import transaction
+from node.base.db import checkpoint_node_db, transaction, wal_size
 from node.base.errors import UserError
 from node.base.faults import data_dir_failure
 from node.consensus.tx import DecodedTxCache, Transaction, TxError, next_nonces_after
@@ -41,6 +46,9 @@ from node.consensus.tx import DecodedTxCache, Transaction, TxError, next_nonces_
 # changes and the VRF seed); blocks of version 2 lack them.
 SCHEMA_VERSION = 3
 MAX_TIME = 2**63 - 1
+# DuckDB's own default checkpoint threshold: replaying at most this much log
+# on open takes well under a second.
+CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS chain_meta (
@@ -115,19 +123,26 @@ class ChainStore:
         first_height: int = 1,
         first_parent: bytes | None = None,
         tx_cache: DecodedTxCache | None = None,
+        checkpoint_wal_bytes: int = CHECKPOINT_WAL_BYTES,
     ) -> None:
         """``tx_cache``: the node's decoded transactions. Appends decode through
         it, and the application reads the same entries (``store.tx_cache``);
         the consensus service installs one sized for its limits, and a
         block's entries leave when the mempool is told of its commit. A store
-        used alone gets a default-sized one (its bounds still hold)."""
+        used alone gets a default-sized one (its bounds still hold).
+        ``checkpoint_wal_bytes``: the log size (all tables of the connection)
+        from which an append checkpoints it."""
         if first_height < 0:
             raise ValueError("first_height must be >= 0")
+        if checkpoint_wal_bytes <= 0:
+            raise ValueError("checkpoint_wal_bytes must be > 0")
         self._conn = conn
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.tx_cache = tx_cache if tx_cache is not None else DecodedTxCache()
         # Named in the error that stops the node when a write fails (disk full...).
         files = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
         self.db_file: str = files[0][0] if files and files[0][0] else "the in-memory chain store"
+        self._db_path = Path(files[0][0]) if files and files[0][0] else None  # None: nothing to checkpoint
         self.first_height = first_height
         self.first_parent = first_parent
         with transaction(conn):
@@ -248,7 +263,22 @@ class ChainStore:
             raise type(fault)(f"{fault}; block {height} was not stored") from None
         self._head = ChainHead(height, block_hash)
         self._nonces.update(nonces)  # only once the transaction has committed
+        if self._db_path is not None and wal_size(self._db_path) >= self.checkpoint_wal_bytes:
+            self._checkpoint(height)
         return self._head
+
+    def _checkpoint(self, height: int) -> None:
+        try:
+            checkpoint_node_db(self._conn)
+        except duckdb.TransactionException:
+            pass  # another cursor's transaction is open: the next append tries again
+        except duckdb.Error as exc:
+            # Block ``height`` is committed (in the log); a failing disk must
+            # still stop the node rather than let it go on writing.
+            fault = data_dir_failure(exc, db_file=self.db_file)
+            if fault is None:
+                raise
+            raise type(fault)(f"{fault}; block {height} is stored, checkpointing it failed") from None
 
     def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
                      block: bytes, decoded: list[Transaction], nonces: dict[bytes, int]) -> None:

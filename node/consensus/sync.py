@@ -18,7 +18,7 @@ a way to read the height being decided and a way to deliver a block.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import structlog
@@ -122,6 +122,40 @@ class BlockSync:
             await self.fetch_from(peer, self.height())
             answered = answered or self.peer_answered
         return answered
+
+    async def copies(self, start: int, *, heights: int, validators: Collection[bytes],
+                     wait_s: float = STARTUP_PEER_WAIT_S) -> list[list[Block]]:
+        """Each peer's own copy of its blocks from ``start`` (at most ``heights``
+        and a batch more: its head may be past ours), for the signing gate: a peer's copy carries the seals of the quorum it
+        collected, so copies from several peers show more of who sealed.
+
+        Asks the connected peers among ``validators`` (public keys: each
+        holds the seals it collected itself), all at once, after waiting up to
+        ``wait_s`` for every one of them to connect; if none is connected, any
+        peer that speaks sync (a full node's copy is some validator's). Returns
+        the non-empty copies; the blocks are decoded, not verified."""
+        assert self.links is not None, "BlockSync used before attach()"
+        wanted = {peer_id_from_public_key(key) for key in validators}
+        with trio.move_on_after(wait_s):
+            while not wanted <= {p.to_base58() for p in self.links.connected_peers()}:
+                await trio.sleep(0.05)
+        peers = list(self._sync_peers())
+        peers = [p for p in peers if p.to_base58() in wanted] or peers
+        found: list[list[Block]] = [[] for _ in peers]
+        most = heights + SYNC_BATCH
+
+        async def read(index: int, peer: ID) -> None:
+            height = start
+            while height < start + most:
+                fetched = await self.fetch_batch(peer, height, feed=found[index].append)
+                if not fetched:
+                    return
+                height += fetched
+
+        async with trio.open_nursery() as nursery:
+            for index, peer in enumerate(peers):
+                nursery.start_soon(read, index, peer)
+        return [blocks[:most] for blocks in found if blocks]
 
     def request(self, need: NeedSync) -> None:
         """The core asked for blocks: fetch them in the background, one sync at a time."""

@@ -45,8 +45,7 @@ def block_bytes(height: int, parent: bytes, hashes: list[bytes]) -> bytes:
 def child(data_dir: str) -> None:
     conn = open_node_db(data_dir)
     # Checkpoint often, so kills also land inside checkpoints, not only WAL appends.
-    conn.execute("SET checkpoint_threshold = '256KB'")
-    store = ChainStore(conn)
+    store = ChainStore(conn, checkpoint_wal_bytes=256 * 1024)
     store.bind_chain(CHAIN, GENESIS)
     print("ready", flush=True)
     # Read once: DuckDB point queries are slow, and the kills should mostly
@@ -109,6 +108,7 @@ def _run_and_kill(data_dir: Path, delay: float) -> int | None:
     """Start the child, SIGKILL it ``delay`` s after it is ready; the last height it reported."""
     proc = subprocess.Popen([sys.executable, __file__, str(data_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         ready = proc.stdout.readline().strip()
         assert ready == "ready", f"child failed to start: {ready!r} {proc.stderr.read()}"
@@ -126,8 +126,14 @@ def test_sigkill_while_appending_never_leaves_a_partial_block(tmp_path):
     last_head = 0
     appended_total = 0
     for round_ in range(6):
-        reported = _run_and_kill(tmp_path, rng.uniform(0.05, 1.0))
-        head = check_consistent(tmp_path)
+        delay = rng.uniform(0.05, 1.0)
+        reported = _run_and_kill(tmp_path, delay)
+        try:
+            head = check_consistent(tmp_path)
+        except BaseException as exc:
+            # Keep the damaged files for inspection (the data directory is tmp_path).
+            raise AssertionError(f"round {round_} (killed {delay:.3f} s after ready, last reported "
+                                 f"height {reported}): store in {tmp_path} does not reopen: {exc}") from exc
         floor = reported if reported is not None else last_head
         # Everything whose append returned survives; at most the block in flight also landed.
         assert floor <= head <= floor + 1, f"round {round_}: reported {reported}, reopened at {head}"
