@@ -161,6 +161,7 @@ class ConsensusService:
         self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
         self.dropped_inbox = 0
         self._txs_posted = False  # a "txs" event is in the inbox: one is enough
+        self._tip_header_cache: BlockHeader | None = None
         self.started = False
         self.on_finalized: list[Callable[[Block], None]] = []
         # Handlers go in before the host listens: a peer's identify record of
@@ -201,12 +202,19 @@ class ConsensusService:
 
     # -- chain views ------------------------------------------------------------
     def tip_header(self) -> BlockHeader:
+        """The stored head's header. Kept until the head moves: ``chain_head`` is
+        every client's cheapest call, and a DuckDB read plus a block decode per
+        call let a flood of them hold the event loop from other peers."""
         head = self.store.head()
         if head is None:
             return genesis_header(self.genesis)
+        cached = self._tip_header_cache
+        if cached is not None and cached.hash == head.hash:
+            return cached
         stored = self.store.block_by_height(head.height)
         assert stored is not None
-        return Block.decode(stored.block).header
+        self._tip_header_cache = header = Block.decode(stored.block).header
+        return header
 
     def proposer_for(self, round_number: int) -> bytes:
         """The proposer of ``round_number`` at the height being decided (its set's)."""
