@@ -199,10 +199,11 @@ def _header_in_force(path: Path) -> tuple[int, int] | None:
 
 
 def _read_guard(path: Path) -> tuple[int, int, list[tuple[int, bytes]]] | None:
-    """(iteration, block size, blocks) of the guard file, or None if absent or damaged."""
+    """(iteration, block size, blocks) of the guard file, or None if absent, damaged
+    or unreadable (no usable copy: writing a new one then says what is wrong)."""
     try:
         data = _guard_path(path).read_bytes()
-    except FileNotFoundError:
+    except OSError:
         return None
     body, digest = data[:-32], data[-32:]
     if len(data) < len(_GUARD_MAGIC) + 56 or not body.startswith(_GUARD_MAGIC) \

@@ -35,8 +35,8 @@ from pathlib import Path
 import duckdb
 
 from node.base.codec import to_hex
-from node.base.db import checkpoint_node_db, transaction, wal_size
-from node.base.errors import UserError
+from node.base.db import NodeDatabaseError, checkpoint_node_db, transaction, wal_size
+from node.base.errors import DataDirError, UserError
 from node.base.faults import data_dir_failure
 from node.consensus.tx import DecodedTxCache, Transaction, TxError, next_nonces_after
 
@@ -272,6 +272,11 @@ class ChainStore:
             checkpoint_node_db(self._conn)
         except duckdb.TransactionException:
             pass  # another cursor's transaction is open: the next append tries again
+        except NodeDatabaseError as exc:
+            # The guard copy could not be written (full or failing disk): the
+            # same data-directory fault as a failing checkpoint, so the node
+            # stops the way it does for one, not with a traceback.
+            raise DataDirError(f"{exc}; block {height} is stored, checkpointing it failed") from None
         except duckdb.Error as exc:
             # Block ``height`` is committed (in the log); a failing disk must
             # still stop the node rather than let it go on writing.

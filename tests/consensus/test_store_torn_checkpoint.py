@@ -117,3 +117,27 @@ def test_checkpoints_only_happen_through_the_store(tmp_path):
         assert ChainStore(conn).head().height == 1
     finally:
         conn.close()
+
+
+def test_a_guard_that_cannot_be_written_stops_the_append_as_a_data_directory_fault(tmp_path):
+    """No checkpoint without its guard: when the copy cannot be written (here its
+    path is taken by a non-empty directory, as a full or failing disk would also
+    refuse it) the append that wanted the checkpoint stops with the node's
+    data-directory fault, the block it appended is kept, and the log is not
+    checkpointed unguarded."""
+    from node.base.errors import DataDirError
+
+    conn = open_node_db(tmp_path)
+    store = ChainStore(conn, checkpoint_wal_bytes=1)
+    store.bind_chain(CHAIN, GENESIS)
+    guard = db_path(tmp_path).with_name(db_path(tmp_path).name + ".guard")
+    guard.unlink(missing_ok=True)
+    guard.mkdir()
+    (guard / "taken").write_text("x")
+    with pytest.raises(DataDirError, match="checkpointing it failed"):
+        _append(store, 1)
+    assert wal_size(conn) > 0  # not checkpointed without its guard
+    conn.close()
+    shutil.rmtree(guard)
+    reopened = ChainStore(open_node_db(tmp_path))
+    assert reopened.head() is not None and reopened.head().height == 1
