@@ -125,6 +125,7 @@ class ConsensusService:
         self.max_frame = max_frame
         self.store = store or ChainStore(conn, first_height=1, first_parent=genesis_header(genesis).hash)
         self.store.bind_chain(genesis.chain_id, genesis.hash)
+        self._tip_header_cache: BlockHeader | None = None  # before _build_core reads the tip
         # One decode per transaction on this node: the mempool, the block check,
         # the store and the application all go through this cache (the
         # application reads it as ``store.tx_cache``); a block's entries are
@@ -161,7 +162,6 @@ class ConsensusService:
         self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
         self.dropped_inbox = 0
         self._txs_posted = False  # a "txs" event is in the inbox: one is enough
-        self._tip_header_cache: BlockHeader | None = None
         self.started = False
         self.on_finalized: list[Callable[[Block], None]] = []
         # Handlers go in before the host listens: a peer's identify record of
