@@ -24,7 +24,9 @@ keeps strangers from the slots validators need -> connections are admitted
 on a budget (:class:`node.p2p.swarm.ConnectionAdmission`, the books in
 node/p2p/budget.py): pending handshakes capped in total and per source IP
 under a handshake deadline, authenticated ones capped at ``max_peers`` with
-slots reserved for privileged peers.
+slots reserved for privileged peers. The TCP listener takes every queued
+connection at each wakeup (node/p2p/listener.py), so admission judges a
+flood's connections as they arrive rather than one per loop turn.
 
 Keepalive (4, 5), deadlines and framing (7, 8) live in node/p2p/peers.py and
 node/p2p/framing.py. The transport's data path (Noise messages read and
@@ -56,10 +58,12 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
 
 from node.base.keys import Identity
 from node.base.logging import route_libp2p_logs
 from node.p2p.budget import ResourceBudget
+from node.p2p.listener import DrainingTCP
 from node.p2p.peers import PING_PROTOCOL
 from node.p2p.swarm import ConnectionAdmission, ConnectionLimits, HardenedSwarm, NoAutoConnector
 
@@ -68,10 +72,6 @@ route_libp2p_logs()
 log = structlog.get_logger("metanode.p2p")
 
 DEFAULT_MAX_CONNECTIONS = 512
-# libp2p listens with a backlog of 128. A flood of connections fills a queue that
-# short and the kernel then drops every newcomer's SYN, an honest client's too,
-# before our admission can judge it. The kernel caps this at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
 DIAL_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 
@@ -166,6 +166,9 @@ def build_host(
     if type(swarm) is not Swarm:  # the pin guarantees this; fail loudly if not
         raise RuntimeError(f"unexpected libp2p network type {type(swarm).__name__}")
     swarm.__class__ = HardenedSwarm
+    for transport in swarm.transport_manager.get_transports():
+        if type(transport) is TCP:  # accepts a flood's whole queue each wakeup (node/p2p/listener.py)
+            transport.__class__ = DrainingTCP
     # py-libp2p types the network as INetworkService; build_host just made it a HardenedSwarm.
     swarm.admission = ConnectionAdmission(  # type: ignore[attr-defined]
         limits, budget, privileged=privileged_peers, idle_protocols=[PING_PROTOCOL])
@@ -179,16 +182,6 @@ def build_host(
     # node/p2p/peers.py. One attempt per dial here.
     swarm.retry_config = RetryConfig(max_retries=0)
     return host
-
-
-def _deepen_listen_backlog(host: IHost) -> None:
-    """Re-``listen`` every TCP listener of ``host`` with :data:`LISTEN_BACKLOG`
-    (Linux applies a new backlog to a socket that is already listening)."""
-    for transport_listener in host.get_network().listeners.values():
-        for socket_listener in getattr(transport_listener, "listeners", []):
-            sock = getattr(socket_listener, "socket", None)
-            if sock is not None:
-                sock.listen(LISTEN_BACKLOG)
 
 
 def check_port_free(addr: multiaddr.Multiaddr) -> None:
@@ -240,7 +233,6 @@ async def running_host(
                 try:
                     if listen_addrs and not host.get_addrs():
                         raise OSError(f"could not listen on {', '.join(map(str, listen_addrs))}")
-                    _deepen_listen_backlog(host)
                     task_status.started()
                     await stop.wait()
                 finally:

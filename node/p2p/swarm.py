@@ -255,9 +255,9 @@ class ConnectionAdmission:
 class AcceptOverloadLog(logging.Filter):
     """Turns trio's account of an overloaded accept into one counted line.
 
-    libp2p's TCP listener accepts through ``trio.serve_listeners``, which on
+    Our TCP listener (node/p2p/listener.py), like ``trio.serve_listeners``, on
     EMFILE/ENFILE/ENOMEM/ENOBUFS sleeps 100 ms and tries again: the right
-    behaviour (the listener never dies of it). But it logs each retry at
+    behaviour (the listener never dies of it). But both log each retry at
     ERROR with a traceback, ten a second while the condition lasts. This
     filter keeps the first line of each second (at WARNING, no traceback,
     with how many were folded into it) and counts them all for node_status.
@@ -288,7 +288,8 @@ class AcceptOverloadLog(logging.Filter):
 
 
 ACCEPT_OVERLOAD = AcceptOverloadLog()
-logging.getLogger("trio.serve_listeners").addFilter(ACCEPT_OVERLOAD)
+for _accepting in ("trio.serve_listeners", "metanode.p2p.listener"):
+    logging.getLogger(_accepting).addFilter(ACCEPT_OVERLOAD)
 
 
 class CancelledRegistrationLog(logging.Filter):
