@@ -103,6 +103,14 @@ def open_node_db(
     if path.is_dir():
         raise NodeDatabaseError(f"node database {path} is a directory, not a DuckDB file")
     if read_only:
+        # A torn checkpoint is repaired here too (the blocks written back are
+        # the committed state's own): a CLI that only reads must not call a
+        # file corrupt that the daemon's next start would open.
+        try:
+            return _connect(path, read_only=True)
+        except NodeDatabaseError as exc:
+            if "checksum" not in str(exc) or not _restore_from_guard(path):
+                raise
         return _connect(path, read_only=True)
     _remove_unfinished_creation(path)
     if _wal_path(path).exists() and not _guard_current(path):
@@ -266,12 +274,16 @@ def _restore_from_guard(path: Path) -> bool:
     if guard is None or header is None or guard[:2] != header or not guard[2]:
         return False
     _, block_size, blocks = guard
-    with open(path, "r+b") as f:
-        for block_id, block in blocks:
-            f.seek(_FIRST_BLOCK + block_id * block_size)
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "r+b") as f:
+            for block_id, block in blocks:
+                f.seek(_FIRST_BLOCK + block_id * block_size)
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise NodeDatabaseError(f"node database {path} has a checkpoint torn by a crash and cannot be repaired from "
+                                f"{_guard_path(path)}: {exc.strerror or exc}") from None
     return True
 
 

@@ -81,6 +81,16 @@ def test_open_node_db_repairs_a_torn_checkpoint_and_keeps_every_block(tmp_path):
     conn.close()
 
 
+def test_a_read_only_open_repairs_a_torn_checkpoint_too(tmp_path):
+    """The CLI's read-only commands (receipt, audit) see what the daemon would."""
+    live, height = _torn_store(tmp_path)
+    conn = open_node_db(live, read_only=True)
+    try:
+        assert conn.execute("SELECT max(height) FROM chain_blocks").fetchone() == (height,)
+    finally:
+        conn.close()
+
+
 def test_a_torn_checkpoint_without_its_guard_is_reported_not_a_traceback(tmp_path):
     live, _ = _torn_store(tmp_path)
     (live / "node.duckdb.guard").unlink()
