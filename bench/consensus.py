@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.base.keys import Identity  # noqa: E402
 from node.base.logging import configure_client_logging  # noqa: E402
+from node.consensus.service import TX_PROTOCOL  # noqa: E402
 from node.consensus.tx import sign_tx  # noqa: E402
 from node.p2p.client import call_node, connect_to_node  # noqa: E402
 from node.testnet import layout, processes  # noqa: E402
@@ -122,7 +123,7 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
             rejected += sum(1 for a in answers if "error" in a)
             for a in answers:
                 if "error" in a:
-                    reasons[a["error"].get("data", {}).get("reason", "?")] += 1
+                    reasons[(a["error"].get("data") or {}).get("reason") or str(a["error"].get("message", "?"))[:60]] += 1
 
     feeding: list[float] = []
 
@@ -167,9 +168,11 @@ async def drive(addresses: list[str], txs: list[bytes], rate: float) -> dict[str
 def run_phase(addresses: list[str], pids: dict[str, int], txs: list[bytes], rate: float, verify_s: float) -> dict[str, Any]:
     """One load at ``rate``; each validator's CPU over it, per committed tx
     (including the work on refused transactions: compare runs with none refused)."""
+    gossip_before = gossip_counters(addresses)
     window = proc_cpu.Window(pids)
     result: dict[str, Any] = trio.run(drive, addresses, txs, rate)
     usage = window.stop()
+    gossip = gossip_counters(addresses) - gossip_before
     committed = result["committed"] or float("nan")
     nodes = usage["nodes"]
     per_node = {name: (n["own"] + n["below"]) / committed for name, n in nodes.items()}
@@ -179,7 +182,20 @@ def run_phase(addresses: list[str], pids: dict[str, int], txs: list[bytes], rate
     result["validator_verifies_per_tx"] = mean / verify_s
     result["validator_cores"] = {name: (n["own"] + n["below"]) / usage["wall_s"] for name, n in nodes.items()}
     result["machine_cpu"] = {k: usage[k] for k in ("cores", "machine", "daemons", "bench_client", "other", "steal")}
+    # Transaction gossip: every transaction goes out once to each other validator; the frames it
+    # takes are what it costs on the transport (a frame per transaction was a third of the work).
+    sent, frames = gossip["sent:" + TX_PROTOCOL], gossip["frames:" + TX_PROTOCOL]
+    result["tx_gossip"] = {"sent": sent, "frames": frames, "txs_per_frame": sent / frames if frames else float("nan"),
+                           "dropped": gossip["dropped_full:" + TX_PROTOCOL]}
     return result
+
+
+def gossip_counters(addresses: list[str]) -> Counter[str]:
+    """The validators' gossip-link counters, summed (consensus_state's ``gossip``)."""
+    total: Counter[str] = Counter()
+    for address in addresses:
+        total.update(trio.run(call_node, address, "consensus_state").get("gossip", {}))
+    return total
 
 
 def main() -> None:
@@ -263,6 +279,9 @@ def main() -> None:
               f"= {r['validator_verifies_per_tx']:.2f} Ed25519 verifies (goal <= 2.5)")
         for node, cpu in r["cpu_s_per_tx"].items():
             print(f"    {node:38} {cpu * 1e6:12.1f}  us/tx; {r['validator_cores'][node]:.2f} cores")
+        g = r["tx_gossip"]
+        print(f"  {'tx gossip: txs sent / frames (per frame)':40} {g['sent']:>12} / {g['frames']} ({g['txs_per_frame']:.1f}); "
+              f"dropped {g['dropped']}")
         m = r["machine_cpu"]
         print(f"  machine CPU: {m['machine']:.2f} of {m['cores']:.0f} cores = daemons {m['daemons']:.2f} + bench client "
               f"{m['bench_client']:.2f} + other processes {m['other']:.2f} (steal {m['steal']:.2f})")

@@ -252,12 +252,28 @@ class Block:
     def height(self) -> int:
         return self.header.height
 
+    @property
+    def tx_hashes(self) -> tuple[bytes, ...]:
+        """:func:`tx_hash` of each transaction, in order; computed once per block
+        (the block check, the commit, the mempool and the RPC all need them)."""
+        cached = self.__dict__.get("_tx_hashes")
+        if cached is None:
+            cached = tuple(tx_hash(tx) for tx in self.transactions)
+            object.__setattr__(self, "_tx_hashes", cached)
+        return cached
+
+    def _with_hashes_of(self, other: "Block") -> "Block":
+        cached = other.__dict__.get("_tx_hashes")
+        if cached is not None:  # same transactions: the same hashes
+            object.__setattr__(self, "_tx_hashes", cached)
+        return self
+
     def with_seals(self, commit_round: int, seals: Sequence[tuple[bytes, bytes]]) -> "Block":
         """This block finalised in ``commit_round`` with ``seals`` (sorted by key)."""
-        return Block(self.header, self.transactions, commit_round, tuple(sorted(seals)))
+        return Block(self.header, self.transactions, commit_round, tuple(sorted(seals)))._with_hashes_of(self)
 
     def unsealed(self) -> "Block":
-        return Block(self.header, self.transactions)
+        return Block(self.header, self.transactions)._with_hashes_of(self)
 
     def to_value(self) -> dict[str, Any]:
         return {
@@ -358,6 +374,7 @@ def build_block(
     validators = genesis.validator_set if validators is None else validators
     next_validators = validators if next_validators is None else next_validators
     txs = tuple(bytes(tx) for tx in transactions)
+    hashes = tuple(tx_hash(tx) for tx in txs)
     header = BlockHeader(
         chain_id=genesis.chain_id,
         genesis_hash=genesis.hash,
@@ -366,7 +383,7 @@ def build_block(
         timestamp_ms=max(timestamp_ms, earliest_timestamp(parent, genesis)),
         proposer=proposer,
         round=round_number,
-        tx_root=transactions_root(txs),
+        tx_root=merkle_root(hashes),
         tx_count=len(txs),
         receipts_size=receipts_size,
         receipts_root=receipts_root,
@@ -375,6 +392,7 @@ def build_block(
         seed_proof=seed_proof,
     )
     block = Block(header, txs)
+    object.__setattr__(block, "_tx_hashes", hashes)
     check_block_contents(block, parent, validators, genesis, next_validators=next_validators, vrf_verifier=vrf_verifier)
     return block
 
@@ -445,7 +463,7 @@ def check_block_contents(
     payload = sum(len(tx) for tx in txs)
     if payload > genesis.limits.max_block_bytes:
         raise BlockError(f"block.txs: {payload} bytes exceed max_block_bytes {genesis.limits.max_block_bytes}")
-    hashes = [tx_hash(tx) for tx in txs]
+    hashes = block.tx_hashes
     if len(set(hashes)) != len(hashes):
         raise BlockError("block.txs: a transaction appears twice")
     if merkle_root(hashes) != header.tx_root:

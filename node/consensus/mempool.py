@@ -197,17 +197,19 @@ class Mempool:
         return queue.ready_end if queue is not None else self._committed_nonce(sender)
 
     # -- admission ------------------------------------------------------------
-    def add(self, tx_bytes: bytes) -> Admission:
+    def add(self, tx_bytes: bytes, *, digest: bytes | None = None) -> Admission:
         """Admit one encoded transaction, or say precisely why not.
 
         Checks, cheapest first: size, duplicate, encoding, chain, type,
         nonce, the sender's share, the pool's limits, the signature (once per
-        hash, cached), then the type's payload hook.
+        hash, cached), then the type's payload hook. ``digest``:
+        ``tx_hash(tx_bytes)`` when the caller computed it already (trusted).
         """
         if not isinstance(tx_bytes, (bytes, bytearray, memoryview)):
             return Admission(TxErrorCode.MALFORMED, "transaction must be bytes", None)
-        tx_bytes = bytes(tx_bytes)
-        digest = tx_hash(tx_bytes)
+        if type(tx_bytes) is not bytes or digest is None:
+            tx_bytes = bytes(tx_bytes)
+            digest = tx_hash(tx_bytes)
         cfg = self.config
         if len(tx_bytes) > cfg.max_tx_bytes:
             return _reject(digest, TxErrorCode.TOO_LARGE,
@@ -383,7 +385,7 @@ class Mempool:
         return chosen
 
     # -- commits --------------------------------------------------------------
-    def on_commit(self, height: int, txs: Sequence[bytes]) -> CommitResult:
+    def on_commit(self, height: int, txs: Sequence[bytes], digests: Sequence[bytes] | None = None) -> CommitResult:
         """Tell the mempool block ``height`` was committed with ``txs``
         (after the block is in the store that backs ``committed_nonce``).
 
@@ -394,16 +396,16 @@ class Mempool:
         cache: this is the last step of a commit that needs them. Call it
         for every committed block in order; if a height is skipped the pool
         re-reads every pending sender's nonce through ``committed_nonce``.
+        ``digests``: ``tx_hash`` of each of ``txs`` when the caller has them.
         """
         if self._last_height is not None and height != self._last_height + 1:
             self.resync()
         self._last_height = height
         committed: list[bytes] = []
         touched: set[bytes] = set()
-        digests: list[bytes] = []
-        for raw in txs:
-            digest = tx_hash(raw)
-            digests.append(digest)
+        if digests is None or len(digests) != len(txs):
+            digests = [tx_hash(raw) for raw in txs]
+        for raw, digest in zip(txs, digests):
             pooled = self._by_hash.get(digest)
             if pooled is not None:
                 committed.append(digest)

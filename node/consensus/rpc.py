@@ -46,7 +46,7 @@ def block_json(block: Block, *, include_txs: bool) -> dict[str, Any]:
         "validators_hash": h.validators_hash.hex(), "next_validators_hash": h.next_validators_hash.hex(),
         "seed_proof": h.seed_proof.hex(), "seed": h.seed.hex(),
         "seals": [{"validator": k.hex(), "signature": s.hex()} for k, s in block.seals],
-        "tx_hashes": [tx_hash(t).hex() for t in block.transactions],
+        "tx_hashes": [d.hex() for d in block.tx_hashes],
     }
     if include_txs:
         out["transactions"] = [t.hex() for t in block.transactions]
@@ -65,14 +65,14 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
         raw = _hex_bytes(tx, "tx")
         digest = tx_hash(raw)
         if mode == "async":
-            chain.submit(raw)
+            chain.submit(raw, digest=digest)
             return {"hash": digest.hex(), "status": "submitted"}
         if mode == "commit":
             stored = chain.store.tx_by_hash(digest)
             if stored is not None:
                 return committed_answer(digest, stored)
             committed = chain.commit_event(digest)
-        admission = chain.submit(raw)
+        admission = chain.submit(raw, digest=digest)
         if not admission.accepted and admission.code is not TxErrorCode.DUPLICATE:
             raise rejected(admission)
         if mode == "sync":
@@ -146,6 +146,7 @@ def register_chain_methods(registry: Registry, chain: ConsensusService) -> None:
             "proposer": proposer.hex(), "proposer_peer_id": peer_id_from_public_key(proposer),
             "recent_blocks": [{"height": s.height, "commit_round": s.commit_round, "tx_count": s.tx_count} for s in chain.recent],
             "counters": chain.counters(), "inbox_dropped": chain.dropped_inbox,
+            "gossip": dict(chain.links.counters) if chain.links else {},
         }
 
     async def validators_list(ctx: CallContext) -> list[dict[str, Any]]:

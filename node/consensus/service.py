@@ -9,7 +9,8 @@ their own queues (node/p2p/links.py), so one slow peer cannot stall the
 actor. Protocols:
 
 * ``/metanode/ibft/1.0.0``: consensus messages;
-* ``/metanode/tx/1.0.0``: transaction gossip;
+* ``/metanode/tx/1.0.0``: transaction gossip (node/consensus/tx_gossip.py:
+  who gets an admitted transaction);
 * ``/metanode/sync/1.0.0``: a request ``{"from", "limit"}`` answered by
   finalised blocks, one per frame.
 
@@ -51,7 +52,7 @@ from libp2p.peer.id import ID
 
 from node.base.keys import Identity
 from node.consensus.app import Application, EmptyApplication
-from node.consensus.block import Block, BlockError, BlockHeader, genesis_header, tx_hash
+from node.consensus.block import Block, BlockError, BlockHeader, genesis_header
 from node.consensus.gate import SigningGate
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
@@ -62,12 +63,12 @@ from node.consensus.store import ChainStore
 from node.consensus.sync import SYNC_PROTOCOL, BlockSync
 from node.consensus.timer import WallClockTimer, now_ms
 from node.consensus.tx import DecodedTxCache, SignatureCache, TxError, TxTypeRegistry, check_block_txs
+from node.consensus.tx_gossip import TX_GOSSIP_LINGER_S, TX_PROTOCOL, TxGossip
 from node.consensus.validators import ValidatorSet
 from node.p2p.framing import FramedStream, FrameError
 from node.p2p.links import PeerLinks, read_batch
 
 IBFT_PROTOCOL = "/metanode/ibft/1.0.0"
-TX_PROTOCOL = "/metanode/tx/1.0.0"
 SAFETY_FILE = "consensus-safety.cbor"
 
 INBOX_SIZE = 4096
@@ -162,6 +163,10 @@ class ConsensusService:
         self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
         self.dropped_inbox = 0
         self._txs_posted = False  # a "txs" event is in the inbox: one is enough
+        limits = genesis.limits
+        self.gossip = TxGossip(host=host, max_frame=max_frame, admit=self._admit, validators=lambda: self.core.validators,
+                               next_proposal=lambda blocks: self.mempool.reap(blocks * (limits.max_block_bytes // 2),
+                                                                              blocks * limits.max_txs_per_block))
         self.started = False
         self.on_finalized: list[Callable[[Block], None]] = []
         # Handlers go in before the host listens: a peer's identify record of
@@ -171,7 +176,7 @@ class ConsensusService:
         # connected during start-up would never send us consensus messages.
         # Streams that arrive before run() has its links wait for it.
         self._ready = trio.Event()
-        for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self._handle_tx), (SYNC_PROTOCOL, self.sync.serve)):
+        for protocol, handler in ((IBFT_PROTOCOL, self._handle_ibft), (TX_PROTOCOL, self.gossip.serve), (SYNC_PROTOCOL, self.sync.serve)):
             host.set_stream_handler(protocol, self._when_ready(handler))
 
     def _build_core(self, safety: SafetyState | None) -> IbftCore:
@@ -256,8 +261,10 @@ class ConsensusService:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame)
+            self.links = PeerLinks(self.host, nursery, max_frame=self.max_frame,
+                                   linger_s={TX_PROTOCOL: TX_GOSSIP_LINGER_S})
             self.sync.attach(self.links, nursery)
+            await nursery.start(self.gossip.run, self.links)
             self._ready.set()
             nursery.start_soon(self._timer.run)
             task_status.started()
@@ -464,12 +471,13 @@ class ConsensusService:
             txs=list(block.transactions),
         )
         self.app.apply_final_block(block)
-        self.mempool.on_commit(header.height, block.transactions)
+        hashes = block.tx_hashes
+        self.mempool.on_commit(header.height, block.transactions, hashes)
         summary = BlockSummary(header.height, block.hash, header.round, block.commit_round,
                                header.timestamp_ms, len(block.transactions), header.proposer)
         self.recent.append(summary)
-        for tx in block.transactions:
-            waiter = self._committed.pop(tx_hash(tx), None)
+        for digest in hashes if self._committed else ():
+            waiter = self._committed.pop(digest, None)
             if waiter is not None:
                 waiter.set()
         for callback in self.on_finalized:
@@ -495,27 +503,18 @@ class ConsensusService:
         except Exception:
             pass
 
-    async def _handle_tx(self, stream: Any) -> None:
-        source = stream.muxed_conn.peer_id
-        framed = FramedStream(stream, self.max_frame)
-        try:
-            while (frame := await framed.read_frame()) is not None:
-                for tx in read_batch(frame, max_size=self.max_frame):
-                    self.submit(tx, source=source)
-        except FrameError:
-            await framed.reset()
-        except Exception:
-            pass
-
     # -- transactions -------------------------------------------------------------------
-    def submit(self, tx_bytes: bytes, *, source: ID | None = None) -> Admission:
-        """Admit a transaction and gossip it on; the admission says why not."""
-        admission = self.mempool.add(tx_bytes)
-        if admission.accepted:
-            self.links.broadcast(TX_PROTOCOL, tx_bytes, exclude=source)  # type: ignore[union-attr]
-            if self.core.wants_transactions and not self._txs_posted:  # wake the actor, which owns the core
-                self._txs_posted = True
-                self._post("txs")
+    def submit(self, tx_bytes: bytes, *, source: ID | None = None, digest: bytes | None = None) -> Admission:
+        """Admit a transaction and gossip it on; the admission says why not.
+        ``digest``: ``tx_hash(tx_bytes)``, when the caller computed it already."""
+        return self.gossip.submit(tx_bytes, source=source, digest=digest)
+
+    def _admit(self, tx_bytes: bytes, digest: bytes | None = None) -> Admission:
+        """Admit a transaction to the mempool (not gossiped here); wake the core if it waits for one."""
+        admission = self.mempool.add(tx_bytes, digest=digest)
+        if admission.accepted and self.core.wants_transactions and not self._txs_posted:
+            self._txs_posted = True  # wake the actor, which owns the core
+            self._post("txs")
         return admission
 
     def commit_event(self, tx_hash_: bytes) -> trio.Event:

@@ -12,11 +12,18 @@ whatever queued up while the previous frame was being written goes out
 together. Per-frame cost (a yamux frame, a Noise message, several task
 switches) dominates small messages in py-libp2p, so coalescing is what lets
 gossip keep up under load. :func:`read_batch` is the receiving side.
+
+A protocol may also *linger* (``linger_s``): its link waits that long after
+the first queued message before writing, so that a burst arriving one
+message per scheduling step (a JSON-RPC batch of transactions is served
+with a schedule point per call) leaves as one frame, not one frame each.
+Transaction gossip lingers a few milliseconds; consensus messages do not.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -35,11 +42,15 @@ WRITE_TIMEOUT_S = 10.0
 class PeerLinks:
     """Send frames to peers over long-lived streams, never blocking the caller."""
 
-    def __init__(self, host: Any, nursery: trio.Nursery, *, queue_size: int = 512, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, host: Any, nursery: trio.Nursery, *, queue_size: int = 512, max_frame: int = DEFAULT_MAX_FRAME,
+                 linger_s: dict[str, float] | None = None) -> None:
         self.host = host
         self.nursery = nursery
         self.queue_size = queue_size
         self.max_frame = max_frame
+        self.linger_s = dict(linger_s or {})  # protocol -> seconds a link waits to gather a frame
+        if any(not 0 <= v <= 1 for v in self.linger_s.values()):
+            raise ValueError("gossip linger must be between 0 and 1 second")
         self._links: dict[tuple[str, str], tuple[int, trio.MemorySendChannel[bytes]]] = {}
         self._next_link_id = 0
         self._unsupported: dict[tuple[str, str], Any] = {}  # -> the connection that refused
@@ -59,13 +70,18 @@ class PeerLinks:
 
     def send(self, peer: Any, protocol: str, payload: bytes) -> bool:
         """Queue ``payload`` for ``peer``; False if it was dropped."""
-        if not self.speaks(peer, protocol):
-            return False
+        return self.send_many(peer, protocol, (payload,)) == 1
+
+    def send_many(self, peer: Any, protocol: str, payloads: Sequence[bytes]) -> int:
+        """Queue each of ``payloads`` for ``peer``, in order; how many were queued
+        (the rest dropped: the peer does not speak the protocol, or its queue is full)."""
+        if not payloads or not self.speaks(peer, protocol):
+            return 0
         key = (peer.to_base58(), protocol)
         refused_on = self._unsupported.get(key)
         if refused_on is not None:
             if not refused_on.is_closed:
-                return False
+                return 0
             del self._unsupported[key]  # a new connection: ask again
         link = self._links.get(key)
         if link is None:
@@ -74,22 +90,30 @@ class PeerLinks:
             link = self._links[key] = (self._next_link_id, channel)
             self.nursery.start_soon(self._run_link, peer, protocol, receive, key, self._next_link_id)
         channel = link[1]
-        try:
-            channel.send_nowait(payload)
-            return True
-        except trio.WouldBlock:
-            self.counters[f"dropped_full:{protocol}"] += 1
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._links.pop(key, None)
-            return False
+        for queued, payload in enumerate(payloads):
+            try:
+                channel.send_nowait(payload)
+            except trio.WouldBlock:
+                self.counters[f"dropped_full:{protocol}"] += len(payloads) - queued
+                return queued
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._links.pop(key, None)
+                return queued
+        return len(payloads)
 
     def broadcast(self, protocol: str, payload: bytes, *, exclude: Any = None) -> int:
+        return self.broadcast_many(protocol, (payload,), exclude=exclude)
+
+    def broadcast_many(self, protocol: str, payloads: Sequence[bytes], *, exclude: Any = None) -> int:
+        """Queue ``payloads`` for every connected peer but ``exclude``; how many sends were queued.
+        One look at the peers for all of them (a received gossip frame is relayed this way)."""
+        if not payloads:
+            return 0
         sent = 0
         for peer in self.connected_peers():
             if exclude is not None and peer == exclude:
                 continue
-            sent += self.send(peer, protocol, payload)
+            sent += self.send_many(peer, protocol, payloads)
         return sent
 
     async def _run_link(self, peer: Any, protocol: str, receive: trio.MemoryReceiveChannel[bytes], key: tuple[str, str], link_id: int) -> None:
@@ -99,7 +123,10 @@ class PeerLinks:
                 stream = await self.host.new_stream(peer, [protocol])
             framed = FramedStream(stream, self.max_frame)
             budget = self.max_frame // 2
+            linger = self.linger_s.get(protocol, 0.0)
             async for payload in receive:
+                if linger:
+                    await trio.sleep(linger)
                 batch, size = [payload], len(payload)
                 while size < budget:
                     try:
