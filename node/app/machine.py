@@ -166,7 +166,7 @@ class StateMachine(queries.StateQueries):
         if not all(isinstance(tx, Transaction) for tx in txs):
             raise StateError("txs must be decoded Transaction objects")
         conn = self._conn
-        with transaction(conn):
+        with self.changing_state(), transaction(conn):  # no answer kept (follow_blocks) outlives a block
             applied = self.height()
             expected = self.first_height if applied is None else applied + 1
             if height != expected:
@@ -254,7 +254,7 @@ class StateMachine(queries.StateQueries):
     # -- rebuilding ------------------------------------------------------------------
     def reset(self) -> None:
         """Delete all state (to rebuild it from the blocks with :func:`catch_up`)."""
-        with transaction(self._conn):
+        with self.changing_state(), transaction(self._conn):
             tables.clear_tables(self._conn)
         self._validators.load(self._conn)
         self._rules.load(self._conn)

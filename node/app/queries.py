@@ -7,6 +7,8 @@ nodes also by peer id. Nothing here writes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import duckdb
@@ -18,6 +20,7 @@ from node.base.codec import decode, to_hex
 from node.receipts.envelope import Receipt, decode_receipt
 
 MAX_PAGE = 500
+MAX_KEPT = 4096  # answers kept per block (see StateQueries.follow_blocks)
 MAX_DATASET_PAGE = 1000
 MAX_DATASET_REF = 128 + 1 + 19  # a name (as dataset.register allows), "@", a version
 BAD_DATASET_REF = "expected a name, name@version or 64 hex characters"
@@ -99,6 +102,52 @@ class StateQueries(ServiceQueries):
     def __init__(self, conn: duckdb.DuckDBPyConnection, rules: ChainRules = DEFAULT_RULES) -> None:
         self._conn = conn
         self.rules = rules  # the genesis rules
+        # Answers that change only when a block is applied, kept until the next one
+        # (a DuckDB statement costs about a millisecond of CPU; nodes() was asked
+        # for every job input). None: not asked to (follow_blocks), every read asks.
+        self._memo: dict[tuple[Any, ...], Any] | None = None
+        self._writing = 0  # inside changing_state: every read asks the database
+
+    def follow_blocks(self) -> None:
+        """Keep per-block answers (height, nodes, queue depth, datasets) in
+        memory until the state changes. Only for a state written by
+        :meth:`StateMachine.apply_block` and ``reset`` alone (a daemon's), as
+        they forget the kept answers (:meth:`changing_state`) whenever they
+        write: after every block, including those of a catch-up or replay,
+        before the ``on_effects`` callbacks run, and after a block that failed
+        and was rolled back. Calling it again does nothing."""
+        if self._memo is None:
+            self._memo = {}
+
+    def state_changed(self) -> None:
+        """Forget the kept answers: the state tables changed."""
+        if self._memo is not None:
+            self._memo.clear()
+
+    @contextmanager
+    def changing_state(self) -> Iterator[None]:
+        """Around a write of the state tables: nothing is kept or answered
+        from memory inside it (the state changes statement by statement: the
+        block's own ``height()`` read first would be stale by its end), and
+        the kept answers are forgotten before and after it, committed or
+        rolled back."""
+        self.state_changed()
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            self.state_changed()
+
+    def _kept(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        if self._memo is None or self._writing:
+            return compute()
+        if key in self._memo:
+            return self._memo[key]
+        answer = compute()
+        if len(self._memo) < MAX_KEPT:  # callers choose keys (dataset refs): bounded within a block
+            self._memo[key] = answer
+        return answer
 
     def rules_at(self, height: int) -> ChainRules:
         """The rules in force at block ``height`` (the state machine knows the
@@ -107,6 +156,9 @@ class StateQueries(ServiceQueries):
 
     def height(self) -> int | None:
         """The height of the last applied block (None before the first)."""
+        return self._kept(("height",), self._read_height)
+
+    def _read_height(self) -> int | None:
         row = self._conn.execute("SELECT height FROM state_height").fetchone()
         return None if row is None else row[0]
 
@@ -195,6 +247,27 @@ class StateQueries(ServiceQueries):
         ).fetchall()
         return [(bytes(job_id), attempt) for job_id, attempt in rows]
 
+    def assignments_to_run(self, node_key: bytes) -> list[dict[str, Any]]:
+        """Every pending assignment of ``node_key``, in job id order, with what
+        running it takes, in one statement (a processing node asks on every
+        block): ``id`` (hex), ``attempt``, ``wants_ack`` (it waits for this
+        node's ``job.ack``), the job's ``state``, ``type``, ``inputs`` (name ->
+        digest hex), ``params``, ``seed`` (hex), ``clock`` and ``policy`` (None:
+        a plain job), as :meth:`job` spells them."""
+        rows = self._conn.execute(
+            "SELECT a.job_id, a.attempt, a.ack_deadline IS NOT NULL AND a.acked_height IS NULL, "
+            "j.state, j.type, j.inputs, j.params, j.seed, j.clock, j.policy "
+            "FROM state_assignments a JOIN state_jobs j ON j.job_id = a.job_id "
+            "WHERE a.node_key = ? AND a.status = ? ORDER BY a.job_id, a.attempt",
+            [_key(node_key, "node key"), PENDING],
+        ).fetchall()
+        return [
+            {"id": _hex(job_id), "attempt": attempt, "wants_ack": bool(wants_ack), "state": state, "type": job_type,
+             "inputs": {name: to_hex(digest) for name, digest in decode(bytes(inputs)).items()},
+             "params": decode(bytes(params)), "seed": _hex(seed), "clock": clock, "policy": policy}
+            for job_id, attempt, wants_ack, state, job_type, inputs, params, seed, clock, policy in rows
+        ]
+
     def unacknowledged_assignments_of(self, node_key: bytes) -> list[bytes]:
         """Job ids of the pending assignments of ``node_key`` that wait for its
         acknowledgement (``job.ack``: those made while the rule ack_blocks was
@@ -208,6 +281,9 @@ class StateQueries(ServiceQueries):
 
     def queue_depth(self) -> dict[str, int]:
         """How many jobs are in each active state, and how many wait for nodes."""
+        return dict(self._kept(("queue_depth",), self._read_queue_depth))
+
+    def _read_queue_depth(self) -> dict[str, int]:
         counts = dict.fromkeys(ACTIVE_STATES, 0)
         for state, count in self._conn.execute(
             f"SELECT state, count(*) FROM state_jobs WHERE state IN ({', '.join('?' * len(ACTIVE_STATES))}) "
@@ -258,6 +334,10 @@ class StateQueries(ServiceQueries):
             where, args = "name = ?", [parsed.name]
         else:
             where, args = "name = ? AND version = ?", [parsed.name, parsed.version]
+        kept = self._kept(("dataset", _key(tenant, "tenant"), where, *args), lambda: self._read_dataset(tenant, where, args))
+        return None if kept is None else dict(kept)
+
+    def _read_dataset(self, tenant: bytes, where: str, args: list[Any]) -> dict[str, Any] | None:
         # ``latest`` looks at all of the tenant's versions of a name: filter after the window.
         rows = self._conn.execute(
             f"SELECT * FROM (SELECT {_DATASET_COLUMNS} FROM state_datasets WHERE tenant = ?) WHERE {where} "
@@ -280,6 +360,10 @@ class StateQueries(ServiceQueries):
         a job for a local fault) gets new work again (None, and ``healthy``,
         when it is not excluded). ``declined``: assignments it could not run.
         """
+        kept = self._kept(("nodes", processing_only), lambda: self._read_nodes(processing_only))
+        return [{**node, "roles": list(node["roles"])} for node in kept]  # the caller's to change
+
+    def _read_nodes(self, processing_only: bool) -> list[dict[str, Any]]:
         next_height = (self.height() or 0) + 1
         exclusion_blocks = self.rules_at(next_height).exclusion_blocks
         where = "WHERE n.capacity > 0" if processing_only else ""

@@ -21,6 +21,8 @@ class GatewayRole:
 
     def build(self, context: RoleContext) -> list[Service]:
         services = context.config.services
+        # Node tables, height and queue depth read per job: kept until the next applied block.
+        context.app.state.follow_blocks()
         gateway = Gateway(identity=context.identity, chain=context.chain, app=context.app, publisher=context.publisher,
                           jobs_per_minute=services["gateway_jobs_per_minute"],
                           allowed_tenants=[bytes.fromhex(t) for t in services["gateway_tenants"]] or None,

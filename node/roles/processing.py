@@ -232,37 +232,43 @@ class ProcessingService:
         self.completed = 0
         self.declined = 0
 
-    def pending_assignments(self) -> list[dict[str, Any]]:
-        """Jobs assigned to this node and not answered yet: those already running
-        here or answered for that attempt are left out before being loaded (this
-        runs on every block). What is remembered of assignments no longer pending
-        on chain is dropped, so it stays bounded by the pending ones."""
-        pending = {(job_id.hex(), attempt) for job_id, attempt in self.app.state.pending_assignments_of(self.key)}
+    def pending_assignments(self, assigned: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Jobs assigned to this node and not answered yet, leaving out those
+        already running here or answered for that attempt. ``assigned``: this
+        block's :meth:`StateQueries.assignments_to_run` (asked for when not
+        given). What is remembered of assignments no longer pending on chain is
+        dropped, so it stays bounded by the pending ones."""
+        if assigned is None:
+            assigned = self.app.state.assignments_to_run(self.key)
+        pending = {(job["id"], job["attempt"]) for job in assigned}
         self._done &= pending
         self._tries = {key: count for key, count in self._tries.items() if key in pending}
-        fresh = [job_id for job_id, attempt in sorted(pending)
-                 if job_id not in self._running and (job_id, attempt) not in self._done]
-        jobs = [self.app.state.job(bytes.fromhex(job_id)) for job_id in fresh]
-        return [j for j in jobs if j is not None and j["state"] in ("scheduled", "running")]
+        return [job for job in assigned
+                if job["state"] in ("scheduled", "running") and job["id"] not in self._running
+                and (job["id"], job["attempt"]) not in self._done]
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         blocks = self.chain.subscribe()
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for _ in blocks:
-                self.acknowledge()
-                for job in self.pending_assignments():
-                    key = (job["id"], job["attempt"])
-                    if job["id"] not in self._running and key not in self._done:
+                # One statement per block for both: a block adds work for a few jobs at most.
+                assigned = self.app.state.assignments_to_run(self.key)
+                self.acknowledge(assigned)
+                for job in self.pending_assignments(assigned):
+                    if job["id"] not in self._running:  # a node holds a job once; stay safe if it did not
                         self._running.add(job["id"])
                         nursery.start_soon(self._execute, job)
 
-    def acknowledge(self) -> int:
+    def acknowledge(self, assigned: list[dict[str, Any]] | None = None) -> int:
         """Submit job.ack for the assignments that wait for this node's
         acknowledgement and have none on its way (a node holds a job at most
         once, so the job id names the assignment); how many it listed. One
-        transaction, or one per :data:`MAX_ACK_JOBS` ids."""
-        waiting = self.app.state.unacknowledged_assignments_of(self.key)
+        transaction, or one per :data:`MAX_ACK_JOBS` ids. ``assigned`` as for
+        :meth:`pending_assignments`."""
+        if assigned is None:
+            assigned = self.app.state.assignments_to_run(self.key)
+        waiting = [bytes.fromhex(job["id"]) for job in assigned if job["wants_ack"]]
         # Forget what is acknowledged on chain (or no longer pending): it stays bounded.
         still = set(waiting)
         self._acks_sent = {job_id: sent for job_id, sent in self._acks_sent.items() if job_id in still}

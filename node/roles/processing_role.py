@@ -20,6 +20,8 @@ class ProcessingRole:
         if context.cage_pool is None or context.storage is None:
             raise RuntimeError("the processing role needs the cage pool and the storage role built before it")
         artifacts = context.artifacts()
+        # Node tables, height and queue depth read per job: kept until the next applied block.
+        context.app.state.follow_blocks()
         # Looked up on the module when built, so a test can run the real daemon with another service class.
         service = processing.ProcessingService(
             identity=context.identity, chain=context.chain, app=context.app, pool=context.cage_pool,

@@ -2,10 +2,16 @@
 
 Receipts this node signs (the gateway's ``api.call``, the scheduler's
 ``job.schedule`` and ``job.verdict``, storage's ``data.store``) queue in the
-context's :class:`~node.roles.publisher.ReceiptPublisher`; this role runs it.
+context's :class:`~node.roles.publisher.ReceiptPublisher`; this role runs it,
+and stops the daemon (a DataDirError) when the receipt issuer could not make
+a receipt durable (:meth:`~node.roles.issuer.NodeIssuer.watch`).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import trio
 
 from node.base.config import NodeConfig
 from node.roles.role import RoleContext, Service
@@ -20,5 +26,12 @@ class ReceiptsRole:
         return True
 
     def build(self, context: RoleContext) -> list[Service]:
-        publisher = context.publisher
-        return [Service("receipts", publisher.run, lambda: {"pending": len(publisher.pending), "published": publisher.published})]
+        publisher, issuer = context.publisher, context.issuer
+
+        async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(issuer.watch)
+                await nursery.start(publisher.run)
+                task_status.started()
+
+        return [Service("receipts", run, lambda: {"pending": len(publisher.pending), "published": publisher.published})]

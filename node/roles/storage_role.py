@@ -37,6 +37,8 @@ class StorageRole:
     def build(self, context: RoleContext) -> list[Service]:
         config, services = context.config, context.config.services
         chain = context.chain
+        # Peers are looked up per blob (context.storage_peers): the node table is kept until the next block.
+        context.app.state.follow_blocks()
 
         def accept_push(peer_id: str, *rest: Any) -> bool:
             # Only nodes the chain knows as storage or gateway may push blobs here.
