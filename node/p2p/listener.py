@@ -7,9 +7,16 @@ the kernel queued the rest; an honest client's connection waited in that
 queue behind hundreds of silent ones, connected from its side but never
 answered, and its 2 s call timed out "agreeing on the security protocol".
 Admission (node/p2p/swarm.py) can only judge a connection it has accepted:
-so this listener drains the kernel's queue, up to :data:`ACCEPT_BATCH`
-connections per wakeup, and hands each to the swarm's handler at once. A
-queued connection now waits a loop turn or two, not the queue's length.
+so this listener keeps taking connections from the kernel's queue, turn after
+turn, until it is empty, handing each to the swarm's handler at once. A
+queued connection now waits a few loop turns, not the queue's length.
+
+Descriptors stay within the daemon's budget (node/roles/confinement.py
+counts ``max_pending`` handshakes): at most :data:`MAX_UNJUDGED` accepted
+connections wait for their handler's first step, where admission takes a
+pending slot or closes them. Taking the whole queue at once ran a confined
+validator out of descriptors under 2,000 silent connections, and its
+safety state could not be written.
 
 Sockets, addresses and closing are upstream's (``TCPListener``); only the
 accept loop and the listen backlog differ. The wire is unchanged.
@@ -29,10 +36,10 @@ from libp2p.transport.tcp.tcp import TCP, TCPListener
 from libp2p.utils.multiaddr_utils import extract_ip_from_multiaddr
 from multiaddr import Multiaddr
 
-# How many queued connections one wakeup takes before the loop runs others:
-# enough to empty a flood's queue in a few turns, few enough that the
-# handler tasks it starts are a bounded burst.
-ACCEPT_BATCH = 256
+# Accepted connections not yet judged by admission (their handler has not
+# run its first step): descriptors the budget's headroom must cover, and how
+# many connections one loop turn takes from the queue.
+MAX_UNJUDGED = 16
 # The kernel queue of completed connections not yet accepted (capped by
 # net.core.somaxconn). Too short and the kernel drops every newcomer's SYN,
 # an honest client's too, before admission can judge it.
@@ -69,6 +76,8 @@ def _listen_socket(ip: str, port: int) -> socket.socket:
 class DrainingTCPListener(TCPListener):
     """Upstream's TCP listener with an accept loop that empties the queue."""
 
+    _unjudged = 0  # accepted, handler not started yet (one loop task per socket mutates it)
+
     async def listen(self, maddr: Multiaddr) -> None:
         port_text = maddr.value_for_protocol("tcp")
         try:
@@ -101,7 +110,10 @@ class DrainingTCPListener(TCPListener):
             task_status.started()
             while True:
                 await trio.lowlevel.wait_readable(sock.fileno())
-                for _ in range(ACCEPT_BATCH):
+                while True:  # until the queue is empty
+                    if self._unjudged >= MAX_UNJUDGED:
+                        await trio.lowlevel.checkpoint()  # the handlers started run their first step
+                        continue
                     try:
                         conn, _ = sock.accept()
                     except BlockingIOError:
@@ -115,9 +127,12 @@ class DrainingTCPListener(TCPListener):
                             await trio.sleep(OVERLOAD_BACKOFF_S)
                             break
                         raise
+                    self._unjudged += 1
                     handlers.start_soon(self._handle, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        # The swarm's handler admits or refuses in its first step, before any await.
+        self._unjudged -= 1
         try:
             await self.handler(TrioTCPStream(stream))
         except Exception:  # noqa: BLE001 - as upstream: one connection's failure is its own
