@@ -342,6 +342,17 @@ def _busy(stream: Any, idle_protocols: frozenset[str]) -> bool:
     return _protocol_of(stream) not in idle_protocols
 
 
+async def _first_byte(read_write_closer: Any) -> None:
+    """Wait until the dialer has sent something (it speaks first: its
+    multistream-select header). A silent connection then costs the node a
+    task and a wait, not upstream's negotiation machinery: under a silent
+    flood that machinery was most of a validator's loop (py-spy, wave A of
+    test_adversary), and honest handshakes waited behind it."""
+    sock = getattr(getattr(read_write_closer, "stream", None), "socket", None)
+    if sock is not None:
+        await trio.lowlevel.wait_readable(sock)
+
+
 def _remote_ip(read_write_closer: Any) -> str:
     try:
         remote = read_write_closer.get_remote_address()
@@ -389,6 +400,7 @@ class HardenedSwarm(Swarm):
         muxed_conn = None
         with handshake.scope if handshake is not None else trio.CancelScope():
             try:
+                await _first_byte(read_write_closer)
                 muxed_conn = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
             except Exception:
                 # Handshake failures (garbage, plaintext dialers, timeouts,
