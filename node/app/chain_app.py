@@ -32,16 +32,25 @@ from typing import Any
 import duckdb
 import structlog
 
+from node.app.decisions import attests
 from node.app.machine import StateMachine, catch_up
-from node.app.model import BlockEffects
+from node.app.model import BlockContext, BlockEffects
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.txtypes import carried_receipts, misdated_receipt, register_tx_types
+from node.app.txtypes import (
+    RECEIPTS_BATCH,
+    STATE_TX_TYPES,
+    carried_receipts,
+    misdated_receipt,
+    parse_payload,
+    register_tx_types,
+)
+from node.app.working import WorkingState
 from node.base.db import transaction
 from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
 from node.consensus.store import ChainStore
-from node.consensus.tx import Transaction, TxTypeRegistry
+from node.consensus.tx import PayloadError, Transaction, TxTypeRegistry
 from node.consensus.validators import ValidatorSet
 from node.receipts.envelope import Receipt, decode_receipt
 from node.receipts.log import LogHead, ReceiptLog
@@ -64,8 +73,8 @@ class ChainApplication:
         self._receipts_in_memo: dict[tuple[int, int, bytes], tuple[Receipt, ...]] = {}
         self.state = StateMachine(conn, rules=rules, governance=governance)
         self._validator_sets: dict[tuple[bytes, ...], ValidatorSet] = {}
-        # Called with (effects, block) after each block is applied, e.g. to
-        # sign the job.schedule / job.verdict receipts a block implies.
+        # Called with (effects, block) after each block is applied (its
+        # assignments, rejections, implied receipt bodies).
         self.on_effects: list[Callable[[BlockEffects, Block], None]] = []
 
     # -- start-up ---------------------------------------------------------------------
@@ -80,6 +89,12 @@ class ChainApplication:
         height is below ``height`` (:func:`misdated_receipt`: the state refuses
         the transaction that carries such a receipt, so the log never holds it).
 
+        Nor does the log take the receipts of an attestation batch the state
+        refuses (:meth:`refused_attestations`: a job.schedule, job.verdict or
+        service.placement receipt in the log is always the attestation of a
+        decision of the chain). That check reads the state the block is applied
+        to: the state machine must be at ``height - 1``.
+
         A block's answer is asked for up to three times (propose or validate,
         then finalise) against the same log, so the last few are remembered,
         keyed by the log size, the height and the transactions."""
@@ -89,9 +104,11 @@ class ChainApplication:
         if cached is not None:
             return list(cached)
         carried: dict[bytes, Receipt] = {}
-        for raw in txs:
-            receipts = self._carried(self.store.tx_cache.decode(raw))  # decoded once per node
-            if misdated_receipt(receipts, height) is not None:
+        decoded = [self.store.tx_cache.decode(raw) for raw in txs]  # decoded once per node
+        refused = self.refused_attestations(decoded, height)
+        for index, tx in enumerate(decoded):
+            receipts = self._carried(tx)
+            if index in refused or misdated_receipt(receipts, height) is not None:
                 continue
             for receipt in receipts:
                 carried.setdefault(receipt.id, receipt)
@@ -101,6 +118,49 @@ class ChainApplication:
             self._receipts_in_memo.pop(next(iter(self._receipts_in_memo)))
         self._receipts_in_memo[key] = tuple(found)
         return found
+
+    def refused_attestations(self, txs: Sequence[Transaction], height: int) -> set[int]:
+        """Indexes of the attestation batches among ``txs`` (block ``height``'s
+        transactions) that the state will refuse, so the block's log leaves
+        their receipts out (node/app/decisions.py).
+
+        Runs the state's own parse, height and state checks of every
+        ``receipts.batch`` of the block in order, on the state the block is
+        applied to, applying the accepted ones to a throwaway working state so
+        that later batches see them. Exact because a batch's check reads only
+        receipts on chain, decisions and the scheduler nodes before the block:
+        no other transaction of the block changes what it reads (a job.result
+        brings in job.exec receipts, which no batch carries; a decision made in
+        this block cannot be attested in it, a receipt's height being below the
+        block's). Reads only; nothing is written."""
+        batches = [i for i, tx in enumerate(txs) if tx.type == RECEIPTS_BATCH]
+        attesting = {i for i in batches if attests(carried_receipts(txs[i]))}
+        if not attesting:
+            return set()
+        if self.state.next_height() != height:  # the check would read another state than the block's
+            raise RuntimeError(f"the receipts of block {height} depend on the state before it, "
+                               f"but the state is at the next height {self.state.next_height()}")
+        machine = self.state
+        rules = machine.rules_at(height)
+        ws = WorkingState(self.conn, machine.governance, machine.validator_keys_at(height), height,
+                          rules=rules, genesis_rules=machine.rules)
+        entry = STATE_TX_TYPES[RECEIPTS_BATCH]
+        ctx = BlockContext.start(height, bytes(32), 0, bytes(64))  # thrown away: only the working state matters
+        refused: set[int] = set()
+        for i in batches:
+            tx = txs[i]
+            try:
+                payload = parse_payload(tx, rules)
+            except PayloadError:
+                refused.add(i)
+                continue
+            ws.prefetch([entry.reads(tx, payload)])
+            carried = entry.carries(payload) if entry.carries else ()
+            if misdated_receipt(carried, height) is not None or entry.check(ws, tx, payload) is not None:
+                refused.add(i)
+                continue
+            entry.apply(ws, ctx, tx, payload)
+        return refused & attesting  # the log's rule for the other batches is unchanged
 
     def _carried(self, tx: Transaction) -> Sequence[Receipt]:
         return carried_receipts(tx)  # its type's entry says which (the payload hook passed before)
@@ -210,11 +270,26 @@ class ChainApplication:
                 break
             missing.append(block)
             height -= 1
+        # Block by block, the receipts then the state: which receipts a block
+        # logs depends on the state before it (attestations).
+        applied = 0
         for block in reversed(missing):
+            while self.state.next_height() < block.height:
+                self._apply_stored(self.state.next_height())
+                applied += 1
             self._append_receipts(block)
-        applied = catch_up(self.state, self.store)
+        applied += catch_up(self.state, self.store)
         if missing or applied:
             log.info("caught up after restart", receipt_blocks=len(missing), state_blocks=applied)
+
+    def _apply_stored(self, height: int) -> None:
+        """Apply the stored block at ``height`` to the state (catching up)."""
+        stored = self.store.block_by_height(height)
+        if stored is None:
+            raise RuntimeError(f"the chain store has no block at height {height}")
+        block = Block.decode(stored.block)
+        self.state.apply_block(height, block.hash, block.header.timestamp_ms,
+                               [self.store.tx_cache.decode(t) for t in block.transactions], seed=block.header.seed)
 
 
 # The type checker holds ChainApplication to the whole contract the chain drives

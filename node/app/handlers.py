@@ -13,6 +13,7 @@ names these functions, one entry per type.
 
 from __future__ import annotations
 
+from node.app.decisions import ATTESTED_KINDS, attestation_refusal, receipt_decision
 from node.app.governance import node_refusal, tenant_refusal
 from node.app.lifecycle import describe_job_ref, finish_job, settle_if_complete
 from node.app.model import (
@@ -296,17 +297,28 @@ def apply_job_cancel(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: Jo
 # -- receipts.batch -------------------------------------------------------------
 
 def reads_receipts_batch(tx: Transaction, p: ReceiptsBatch) -> Reads:
-    return Reads(receipts=tuple(r.id for r in p.receipts))
+    return Reads(receipts=tuple(r.id for r in p.receipts),
+                 decisions=tuple(receipt_decision(r) for r in p.receipts if r.kind in ATTESTED_KINDS))
 
 
 def check_receipts_batch(ws: WorkingState, tx: Transaction, p: ReceiptsBatch) -> str | None:
+    """Every receipt is new to the chain; each job.schedule, job.verdict and
+    service.placement receipt attests a decision of the chain
+    (node/app/decisions.py). One refused receipt refuses the whole batch."""
+    attested: set[bytes] = set()
     for i, receipt in enumerate(p.receipts):
         if ws.receipt_on_chain(receipt.id):
             return f"receipts[{i}]: receipt {to_hex(receipt.id)} is already on chain"
+        if receipt.kind in ATTESTED_KINDS:
+            problem = attestation_refusal(ws, receipt, attested)
+            if problem is not None:
+                return f"receipts[{i}]: {problem}"
+            attested.add(receipt_decision(receipt))
     return None
 
 
 def apply_receipts_batch(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: ReceiptsBatch) -> None:
     for receipt in p.receipts:
         record_receipt(ws, ctx, tx, receipt)
-
+        if receipt.kind in ATTESTED_KINDS:
+            ws.attest(receipt_decision(receipt), receipt.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from node.app.decisions import record_decision
 from node.app.governance import schedulable_nodes
 from node.app.model import (
     ACTIVE_STATES,
@@ -80,7 +81,7 @@ def settle_if_complete(ws: WorkingState, ctx: BlockContext, job: JobRow) -> None
     # several; equal digests with differing exits fit neither, so none is emitted.
     if state == VERIFIED or (state == DISPUTED and len(digests) > 1):
         nodes = ws.nodes()
-        ctx.effects.receipt_bodies.append(ReceiptBody("job.verdict", job.job_id, {
+        record_decision(ws, ctx, ReceiptBody("job.verdict", job.job_id, {
             "verdict": state,
             "results": [{"node": nodes[r.node_key].peer_id, "result": r.result} for r in results],
         }))
@@ -298,7 +299,7 @@ def _assign(ws: WorkingState, ctx: BlockContext, job: JobRow, nodes: list[bytes]
                                              ack_deadline=ack_deadline)
         ctx.effects.assignments.append(Assignment(job.job_id, key, peer_ids[key], job.attempt, deadline))
     ws.touch_job(job)
-    ctx.effects.receipt_bodies.append(ReceiptBody("job.schedule", job.job_id, {
+    record_decision(ws, ctx, ReceiptBody("job.schedule", job.job_id, {
         "block": ctx.block_hash,
         "assignees": [peer_ids[key] for key in nodes],
         "seed": job.seed,

@@ -87,9 +87,11 @@ class Rejection:
 class ReceiptBody:
     """An unsigned ``job.schedule`` / ``job.verdict`` / ``service.placement`` receipt body this block implies.
 
-    A scheduler node may sign one with ``ReceiptIssuer.issue(kind,
-    height=<block height>, subject=subject, fields=fields)`` and submit it in
-    a ``receipts.batch``; the state never depends on it.
+    It is a *decision* of the chain (node/app/decisions.py): the state records
+    it, and one scheduler node attests it by signing it
+    (``ReceiptIssuer.issue(kind, height=<a finalised height at least the
+    block's>, subject=subject, fields=fields)``) in a ``receipts.batch`` of
+    attestations; the chain refuses any other receipt of these kinds.
     """
 
     kind: str

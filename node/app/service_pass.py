@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from node.app.decisions import record_decision
 from node.app.governance import schedulable_nodes
 from node.app.lifecycle import eligible_candidates
 from node.app.model import (
@@ -145,7 +146,7 @@ def _emit(ws: WorkingState, ctx: BlockContext, service: ServiceRow, moves: list[
     else:
         action = ctx.service_actions.get(service.service_id) or (
             "replace" if any(old is not None for old, _ in moves) else "fill")
-    ctx.effects.receipt_bodies.append(ReceiptBody(PLACEMENT_KIND, service.service_id, {
+    record_decision(ws, ctx, ReceiptBody(PLACEMENT_KIND, service.service_id, {
         "block": ctx.block_hash,
         "action": action,
         "replicas": service.replicas,

@@ -53,6 +53,11 @@ changes``              the new value, the proposal and the height of the
                        resolved inputs, the latest verified run
 ``state_service_       (service, slot): the processing node placed there and
 placements``           the height it was placed
+``state_decisions``    scheduler decision (node/app/decisions.py) by id: kind,
+                       subject, the height of the block that implied it, its
+                       kind fields (canonical CBOR: a scheduler node signs
+                       them from here), and the id of the receipt that
+                       attested it (NULL: none yet)
 =====================  =======================================================
 
 Keys and digests are BLOBs; heights BIGINT. ``dump_state`` reads every table
@@ -73,8 +78,9 @@ from node.base.codec import encode
 # (state_proposals, state_votes, state_members); 6: validator set changes (state_validator_sets);
 # 7: rule changes by vote (state_rule_changes; rules applied per height); 8: services
 # (state_services, state_service_placements; state_jobs.service_id, run, policy); 9: assignment
-# acknowledgements (state_assignments.acked_height, ack_deadline)
-SCHEMA_VERSION = 9
+# acknowledgements (state_assignments.acked_height, ack_deadline); 10: scheduler decisions and
+# their attestations (state_decisions)
+SCHEMA_VERSION = 10
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (
@@ -143,6 +149,9 @@ TABLES: tuple[tuple[str, str, str], ...] = (
     ("state_service_placements", "service_id, slot", """CREATE TABLE IF NOT EXISTS state_service_placements (
         service_id BLOB NOT NULL, slot INTEGER NOT NULL, node_key BLOB NOT NULL, since_height BIGINT NOT NULL,
         PRIMARY KEY (service_id, slot))"""),
+    ("state_decisions", "decision_id", """CREATE TABLE IF NOT EXISTS state_decisions (
+        decision_id BLOB PRIMARY KEY, kind VARCHAR NOT NULL, subject BLOB NOT NULL, height BIGINT NOT NULL,
+        fields BLOB NOT NULL, attested BLOB)"""),
 )
 
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)

@@ -59,7 +59,9 @@ type                payload
                     distinct), each signed by the sender, of kind
                     ``api.call``, ``data.store``, ``job.schedule`` or
                     ``job.verdict`` or ``service.placement`` (``job.exec``
-                    travels in job.result)
+                    travels in job.result). Each of the last three (an
+                    attestation) must attest a decision of the chain
+                    (:mod:`node.app.decisions`)
 ``service.deploy``  ``name`` service name (1-64 of ``a-z0-9._-``, starting
                     with a letter or digit); ``type`` a registered job
                     type; ``inputs`` {input name: dataset NAME}

@@ -34,6 +34,7 @@ class Reads:
     dataset_names: tuple[tuple[bytes, str], ...] = ()  # (tenant, name): its latest version and digest
     jobs: tuple[bytes, ...] = ()  # loaded whole: row, assignments, results
     receipts: tuple[bytes, ...] = ()  # whether each is on chain
+    decisions: tuple[bytes, ...] = ()  # scheduler decisions by id (node/app/decisions.py)
 
 
 @dataclass
@@ -105,6 +106,16 @@ class JobRow:
 
 
 @dataclass
+class DecisionRow:
+    decision_id: bytes
+    kind: str  # job.schedule | job.verdict | service.placement
+    subject: bytes
+    height: int  # the block that first implied it
+    fields: bytes  # the receipt's kind fields, canonical CBOR
+    attested: bytes | None  # the receipt that attested it (None: not yet)
+
+
+@dataclass
 class PlacementRow:
     service_id: bytes
     slot: int  # 0, 1, 2...: the placement's order
@@ -143,6 +154,7 @@ _PRIMARY_KEYS = {
     "state_jobs": ("job_id",),
     "state_assignments": ("job_id", "node_key"),
     "state_results": ("job_id", "node_key"),
+    "state_decisions": ("decision_id",),
 }
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRow) if f.name not in ("assignments", "results"))
 
@@ -204,6 +216,11 @@ class WorkingState:
         self._service_tenants: set[bytes] = set()
         self._active_services_loaded = False
         self._dirty_services: set[bytes] = set()
+        # Scheduler decisions by id (None: known not to exist); which were added or attested here.
+        self._decisions: dict[bytes, DecisionRow | None] = {}
+        self._dirty_decisions: set[bytes] = set()
+        self._unchecked_decisions: set[bytes] = set()  # added here without asking whether they existed
+        self._schedulers: frozenset[bytes] | None = None
         self._inserts: dict[str, list[tuple[Any, ...]]] = {
             "state_datasets": [], "state_receipts": [], "state_rejections": []
         }
@@ -215,15 +232,32 @@ class WorkingState:
         names: set[tuple[bytes, str]] = set()
         jobs: set[bytes] = set()
         receipts: set[bytes] = set()
+        decisions: set[bytes] = set()
         for read in reads:
             datasets.update(read.datasets)
             names.update(read.dataset_names)
             jobs.update(read.jobs)
             receipts.update(read.receipts)
+            decisions.update(read.decisions)
         self._load_datasets(datasets)
         self._load_latest_versions(names)
         self.load_jobs(jobs)
         self._load_receipts(receipts)
+        self._load_decisions(decisions)
+
+    def _load_decisions(self, ids: set[bytes]) -> None:
+        wanted = sorted(ids - self._decisions.keys())
+        if not wanted:
+            return
+        for decision_id in wanted:
+            self._decisions[decision_id] = None
+        for decision in self._stored_decisions(wanted):
+            self._decisions[decision.decision_id] = decision
+
+    def _stored_decisions(self, ids: list[bytes]) -> list[DecisionRow]:
+        return [DecisionRow(*_bytes_row(row)) for row in self.conn.execute(
+            f"SELECT {', '.join(_columns(DecisionRow))} FROM state_decisions WHERE decision_id IN (SELECT unnest(?))",
+            [ids]).fetchall()]
 
     def _load_datasets(self, keys: set[tuple[bytes, bytes]]) -> None:
         keys -= self._datasets_checked
@@ -405,6 +439,48 @@ class WorkingState:
         self._receipts.add(values[0])
         self._inserts["state_receipts"].append(values)
 
+    def decision(self, decision_id: bytes) -> DecisionRow | None:
+        """A scheduler decision recorded by an earlier block or this one (None: no such decision)."""
+        if decision_id in self._unchecked_decisions:
+            self._check_added_decisions({decision_id})
+        self._load_decisions({decision_id})
+        return self._decisions[decision_id]
+
+    def add_decision(self, decision: DecisionRow) -> None:
+        """Record a decision this block implies. One already recorded (the same
+        body implied again) keeps its first height and attestation; whether it
+        was is asked once per block, at :meth:`flush` (or when it is read)."""
+        did = decision.decision_id
+        if self._decisions.get(did) is not None:
+            return
+        if did not in self._decisions:
+            self._unchecked_decisions.add(did)
+        self._decisions[did] = decision
+        self._dirty_decisions.add(did)
+
+    def _check_added_decisions(self, ids: set[bytes]) -> None:
+        """Decisions added unchecked that an earlier block recorded take back their stored row."""
+        self._unchecked_decisions -= ids
+        for stored in self._stored_decisions(sorted(ids)):
+            self._decisions[stored.decision_id] = stored
+
+    def attest(self, decision_id: bytes, receipt_id: bytes) -> None:
+        """Mark a (loaded, unattested) decision attested by ``receipt_id``."""
+        decision = self.decision(decision_id)
+        assert decision is not None and decision.attested is None  # checked
+        decision.attested = receipt_id
+        self._dirty_decisions.add(decision_id)
+
+    def schedulers(self) -> frozenset[bytes]:
+        """Keys of the nodes registered with the scheduler role in the state this
+        block is applied to: read from the tables, which hold the state before
+        the block until :meth:`flush` (a registration in the block counts from
+        the next one, so the receipt log can be computed before the block applies)."""
+        if self._schedulers is None:
+            rows = self.conn.execute("SELECT node_key, roles FROM state_nodes").fetchall()
+            self._schedulers = frozenset(bytes(key) for key, roles in rows if "scheduler" in roles.split(","))
+        return self._schedulers
+
     def add_rejection(self, values: tuple[Any, ...]) -> None:
         self._inserts["state_rejections"].append(values)
 
@@ -425,9 +501,14 @@ class WorkingState:
             self.conn.execute("DELETE FROM state_service_placements WHERE service_id IN (SELECT unnest(?))",
                               [[s.service_id for s in services]])
             _insert(self.conn, "state_service_placements", [_values(p) for s in services for p in s.placements])
+        if self._unchecked_decisions:
+            self._check_added_decisions(set(self._unchecked_decisions))
+        _upsert(self.conn, "state_decisions", _columns(DecisionRow),
+                [_values(self._decisions[k]) for k in sorted(self._dirty_decisions)])
         for table, rows in self._inserts.items():
             _insert(self.conn, table, rows)
             rows.clear()
+        self._dirty_decisions.clear()
         self._dirty_nodes.clear()
         self._dirty_jobs.clear()
         self._dirty_services.clear()

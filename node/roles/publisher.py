@@ -1,15 +1,16 @@
 """Receipts this node signs go to the chain in ``receipts.batch`` transactions.
 
-Every role that issues receipts (the gateway's ``api.call``, the scheduler's
-``job.schedule`` and ``job.verdict``) queues them here; once per interval the
-queue is submitted as node-signed transactions, so every receipt enters the
-chain's receipt log and can be bundled and verified offline.
+Every role that issues receipts (the gateway's ``api.call``, storage's
+``data.store``) queues them here; once per interval the queue is submitted as
+node-signed transactions, so every receipt enters the chain's receipt log and
+can be bundled and verified offline. (A scheduler node's attestations of the
+chain's decisions go in batches of their own: node/roles/scheduler.py.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -19,6 +20,14 @@ from node.roles.issuer import NodeIssuer
 from node.roles.node_txs import NodeTransactions
 
 BATCH_INTERVAL_S = 1.0
+
+
+class Attesting(Protocol):
+    """A scheduler node's attester (node/roles/scheduler.py), run by the publisher's loop."""
+
+    def attest_once(self) -> int: ...
+
+    def status(self) -> dict[str, int]: ...
 
 
 class ReceiptPublisher:
@@ -32,6 +41,7 @@ class ReceiptPublisher:
         self.max_batch = max_batch
         self.pending: list[bytes] = []
         self.published = 0
+        self.attester: Attesting | None = None  # set by the scheduler role on a scheduler node
 
     def issue(self, kind: str, *, subject: bytes, fields: Mapping[str, Any], height: int | None = None) -> Receipt:
         receipt = self.issuer.issue(kind, height=self.chain.finalized_height if height is None else height, subject=subject, fields=fields)
@@ -42,6 +52,8 @@ class ReceiptPublisher:
         task_status.started()
         while True:
             await trio.sleep(BATCH_INTERVAL_S)
+            if self.attester is not None:
+                self.attester.attest_once()  # in batches of their own, before the queue
             while self.pending and self.chain.started:
                 size = self.max_batch()
                 batch = self.pending[:size]

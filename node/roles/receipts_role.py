@@ -1,10 +1,12 @@
 """The receipts role of every node on the chain: publish the receipts it signs.
 
-Receipts this node signs (the gateway's ``api.call``, the scheduler's
-``job.schedule`` and ``job.verdict``, storage's ``data.store``) queue in the
+Receipts this node signs (the gateway's ``api.call``, storage's
+``data.store``) queue in the
 context's :class:`~node.roles.publisher.ReceiptPublisher`; this role runs it,
 and stops the daemon (a DataDirError) when the receipt issuer could not make
-a receipt durable (:meth:`~node.roles.issuer.NodeIssuer.watch`).
+a receipt durable (:meth:`~node.roles.issuer.NodeIssuer.watch`). On a
+scheduler node the publisher's loop also runs the attester of the chain's
+decisions (node/roles/scheduler.py), whose counts this service's status shows.
 """
 
 from __future__ import annotations
@@ -34,4 +36,9 @@ class ReceiptsRole:
                 await nursery.start(publisher.run)
                 task_status.started()
 
-        return [Service("receipts", run, lambda: {"pending": len(publisher.pending), "published": publisher.published})]
+        def status() -> dict[str, Any]:
+            attester = publisher.attester
+            return {"pending": len(publisher.pending), "published": publisher.published,
+                    **(attester.status() if attester is not None else {})}
+
+        return [Service("receipts", run, status)]

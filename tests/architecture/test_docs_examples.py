@@ -133,18 +133,20 @@ def exec_receipt() -> Receipt:
 
 @cache
 def gateway_receipts() -> tuple[Receipt, ...]:
-    """The gateway's first three receipts, chained by ``prev``."""
+    """The gateway's first three receipts, chained by ``prev``. (Only a scheduler
+    node's attestation of a decision of the chain may be a job.schedule: a
+    gateway's would be refused, and left out of the log.)"""
     issuer = ReceiptIssuer(gateway())
-    submit = submit_tx()
+    submit, cancel = submit_tx(), cancel_tx()
     api_call = issuer.issue("api.call", height=1, subject=hashlib.sha256(submit.encoded).digest(), fields={
         "method": "analytics_submit", "tenant": tenant().public_key, "outcome": "accepted", "code": 0,
         "response": hashlib.sha256(submit.hash).digest()})
     store = issuer.issue("data.store", height=1, subject=DATASET_DIGEST, fields={
         "content": "dataset", "tenant": tenant().public_key, "size": 1234, "replicas": 2})
-    schedule = issuer.issue("job.schedule", height=1, subject=submit.hash, fields={
-        "block": bytes(32), "assignees": [processor().peer_id], "seed": hashlib.sha256(b"docs example seed").digest(),
-        "deadline": 21})
-    return api_call, store, schedule
+    cancel_call = issuer.issue("api.call", height=1, subject=hashlib.sha256(cancel.encoded).digest(), fields={
+        "method": "analytics_cancel", "tenant": tenant().public_key, "outcome": "accepted", "code": 0,
+        "response": hashlib.sha256(cancel.hash).digest()})
+    return api_call, store, cancel_call
 
 
 @cache
