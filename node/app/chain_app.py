@@ -89,11 +89,13 @@ class ChainApplication:
         height is below ``height`` (:func:`misdated_receipt`: the state refuses
         the transaction that carries such a receipt, so the log never holds it).
 
-        Nor does the log take the receipts of an attestation batch the state
-        refuses (:meth:`refused_attestations`: a job.schedule, job.verdict or
-        service.placement receipt in the log is always the attestation of a
-        decision of the chain). That check reads the state the block is applied
-        to: the state machine must be at ``height - 1``.
+        Under the rule ``attest_once`` (in force at ``height``), nor does the
+        log take the receipts of an attestation batch the state refuses
+        (:meth:`refused_attestations`: a job.schedule, job.verdict or
+        service.placement receipt in the log is then always the attestation of
+        a decision of the chain). That check reads the state the block is
+        applied to: the state machine must be at ``height - 1``. A chain
+        without the rule keeps its old log: every such receipt goes in.
 
         A block's answer is asked for up to three times (propose or validate,
         then finalise) against the same log, so the last few are remembered,
@@ -132,7 +134,9 @@ class ChainApplication:
         no other transaction of the block changes what it reads (a job.result
         brings in job.exec receipts, which no batch carries; a decision made in
         this block cannot be attested in it, a receipt's height being below the
-        block's). Reads only; nothing is written."""
+        block's). Reads only; nothing is written. Empty when the rule
+        ``attest_once`` is 0 at ``height`` (a chain started before it: the
+        state refuses no batch for its attestations, and the log keeps them)."""
         batches = [i for i, tx in enumerate(txs) if tx.type == RECEIPTS_BATCH]
         attesting = {i for i in batches if attests(carried_receipts(txs[i]))}
         if not attesting:
@@ -142,6 +146,8 @@ class ChainApplication:
                                f"but the state is at the next height {self.state.next_height()}")
         machine = self.state
         rules = machine.rules_at(height)
+        if not rules.attest_once:  # a chain without the rule: its log refuses no attestation batch
+            return set()
         ws = WorkingState(self.conn, machine.governance, machine.validator_keys_at(height), height,
                           rules=rules, genesis_rules=machine.rules)
         entry = STATE_TX_TYPES[RECEIPTS_BATCH]

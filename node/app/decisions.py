@@ -17,7 +17,11 @@ node registered with the ``scheduler`` role in the state the block is applied
 to (before the block's own transactions). The first receipt that passes marks
 the decision attested; any other is refused. So a sealed ``job.schedule``
 receipt is the chain's own decision, checked by the quorum that sealed it,
-and there is one per decision.
+and there is one per decision. All this holds under the chain rule
+``attest_once`` (docs/genesis.md; new chains set it): without it, a chain
+keeps its earlier meaning, where any well-formed scheduler receipt enters
+the log, and a receipt that would pass the check still marks its decision
+attested.
 
 The receipt log must agree with the state: a block's log leaves out the
 receipts of an attestation batch the state refuses

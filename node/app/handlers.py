@@ -302,14 +302,18 @@ def reads_receipts_batch(tx: Transaction, p: ReceiptsBatch) -> Reads:
 
 
 def check_receipts_batch(ws: WorkingState, tx: Transaction, p: ReceiptsBatch) -> str | None:
-    """Every receipt is new to the chain; each job.schedule, job.verdict and
+    """Every receipt is new to the chain; under the rule ``attest_once`` (the
+    rule in force at the block's height), each job.schedule, job.verdict and
     service.placement receipt attests a decision of the chain
-    (node/app/decisions.py). One refused receipt refuses the whole batch."""
+    (node/app/decisions.py). One refused receipt refuses the whole batch.
+    Without the rule (a chain started before it), only the first check: its
+    receipt log holds every scheduler node's receipt of every decision."""
     attested: set[bytes] = set()
+    attest_once = bool(ws.rules.attest_once)
     for i, receipt in enumerate(p.receipts):
         if ws.receipt_on_chain(receipt.id):
             return f"receipts[{i}]: receipt {to_hex(receipt.id)} is already on chain"
-        if receipt.kind in ATTESTED_KINDS:
+        if attest_once and receipt.kind in ATTESTED_KINDS:
             problem = attestation_refusal(ws, receipt, attested)
             if problem is not None:
                 return f"receipts[{i}]: {problem}"
@@ -318,7 +322,11 @@ def check_receipts_batch(ws: WorkingState, tx: Transaction, p: ReceiptsBatch) ->
 
 
 def apply_receipts_batch(ws: WorkingState, ctx: BlockContext, tx: Transaction, p: ReceiptsBatch) -> None:
+    attest_once = bool(ws.rules.attest_once)
     for receipt in p.receipts:
         record_receipt(ws, ctx, tx, receipt)
-        if receipt.kind in ATTESTED_KINDS:
+        # Without attest_once the check let any receipt through: only one that would have passed it
+        # (the first valid attestation of an open decision) marks the decision, so the decisions mean
+        # the same under both rules and the scheduler nodes' work list empties the same way.
+        if receipt.kind in ATTESTED_KINDS and (attest_once or attestation_refusal(ws, receipt, set()) is None):
             ws.attest(receipt_decision(receipt), receipt.id)

@@ -46,6 +46,7 @@ class ChainRules:
     max_services: int = RULES["max_services"].default  # active services per tenant
     min_service_interval: int = RULES["min_service_interval"].default  # shortest every_blocks trigger
     ack_blocks: int = RULES["ack_blocks"].default  # an unacknowledged assignment is missed this many blocks after it (0: off)
+    attest_once: int = RULES["attest_once"].default  # 1: one attestation per scheduler decision (node/app/decisions.py)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -77,7 +78,7 @@ if tuple(f.name for f in fields(ChainRules)) != tuple(RULES):  # a rule added on
 
 DEFAULT_RULES = ChainRules()
 
-NEW_CHAIN_RULES: dict[str, int] = {"ack_blocks": 6}
+NEW_CHAIN_RULES: dict[str, int] = {"ack_blocks": 6, "attest_once": 1}
 """Rules a new chain's genesis sets explicitly (``metanode genesis init``, the
 testnet): their defaults keep older chains' behaviour and hash, but a new chain
 wants them. ``ack_blocks = 6``: an assignee that has not acknowledged its
@@ -85,7 +86,10 @@ assignment 6 blocks after it is replaced, instead of at the job's deadline.
 Six, not fewer: with a least block interval below the period
 (``min_block_interval_ms``) blocks come faster while transactions wait, and a
 busy but live node must still get its acknowledgement in (6 x 250 ms on the
-testnet; 6 x the period, 3 s there, when the chain is idle)."""
+testnet; 6 x the period, 3 s there, when the chain is idle). ``attest_once =
+1``: each scheduler decision is attested by one receipt, and a batch carrying
+any other job.schedule, job.verdict or service.placement receipt is refused and
+left out of the receipt log (node/app/decisions.py)."""
 
 # The rules a payload must be at least (the others bound it from above): a vote
 # widens these by lowering them.

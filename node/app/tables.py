@@ -79,8 +79,8 @@ from node.base.codec import encode
 # 7: rule changes by vote (state_rule_changes; rules applied per height); 8: services
 # (state_services, state_service_placements; state_jobs.service_id, run, policy); 9: assignment
 # acknowledgements (state_assignments.acked_height, ack_deadline); 10: scheduler decisions and
-# their attestations (state_decisions)
-SCHEMA_VERSION = 10
+# their attestations (state_decisions); 11: the rule attest_once (the rules digest moved)
+SCHEMA_VERSION = 11
 
 # (table, primary key columns in dump order, DDL)
 TABLES: tuple[tuple[str, str, str], ...] = (

@@ -145,6 +145,11 @@ RULES: dict[str, Rule] = {
     # 0 by default: a chain whose genesis predates the rule keeps its hash and its behaviour.
     "ack_blocks": Rule(0, 0, 1_000_000, "blocks an assignee has to acknowledge (job.ack) an assignment "
                                         "before it is missed and replaced (0: no acknowledgement required)"),
+    # A boolean (0 or 1), 0 by default for the same reason: on a chain started before it every scheduler node
+    # signed every decision, and its receipt log (sealed in its headers) holds all those receipts.
+    "attest_once": Rule(0, 0, 1, "1: one attestation per scheduler decision (a receipts.batch with a job.schedule, "
+                                 "job.verdict or service.placement receipt that attests no open decision is refused "
+                                 "and left out of the receipt log); 0: every such receipt is kept"),
 }
 
 

@@ -312,6 +312,27 @@ class CancelledRegistrationLog(logging.Filter):
 logging.getLogger("libp2p.network.swarm").addFilter(CancelledRegistrationLog())
 
 
+class IdentifyReplyLog(logging.Filter):
+    """One line, not a traceback, when an identify reply cannot be sent.
+
+    Upstream logs ``Error sending identify response`` at ERROR with the
+    formatted traceback as an argument. It happens whenever a peer closes its
+    connection right after the handshake (a vanishing stranger under attack:
+    "Broken pipe"); the peer and the error are worth a line, the traceback
+    of our write path is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Error sending identify response") and isinstance(record.args, tuple) \
+                and len(record.args) == 4:
+            record.msg = "could not send the identify reply to %s: %s (%s)"
+            record.args = record.args[:3]
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("libp2p.identity.identify").addFilter(IdentifyReplyLog())
+
+
 class _CountingRawConnection(RawConnection):
     """A raw connection that tells its pending handshake when the dialer speaks."""
 

@@ -112,7 +112,8 @@ def testnet_genesis(plans: list[NodePlan], *, chain_id: str = CHAIN_ID, genesis_
         # Blocks with transactions ready follow 250 ms after the last, empty ones every period:
         # a job's two proposal waits shrink from up to a period each (docs/blocks.md, "Block timing").
         min_block_interval_ms=min(block_period_ms, 250),
-        rules=dict(NEW_CHAIN_RULES),  # ack_blocks = 6: a dead assignee is replaced in seconds
+        # ack_blocks = 6: a dead assignee is replaced in seconds; attest_once = 1: one receipt per decision
+        rules=dict(NEW_CHAIN_RULES),
     )
 
 

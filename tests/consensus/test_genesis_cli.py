@@ -57,8 +57,8 @@ def test_init_sets_admission_and_rules(tmp_path):
     g = load_genesis(out)
     assert (g.admission.nodes, g.admission.admitted_nodes) == ("allow-list", (node.public_key,))
     assert (g.admission.tenants, g.admission.admitted_tenants) == ("by-vote", (tenant.public_key,))
-    # ack_blocks = 6: what init writes for every new chain (its default, 0, is older chains').
-    assert g.changed_rules() == {"max_attempts": 5, "max_deadline_blocks": 50000, "ack_blocks": 6}
+    # ack_blocks = 6, attest_once = 1: what init writes for every new chain (their defaults, 0, are older chains').
+    assert g.changed_rules() == {"max_attempts": 5, "max_deadline_blocks": 50000, "ack_blocks": 6, "attest_once": 1}
     shown = json.loads(run_cli("genesis", "show", str(out), "--json").stdout)
     assert shown["rules"]["max_attempts"] == 5 and shown["rules"]["max_inputs"] == 16
     assert shown["admission"]["admitted_nodes"] == [node.public_key.hex()]

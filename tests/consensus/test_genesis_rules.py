@@ -63,8 +63,8 @@ def test_rules_and_chain_rules_declare_the_same_rules_with_unchanged_defaults():
     assert [f.name for f in dataclasses.fields(ChainRules)] == list(RULES)
     assert all(getattr(DEFAULT_RULES, name) == rule.default for name, rule in RULES.items())
     # The state's rules digest is stored with its tables: the defaults must not move (a new
-    # rule moves it, with a schema version that rebuilds the state: ack_blocks, schema 9).
-    assert DEFAULT_RULES.digest().hex() == "d05f7baef482a416cc48c7a2f905da760d7645d1aa2983a6d56ef272dfd5be14"
+    # rule moves it, with a schema version that rebuilds the state: ack_blocks, schema 9; attest_once).
+    assert DEFAULT_RULES.digest().hex() == "c3466def3aa576e5c0547f7048ea644b7bb2c549afbad718b90c5df0bb955bde"
     assert RULES["max_query_bytes"].high == MAX_TX_BYTES
     for name, rule in RULES.items():
         assert rule.low <= rule.default <= rule.high
@@ -79,7 +79,7 @@ def test_rules_and_chain_rules_declare_the_same_rules_with_unchanged_defaults():
     ("max_replication = 9", "[rules] max_replication: expected 1..8, got 9"),
     ('max_attempts = "5"', "[rules] max_attempts: expected an integer, got str '5'"),
     ("max_attempts = 2.5", "[rules] max_attempts: expected an integer, got float 2.5"),
-    ("max_attempt = 5", "[rules] unknown key 'max_attempt'; expected one of ['ack_blocks', 'exclusion_blocks', 'max_attempts',"),
+    ("max_attempt = 5", "[rules] unknown key 'max_attempt'; expected one of ['ack_blocks', 'attest_once', 'exclusion_blocks', 'max_attempts',"),
     ("min_deadline_blocks = 5\nmax_deadline_blocks = 4",
      "[rules] min_deadline_blocks: expected at most max_deadline_blocks (4), got 5"),
     # The inconsistency may come from a default the file leaves out.

@@ -515,10 +515,13 @@ def test_a_genesis_that_is_not_a_canonical_genesis_value_is_a_usage_error(verifi
         "the block interval equal to the period": codec.encode({**value, "min_block_interval_ms": value["block_period_ms"]}),
         "an empty cluster name": codec.encode({**value, "cluster": {"name": ""}}),
         "a rule out of range": codec.encode({**value, "rules": {"ack_blocks": 2_000_000}}),
+        "attest_once out of range": codec.encode({**value, "rules": {"attest_once": 2}}),
+        "attest_once as a CBOR boolean": codec.encode({**value, "rules": {"attest_once": True}}),
     }
     # Valid genesis values of other chains (every optional key the canonical value may carry): they
     # parse, and the bundle is refused as another chain's.
     others = [replace(GENESIS, rules={"ack_blocks": 6, "max_services": 4, "min_service_interval": 10}),
+              replace(GENESIS, rules={"ack_blocks": 6, "attest_once": 1}),  # a new chain's rules (NEW_CHAIN_RULES)
               replace(GENESIS, min_block_interval_ms=GENESIS.block_period_ms // 4),
               replace(GENESIS, cluster_name="Hôpitaux réunis")]
     results = verifier_page.evaluate(

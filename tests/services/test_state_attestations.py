@@ -10,6 +10,7 @@ import pytest
 from node.app.chain_app import ChainApplication
 from node.app.decisions import decision_id, unattested_decisions
 from node.app.policy import Governance
+from node.app.rules import ChainRules
 from node.base.keys import Identity
 from node.consensus.store import ChainStore
 from node.receipts.envelope import build_receipt
@@ -19,11 +20,13 @@ SCHED_A = Identity.from_label("scheduler-a")
 SCHED_B = Identity.from_label("scheduler-b")
 SALES = content_digest("sales")
 R1 = b"\x11" * 32
+# One attestation per decision is the rule attest_once (a new chain's); without it, see test_attest_once_rule.py.
+ATTEST_ONCE = ChainRules(attest_once=1)
 
 
 def scheduled_chain(chain: Chain | None = None):
     """A chain with two scheduler nodes and a job just scheduled: (chain, job.schedule body, its height)."""
-    chain = chain or Chain()
+    chain = chain or Chain(rules=ATTEST_ONCE)
     chain.block(*(chain.register_node(n, capacity=2) for n in NODES[:2]),
                 chain.register_node(SCHED_A, capacity=0, roles=["scheduler"]),
                 chain.register_node(SCHED_B, capacity=0, roles=["scheduler", "gateway"]),
@@ -105,7 +108,7 @@ def test_two_attestations_of_one_decision_in_one_block_or_batch():
     assert [r.tx_hash for r in effects.rejected] == [tx_b.hash]
     assert "already attested by receipt " + first.id.hex() in effects.rejected[0].reason
 
-    chain, body, height = scheduled_chain(Chain())
+    chain, body, height = scheduled_chain(Chain(rules=ATTEST_ONCE))
     one = build_receipt(SCHED_A, body.kind, height=height, subject=body.subject, prev=None, fields=body.fields)
     two = build_receipt(SCHED_A, body.kind, height=height, subject=body.subject, prev=one.id, fields=body.fields)
     (rejection,) = chain.block(chain.tx(SCHED_A, "receipts.batch", {"receipts": [one.envelope, two.envelope]})).rejected
@@ -135,7 +138,8 @@ def test_verdicts_are_decisions_too_and_a_mixed_batch_stands_or_falls_whole():
 def test_the_receipt_log_leaves_out_what_the_state_refuses():
     conn = duckdb.connect(":memory:")
     gov = Governance(validators=(SCHED_A.public_key,))
-    app = ChainApplication(conn, ChainStore(conn, first_height=1, first_parent=b"\0" * 32), governance=gov)
+    app = ChainApplication(conn, ChainStore(conn, first_height=1, first_parent=b"\0" * 32), governance=gov,
+                           rules=ATTEST_ONCE)
     chain, body, height = scheduled_chain(Chain(conn, machine=app.state))
     good, tx_good = attest(chain, SCHED_A, body, height)
     _, tx_late = attest(chain, SCHED_B, body, height)  # the same decision, second
@@ -153,7 +157,8 @@ def test_the_log_sees_an_earlier_batch_of_the_block_as_the_state_does():
     refusal, in the log as in the state."""
     conn = duckdb.connect(":memory:")
     gov = Governance(validators=(SCHED_A.public_key,))
-    app = ChainApplication(conn, ChainStore(conn, first_height=1, first_parent=b"\0" * 32), governance=gov)
+    app = ChainApplication(conn, ChainStore(conn, first_height=1, first_parent=b"\0" * 32), governance=gov,
+                           rules=ATTEST_ONCE)
     chain, body, height = scheduled_chain(Chain(conn, machine=app.state))
     call = build_receipt(SCHED_A, "api.call", height=height, subject=b"\x05" * 32, prev=None, fields={
         "method": "job_submit", "tenant": ALICE.public_key, "outcome": "accepted", "code": 0, "response": b"\x07" * 32})
@@ -178,12 +183,13 @@ def test_an_old_state_schema_is_rebuilt_with_its_decisions_and_the_log_catches_u
     from tests.services.test_state_support import CHAIN_ID, START_MS
 
     proposer = Identity.from_label("attest-proposer")
-    genesis = Genesis(chain_id=CHAIN_ID, genesis_time_ms=START_MS, validators=(proposer.public_key,), block_period_ms=0)
+    genesis = Genesis(chain_id=CHAIN_ID, genesis_time_ms=START_MS, validators=(proposer.public_key,), block_period_ms=0,
+                      rules={"attest_once": 1})
     gov = Governance(validators=(proposer.public_key,))
     conn = open_node_db(tmp_path)
     store = ChainStore(conn)
     store.bind_chain(CHAIN_ID, genesis.hash)
-    app = ChainApplication(conn, store, governance=gov)
+    app = ChainApplication(conn, store, governance=gov, rules=ATTEST_ONCE)
     chain = Chain(conn, machine=app.state)
     parent = genesis_header(genesis)
 
@@ -202,7 +208,7 @@ def test_an_old_state_schema_is_rebuilt_with_its_decisions_and_the_log_catches_u
         parent = block.header
 
     # Schedulers and a job (the blocks of scheduled_chain), as real blocks.
-    ref = Chain()
+    ref = Chain(rules=ATTEST_ONCE)
     scheduled_chain(ref)
     for _, _, _, txs in ref.blocks:
         store_block(txs, apply=True)
@@ -227,7 +233,7 @@ def test_an_old_state_schema_is_rebuilt_with_its_decisions_and_the_log_catches_u
     conn.execute("UPDATE state_meta SET value = ? WHERE key = 'schema_version'", [b"9"])
     conn.close()
     conn = open_node_db(tmp_path)
-    reopened = ChainApplication(conn, ChainStore(conn), governance=gov)
+    reopened = ChainApplication(conn, ChainStore(conn), governance=gov, rules=ATTEST_ONCE)
     assert reopened.state.height() is None
     reopened.catch_up()
     assert reopened.state.dump() == expected and reopened.receipts.size() == logged + 1

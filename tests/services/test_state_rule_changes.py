@@ -125,7 +125,7 @@ def test_refusals_are_in_words():
     assert rejected(chain, set_rule(chain, V[0], "max_speed", 5)) == [
         "invalid payload: action.name: 'max_speed' is not a chain rule (one of max_replication, max_attempts, "
         "min_deadline_blocks, max_deadline_blocks, exclusion_blocks, max_capacity, max_inputs, max_query_bytes, "
-        "max_batch_receipts, max_services, min_service_interval, ack_blocks)"]
+        "max_batch_receipts, max_services, min_service_interval, ack_blocks, attest_once)"]
     assert rejected(chain, set_rule(chain, V[0], "max_capacity", 1025)) == [
         "invalid payload: action.value: max_capacity must be in 1..1024, got 1025"]
     pending = set_rule(chain, V[0], "exclusion_blocks", 5)

@@ -126,8 +126,11 @@ def test_receipt_verify_every_receipt_of_a_job(node) -> None:
     job_id = node.jobs["good"]
 
     def all_sealed():  # type: ignore[no-untyped-def]
+        # The verdict's attestation is signed after the block that decided it: wait for it too.
         out = _verify("--job-id", job_id, "--node", node.address, "--genesis", node.genesis, "--json")
-        return out if out.returncode == 0 else None
+        if out.returncode != 0:
+            return None
+        return out if "job.verdict" in {r["kind"] for r in json.loads(out.stdout)["receipts"]} else None
 
     report = json.loads(wait_until(all_sealed, 60, interval=1, what="every receipt of the job sealed").stdout)
     kinds = [r["kind"] for r in report["receipts"]]

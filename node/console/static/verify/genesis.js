@@ -38,6 +38,7 @@ const RULES = {
   max_services: [16, 1, 1024],
   min_service_interval: [5, 1, 100_000],
   ack_blocks: [0, 0, 1_000_000],
+  attest_once: [0, 0, 1], // 0 or 1 (an integer, like every rule)
 };
 const OPTIONAL_KEYS = ["admission", "rules", "cluster", "min_block_interval_ms"];
 const CLUSTER_NAME = /^[^\x00-\x1f\x7f]{1,64}$/u;
