@@ -49,6 +49,7 @@ from typing import Any
 
 import duckdb
 
+from node.base.durable import fsync_dir
 from node.base.errors import UserError
 
 DB_FILENAME = "node.duckdb"
@@ -260,7 +261,7 @@ def _write_guard(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, guard)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise NodeDatabaseError(f"cannot write {guard} (the copy that makes checkpoints crash-safe): "
                                 f"{exc.strerror}") from None
@@ -285,14 +286,6 @@ def _restore_from_guard(path: Path) -> bool:
         raise NodeDatabaseError(f"node database {path} has a checkpoint torn by a crash and cannot be repaired from "
                                 f"{_guard_path(path)}: {exc.strerror or exc}") from None
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_unfinished_creation(path: Path) -> None:

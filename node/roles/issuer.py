@@ -45,6 +45,7 @@ import duckdb
 import trio
 
 from node.base.db import transaction
+from node.base.durable import fsync_dir
 from node.base.errors import DataDirError
 from node.base.keys import Identity
 from node.receipts.chain import ReceiptIssuer
@@ -88,14 +89,6 @@ def database_path(conn: Any) -> Path | None:
     """``conn``'s database file; None for an in-memory database."""
     row = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
     return Path(row[0]) if row and row[0] else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IssuerFile:
@@ -143,7 +136,7 @@ class IssuerFile:
             finally:
                 os.close(fd)
             os.replace(temporary, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             raise IssuerStateError(f"{self.path}: cannot create the receipt issuer state: {exc.strerror or exc} "
                                    f"(errno {exc.errno})") from None

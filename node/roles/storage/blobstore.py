@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from node.base.durable import fsync_dir
 from node.roles.storage.errors import (
     BlobCorrupt,
     BlobNotFound,
@@ -35,14 +36,6 @@ def _check_digest(digest: bytes) -> bytes:
     if not isinstance(digest, (bytes, bytearray)) or len(digest) != DIGEST_SIZE:
         raise ValueError("a blob digest is 32 bytes (SHA-256)")
     return bytes(digest)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobWriter:
@@ -94,7 +87,7 @@ class BlobWriter:
             final = self.store.path(digest)
             final.parent.mkdir(exist_ok=True)
             os.replace(self._path, final)  # identical content if it already existed
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             self._done = True
             return digest
         finally:
@@ -201,7 +194,7 @@ class BlobStore:
             existed = final.is_file()
             final.parent.mkdir(exist_ok=True)
             os.replace(path, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return digest, existed
         finally:
             path.unlink(missing_ok=True)
