@@ -333,28 +333,36 @@ class ChainHello:
     async def _answer(self, stream: Any) -> None:
         """A peer's hello on its stream: answer with ours, then judge theirs."""
         framed = FramedStream(stream, MAX_HELLO_BYTES)
+        theirs: ChainIdentity | None = None
         with trio.move_on_after(self.timeout):
             try:
                 hello = await framed.read_frame()
                 if hello is None:
                     return
                 theirs = ChainIdentity.decode(hello)
+                # Decide before answering: once our answer is out, the peer may judge
+                # us and close, and a gated stream waiting on this connection must
+                # see the refusal, not the failure of our own greeting.
+                muxed = getattr(stream, "muxed_conn", None)
+                if muxed is not None:
+                    self._verdict(muxed).decide(AGREED if self._same_chain(theirs) else REFUSED)
                 await framed.write_frame(self.frame)
             except (FrameError, HelloError) as exc:
                 log.debug("bad chain hello", reason=str(exc)[:200])
                 await framed.reset()
                 return
-            except Exception:  # the stream broke: the peer left
-                return
+            except Exception:  # the stream broke: the peer left (refused, it is still closed below)
+                if theirs is None:
+                    return
             finally:
                 await framed.close()
             conn = getattr(stream, "swarm_conn", None)
-            if conn is not None:
+            if conn is not None and theirs is not None:
                 await self._judge(conn, stream.muxed_conn, theirs)
 
     async def _judge(self, conn: Any, muxed: Any, theirs: ChainIdentity) -> None:
         verdict = self._verdict(muxed)
-        if theirs.genesis_hash == self.identity.genesis_hash and theirs.chain_id == self.identity.chain_id:
+        if self._same_chain(theirs):
             verdict.decide(AGREED)
             return
         verdict.decide(REFUSED)
@@ -378,6 +386,9 @@ class ChainHello:
                 await conn.close()
             except Exception:  # noqa: BLE001 - already closing; nothing more to do
                 pass
+
+    def _same_chain(self, theirs: ChainIdentity) -> bool:
+        return theirs.genesis_hash == self.identity.genesis_hash and theirs.chain_id == self.identity.chain_id
 
     def report(self) -> dict[str, Any]:
         """Counters for node_status: connections refused, streams kept out, the last refusal."""
