@@ -80,7 +80,7 @@ def submit_gov_tx(node_addr: str, key_path: str, tx_type: str, payload: dict[str
     from node.consensus.tx import sign_tx
     from node.p2p.client import connect_to_node
     from node.p2p.rpc_client import RpcCallError
-    from node.sdk.client import require_key
+    from node.sdk.client import require_key, submit_signed
 
     logging.getLogger().setLevel(logging.ERROR)
     identity = require_key(key_path)
@@ -88,11 +88,16 @@ def submit_gov_tx(node_addr: str, key_path: str, tx_type: str, payload: dict[str
     async def main() -> Any:
         async with connect_to_node(node_addr) as rpc:
             chain_id = (await rpc.call("chain_head"))["chain_id"]
-            nonces = await rpc.call("chain_nonce", {"sender": identity.public_key.hex()})
-            nonce = nonces.get("expected_next", nonces["pending_next"])
-            tx = sign_tx(identity, chain_id=chain_id, nonce=nonce, tx_type=tx_type, payload=payload)
-            return await rpc.call("tx_submit", {"tx": tx.encoded.hex(), "mode": "commit", "timeout": COMMIT_TIMEOUT_S},
-                                  timeout=COMMIT_TIMEOUT_S + 30)
+
+            async def signed(nonce: int | None) -> bytes:
+                if nonce is None:
+                    nonces = await rpc.call("chain_nonce", {"sender": identity.public_key.hex()})
+                    nonce = nonces.get("expected_next", nonces["pending_next"])
+                return sign_tx(identity, chain_id=chain_id, nonce=nonce, tx_type=tx_type, payload=payload).encoded
+
+            # The node may hear of our previous transaction (committed through another
+            # node) between our nonce read and the submit: it then names the nonce it wants.
+            return await submit_signed(rpc, "tx_submit", signed, timeout=COMMIT_TIMEOUT_S)
 
     try:
         answer: dict[str, Any] = trio.run(main)

@@ -29,7 +29,7 @@ AsyncClient.connect(address, key) as client``): the same methods, awaited.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,24 +139,12 @@ class AsyncClient(ServiceMethods):
         return sign_tx(self.identity, chain_id=self.chain_id, nonce=nonce, tx_type=tx_type, payload=payload).encoded
 
     async def _submit(self, method: str, tx_type: str, payload: Any, *, timeout: float | None = None) -> Any:
-        """Sign and submit one transaction through ``method``; when the node
-        answers that it needs another nonce from us (``expected_nonce``: ours
-        was taken by a transaction we sent meanwhile, or a gap opened), sign
-        again with that nonce and resend (README: "after each rejection code")."""
-        from node.p2p.rpc_client import RpcCallError
+        """Sign and submit one transaction through ``method`` (:func:`submit_signed`)."""
 
-        tx = await self._signed(tx_type, payload)
-        wait = {"mode": "commit", "timeout": timeout} if timeout else {}
-        for attempt in range(3):
-            try:
-                return await self.rpc.call(method, {"tx": tx.hex(), **wait}, timeout=(timeout or 0) + 30)
-            except RpcCallError as exc:
-                data = exc.data if isinstance(exc.data, dict) else {}
-                expected = data.get("expected_nonce")
-                if data.get("reason") != "bad_nonce" or not isinstance(expected, int) or attempt == 2:
-                    raise
-                tx = await self._signed(tx_type, payload, nonce=expected)
-        raise AssertionError("unreachable")
+        async def signed(nonce: int | None) -> bytes:
+            return await self._signed(tx_type, payload, nonce=nonce)
+
+        return await submit_signed(self.rpc, method, signed, timeout=timeout)
 
     # -- datasets ---------------------------------------------------------------------------
     async def upload_dataset(self, path: str | Path, *, name: str | None = None, format: str | None = None,
@@ -428,3 +416,26 @@ def require_key(path: str | None) -> Identity:
         return Identity.load(path)
     except KeyFileError as exc:
         raise UserError(f"--key: {exc}", exit_code=EXIT_USAGE) from None
+
+
+async def submit_signed(rpc: Any, method: str, signed: Callable[[int | None], Awaitable[bytes]], *,
+                        timeout: float | None = None) -> Any:
+    """Submit the transaction ``signed(None)`` makes (signed with the nonce the node
+    expects) through ``method``; when the node answers that it needs another nonce
+    (``expected_nonce``: ours was taken by a transaction we sent meanwhile, through
+    this node or another one it has just heard of, or a gap opened), sign again with
+    that nonce and resend, at most twice (README: "after each rejection code")."""
+    from node.p2p.rpc_client import RpcCallError
+
+    tx = await signed(None)
+    wait = {"mode": "commit", "timeout": timeout} if timeout else {}
+    for attempt in range(3):
+        try:
+            return await rpc.call(method, {"tx": tx.hex(), **wait}, timeout=(timeout or 0) + 30)
+        except RpcCallError as exc:
+            data = exc.data if isinstance(exc.data, dict) else {}
+            expected = data.get("expected_nonce")
+            if data.get("reason") != "bad_nonce" or not isinstance(expected, int) or attempt == 2:
+                raise
+            tx = await signed(expected)
+    raise AssertionError("unreachable")

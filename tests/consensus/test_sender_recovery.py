@@ -11,6 +11,7 @@ from node.base.keys import Identity
 from node.consensus.tx import sign_tx
 from node.p2p.client import connect_to_node
 from node.p2p.rpc import RpcCallError
+from node.sdk.client import submit_signed
 from node.testnet.loadgen import LoadGenerator
 from tests.consensus.test_chain_rpc import CHAIN, single_validator, tx
 from tests.support import running_daemon
@@ -49,3 +50,33 @@ async def test_the_load_generator_resends_from_expected_nonce_and_everything_com
                     key = sender.identity.public_key.hex()
                     while (await rpc.call("chain_nonce", {"sender": key}))["committed_next"] < len(sender.txs):
                         await trio.sleep(0.1)
+
+
+async def test_a_nonce_taken_meanwhile_is_signed_again_with_the_one_the_node_names(node_dir):
+    """The governance CLI's race: the nonce read through one node, the sender's
+    previous transaction heard by it just after. submit_signed re-signs with the
+    node's expected nonce; any other refusal is not retried."""
+    cfg, _ = single_validator(node_dir, period_ms=3_600_000)
+    carol = Identity.from_label("recovery-carol")
+    asked: list[int | None] = []
+
+    async def signed(nonce: int | None) -> bytes:
+        asked.append(nonce)
+        return bytes.fromhex(tx(carol, nonce or 0, {"vote": "second"}))  # nonce 0: read before tx 0 arrived
+
+    async with running_daemon(cfg) as daemon:
+        async with connect_to_node(daemon.listen_addrs()[0]) as rpc:
+            await rpc.call("tx_submit", {"tx": tx(carol, 0)})
+            answer = await submit_signed(rpc, "tx_submit", signed)
+            assert answer["status"] == "pending" and asked == [None, 1]
+            nonce = await rpc.call("chain_nonce", {"sender": carol.public_key.hex()})
+            assert nonce["pending_next"] == 2
+
+            async def garbled(nonce: int | None) -> bytes:
+                asked.append(nonce)
+                return b"\x00"
+
+            asked.clear()
+            with pytest.raises(RpcCallError):
+                await submit_signed(rpc, "tx_submit", garbled)
+            assert asked == [None]
