@@ -37,14 +37,9 @@ from node.base.db import open_node_db  # noqa: E402
 from node.base.keys import Identity  # noqa: E402
 from node.consensus.mempool import Mempool  # noqa: E402
 from node.consensus.store import ChainStore  # noqa: E402
-from node.consensus.tx import (  # noqa: E402
-    DecodedTxCache,
-    SignatureCache,
-    TxTypeRegistry,
-    check_block_txs,
-    decode_tx,
-    sign_tx,
-)
+from node.consensus.tx import TxTypeRegistry, decode_tx, sign_tx  # noqa: E402
+from node.consensus.tx_caches import DecodedTxCache, SignatureCache  # noqa: E402
+from node.consensus.tx_checks import check_block_txs  # noqa: E402
 
 CHAIN = "block-path"
 SENDERS = 50

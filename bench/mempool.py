@@ -31,12 +31,12 @@ from node.consensus.mempool import Mempool, MempoolConfig  # noqa: E402
 from node.consensus.store import ChainStore  # noqa: E402
 from node.consensus.tx import (  # noqa: E402
     TX_SIGN_TAG,
-    SignatureCache,
     Transaction,
     TxTypeRegistry,
     decode_tx,
     sign_tx,
 )
+from node.consensus.tx_caches import SignatureCache  # noqa: E402
 
 CHAIN = "bench"
 

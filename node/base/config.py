@@ -133,7 +133,7 @@ NODE_CONFIG = Schema(
                                         ge=1, le=10_000),
             "stream_idle_timeout": Key(float, 30.0, "an RPC stream that completes no request within this (and has none "
                                        "running, or leaves a frame half sent) is closed", ge=0.1, le=3600, unit="seconds"),
-            # Connections before authentication (node/p2p/swarm.py ConnectionAdmission).
+            # Connections before authentication (node/p2p/admission.py ConnectionAdmission).
             "max_pending_connections": Key(int, 64, "inbound connections still in their Noise + yamux handshake",
                                            ge=1, le=10_000),
             "max_pending_per_ip": Key(int, 32, "of max_pending_connections, from one source address", ge=1, le=10_000),

@@ -66,14 +66,16 @@ from node.consensus.block import (
     Block,
     BlockError,
     BlockHeader,
+    make_seed_proof,
+    max_encoded_block_size,
+    seed_alpha,
+)
+from node.consensus.block_rules import (
     Verifier,
     VrfVerifier,
     build_block,
     earliest_timestamp,
     heartbeat_timestamp,
-    make_seed_proof,
-    max_encoded_block_size,
-    seed_alpha,
     verify_block,
     vrf_valid,
 )

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockError, check_block_contents
+from node.consensus.block import Block, BlockError
+from node.consensus.block_rules import check_block_contents
 from node.consensus.ibft_state import CoreState, Justification, Prepared
 
 _VERIFIED_CACHE_MAX = 8192

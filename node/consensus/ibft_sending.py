@@ -13,7 +13,8 @@ from typing import Any
 from node.base.codec import encode
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import Block, earliest_timestamp
+from node.consensus.block import Block
+from node.consensus.block_rules import earliest_timestamp
 from node.consensus.ibft_state import CoreState, Justification
 from node.consensus.outputs import Broadcast, NeedProposal, Output, Persist
 from node.consensus.safety import SafetyState

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockHeader, Verifier, VrfVerifier
+from node.consensus.block import Block, BlockHeader
+from node.consensus.block_rules import Verifier, VrfVerifier
 from node.consensus.buffer import FutureBuffer
 from node.consensus.genesis import Genesis
 from node.consensus.outputs import Output

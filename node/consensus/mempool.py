@@ -33,15 +33,14 @@ from dataclasses import dataclass, field
 from node.base.codec import to_hex
 from node.consensus.tx import (
     MAX_TX_BYTES,
-    DecodedTxCache,
-    SignatureCache,
     Transaction,
     TxError,
     TxErrorCode,
     TxTypeRegistry,
-    check_tx,
     tx_hash,
 )
+from node.consensus.tx_caches import DecodedTxCache, SignatureCache
+from node.consensus.tx_checks import check_tx
 
 
 @dataclass(frozen=True)

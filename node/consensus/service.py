@@ -62,7 +62,9 @@ from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.sync import SYNC_PROTOCOL, BlockSync
 from node.consensus.timer import WallClockTimer, now_ms
-from node.consensus.tx import DecodedTxCache, SignatureCache, TxError, TxTypeRegistry, check_block_txs
+from node.consensus.tx import TxError, TxTypeRegistry
+from node.consensus.tx_caches import DecodedTxCache, SignatureCache
+from node.consensus.tx_checks import check_block_txs
 from node.consensus.tx_gossip import TX_GOSSIP_LINGER_S, TX_PROTOCOL, TxGossip
 from node.consensus.validators import ValidatorSet
 from node.p2p.framing import FramedStream, FrameError

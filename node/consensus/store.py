@@ -38,7 +38,9 @@ from node.base.codec import to_hex
 from node.base.db import NodeDatabaseError, checkpoint_node_db, transaction, wal_size
 from node.base.errors import DataDirError, UserError
 from node.base.faults import data_dir_failure
-from node.consensus.tx import DecodedTxCache, Transaction, TxError, next_nonces_after
+from node.consensus.tx import Transaction, TxError
+from node.consensus.tx_caches import DecodedTxCache
+from node.consensus.tx_checks import next_nonces_after
 
 # 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
 # version 1 lack it and no longer validate, so such a store is refused.

@@ -6,7 +6,7 @@ its handshake, an authenticated connection, a stream) is counted in nested
 (``peer``) and one connection (``conn``). A reservation names the scopes it
 belongs to and is granted only if every one of them stays within its limit,
 all or nothing; releasing it gives every count back. Nothing here does I/O or
-knows about libp2p: node/p2p/swarm.py decides *when* to reserve, this module
+knows about libp2p: node/p2p/admission.py decides *when* to reserve, this module
 only keeps the books, so the books can be tested exactly.
 
 Usage (what other parts of the host call)::

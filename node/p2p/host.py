@@ -21,7 +21,7 @@ tests/p2p/:
 And one it did not list: a silent TCP connection costs a descriptor for as
 long as the upgrade timeout, counted like an authenticated one, and nothing
 keeps strangers from the slots validators need -> connections are admitted
-on a budget (:class:`node.p2p.swarm.ConnectionAdmission`, the books in
+on a budget (:class:`node.p2p.admission.ConnectionAdmission`, the books in
 node/p2p/budget.py): pending handshakes capped in total and per source IP
 under a handshake deadline, authenticated ones capped at ``max_peers`` with
 slots reserved for privileged peers. The TCP listener takes every queued
@@ -62,10 +62,11 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.base.keys import Identity
 from node.base.logging import route_libp2p_logs
+from node.p2p.admission import ConnectionAdmission, ConnectionLimits
 from node.p2p.budget import ResourceBudget
 from node.p2p.listener import DrainingTCP
 from node.p2p.peers import PING_PROTOCOL
-from node.p2p.swarm import ConnectionAdmission, ConnectionLimits, HardenedSwarm, NoAutoConnector
+from node.p2p.swarm import HardenedSwarm, NoAutoConnector
 
 route_libp2p_logs()
 

@@ -6,7 +6,7 @@ the node accepted ~700 connections a second (test_adversary, wave A) while
 the kernel queued the rest; an honest client's connection waited in that
 queue behind hundreds of silent ones, connected from its side but never
 answered, and its 2 s call timed out "agreeing on the security protocol".
-Admission (node/p2p/swarm.py) can only judge a connection it has accepted:
+Admission (node/p2p/admission.py) can only judge a connection it has accepted:
 so this listener keeps taking connections from the kernel's queue, turn after
 turn, until it is empty, handing each to the swarm's handler at once. A
 queued connection now waits a few loop turns, not the queue's length.
@@ -122,7 +122,7 @@ class DrainingTCPListener(TCPListener):
                         if exc.errno in GONE_ERRNOS:
                             continue
                         if exc.errno in OVERLOAD_ERRNOS:
-                            # Counted and folded by swarm.AcceptOverloadLog (node_status).
+                            # Counted and folded by log_filters.AcceptOverloadLog (node_status).
                             log.error("accept failed", exc_info=exc)
                             await trio.sleep(OVERLOAD_BACKOFF_S)
                             break

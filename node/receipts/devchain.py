@@ -26,11 +26,11 @@ from node.consensus.block import (
     SEAL_TAG,
     Block,
     BlockHeader,
-    build_block,
     genesis_header,
     seal_message,
     seed_alpha,
 )
+from node.consensus.block_rules import build_block
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.store import ChainStore
 from node.consensus.validators import ACTIVATION_DELAY, ValidatorSet

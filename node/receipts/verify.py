@@ -75,7 +75,8 @@ from node.base.errors import (
 from node.base.keys import verify as verify_signature
 from node.base.merkle import leaf_hash, verify_inclusion
 from node.base.verification import ProofError, ReceiptError
-from node.consensus.block import SEAL_TAG, Block, BlockError, BlockHeader, seal_message, verify_seals
+from node.consensus.block import SEAL_TAG, Block, BlockError, BlockHeader, seal_message
+from node.consensus.block_rules import verify_seals
 from node.consensus.genesis import Genesis
 from node.consensus.validators import ValidatorSet
 from node.receipts.bundle import (

@@ -28,7 +28,7 @@ import structlog
 from node.base.config import NodeConfig
 from node.base.errors import ConfigError, UserError
 from node.base.keys import peer_id_from_public_key
-from node.p2p.swarm import ConnectionLimits
+from node.p2p.admission import ConnectionLimits
 
 log = structlog.get_logger("metanode.daemon")
 

@@ -36,7 +36,8 @@ from node.base.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from node.consensus.block import SEAL_TAG, Block, build_block, genesis_header, make_seed_proof, seal_message, seed_alpha
+from node.consensus.block import SEAL_TAG, Block, genesis_header, make_seed_proof, seal_message, seed_alpha
+from node.consensus.block_rules import build_block
 from node.consensus.genesis import Genesis
 from node.consensus.messages import Message, commit_payload, decode_message, prepare_payload, sign_payload
 from node.consensus.tx import Transaction, decode_tx, sign_tx, verify_signature

@@ -9,7 +9,8 @@ import pytest
 
 from node.base.keys import Identity
 from node.consensus import messages as m
-from node.consensus.block import Block, build_block, genesis_header, make_seed_proof
+from node.consensus.block import Block, genesis_header, make_seed_proof
+from node.consensus.block_rules import build_block
 from node.consensus.genesis import Genesis, Limits
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, NeedProposal

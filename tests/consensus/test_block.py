@@ -15,7 +15,6 @@ from node.consensus.block import (
     Block,
     BlockError,
     BlockHeader,
-    build_block,
     genesis_header,
     genesis_seed,
     make_seed_proof,
@@ -23,8 +22,8 @@ from node.consensus.block import (
     seed_alpha,
     transactions_root,
     tx_hash,
-    verify_block,
 )
+from node.consensus.block_rules import build_block, verify_block
 from node.consensus.validators import ValidatorSet
 
 

@@ -25,15 +25,15 @@ from node.consensus.mempool import Mempool, MempoolConfig
 from node.consensus.service import ConsensusService
 from node.consensus.store import ChainStore
 from node.consensus.tx import (
-    DecodedTxCache,
     TxError,
     TxErrorCode,
     TxTypeRegistry,
-    check_block_txs,
     decode_tx,
     sign_tx,
     tx_hash,
 )
+from node.consensus.tx_caches import DecodedTxCache
+from node.consensus.tx_checks import check_block_txs
 from node.p2p.host import build_host, running_host
 
 ALICE, BOB = Identity.from_label("alice"), Identity.from_label("bob")

@@ -26,7 +26,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.base.db import open_node_db
 from node.base.keys import Identity
-from node.consensus.block import SEAL_TAG, Block, build_block, genesis_header, make_seed_proof, seal_message
+from node.consensus.block import SEAL_TAG, Block, genesis_header, make_seed_proof, seal_message
+from node.consensus.block_rules import build_block
 from node.consensus.gate import AWAIT_SYNC, OPEN, WATCHING, SigningGate, took_part
 from node.consensus.genesis import Genesis
 from node.consensus.service import ConsensusService

@@ -9,13 +9,13 @@ from node.base.keys import Identity
 from node.consensus.mempool import Mempool, MempoolConfig
 from node.consensus.tx import (
     PayloadError,
-    SignatureCache,
     TxErrorCode,
     TxTypeRegistry,
-    check_block_txs,
     decode_tx,
     sign_tx,
 )
+from node.consensus.tx_caches import SignatureCache
+from node.consensus.tx_checks import check_block_txs
 
 CHAIN = "testnet-1"
 ALICE, BOB, CAROL = (Identity.from_label(n) for n in ("alice", "bob", "carol"))

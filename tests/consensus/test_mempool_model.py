@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from node.base.keys import Identity
 from node.consensus.mempool import Mempool, MempoolConfig
-from node.consensus.tx import TxErrorCode, TxTypeRegistry, check_block_txs, decode_tx, sign_tx
+from node.consensus.tx import TxErrorCode, TxTypeRegistry, decode_tx, sign_tx
+from node.consensus.tx_checks import check_block_txs
 
 CHAIN = "testnet-1"
 SENDERS = [Identity.from_label(f"model-{i}") for i in range(3)]

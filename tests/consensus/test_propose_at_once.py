@@ -27,12 +27,14 @@ from node.consensus import messages as m
 from node.consensus.block import (
     Block,
     BlockError,
+    genesis_header,
+    make_seed_proof,
+)
+from node.consensus.block_rules import (
     build_block,
     check_block_contents,
     earliest_timestamp,
-    genesis_header,
     heartbeat_timestamp,
-    make_seed_proof,
 )
 from node.consensus.genesis import Genesis, Limits, parse_genesis
 from node.consensus.ibft import IbftCore

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.consensus.block import SEAL_TAG, BlockHeader, build_block, make_seed_proof, seal_message
+from node.consensus.block import SEAL_TAG, BlockHeader, make_seed_proof, seal_message
+from node.consensus.block_rules import build_block
 from node.consensus.sim import ALL_FAULTS, _check_agreement_and_validity, _run, run_seed
 from node.consensus.sim.__main__ import main
 from node.consensus.sim.application import SimApplication, parse_set_change, set_change_tx

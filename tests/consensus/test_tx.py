@@ -12,18 +12,16 @@ from node.consensus.tx import (
     MAX_TX_BYTES,
     TX_SIGN_TAG,
     PayloadError,
-    SignatureCache,
     TxError,
     TxErrorCode,
     TxTypeRegistry,
-    check_block_txs,
-    check_tx,
     decode_tx,
-    next_nonces_after,
     sign_tx,
     tx_hash,
     verify_signature,
 )
+from node.consensus.tx_caches import SignatureCache
+from node.consensus.tx_checks import check_block_txs, check_tx, next_nonces_after
 
 ALICE = Identity.from_label("alice")
 BOB = Identity.from_label("bob")

@@ -11,7 +11,8 @@ import pytest
 
 from node.base import vrf
 from node.consensus import messages as m
-from node.consensus.block import Block, BlockHeader, build_block, genesis_header, make_seed_proof, seed_alpha
+from node.consensus.block import Block, BlockHeader, genesis_header, make_seed_proof, seed_alpha
+from node.consensus.block_rules import build_block
 from node.consensus.ibft import IbftCore
 from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync
 from node.consensus.validators import ValidatorSet

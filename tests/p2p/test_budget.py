@@ -14,9 +14,9 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.base.keys import Identity
+from node.p2p.admission import ConnectionLimits
 from node.p2p.budget import CONNECTIONS, PENDING, STREAMS, BudgetExceeded, ResourceBudget
 from node.p2p.host import build_host, running_host
-from node.p2p.swarm import ConnectionLimits
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ EMFILE_SERVER = textwrap.dedent("""
     configure_logging("info")
     from node.base.keys import Identity
     from node.p2p.host import build_host, running_host
-    from node.p2p.swarm import ACCEPT_OVERLOAD
+    from node.p2p.log_filters import ACCEPT_OVERLOAD
     import multiaddr
 
     async def main():
@@ -238,7 +238,7 @@ async def test_a_flood_from_many_addresses_cannot_keep_a_quiet_address_out():
     """When every pending slot is taken by young handshakes (a fast flood: none is
     silent or stale yet), a newcomer from an address holding fewer takes the oldest
     slot of the busiest address; an address already at its fair share cannot."""
-    from node.p2p.swarm import ConnectionAdmission, ConnectionLimits
+    from node.p2p.admission import ConnectionAdmission, ConnectionLimits
 
     admission = ConnectionAdmission(ConnectionLimits(max_peers=8, max_pending=6, max_pending_per_ip=6))
     flood = [admission.admit_pending(f"10.0.0.{i % 2}") for i in range(6)]  # two flooding addresses, 3 each

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-import node.p2p.swarm  # noqa: F401 - installs the filter
+import node.p2p.log_filters  # noqa: F401 - installs the filter
 
 
 def test_a_failed_identify_reply_is_one_warning_line(caplog):

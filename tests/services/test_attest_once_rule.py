@@ -17,7 +17,8 @@ from node.app.policy import Governance
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.base.db import open_node_db
 from node.base.keys import Identity
-from node.consensus.block import build_block, genesis_header, make_seed_proof
+from node.consensus.block import genesis_header, make_seed_proof
+from node.consensus.block_rules import build_block
 from node.consensus.genesis import Genesis
 from node.consensus.store import ChainStore
 from node.receipts.envelope import build_receipt

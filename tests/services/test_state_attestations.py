@@ -178,7 +178,8 @@ def test_an_old_state_schema_is_rebuilt_with_its_decisions_and_the_log_catches_u
     rebuilt from the blocks, as every schema change is."""
     from node.app.tables import SCHEMA_VERSION
     from node.base.db import open_node_db
-    from node.consensus.block import build_block, genesis_header, make_seed_proof
+    from node.consensus.block import genesis_header, make_seed_proof
+    from node.consensus.block_rules import build_block
     from node.consensus.genesis import Genesis
     from tests.services.test_state_support import CHAIN_ID, START_MS
 

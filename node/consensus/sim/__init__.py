@@ -37,7 +37,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from node.consensus.block import Block, BlockError, BlockHeader, verify_block
+from node.consensus.block import Block, BlockError, BlockHeader
+from node.consensus.block_rules import verify_block
 from node.consensus.sim.application import ADMITTED, SimApplication
 from node.consensus.sim.scenario import ALL_FAULTS, Scenario, make_scenario, parse_faults
 from node.consensus.sim.world import InvariantViolation, Process, World

@@ -11,7 +11,7 @@ seals and seed proofs once per node and per path (proposal, commit, sync).
 from __future__ import annotations
 
 from node.base.keys import verify
-from node.consensus.block import vrf_valid
+from node.consensus.block_rules import vrf_valid
 
 
 class MemoVerifier:

@@ -258,7 +258,7 @@ async def open_connection(address: NodeAddress, identity_seed: bytes, *, timeout
                 except DialError as exc:
                     # Hung up on before a word: a node whose pending-handshake table is
                     # full of a flood's connections closes newcomers at once
-                    # (node/p2p/swarm.py ConnectionAdmission). Worth a few more tries.
+                    # (node/p2p/admission.py ConnectionAdmission). Worth a few more tries.
                     if not exc.retryable:
                         raise
                     if attempts >= CLOSED_ATTEMPTS:
