@@ -44,7 +44,7 @@ from node.base.keys import Identity  # noqa: E402
 from node.base.logging import configure_client_logging  # noqa: E402
 from node.consensus.tx import sign_tx  # noqa: E402
 from node.p2p.client import call_node, connect_to_node  # noqa: E402
-from node.testnet import adversary, layout, processes  # noqa: E402
+from node.testnet import adversary, attack_kit, layout, node_gauges, processes  # noqa: E402
 
 BATCH = 20
 SENDERS = 16
@@ -94,7 +94,7 @@ async def honest_calls(target: str, end: float) -> tuple[list[float], Counter[st
     failures: Counter[str] = Counter()
     while trio.current_time() < end:
         try:
-            latencies.append(await adversary.timed_call(target, "node_status", timeout=HONEST_TIMEOUT_S))
+            latencies.append(await node_gauges.timed_call(target, "node_status", timeout=HONEST_TIMEOUT_S))
         except BaseException as exc:  # noqa: BLE001 - every failure of an honest call is a figure
             if isinstance(exc, trio.Cancelled):
                 raise
@@ -267,7 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.attacker:
         configure_client_logging()
-        adversary.raise_fd_limit()
+        attack_kit.raise_fd_limit()
         trio.run(attacker_main, args.attacker, args.target, args.smoke)
         return
     warmup, pause = 3.0, 3.0
@@ -281,7 +281,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown attack {', '.join(unknown)} (known: {', '.join(every)})")
     configure_client_logging()
-    adversary.raise_fd_limit()
+    attack_kit.raise_fd_limit()
     directory = Path(tempfile.mkdtemp(prefix="metanode-bench-adversary-"))
     plans = layout.plan_testnet(4, seed="bench-adversary")
     layout.write_testnet(directory, plans)
@@ -291,7 +291,7 @@ def main() -> None:
         deadline = time.monotonic() + 90
         while True:
             try:
-                if all(trio.run(adversary.chain_height, a) >= 2 for a in addresses):
+                if all(trio.run(node_gauges.chain_height, a) >= 2 for a in addresses):
                     break
             except Exception:
                 pass

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.testnet import adversary, layout, processes
+from node.testnet import adversary, attack_connections, attack_kit, attack_rpc, attack_streams, layout, node_gauges, processes
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -83,7 +83,7 @@ async def _watched_height(address: str) -> int:
 class Wave:
     """What one wave saw: the attacks' reports and the honest side's view."""
 
-    reports: dict[str, adversary.AttackReport] = field(default_factory=dict)
+    reports: dict[str, attack_kit.AttackReport] = field(default_factory=dict)
     honest: list[tuple[int, str]] = field(default_factory=list)  # (exit status, stderr tail) per call
     alive: list[dict[str, bool]] = field(default_factory=list)  # every node's life, at each honest call
     start_height: int = 0  # of the watching node, when the wave began
@@ -100,8 +100,8 @@ async def _wave(attacks: dict[str, adversary.AttackFn], address: str, watch: str
     (the node refusing it then would be right, and the test would not attack)."""
     wave = Wave()
     stop = trio.Event()
-    wave.start_height = await adversary.chain_height(watch, timeout=10)
-    wave.attacked_start = await adversary.chain_height(address, timeout=10)
+    wave.start_height = await node_gauges.chain_height(watch, timeout=10)
+    wave.attacked_start = await node_gauges.chain_height(address, timeout=10)
 
     async def run_attack(name: str, attack: adversary.AttackFn) -> None:
         wave.reports[name] = await attack(address, stop)
@@ -118,14 +118,14 @@ async def _wave(attacks: dict[str, adversary.AttackFn], address: str, watch: str
         await trio.sleep(hold_s / 3)
         for _ in range(honest_calls):
             wave.honest.append(await _honest_status(address))
-            wave.alive.append({n: adversary.sample_process(p).alive for n, p in pids.items()})
+            wave.alive.append({n: node_gauges.sample_process(p).alive for n, p in pids.items()})
             await trio.sleep(1.0)
         wave.height_during = await _watched_height(watch)
     return wave
 
 
 def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
-    adversary.raise_fd_limit()
+    attack_kit.raise_fd_limit()
     directory = tmp_path / "net"
     plans = layout.plan_testnet(4, seed="adversary")
     layout.write_testnet(directory, plans)
@@ -138,19 +138,19 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
         pids = {name: processes.running_pid(directory, name) for name in address}
         assert all(pids.values()), pids
         time.sleep(2)  # settle: peers meshed, first blocks stored
-        before = {name: adversary.sample_process(pid) for name, pid in pids.items()}  # type: ignore[arg-type]
+        before = {name: node_gauges.sample_process(pid) for name, pid in pids.items()}  # type: ignore[arg-type]
 
         scale = adversary.ISSUE_SCALE
         wave_a = {
-            "silent_tcp": lambda a, s: adversary.silent_tcp(a, scale.silent_tcp, hold_s=25, stop=s),
-            "authenticated": lambda a, s: adversary.authenticated_connections(a, scale.authenticated, hold_s=25, stop=s),
-            "idle_streams": lambda a, s: adversary.idle_streams(a, scale.idle_streams, per_connection=1000, hold_s=25, stop=s),
+            "silent_tcp": lambda a, s: attack_connections.silent_tcp(a, scale.silent_tcp, hold_s=25, stop=s),
+            "authenticated": lambda a, s: attack_connections.authenticated_connections(a, scale.authenticated, hold_s=25, stop=s),
+            "idle_streams": lambda a, s: attack_streams.idle_streams(a, scale.idle_streams, per_connection=1000, hold_s=25, stop=s),
         }
         wave_b = {
-            "slowloris": lambda a, s: adversary.slowloris(a, scale.slowloris, per_connection=100, hold_s=15, stop=s),
-            "garbage": lambda a, s: adversary.garbage_frames(a, 12, stop=s),
-            "batch_flood": lambda a, s: adversary.batch_flood(a, scale.batch_frames, stop=s),
-            "vanishing_subscribers": lambda a, s: adversary.vanishing_subscribers(a, scale.subscribers, stop=s),
+            "slowloris": lambda a, s: attack_streams.slowloris(a, scale.slowloris, per_connection=100, hold_s=15, stop=s),
+            "garbage": lambda a, s: attack_rpc.garbage_frames(a, 12, stop=s),
+            "batch_flood": lambda a, s: attack_rpc.batch_flood(a, scale.batch_frames, stop=s),
+            "vanishing_subscribers": lambda a, s: attack_rpc.vanishing_subscribers(a, scale.subscribers, stop=s),
         }
         int_pids = {n: int(p) for n, p in pids.items() if p}
         results: dict[str, Wave] = {}
@@ -162,7 +162,7 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
                                                 "reports": {k: r.summary() for k, r in wave.reports.items()}}))
             # The attacked validator (and every other) stayed up throughout.
             assert all(all(a.values()) for a in wave.alive), (label, wave.alive)
-            assert adversary.sample_process(int_pids[ATTACKED]).alive, f"{ATTACKED} died in wave {label}"
+            assert node_gauges.sample_process(int_pids[ATTACKED]).alive, f"{ATTACKED} died in wave {label}"
             # Every honest call succeeded within its 2 s deadline.
             assert [rc for rc, _ in wave.honest] == [0] * 3, (label, wave.honest)
             # The testnet kept finalising while the wave ran...
@@ -180,7 +180,7 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
         # answer, the flood is sent again on its own.
         flood = results["B"].reports["batch_flood"]
         if not flood.outcomes:
-            flood = trio.run(lambda: adversary.batch_flood(target, scale.batch_frames))
+            flood = trio.run(lambda: attack_rpc.batch_flood(target, scale.batch_frames))
         assert sum(flood.outcomes.values()) > 0 and set(flood.outcomes) <= {"ok", "error -32002"}, flood.summary()
         # Every attack reached the node (the test attacked, not just tried).
         reports_a = results["A"].reports
@@ -190,14 +190,14 @@ def test_a_stranger_cannot_stop_a_validator(tmp_path: Path) -> None:
 
         # Afterwards: descriptors and RSS come back near where they were.
         def recovered() -> bool:
-            now = {name: adversary.sample_process(pid) for name, pid in int_pids.items()}
+            now = {name: node_gauges.sample_process(pid) for name, pid in int_pids.items()}
             return all(now[n].alive and now[n].fds <= before[n].fds + FD_TOLERANCE
                        and now[n].rss_kb <= before[n].rss_kb + RSS_TOLERANCE_KB for n in now)
 
         try:
             wait_until(recovered, 30, interval=1, what="descriptors and RSS to return")
         finally:
-            after = {name: adversary.sample_process(pid) for name, pid in int_pids.items()}
+            after = {name: node_gauges.sample_process(pid) for name, pid in int_pids.items()}
             print("before:", before)
             print("after: ", after)
         for name in int_pids:

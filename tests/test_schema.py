@@ -29,7 +29,7 @@ from node.base.schema import (
     read_toml,
 )
 from node.cage.policy import POLICY_FILE
-from node.consensus.genesis import GENESIS_FILE
+from node.consensus.genesis_schema import GENESIS_FILE
 from node.testnet.manifest import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 The genesis's ``[rules]`` table (node/app/rules.py) is where a chain starts.
 A governance proposal ``set_rule`` (:mod:`node.app.governance`) changes one
-rule: ``name`` (a rule of :data:`~node.consensus.genesis.RULES`), ``value``
+rule: ``name`` (a rule of :data:`~node.consensus.genesis_rules.RULES`), ``value``
 (an integer in that rule's range) and, optionally, ``from_height``. Executed
 while block ``H`` is applied, it sets the rule from height
 ``max(from_height, H + ACTIVATION_DELAY)`` on: the default and the minimum is
@@ -40,7 +40,7 @@ import duckdb
 from node.app.fields import MAX_UINT, integer, type_name
 from node.app.rules import ChainRules
 from node.base.codec import to_hex
-from node.consensus.genesis import RULES, rules_inconsistency
+from node.consensus.genesis_rules import RULES, rules_inconsistency
 from node.consensus.tx import PayloadError
 from node.consensus.validators import ACTIVATION_DELAY
 

@@ -9,8 +9,8 @@ machine records the rules' digest with its tables and refuses to open a
 state built under different rules (rebuild it from the blocks instead).
 
 The rules' names, defaults and ranges are declared once, in
-node/consensus/genesis.py's :data:`~node.consensus.genesis.RULES` (the
-genesis validates them there, below this layer); this class gives them
+node/consensus/genesis_rules.py's :data:`~node.consensus.genesis_rules.RULES`
+(the genesis validates them there, below this layer); this class gives them
 their types and meaning here.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from node.base.codec import hash_value
-from node.consensus.genesis import REPLICATION_LIMIT, RULES, rules_inconsistency
+from node.consensus.genesis_rules import REPLICATION_LIMIT, RULES, rules_inconsistency
 
 if TYPE_CHECKING:
     from node.consensus.genesis import Genesis
@@ -74,7 +74,7 @@ class ChainRules:
 
 
 if tuple(f.name for f in fields(ChainRules)) != tuple(RULES):  # a rule added on one side only
-    raise ImportError("node.app.rules.ChainRules and node.consensus.genesis.RULES name different rules")
+    raise ImportError("node.app.rules.ChainRules and node.consensus.genesis_rules.RULES name different rules")
 
 DEFAULT_RULES = ChainRules()
 

@@ -42,7 +42,7 @@ import duckdb
 
 from node.base.codec import decode, encode, to_hex
 from node.base.keys import peer_id_from_public_key
-from node.consensus.genesis import MAX_VALIDATORS
+from node.consensus.genesis_schema import MAX_VALIDATORS
 from node.consensus.validators import ACTIVATION_DELAY
 
 ADD_VALIDATOR = "add_validator"

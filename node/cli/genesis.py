@@ -18,7 +18,7 @@ import click
 
 from node.base.errors import UserError
 
-_POLICIES = ("open", "allow-list", "by-vote")  # node.consensus.genesis.ADMISSION_POLICIES (not imported at load time)
+_POLICIES = ("open", "allow-list", "by-vote")  # node.consensus.genesis_schema.ADMISSION_POLICIES (not imported at load time)
 
 
 @click.group()
@@ -83,7 +83,7 @@ def init(chain_id: str, validators: tuple[str, ...], block_period_ms: int, min_b
 @click.option("--json", "as_json", is_flag=True)
 def rules(as_json: bool) -> None:
     """List the chain rules a genesis may set ([rules], `init --rule`): default, range, meaning."""
-    from node.consensus.genesis import RULES
+    from node.consensus.genesis_rules import RULES
 
     if as_json:
         click.echo(json.dumps({name: {"default": r.default, "min": r.low, "max": r.high, "meaning": r.meaning}
@@ -132,7 +132,7 @@ def show(path: Path, as_json: bool) -> None:
 
 def parse_rules(args: tuple[str, ...]) -> dict[str, int]:
     """``--rule NAME=VALUE`` options as {name: value}; each error names the option as given."""
-    from node.consensus.genesis import RULES, rules_inconsistency
+    from node.consensus.genesis_rules import RULES, rules_inconsistency
 
     chosen: dict[str, int] = {}
     given: dict[str, str] = {}

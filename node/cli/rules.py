@@ -9,7 +9,7 @@ for it, and the rule changes from ``max(H, executed height + 2)``
 at the next block, the ``set_rule`` proposals with their votes, and every
 executed change with its heights. The name and the range are checked here
 first (a usage error, exit 2), against the same table the chain uses
-(node/consensus/genesis.py ``RULES``); whether the value is new and keeps
+(node/consensus/genesis_rules.py ``RULES``); whether the value is new and keeps
 the rules consistent is the chain state's answer. Like every networked
 command, this one never imports libp2p; it shares the signing and calling
 helpers of ``metanode members``.
@@ -35,7 +35,7 @@ from node.cli.members import (
 
 def parse_rule_setting(text: str) -> tuple[str, int]:
     """``NAME=VALUE`` as (a chain rule's name, an integer in its range); UserError (usage) otherwise."""
-    from node.consensus.genesis import RULES
+    from node.consensus.genesis_rules import RULES
 
     name, sep, value_text = text.partition("=")
     name, value_text = name.strip(), value_text.strip()

@@ -21,7 +21,7 @@ A genesis file is TOML::
     admitted_nodes = []                  # 64-hex public keys admitted from the start
     admitted_tenants = []
 
-    [rules]                              # optional: each left-out rule takes its default (:data:`RULES`)
+    [rules]                              # optional: each left-out rule takes its default (genesis_rules.RULES)
     max_attempts = 3                     # the job state machine's and scheduler's rules (node/app/rules.py)
 
     [cluster]                            # optional: the planning documents' cluster configuration
@@ -36,7 +36,7 @@ A genesis file is TOML::
 
 Every key is required (except ``min_block_interval_ms``, the ``[admission]`` and ``[rules]`` tables and the rules in
 it) and unknown keys are
-refused (:data:`GENESIS_FILE`, node/base/schema.py), so a typo is an error and not a silently different chain. The
+refused (``GENESIS_FILE`` in node/consensus/genesis_schema.py, node/base/schema.py), so a typo is an error and not a silently different chain. The
 genesis hash is
 ``hash_value("metanode/genesis/v1", genesis.to_value())`` over the canonical
 CBOR form (validators sorted), so two files that differ only in layout,
@@ -56,142 +56,25 @@ is left out when there are none: a genesis keeps its hash when a later
 version adds a rule, and every genesis written before rules existed keeps
 its hash. docs/genesis.md specifies all of this byte by byte.
 
-The rules' names, defaults and ranges live here, below the application
-layer that gives them meaning (``ChainRules.from_genesis`` in
-node/app/rules.py builds the state machine's rules from a genesis), so the
-genesis can validate them without importing upwards.
+The rules' names, defaults and ranges are in node/consensus/genesis_rules.py,
+the file's keys, ranges and cross-key checks in node/consensus/genesis_schema.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from node.base.codec import hash_value
 from node.base.errors import ConfigError
-from node.base.schema import OPTIONAL, REQUIRED, Array, Invalid, Key, Schema, Table, expected, parse_toml, read_toml
+from node.base.schema import parse_toml, read_toml
+from node.consensus.genesis_rules import GenesisRules
+from node.consensus.genesis_schema import GENESIS_FILE, LIMIT_INTS, TOP_INTS
 from node.consensus.validators import ValidatorSet
 
 GENESIS_TAG = "metanode/genesis/v1"
-CHAIN_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
-MAX_VALIDATORS = 256
-_HEX64 = r"[0-9a-f]{64}"
-ADMISSION_POLICIES = ("open", "allow-list", "by-vote")  # node/app/policy.py says what each means
-MAX_ADMITTED = 4096  # keys one admission list of the genesis may name
-CLUSTER_NAME_PATTERN = r"[^\x00-\x1f\x7f]{0,64}"
-# The planning documents' cluster options: (table, key) -> (the value metanode implements, why no other can be set).
-CLUSTER_OPTIONS: dict[tuple[str, str], tuple[Any, str]] = {
-    ("cluster", "consensus_algorithm"): (
-        "ibft", "metanode runs IBFT 2.0 only (node/consensus/ibft.py); there is no other consensus to choose"),
-    ("scheduler", "algorithm"): (
-        "consensus_driven", "metanode's ENC scheduler is consensus-driven only: every node places jobs by the "
-        "same rendezvous hashing over committed chain state, so every node can check every placement"),
-    ("scheduler", "enable_zk_verification"): (
-        False, "metanode has no zero-knowledge proofs; it verifies results by re-executing each job on r nodes, "
-        "with recorded witnesses and signed receipts that agree on the result digest"),
-    ("service_mesh", "enable_receipt_auditing"): (
-        True, "receipt auditing cannot be turned off: every operation (job, dataset, vote) leaves a signed "
-        "receipt on chain, which audit and bundles read"),
-    ("service_mesh", "enable_bls_signatures"): (
-        False, "metanode signs commit seals and receipts with Ed25519, one signature per validator, "
-        "with no BLS aggregation"),
-}
-
-# key -> (minimum, maximum) for the integer settings
-_TOP_INTS = {
-    "genesis_time_ms": (0, 2**53),
-    "block_period_ms": (0, 3_600_000),
-    "round_timeout_base_ms": (1, 3_600_000),
-    "round_timeout_cap_ms": (1, 86_400_000),
-}
-_LIMIT_INTS = {
-    "max_block_bytes": (1024, 256 * 1024 * 1024),
-    "max_txs_per_block": (1, 1_000_000),
-    "max_timestamp_drift_ms": (0, 3_600_000),
-}
-
-
-class Rule(NamedTuple):
-    """One chain rule: its value when the genesis does not set it, and the values it may take."""
-
-    default: int
-    low: int
-    high: int
-    meaning: str
-
-
-REPLICATION_LIMIT = 8  # the payload schema's bound on a job's r; the max_replication rule may only lower it
-# The largest transaction (node/consensus/tx.py MAX_TX_BYTES): an SQL text longer than that never fits in one.
-_TX_BYTES = 64 * 1024
-
-# Every field of node/app/rules.py's ChainRules, in its order. The upper bounds keep
-# each rule where the code that applies it stays cheap: max_capacity sizes the
-# scheduler's exact integer comparisons (64 * 2 * max_capacity bits), the
-# deadlines and the exclusion are block counts any chain reaches in days.
-RULES: dict[str, Rule] = {
-    "max_replication": Rule(REPLICATION_LIMIT, 1, REPLICATION_LIMIT, "the largest replication r a job may ask for"),
-    "max_attempts": Rule(3, 1, 100, "assignment rounds per job, the first one included"),
-    "min_deadline_blocks": Rule(2, 1, 1_000_000, "the shortest deadline a job may ask for, in blocks"),
-    "max_deadline_blocks": Rule(10_000, 1, 1_000_000, "the longest deadline a job may ask for, in blocks"),
-    "exclusion_blocks": Rule(20, 1, 1_000_000, "blocks a node that missed a deadline gets no new job"),
-    "max_capacity": Rule(64, 1, 1024, "declared processing slots of one node (its rendezvous weight)"),
-    "max_inputs": Rule(16, 1, 256, "datasets one job reads"),
-    "max_query_bytes": Rule(16 * 1024, 1, _TX_BYTES, "bytes of an sql job's SQL text (UTF-8)"),
-    "max_batch_receipts": Rule(64, 1, 1024, "receipt envelopes in one receipts.batch transaction"),
-    "max_services": Rule(16, 1, 1024, "active services one tenant may run at once"),
-    "min_service_interval": Rule(5, 1, 100_000, "the shortest every_blocks trigger a service may ask for, in blocks"),
-    # 0 by default: a chain whose genesis predates the rule keeps its hash and its behaviour.
-    "ack_blocks": Rule(0, 0, 1_000_000, "blocks an assignee has to acknowledge (job.ack) an assignment "
-                                        "before it is missed and replaced (0: no acknowledgement required)"),
-    # A boolean (0 or 1), 0 by default for the same reason: on a chain started before it every scheduler node
-    # signed every decision, and its receipt log (sealed in its headers) holds all those receipts.
-    "attest_once": Rule(0, 0, 1, "1: one attestation per scheduler decision (a receipts.batch with a job.schedule, "
-                                 "job.verdict or service.placement receipt that attests no open decision is refused "
-                                 "and left out of the receipt log); 0: every such receipt is kept"),
-}
-
-
-def rules_inconsistency(values: Mapping[str, int]) -> tuple[str, str] | None:
-    """The first rule that contradicts another, as (its name, what it must be),
-    or None. Each rule is in its own range already; this is what ranges cannot say."""
-    shortest, longest = values["min_deadline_blocks"], values["max_deadline_blocks"]
-    if shortest > longest:
-        return "min_deadline_blocks", f"at most max_deadline_blocks ({longest})"
-    return None
-
-
-class GenesisRules(Mapping[str, int]):
-    """The chain rules a genesis sets: every rule of :data:`RULES`, read-only
-    (a genesis is immutable: its hash is cached)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: Mapping[str, int] | None = None) -> None:
-        given = dict(values or {})
-        self._values = {name: given.pop(name, rule.default) for name, rule in RULES.items()}
-        self._values.update(given)  # unknown names stay, for the genesis's validation to name them
-
-    def __getitem__(self, name: str) -> int:
-        return self._values[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._values.items()))
-
-    def __repr__(self) -> str:
-        return f"GenesisRules({self.changed()!r})"
-
-    def changed(self) -> dict[str, int]:
-        """The rules whose value is not the default (what the genesis hash covers)."""
-        return {name: value for name, value in self._values.items()
-                if name not in RULES or value != RULES[name].default}
 
 
 @dataclass(frozen=True)
@@ -347,7 +230,7 @@ class Genesis:
         """Render as a genesis file that :func:`parse_genesis` reads back."""
         lines = ["# metanode genesis file: every validator must hold the same bytes-for-bytes values."]
         lines.append(f'chain_id = "{self.chain_id}"')
-        for key in _TOP_INTS:
+        for key in TOP_INTS:
             lines.append(f"{key} = {getattr(self, key)}")
             if key == "block_period_ms" and self.min_block_interval_ms is not None:
                 lines.append(f"min_block_interval_ms = {self.min_block_interval_ms}")
@@ -356,7 +239,7 @@ class Genesis:
         lines.append("]")
         lines.append("")
         lines.append("[limits]")
-        for key in _LIMIT_INTS:
+        for key in LIMIT_INTS:
             lines.append(f"{key} = {getattr(self.limits, key)}")
         if not self.admission.is_default:
             lines.append("")
@@ -390,95 +273,11 @@ class Genesis:
             raise ConfigError(f"{path}: cannot write genesis file: {exc.strerror}") from None
 
 
-def _round_timeout_cap_not_below_base(values: dict[str, Any]) -> None:
-    base, cap = values["round_timeout_base_ms"], values["round_timeout_cap_ms"]
-    if cap < base:
-        raise Invalid(("round_timeout_cap_ms",), expected(f"at least round_timeout_base_ms ({base})", cap))
-
-
-def _min_interval_not_above_period(values: dict[str, Any]) -> None:
-    interval, period = values.get("min_block_interval_ms"), values["block_period_ms"]
-    if interval is not None and interval > period:
-        raise Invalid(("min_block_interval_ms",), expected(
-            f"at most block_period_ms ({period}): the period is the longest a chain goes without a block, "
-            "the interval the shortest", interval))
-
-
-def _admission_lists_match_policies(values: dict[str, Any]) -> None:
-    admission = values["admission"]
-    for policy, listed in (("nodes", "admitted_nodes"), ("tenants", "admitted_tenants")):
-        if admission[policy] == "open" and admission[listed]:
-            raise Invalid(("admission", listed), f"must be empty when admission.{policy} is \"open\" "
-                          f"(everyone is admitted); got {len(admission[listed])} key(s)")
-        if admission[policy] == "allow-list" and not admission[listed]:
-            raise Invalid(("admission", listed), f"must name at least one public key when admission.{policy} "
-                          "is \"allow-list\" (use \"by-vote\" to start with nobody admitted)")
-
-
-def _rules_consistent(values: dict[str, Any]) -> None:
-    problem = rules_inconsistency(values["rules"])
-    if problem is not None:
-        name, must_be = problem
-        raise Invalid(("rules", name), expected(must_be, values["rules"][name]))
-
-
-def _cluster_options_supported(values: dict[str, Any]) -> None:
-    """The planning documents' options metanode does not implement are refused
-    with why and what it does instead, never silently ignored."""
-    for (table, key), (supported, why) in CLUSTER_OPTIONS.items():
-        value = values[table][key]
-        if value != supported:
-            shown = str(value).lower() if isinstance(value, bool) else repr(value)
-            wanted = str(supported).lower() if isinstance(supported, bool) else f'"{supported}"'
-            raise Invalid((table, key), f"{shown} is not supported: {why} (set {wanted} or leave it out)")
-
-
 def _toml_string(text: str) -> str:
     """``text`` as a TOML basic string."""
     import json
 
     return json.dumps(text, ensure_ascii=False)
-
-
-def _admitted_keys() -> Array:
-    return Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
-                 default=[], max_items=MAX_ADMITTED, unique=True, noun="public key")
-
-
-GENESIS_FILE = Schema(
-    Table({
-        "chain_id": Key(str, pattern=CHAIN_ID_PATTERN, expect="1-64 characters of [a-z0-9._-] starting with a letter or digit"),
-        **{key: Key(int, ge=low, le=high) for key, (low, high) in _TOP_INTS.items()},
-        "min_block_interval_ms": Key(int, OPTIONAL, "least gap between block timestamps (default: block_period_ms)",
-                                     ge=0, le=_TOP_INTS["block_period_ms"][1]),
-        "validators": Array(Key(str, pattern=_HEX64, expect="64 lowercase hex characters (an Ed25519 public key)"),
-                            min_items=1, max_items=MAX_VALIDATORS, unique=True, noun="public key"),
-        "limits": Table({key: Key(int, ge=low, le=high) for key, (low, high) in _LIMIT_INTS.items()}, default=REQUIRED),
-        "admission": Table({
-            "nodes": Key(str, "open", choices=ADMISSION_POLICIES),
-            "tenants": Key(str, "open", choices=ADMISSION_POLICIES),
-            "admitted_nodes": _admitted_keys(),
-            "admitted_tenants": _admitted_keys(),
-        }),
-        "rules": Table({name: Key(int, rule.default, rule.meaning, ge=rule.low, le=rule.high)
-                        for name, rule in RULES.items()}),
-        "cluster": Table({
-            "name": Key(str, "", "the consortium's display name", pattern=CLUSTER_NAME_PATTERN,
-                        expect="at most 64 printable characters"),
-            "consensus_algorithm": Key(str, "ibft", 'only "ibft" (IBFT 2.0)'),
-        }),
-        "scheduler": Table({
-            "algorithm": Key(str, "consensus_driven", 'only "consensus_driven"'),
-            "enable_zk_verification": Key(bool, False, "only false: results are verified by re-execution"),
-        }),
-        "service_mesh": Table({
-            "enable_receipt_auditing": Key(bool, True, "only true: every operation leaves a receipt"),
-            "enable_bls_signatures": Key(bool, False, "only false: Ed25519 seals and receipts"),
-        }),
-    }),
-    checks=[_round_timeout_cap_not_below_base, _min_interval_not_above_period, _admission_lists_match_policies, _rules_consistent,
-            _cluster_options_supported],
-)
 
 
 def _validate(doc: Any, source: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import pytest
 from node.app.rules import NEW_CHAIN_RULES, ChainRules
 from node.base import codec
 from node.base.errors import ConfigError
-from node.consensus.genesis import RULES, load_genesis, parse_genesis
+from node.consensus.genesis import load_genesis, parse_genesis
+from node.consensus.genesis_rules import RULES
 from node.testnet import layout
 from tests.consensus.test_genesis_rules import DOCS_HASH, docs_genesis
 

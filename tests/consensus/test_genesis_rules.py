@@ -12,7 +12,8 @@ import trio
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.base.errors import ConfigError
 from node.base.keys import Identity
-from node.consensus.genesis import RULES, Genesis, GenesisRules, load_genesis, parse_genesis
+from node.consensus.genesis import Genesis, load_genesis, parse_genesis
+from node.consensus.genesis_rules import RULES, GenesisRules
 from node.consensus.tx import MAX_TX_BYTES, sign_tx
 from node.p2p.client import connect_to_node
 from tests.support import running_daemon, write_node_config

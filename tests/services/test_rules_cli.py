@@ -11,7 +11,8 @@ import trio
 
 from node.base.keys import Identity
 from node.cli.rules import describe
-from node.consensus.genesis import RULES, Genesis
+from node.consensus.genesis import Genesis
+from node.consensus.genesis_rules import RULES
 from tests.services.test_state_rule_changes import GOV, V, carried, set_rule
 from tests.services.test_state_support import Chain
 from tests.support import run_cli, running_daemon, write_node_config
