@@ -100,13 +100,13 @@ class ChainApplication:
         A block's answer is asked for up to three times (propose or validate,
         then finalise) against the same log, so the last few are remembered,
         keyed by the log size, the height and the transactions."""
-        key = (self.receipts.size(), height,
-               hashlib.sha256(b"".join(hashlib.sha256(raw).digest() for raw in txs)).digest())
+        decoded = [self.store.tx_cache.decode(raw) for raw in txs]  # decoded once per node
+        # Keyed by the transaction hashes the decoding already computed (not a second hash of each).
+        key = (self.receipts.size(), height, hashlib.sha256(b"".join(tx.hash for tx in decoded)).digest())
         cached = self._receipts_in_memo.get(key)
         if cached is not None:
             return list(cached)
         carried: dict[bytes, Receipt] = {}
-        decoded = [self.store.tx_cache.decode(raw) for raw in txs]  # decoded once per node
         refused = self.refused_attestations(decoded, height)
         for index, tx in enumerate(decoded):
             receipts = self._carried(tx)

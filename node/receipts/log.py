@@ -14,6 +14,17 @@ reads and writes rows. Transactions belong to the caller. ``append`` and
 ``store`` each write with exactly one statement, so in autocommit mode each write is atomic on its own, and
 inside the caller's transaction (a block being applied) it commits or rolls
 back with everything else. One writer per database.
+
+The size is asked for several times per block, and counting the leaves reads
+the whole table, so an instance keeps it in memory: counted once at open,
+advanced by its own appends. An append may still be undone by the caller's
+transaction rolling back, so after one the size is *unconfirmed* until a
+probe on a fresh cursor (which sees committed rows only) finds it committed;
+until then every read probes the caller's own view. A probe reads two leaf
+keys through the primary-key index (leaves are written contiguously from 0:
+leaf ``n - 1`` present and leaf ``n`` absent means exactly ``n``); a failed
+probe falls back to a count. So an instance is exact after a rollback too;
+another instance appending to the same database would go unseen (one writer).
 """
 
 from __future__ import annotations
@@ -100,12 +111,33 @@ class ReceiptLog:
         self._conn = conn
         for statement in _SCHEMA:
             conn.execute(statement)
+        self._size = _count(conn)
+        # True from an append until a probe finds its rows committed (see the
+        # module docstring); at open too, as the caller may be inside a transaction.
+        self._unconfirmed = True
+        # (size, frontier hashes) after this instance's last append: reused while
+        # that size is confirmed, committed rows never changing (no frontier read).
+        self._frontier: tuple[int, list[bytes]] | None = None
 
     # -- reading ----------------------------------------------------------
     def size(self) -> int:
-        """Number of receipt ids in the log."""
-        row = one_row(self._conn.execute("SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]))
-        return int(row[0])
+        """Number of receipt ids in the log (as this connection sees it)."""
+        if self._unconfirmed:
+            self._confirm()
+        return self._size
+
+    def _confirm(self) -> None:
+        """Settle the size after an append: committed (then trusted until the
+        next append), or else whatever this connection's view holds now."""
+        cursor = self._conn.cursor()  # its own transaction: committed rows only
+        try:
+            committed = _probe(cursor, self._size)
+        finally:
+            cursor.close()
+        if committed:
+            self._unconfirmed = False
+        elif not _probe(self._conn, self._size):
+            self._size = _count(self._conn)  # rolled back (or failed) since: count again
 
     def head(self) -> LogHead:
         """Current size and root."""
@@ -179,9 +211,14 @@ class ReceiptLog:
         if len(set(ids)) != len(ids):
             raise LogError("the batch repeats a receipt id")
         size = self.size()
-        coords = perfect_subtrees(0, size)
-        hashes = self._read(coords, size)
-        frontier = [hashes[c] for c in coords]
+        cached = self._frontier
+        if cached is not None and cached[0] == size and not self._unconfirmed:
+            frontier = cached[1]
+        else:
+            coords = perfect_subtrees(0, size)
+            hashes = self._read(coords, size)
+            frontier = [hashes[c] for c in coords]
+            self._frontier = (size, frontier)
         if not ids:
             return ids, size, frontier
         if size + len(ids) > _MAX_LEAVES:
@@ -213,6 +250,7 @@ class ReceiptLog:
             return LogHead(size, fold_subtrees(frontier))
         formed, new_frontier = append_subtrees(size, frontier, [leaf_hash(rid) for rid in ids])
         leaf_ids = iter(ids)  # formed lists each leaf before the nodes it completes
+        self._unconfirmed = True  # set first: a failed insert aborts the caller's transaction
         self._conn.execute(
             "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",
             [
@@ -221,7 +259,9 @@ class ReceiptLog:
                 [next(leaf_ids) if n.level == 0 else None for n in formed],
             ],
         )
-        return LogHead(size + len(ids), fold_subtrees(new_frontier))
+        self._size = size + len(ids)
+        self._frontier = (self._size, new_frontier)
+        return LogHead(self._size, fold_subtrees(new_frontier))
 
     def store(self, receipts: Iterable[Receipt]) -> None:
         """Store receipt envelopes by id (already-stored ones are kept as is).
@@ -275,6 +315,20 @@ class ReceiptLog:
         if len(found) != len(set(coords)):
             raise LogError(f"size {size} is beyond the log")
         return found
+
+
+def _count(conn: duckdb.DuckDBPyConnection) -> int:
+    """The number of leaves, counted (reads the whole table)."""
+    return int(one_row(conn.execute("SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]))[0])
+
+
+def _probe(conn: duckdb.DuckDBPyConnection, size: int) -> bool:
+    """Whether the log holds exactly ``size`` leaves, through the index:
+    leaf ``size - 1`` present (so all below it are) and leaf ``size`` absent."""
+    keys = [size - 1, size] if size else [0]
+    found = {int(row[0]) for row in conn.execute(
+        f"SELECT node FROM receipt_log_nodes WHERE node IN ({_placeholders(len(keys))})", keys).fetchall()}
+    return found == ({size - 1} if size else set())
 
 
 def _placeholders(count: int) -> str:
