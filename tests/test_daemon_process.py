@@ -201,5 +201,5 @@ def test_a_chain_store_of_an_older_format_is_refused_naming_the_data_dir(tmp_pat
     done = run_cli("daemon", "start", "--config", str(cfg), timeout=60)
     assert done.returncode != 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert str(tmp_path / "data-a" / DB_FILENAME) in done.stderr and "schema version 1 is not 3" in done.stderr
+    assert str(tmp_path / "data-a" / DB_FILENAME) in done.stderr and "schema version 1 is not 4" in done.stderr
     assert f"move the data directory {tmp_path / 'data-a'} aside" in done.stderr

@@ -20,9 +20,14 @@ chain, and no query of its own when the block is good). Tables (all prefixed
 
 * ``chain_blocks``  height, hash, parent_hash, timestamp_ms, proposer, tx_count, block
 * ``chain_txs``     hash, height, idx, sender, nonce, type, tx
-* ``chain_nonces``  sender, next_nonce
 * ``chain_head``    one row: height, hash
 * ``chain_meta``    key/value: schema version, chain id, genesis hash
+
+Each sender's next nonce is not stored apart: it is one more than the
+sender's highest nonce in ``chain_txs`` (a sender's committed nonces run
+0, 1, 2... without a gap), read once at open and then kept in memory. Keeping
+a table of them cost an upsert per block, about as much as the rest of
+the block's rows together.
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ from node.consensus.tx_checks import next_nonces_after
 # version 1 lack it and no longer validate, so such a store is refused.
 # 3: headers carry ``next_validators_hash`` and ``seed_proof`` (validator-set
 # changes and the VRF seed); blocks of version 2 lack them.
-SCHEMA_VERSION = 3
+# 4: no ``chain_nonces`` table (the next nonces are derived from ``chain_txs``
+# at open); a version 3 store is migrated by dropping it.
+SCHEMA_VERSION = 4
+_MIGRATES = {b"3": "DROP TABLE IF EXISTS chain_nonces"}
 MAX_TIME = 2**63 - 1
 # DuckDB's own default checkpoint threshold: replaying at most this much log
 # on open takes well under a second.
@@ -62,8 +70,6 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS chain_txs (
         hash BLOB PRIMARY KEY, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
         sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS chain_nonces (
-        sender BLOB PRIMARY KEY, next_nonce UBIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS chain_head (
         id INTEGER PRIMARY KEY CHECK (id = 0), height UBIGINT NOT NULL, hash BLOB NOT NULL)""",
 )
@@ -153,6 +159,10 @@ class ChainStore:
             version = self._meta("schema_version")
             if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
+            elif version in _MIGRATES:  # same blocks, same meaning: in place, in this transaction
+                conn.execute(_MIGRATES[version])
+                conn.execute("UPDATE chain_meta SET value = ? WHERE key = 'schema_version'",
+                             (str(SCHEMA_VERSION).encode(),))
             elif version != str(SCHEMA_VERSION).encode():
                 raise StoreVersionError(
                     f"{self.db_file}: chain store schema version {version.decode(errors='replace')} is not "
@@ -166,10 +176,12 @@ class ChainStore:
         # Every sender's next nonce, in memory: the mempool asks on every
         # admission from a new sender, and a DuckDB point query (~0.5-1 ms)
         # costs more than the signature check. One entry per sender that ever
-        # had a transaction committed (each paid for with block space).
+        # had a transaction committed (each paid for with block space). Read
+        # from the committed transactions (see the module docstring): one scan
+        # at open (~0.2 s CPU for a million transactions of 200,000 senders).
         self._nonces: dict[bytes, int] = {
             bytes(sender): int(nonce)
-            for sender, nonce in conn.execute("SELECT sender, next_nonce FROM chain_nonces").fetchall()
+            for sender, nonce in conn.execute("SELECT sender, max(nonce) + 1 FROM chain_txs GROUP BY sender").fetchall()
         }
 
     def _data_dir(self) -> str:
@@ -249,7 +261,7 @@ class ChainStore:
         decoded = self._decode_block_txs(height, txs)
         nonces = self._check_nonces(height, decoded)
         try:
-            self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded, nonces)
+            self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded)
         except duckdb.ConstraintException as exc:
             # A key already stored (rolled back: nothing was written). The
             # nonces make a repeated transaction fail earlier on a consistent
@@ -288,7 +300,7 @@ class ChainStore:
             raise type(fault)(f"{fault}; block {height} is stored, checkpointing it failed") from None
 
     def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
-                     block: bytes, decoded: list[Transaction], nonces: dict[bytes, int]) -> None:
+                     block: bytes, decoded: list[Transaction]) -> None:
         with transaction(self._conn) as conn:
             conn.execute(
                 f"INSERT INTO chain_blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -305,17 +317,15 @@ class ChainStore:
                         [tx.type for tx in decoded], [tx.encoded for tx in decoded],
                     ],
                 )
-                senders = sorted(nonces)
-                conn.execute(
-                    "INSERT INTO chain_nonces SELECT unnest($1), unnest($2) "
-                    "ON CONFLICT (sender) DO UPDATE SET next_nonce = excluded.next_nonce",
-                    [senders, [nonces[s] for s in senders]],
-                )
-            conn.execute(
-                "INSERT INTO chain_head VALUES (0, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET height = excluded.height, hash = excluded.hash",
-                (height, block_hash),
-            )
+            # The head row exists once a block is stored (checked at open): an
+            # UPDATE in place, where an upsert cost ~1.2 ms more per block.
+            if self._head is None:
+                conn.execute("INSERT INTO chain_head VALUES (0, ?, ?)", (height, block_hash))
+            else:
+                updated = conn.execute("UPDATE chain_head SET height = ?, hash = ? WHERE id = 0",
+                                       (height, block_hash)).fetchone()
+                if updated is None or updated[0] != 1:
+                    raise StoreError(f"block {height}: the chain store has lost its head row")
 
     def _decode_block_txs(self, height: int, txs: Sequence[bytes]) -> list[Transaction]:
         decoded: list[Transaction] = []

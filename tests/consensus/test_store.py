@@ -41,7 +41,7 @@ def append(store, txs, **overrides):
 
 def counts(conn):
     return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                 for t in ("chain_blocks", "chain_txs", "chain_nonces", "chain_head"))
+                 for t in ("chain_blocks", "chain_txs", "chain_head"))
 
 
 @pytest.fixture
@@ -83,8 +83,7 @@ def test_append_and_query_everything(conn):
 
     assert store.next_nonce(ALICE.public_key) == 2
     assert store.next_nonce(BOB.public_key) == 2
-    assert conn.execute("SELECT next_nonce FROM chain_nonces WHERE sender = ?",
-                        (ALICE.public_key,)).fetchone() == (2,)
+    assert ChainStore(conn).next_nonce(ALICE.public_key) == 2  # derived from chain_txs on open
     assert store.next_nonce(Identity.from_label("nobody").public_key) == 0
 
 
@@ -157,13 +156,13 @@ def test_refused_appends_leave_the_store_unchanged(conn):
 
 def test_a_repeated_transaction_is_refused_by_its_key_even_when_the_nonces_allow_it(conn):
     """The nonces refuse a repeated transaction first; the primary key on its
-    hash refuses it even when they do not (here a nonce table that lost its
-    row), and the refused append writes nothing."""
+    hash refuses it even when they do not (here nonces that lost the
+    sender's entry), and the refused append writes nothing."""
     store = ChainStore(conn)
     repeated = tx(ALICE, 0)
     first = append(store, [repeated])
-    conn.execute("DELETE FROM chain_nonces")  # the fault: the stored nonce is gone
     reopened = ChainStore(conn)
+    reopened._nonces.clear()  # the fault: the sender's next nonce is gone
     assert reopened.next_nonce(ALICE.public_key) == 0
     before = (reopened.head(), counts(conn))
     with pytest.raises(StoreError, match=f"transaction {hash_tagged('metanode/tx/v1', repeated).hex()} "
@@ -188,8 +187,7 @@ class FailingConnection:
         return self._conn.execute(sql, *params)
 
 
-@pytest.mark.parametrize("fail_on", ["INSERT INTO chain_txs", "INSERT INTO chain_nonces",
-                                     "INSERT INTO chain_head", "COMMIT"])
+@pytest.mark.parametrize("fail_on", ["INSERT INTO chain_txs", "UPDATE chain_head", "COMMIT"])
 def test_a_failure_inside_the_append_rolls_back_all_of_it(conn, fail_on):
     faulty = FailingConnection(conn, fail_on)
     store = ChainStore(faulty)
@@ -257,7 +255,7 @@ def test_a_store_from_before_headers_committed_to_the_genesis_is_refused_with_wh
     conn.close()
     message = str(info.value)
     assert isinstance(info.value, UserError)
-    assert str(tmp_path / "data" / DB_FILENAME) in message and "schema version 1 is not 3" in message
+    assert str(tmp_path / "data" / DB_FILENAME) in message and "schema version 1 is not 4" in message
     assert "genesis hash" in message and f"data directory {tmp_path / 'data'} aside" in message
 
 
