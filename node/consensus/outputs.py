@@ -9,6 +9,7 @@ that follows it in the list.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node.consensus.block import Block, BlockHeader
@@ -82,3 +83,34 @@ class RoundStarted:
 
 
 Output = Broadcast | Persist | SetTimer | NeedProposal | Finalized | NeedSync | RoundStarted
+
+
+def persist_plan(outputs: Sequence[Output]) -> dict[int, SafetyState]:
+    """Which state to save at which Persist of a batch: a run of Persists of
+    one (height, round), not separated by a Finalized, NeedProposal or
+    NeedSync, is saved once, at its first Persist, with its last state.
+
+    Each save is an fsync'd file replacement (~0.65 ms CPU, several ms wall),
+    and a proposer's batch holds two (its PROPOSAL, then the PREPARE it
+    signs on its own proposal), as does a validator's whose PREPARE completes
+    a quorum (then its COMMIT). The last state's watermark is the highest of
+    the run (the core only ever moves it up) and its prepared state the
+    newest, so saving it before the run's first Broadcast protects every
+    message of the run: after a crash the node signs nothing at or below it
+    but exactly its last payload. A crash between the two messages then
+    loses the second one unsent, as a crash after both would (liveness only)."""
+    plan: dict[int, SafetyState] = {}
+    first: int | None = None
+    for index, output in enumerate(outputs):
+        if isinstance(output, (Finalized, NeedProposal, NeedSync)):
+            first = None
+        elif isinstance(output, Persist):
+            state = output.state
+            run = plan[first] if first is not None else None
+            if (first is not None and run is not None and (run.height, run.round) == (state.height, state.round)
+                    and state.step >= run.step):
+                plan[first] = state
+            else:
+                first = index
+                plan[index] = state
+    return plan

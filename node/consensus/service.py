@@ -57,7 +57,16 @@ from node.consensus.gate import SigningGate
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
 from node.consensus.mempool import Admission, Mempool, MempoolConfig
-from node.consensus.outputs import Broadcast, Finalized, NeedProposal, NeedSync, Output, Persist, RoundStarted
+from node.consensus.outputs import (
+    Broadcast,
+    Finalized,
+    NeedProposal,
+    NeedSync,
+    Output,
+    Persist,
+    RoundStarted,
+    persist_plan,
+)
 from node.consensus.safety import SafetyState, SafetyStore
 from node.consensus.store import ChainStore
 from node.consensus.sync import SYNC_PROTOCOL, BlockSync
@@ -424,12 +433,15 @@ class ConsensusService:
     def _apply_batch(self, outputs: list[Output]) -> bool:
         """Carry out one batch in order; True if it held a Finalized block."""
         finalized = False
-        for output in outputs:
+        saves = persist_plan(outputs)
+        for index, output in enumerate(outputs):
             if isinstance(output, Persist):
                 # Durable (fsync) before what follows. If the disk refuses,
                 # SafetyWriteError ends this batch here: what was signed is never
                 # sent, and the service stops (the daemon says why, in one line).
-                self.safety.save(output.state)
+                state = saves.get(index)
+                if state is not None:
+                    self.safety.save(state)
             elif isinstance(output, Broadcast):
                 self.links.broadcast(IBFT_PROTOCOL, output.message)  # type: ignore[union-attr]
             elif isinstance(output, NeedProposal):
