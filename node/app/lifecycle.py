@@ -39,6 +39,8 @@ from node.app.scheduler import Candidate, choose_nodes
 from node.app.working import AssignmentRow, JobRow, NodeRow, WorkingState
 from node.base.codec import to_hex
 
+NO_EXPIRY = 2**63 - 1  # the expiry floor when nothing is pending (StateHints)
+
 
 def finish_job(ws: WorkingState, ctx: BlockContext, job: JobRow, state: str, reason: str | None) -> None:
     """Put a job in a final state; its pending assignments are withdrawn."""
@@ -103,13 +105,27 @@ def expire_deadlines(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> 
     attempt left, fail. An assignment missed for want of an acknowledgement
     carries the note ``no acknowledgement by height H``.
     """
+    floor = ws.hints.expiry_floor
+    if floor is not None and floor > ctx.height:  # the query below would find nothing
+        return
     # The table holds the state before this block; the block's own changes
     # only withdrew, delivered or acknowledged assignments, on jobs held in memory.
-    job_ids = [bytes(job_id) for (job_id,) in ws.conn.execute(
-        "SELECT DISTINCT job_id FROM state_assignments WHERE status = ? AND "
-        "(deadline <= ? OR (ack_deadline <= ? AND acked_height IS NULL)) ORDER BY job_id",
-        [PENDING, ctx.height, ctx.height],
-    ).fetchall()]
+    # Every job with a pending assignment and its earliest expiry (few rows: the
+    # open jobs): those due now, and the next block's hint from the others.
+    job_ids, later = [], []
+    for job_id, expiry in ws.conn.execute(
+        "SELECT job_id, min(CASE WHEN ack_deadline IS NOT NULL AND acked_height IS NULL "
+        "THEN least(deadline, ack_deadline) ELSE deadline END) FROM state_assignments "
+        "WHERE status = ? GROUP BY job_id ORDER BY job_id",
+        [PENDING],
+    ).fetchall():
+        if expiry <= ctx.height:
+            job_ids.append(bytes(job_id))
+        else:
+            later.append(int(expiry))
+    ws.expiry_floor_after = min(later, default=NO_EXPIRY)
+    if not job_ids:
+        return
     ws.load_jobs(job_ids)
     nodes = ws.nodes()
     for job_id in job_ids:
@@ -217,14 +233,22 @@ def schedule_jobs(ws: WorkingState, ctx: BlockContext, rules: ChainRules) -> Non
         f"WHERE j.state IN ({', '.join('?' * len(ACTIVE_STATES))}) "
         "GROUP BY j.job_id, j.replication HAVING count(a.node_key) < j.replication",
         [PENDING, DELIVERED, *ACTIVE_STATES],
-    ).fetchall()]
+    ).fetchall()] if ws.hints.open_slots else []
     ws.load_jobs(stored)
     jobs = sorted(
         (job for job in ws.loaded_jobs() if job.state in ACTIVE_STATES and _open_slots(job) > 0),
         key=lambda job: job.seq,
     )
+    # Every job that may have open slots is in memory now: after this pass the
+    # state holds open slots only if one of these keeps some (the next block's hint).
+    ws.open_slots_after = bool(jobs)
     if not jobs:
         return
+    _schedule(ws, ctx, rules, jobs)
+    ws.open_slots_after = any(_open_slots(job) > 0 for job in jobs)
+
+
+def _schedule(ws: WorkingState, ctx: BlockContext, rules: ChainRules, jobs: list[JobRow]) -> None:
     nodes = schedulable_nodes(ws)  # under a closed node policy: admitted nodes only
     eligible, excluded = eligible_candidates(nodes, ctx.height, rules)
     for job in jobs:

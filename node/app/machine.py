@@ -58,7 +58,7 @@ from node.app.rule_changes import RuleSchedule
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.txtypes import STATE_TX_TYPES, Payload, misdated_receipt, parse_payload, reads_of
 from node.app.validator_sets import ValidatorHistory
-from node.app.working import WorkingState
+from node.app.working import StateHints, WorkingState
 from node.base.codec import to_hex
 from node.base.db import transaction
 from node.consensus.block import SEED_SIZE, Block
@@ -118,6 +118,10 @@ class StateMachine(queries.StateQueries):
         self._validators.load(conn)
         self._rules = RuleSchedule(rules)
         self._rules.load(conn)
+        # What the committed state is known not to hold (WorkingState's StateHints): lets
+        # a block skip the per-block queries an idle chain would answer with nothing.
+        # In memory only: a restarted node starts knowing nothing and learns in a block.
+        self._hints = StateHints()
 
     def _stored_meta(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM state_meta WHERE key = ?", [key]).fetchone()
@@ -177,8 +181,8 @@ class StateMachine(queries.StateQueries):
                 )
             ctx = BlockContext.start(height, block_hash, timestamp_ms, seed)
             rules = self.rules_at(height)  # a change executed in this block takes effect 2 blocks later at the earliest
-            work = self._working_state(height)
-            governance.expire_proposals(conn, height)
+            work = self._working_state(height, self._hints)
+            proposal_floor = self._expire_proposals(height)
             if height > 0 and work.validators != self._validators.keys_at(height - 1):
                 governance.execute_carried_proposals(work, ctx)
             parsed = [self._parse(tx, rules) for tx in txs]
@@ -195,15 +199,34 @@ class StateMachine(queries.StateQueries):
             )
             if on_applied is not None:
                 on_applied(ctx.effects)
+            # A gov.propose in the block may have opened a proposal: the floor is asked again.
+            hints = work.hints_after(None if any(tx.type == governance.GOV_PROPOSE for tx in txs) else proposal_floor)
+        self._hints = hints  # committed: a block rolled back leaves the hints as they were
         if work.validator_sets_changed:  # committed: the sets of later heights are known now
             self._validators.load(conn)
         if work.rules_changed:  # likewise the rules of later heights
             self._rules.load(conn)
         return ctx.effects
 
-    def _working_state(self, height: int) -> WorkingState:
+    def may_have_assignments(self) -> bool:
+        """False when the applied state is known to hold no pending assignment (a
+        processing node then skips asking for its own on an idle chain's blocks)."""
+        return self._hints.expiry_floor != lifecycle.NO_EXPIRY
+
+    def _working_state(self, height: int, hints: StateHints | None = None) -> WorkingState:
         return WorkingState(self._conn, self.governance, self._validators.keys_at(height), height,
-                            rules=self.rules_at(height), genesis_rules=self.rules)
+                            rules=self.rules_at(height), genesis_rules=self.rules, hints=hints or StateHints())
+
+    def _expire_proposals(self, height: int) -> int | None:
+        """Expire the pending proposals whose time is up at ``height`` (unless none can be);
+        the new floor of the pending ones' expiry heights (None: unknown)."""
+        floor = self._hints.proposal_floor
+        if floor is not None and floor > height:
+            return floor
+        governance.expire_proposals(self._conn, height)
+        row = self._conn.execute("SELECT min(expires_height) FROM state_proposals WHERE status = ?",
+                                 [governance.PENDING]).fetchone()
+        return MAX_HEIGHT if row is None or row[0] is None else int(row[0])
 
     def _parse(self, tx: Transaction, rules: ChainRules) -> tuple[Payload | None, str | None]:
         """(payload, None) for a valid state transaction under ``rules`` (those
@@ -254,6 +277,7 @@ class StateMachine(queries.StateQueries):
     # -- rebuilding ------------------------------------------------------------------
     def reset(self) -> None:
         """Delete all state (to rebuild it from the blocks with :func:`catch_up`)."""
+        self._hints = StateHints()
         with self.changing_state(), transaction(self._conn):
             tables.clear_tables(self._conn)
         self._validators.load(self._conn)

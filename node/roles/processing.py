@@ -9,14 +9,18 @@ fixed, keeps the canonical result and the witness (node/roles/artifacts.py)
 for gateways to fetch, and submits ``job.result`` carrying its signed
 ``job.exec`` receipt.
 
-First, on every block, it acknowledges its new assignments: ONE ``job.ack``
+First, on every block, it acknowledges its assignments: ONE ``job.ack``
 listing every pending assignment of its own that waits for an
 acknowledgement on chain (rule ``ack_blocks`` > 0 when it was made) and that
 it has not acknowledged in a transaction still on its way. Under that rule a
 node that does not acknowledge in time is replaced (a dead node costs
 ``ack_blocks`` blocks, not the job's deadline); an ack that has not reached
 the chain after ``ack_blocks / 2`` blocks (lost, or refused with another job
-of the same ack) is sent again.
+of the same ack) is sent again. A job's result acknowledges it as well, so
+under ``ack_blocks`` >= :data:`MIN_ACK_BLOCKS_TO_WAIT` an assignment is
+acknowledged only if its job still runs :data:`ACK_AFTER_BLOCKS` block later
+(or its answer has not landed after ``ack_blocks / 2``): most jobs finish first
+and need no ``job.ack``, and their results do not wait behind a block of acks.
 
 Only what the job itself decides is signed. A run can end three ways:
 
@@ -109,6 +113,12 @@ log = structlog.get_logger("metanode.processing")
 MAX_LOCAL_TRIES = 3  # runs (or input fetch rounds) of one assignment before this node declines it
 RETRY_DELAY_S = 2.0  # between them: a peer that was briefly unreachable, a blob being repaired
 MAX_DETAIL = 300  # the chain's bound on job.decline's detail and job.result's error
+# A job.result (or job.decline) acknowledges its assignment too: a job that is still running
+# this many blocks after it was assigned is acknowledged; one answered already only if its
+# answer has not landed by the ack resend delay. Most jobs end sooner and need no job.ack:
+# two transactions less per job, and no block carrying only acks ahead of the results.
+ACK_AFTER_BLOCKS = 1
+MIN_ACK_BLOCKS_TO_WAIT = 4  # under a shorter ack_blocks rule every assignment is acknowledged at once
 DEFAULT_POLICY = "processing"  # the policy of a plain job (a job dict without "policy")
 
 # Outcome statuses that are a property of the job (see the module docstring).
@@ -229,6 +239,7 @@ class ProcessingService:
         self._done: set[tuple[str, int]] = set()  # (job id, attempt) answered: result or decline submitted
         self._tries: dict[tuple[str, int], int] = {}  # (job id, attempt) -> runs that could not run here
         self._acks_sent: dict[bytes, int] = {}  # job id -> finalized height when its job.ack was submitted
+        self._first_seen: dict[bytes, int] = {}  # job id -> finalized height when it first waited for our ack
         self.completed = 0
         self.declined = 0
 
@@ -252,8 +263,10 @@ class ProcessingService:
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for _ in blocks:
-                # One statement per block for both: a block adds work for a few jobs at most.
-                assigned = self.app.state.assignments_to_run(self.key)
+                # One statement per block for both: a block adds work for a few jobs at most
+                # (none when the state holds no pending assignment at all).
+                state = self.app.state
+                assigned = state.assignments_to_run(self.key) if state.may_have_assignments() else []
                 self.acknowledge(assigned)
                 for job in self.pending_assignments(assigned):
                     if job["id"] not in self._running:  # a node holds a job once; stay safe if it did not
@@ -272,12 +285,18 @@ class ProcessingService:
         # Forget what is acknowledged on chain (or no longer pending): it stays bounded.
         still = set(waiting)
         self._acks_sent = {job_id: sent for job_id, sent in self._acks_sent.items() if job_id in still}
+        height = self.chain.finalized_height
+        self._first_seen = {job_id: self._first_seen.get(job_id, height) for job_id in waiting}
         if not waiting:
             return 0
-        height = self.chain.finalized_height
-        resend_after = max(1, self.app.state.rules_at(height + 1).ack_blocks // 2)
+        ack_blocks = self.app.state.rules_at(height + 1).ack_blocks
+        resend_after = max(1, ack_blocks // 2)
+        # With a short ack window there is no time to wait for the answer: acknowledge at once.
+        running_grace, answered_grace = (ACK_AFTER_BLOCKS, resend_after) if ack_blocks >= MIN_ACK_BLOCKS_TO_WAIT else (0, 0)
+        answered = {bytes.fromhex(job["id"]) for job in assigned if (job["id"], job["attempt"]) in self._done}
         due = [job_id for job_id in waiting
-               if job_id not in self._acks_sent or height - self._acks_sent[job_id] >= resend_after]
+               if height - self._first_seen[job_id] >= (answered_grace if job_id in answered else running_grace)
+               and (job_id not in self._acks_sent or height - self._acks_sent[job_id] >= resend_after)]
         listed = 0
         for start in range(0, len(due), MAX_ACK_JOBS):
             part = due[start:start + MAX_ACK_JOBS]
@@ -290,24 +309,30 @@ class ProcessingService:
         return listed
 
     async def _execute(self, job: dict[str, Any]) -> None:
+        started, timing = time.monotonic(), dict[str, float]()
         try:
             try:
-                outcome = await self._run(job)
+                outcome = await self._run(job, timing)
             except CouldNotRun as exc:
                 if not self._could_not_run(job, exc):
                     await trio.sleep(RETRY_DELAY_S)  # still marked running: no new try before this passes
                 return
-            self._submit_result(job, outcome)
+            timing["total"] = time.monotonic() - started
+            self._submit_result(job, outcome, timing)
         finally:
             self._running.discard(job["id"])
 
-    async def _run(self, job: dict[str, Any]) -> JobOutcome:
-        """The job's own outcome on verified inputs, kept for gateways; CouldNotRun otherwise."""
+    async def _run(self, job: dict[str, Any], timing: dict[str, float] | None = None) -> JobOutcome:
+        """The job's own outcome on verified inputs, kept for gateways; CouldNotRun otherwise.
+        ``timing`` gets the seconds spent verifying the inputs and in the cage."""
+        timing = {} if timing is None else timing
         policy = job.get("policy") or DEFAULT_POLICY
         if policy not in self.policies:  # before fetching inputs it could not use
             raise CouldNotRun(POLICY_UNAVAILABLE, f"this node has no job policy {policy!r} (its job policies: "
                                                   f"{', '.join(sorted(self.policies)) or 'none'})")
+        fetching = time.monotonic()
         inputs = {name: str(await self.resolve_input(digest)) for name, digest in sorted(job["inputs"].items())}
+        timing["inputs"] = time.monotonic() - fetching
         try:
             spec = job_spec(job, inputs)
         except KeyError as exc:
@@ -317,8 +342,9 @@ class ProcessingService:
             outcome = await self.pool.run_async(spec)
         except Exception as exc:  # CageError (refused before running, fork server lost), OSError, codec
             raise CouldNotRun(LOCAL_FAULT, f"the cage could not run it: {type(exc).__name__}: {exc}") from None
+        timing["cage"] = time.monotonic() - started
         if self.metrics is not None:
-            self.metrics.on_cage_run(time.monotonic() - started, outcome.status)
+            self.metrics.on_cage_run(timing["cage"], outcome.status)
         problem = local_failure(outcome, job["inputs"])
         if problem is not None:
             raise CouldNotRun(LOCAL_FAULT, problem)
@@ -331,7 +357,7 @@ class ProcessingService:
             raise CouldNotRun(LOCAL_FAULT, f"cannot keep the result: {type(exc).__name__}: {exc}") from None
         return outcome
 
-    def _submit_result(self, job: dict[str, Any], outcome: JobOutcome) -> None:
+    def _submit_result(self, job: dict[str, Any], outcome: JobOutcome, timing: dict[str, float] | None = None) -> None:
         receipt = self.issuer.issue("job.exec", height=self.chain.finalized_height, subject=bytes.fromhex(job["id"]),
                                     fields=exec_fields_from_outcome(outcome))
         payload: dict[str, Any] = {"job": bytes.fromhex(job["id"]), "receipt": receipt.envelope}
@@ -340,8 +366,10 @@ class ProcessingService:
         if self.node_txs.submit("job.result", payload).accepted:
             self._done.add((job["id"], job["attempt"]))
             self.completed += 1
+            # Where the time went, ms: inputs verified, the cage run, in all (up to the result's signing).
             log.info("job executed", job=job["id"], status=outcome.status,
-                     result=outcome.result_digest.hex() if outcome.result_digest else None)
+                     result=outcome.result_digest.hex() if outcome.result_digest else None,
+                     ms={key: round(seconds * 1000, 1) for key, seconds in (timing or {}).items()})
 
     def _could_not_run(self, job: dict[str, Any], exc: CouldNotRun) -> bool:
         """Count a try that could not run; after MAX_LOCAL_TRIES, decline the

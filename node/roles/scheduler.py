@@ -116,6 +116,8 @@ class Attester:
         for did in [did for did in self.sent if did not in open_ids]:  # attested (by anyone) or gone
             del self.sent[did]
         self.unsignable &= open_ids
+        if not decisions:  # the common idle case: no need to read the schedulers
+            return []
         schedulers = self.schedulers()
         me = self.issuer.identity.public_key
         found = []

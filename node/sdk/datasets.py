@@ -106,6 +106,11 @@ class DatasetResolver:
 
     def __init__(self, client: Session) -> None:
         self.client = client
+        # A job's source given by digest -> what find() answered: a job needs its digest,
+        # name and schema, and the bytes behind a digest never change nor is a registration
+        # withdrawn, so a client submitting job after job on one dataset asks once (two
+        # round trips less per submit; find_dataset itself always asks).
+        self._found_by_digest: dict[str, dict[str, Any]] = {}
 
     # -- the chain's registry ---------------------------------------------------------------
     async def latest(self, name: str) -> dict[str, Any] | None:
@@ -225,7 +230,10 @@ class DatasetResolver:
             raise UserError(f"data_source: expected a file, a digest or a dataset name, got {source!r:.80}", exit_code=EXIT_USAGE)
         text = source.strip()
         if is_digest(text):
-            return await self.find(text)
+            digest = text.lower()
+            if digest not in self._found_by_digest:
+                self._found_by_digest[digest] = await self.find(digest)
+            return dict(self._found_by_digest[digest])
         path = Path(text).expanduser()
         if path.is_file():
             return await self.upload(path, name=None, format=None, on_bad_rows="fail", progress=progress)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,7 @@ class ServiceMethods:
     if TYPE_CHECKING:
         _datasets: DatasetResolver
         link: Link
+        _subscribed: tuple[int, int] | None
 
         @property
         def rpc(self) -> RpcClient: ...
@@ -208,14 +209,18 @@ class ServiceMethods:
                     raise
                 await self.link.reconnect(generation)  # UnreachableError when the node is gone for good
 
-    async def _blocks(self) -> AsyncIterator[None]:
+    async def _blocks(self) -> AsyncGenerator[None, None]:
         """Yields now, then once after each new block (or several, coalesced)."""
         from node.p2p.rpc_client import RpcCallError
 
         yield None
         notifications = None
         try:
-            await self.rpc.call("chain_subscribe")
+            # Once per connection: each chain_subscribe adds a stream of notifications,
+            # and a client may wait for many jobs one after another.
+            if getattr(self, "_subscribed", None) != (self.link.generation, id(self.rpc)):
+                await self.rpc.call("chain_subscribe")
+                self._subscribed = (self.link.generation, id(self.rpc))
             notifications = self.rpc.notifications
         except RpcCallError:
             pass  # the node offers no subscription here: poll

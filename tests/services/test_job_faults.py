@@ -202,9 +202,6 @@ def test_processing_node_killed_before_it_acknowledges_is_replaced(tmp_path):
             ["plums", "1", str(job_probe(status))]]
         # The live assignees acknowledged on chain (the processing role's job.ack, or their result).
         assert all(a["acked_height"] is not None for a in status["assignments"] if a["status"] == "delivered")
-        by_peer = {p.identity.peer_id: p for p in plans}
-        acked = processes.log_file(directory, by_peer[survivor].name).read_text()
-        assert any("assignments acknowledged" in line and job_id in line for line in acked.splitlines())
         assert_alive(directory, [p.name for p in plans if p is not victim])
         print(f"dead assignee: job verified {took:.1f} s after its submission began")
 
