@@ -38,8 +38,9 @@ on: a validator that finds it so, from a peer's answer, signs at once, so a
 brand-new network starts without any flag. ``unsafe_sign_immediately`` (the
 ``--unsafe-sign-immediately`` flag) skips the wait on purpose.
 
-Sans-I/O: the shell (node/consensus/service.py) reports what happened and
-builds the IBFT core with a signing identity only once :attr:`open`.
+Sans-I/O: the shell reports what happened (node/consensus/gate_watch.py)
+and builds the IBFT core with a signing identity only once :attr:`open`
+(node/consensus/service.py).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ from libp2p.network.stream.exceptions import StreamError
 from node.base.errors import TX_REJECTED, ErrorCode
 from node.base.keys import peer_id_from_public_key
 from node.consensus.block import Block, tx_hash
+from node.consensus.commits import BlockSummary
 from node.consensus.mempool import Admission
-from node.consensus.service import BlockSummary, ConsensusService
+from node.consensus.service import ConsensusService
 from node.consensus.tx import TxErrorCode, decode_tx
 from node.p2p.framing import FrameError
 from node.p2p.jsonrpc import CallContext, Registry, RpcError

@@ -24,10 +24,11 @@ blocks to the inbox.
 
 A validator that starts without its safety state (a wiped data directory)
 follows the chain without signing until the :class:`SigningGate` opens
-(node/consensus/gate.py): synced to the head, then ``double_sign_check_height``
-heights finalised without it. A safety state that cannot be written stops
-the service before what was to be signed is sent (:class:`SafetyWriteError`,
-which the daemon reports as one line and an exit code).
+(node/consensus/gate.py; what it is told and when, node/consensus/gate_watch.py):
+synced to the head, then ``double_sign_check_height`` heights finalised
+without it. A safety state that cannot be written stops the service before
+what was to be signed is sent (:class:`SafetyWriteError`, which the daemon
+reports as one line and an exit code).
 
 The role is per height: the node signs at height h iff its key is in the
 application's ``validator_set_at(h)`` (the core reads it when it enters h).
@@ -36,13 +37,16 @@ voted in starts signing at its first height with no restart (and, if it
 never had safety state, only once the gate let it: a key that sealed the
 last blocks before a wipe waits as a restarted validator does), and one
 voted out stops at its first height outside the set.
+
+A finalised block is stored, applied and announced (commit events,
+subscriptions, recent blocks) by :class:`BlockCommits`
+(node/consensus/commits.py).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +57,9 @@ from libp2p.peer.id import ID
 from node.base.keys import Identity
 from node.consensus.app import Application, EmptyApplication
 from node.consensus.block import Block, BlockError, BlockHeader, genesis_header
+from node.consensus.commits import BlockCommits, BlockSummary
 from node.consensus.gate import SigningGate
+from node.consensus.gate_watch import GateWatch
 from node.consensus.genesis import Genesis
 from node.consensus.ibft import IbftCore
 from node.consensus.mempool import Admission, Mempool, MempoolConfig
@@ -83,23 +89,10 @@ IBFT_PROTOCOL = "/metanode/ibft/1.0.0"
 SAFETY_FILE = "consensus-safety.cbor"
 
 INBOX_SIZE = 4096
-GATE_SYNC_INTERVAL_S = 1.0  # a validator without safety state retries learning the head this often
 DOUBLE_SIGN_CHECK_HEIGHT = 2  # the [consensus] key's default
-RECENT_BLOCKS = 64
 DEFAULT_MEMPOOL = MempoolConfig()  # frozen: one shared default
 
 log = structlog.get_logger("metanode.consensus")
-
-
-@dataclass(frozen=True)
-class BlockSummary:
-    height: int
-    hash: bytes
-    round: int
-    commit_round: int
-    timestamp_ms: int
-    tx_count: int
-    proposer: bytes
 
 
 class ConsensusService:
@@ -141,8 +134,8 @@ class ConsensusService:
         # One decode per transaction on this node: the mempool, the block check,
         # the store and the application all go through this cache (the
         # application reads it as ``store.tx_cache``); a block's entries are
-        # evicted by the mempool's on_commit, the last step of _commit that
-        # decodes.
+        # evicted by the mempool's on_commit, the last step of
+        # BlockCommits.commit that decodes.
         self.tx_cache = DecodedTxCache.for_limits(
             pool_txs=mempool_config.max_txs, pool_bytes=mempool_config.max_bytes,
             block_txs=genesis.limits.max_txs_per_block, block_bytes=genesis.limits.max_block_bytes,
@@ -166,12 +159,13 @@ class ConsensusService:
         self._was_validator = self.is_validator
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](INBOX_SIZE)
         self._timer = WallClockTimer(now_ms, lambda: self._post("tick"))
-        self._committed: dict[bytes, trio.Event] = {}
-        self._subscribers: list[trio.MemorySendChannel[BlockSummary]] = []
+        self.commits = BlockCommits(store=self.store, app=self.app, mempool=self.mempool)
         self.links: PeerLinks | None = None
         self.sync = BlockSync(host=host, store=self.store, max_frame=max_frame,
                               height=lambda: self.core.height, deliver=lambda block: self._post("block", block))
-        self.recent: deque[BlockSummary] = deque(maxlen=RECENT_BLOCKS)
+        self.gate_watch = GateWatch(gate=self.gate, key=identity.public_key, core=lambda: self.core, store=self.store,
+                                    app=self.app, sync=self.sync, safety_path=self.safety.path,
+                                    start_signing=self._start_signing, post_synced=lambda answered: self._post("gate-synced", answered))
         self.dropped_inbox = 0
         self._txs_posted = False  # a "txs" event is in the inbox: one is enough
         limits = genesis.limits
@@ -179,7 +173,6 @@ class ConsensusService:
                                next_proposal=lambda blocks: self.mempool.reap(blocks * (limits.max_block_bytes // 2),
                                                                               blocks * limits.max_txs_per_block))
         self.started = False
-        self.on_finalized: list[Callable[[Block], None]] = []
         # Handlers go in before the host listens: a peer's identify record of
         # this node is taken when it connects and never refreshed by a later
         # set_stream_handler, and gossip skips peers whose record lacks the
@@ -262,6 +255,28 @@ class ConsensusService:
         """A copy of the core's event counters (dropped messages, timeouts...)."""
         return dict(self.core.counters)
 
+    # -- finalised blocks (node/consensus/commits.py) -----------------------------
+    @property
+    def recent(self) -> deque[BlockSummary]:
+        """The summaries of the last finalised blocks, oldest first."""
+        return self.commits.recent
+
+    @property
+    def on_finalized(self) -> list[Callable[[Block], None]]:
+        """Callbacks called with each finalised block, once it is stored and applied."""
+        return self.commits.on_finalized
+
+    def commit_event(self, tx_hash_: bytes) -> trio.Event:
+        """An event set when ``tx_hash_`` is finalised."""
+        return self.commits.commit_event(tx_hash_)
+
+    def forget_waiter(self, tx_hash_: bytes) -> None:
+        self.commits.forget_waiter(tx_hash_)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[BlockSummary]:
+        """A channel fed the summary of every block finalised from now on."""
+        return self.commits.subscribe()
+
     # -- lifecycle --------------------------------------------------------------
     def _when_ready(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def gated(stream: Any) -> None:
@@ -284,54 +299,17 @@ class ConsensusService:
             await self.sync.catch_up(feed=self._feed_block)
             self.started = True
             if not self.gate.open:
-                self._gate_synced(self.sync.peer_answered, starting=True)
+                self.gate_watch.synced(self.sync.peer_answered, starting=True)
             self._apply(self.core.start(now_ms()))
             log.info("consensus started", height=self.core.height, validator=self.is_validator,
                      signing=self.gate.open if self.is_validator else False, validators=len(self.validators))
             if not self.gate.open:
-                nursery.start_soon(self._learn_head_for_gate)
+                nursery.start_soon(self.gate_watch.learn_head)
             async for kind, payload in self._inbox:
                 self._handle_event(kind, payload)
 
-    # -- the signing gate (node/consensus/gate.py) ---------------------------------
-    def _gate_synced(self, peer_answered: bool, *, starting: bool = False) -> None:
-        """A sync attempt ended: tell the gate where the head is; sign if it opens.
-        Every node runs it (any node may be voted in); only a validator of the
-        current height is loud about waiting."""
-        if self.gate.state != "await-sync":
-            return  # decided already (a later sweep's report was still queued)
-        alone = self.core.validators.keys == (self.identity.public_key,)
-        head, sealed = self.core.tip.height, self._sealed_recently()
-        if (peer_answered and not sealed and self.gate.wants_copies(head, alone=alone)
-                and any(self.identity.public_key in self.app.validator_set_at(h) for h in self.gate.window(head))):
-            # Our copy holds one peer's quorums, which may lack us though we sealed:
-            # decided once _learn_head_for_gate has read the validator peers' copies.
-            if starting and self.is_validator:
-                log.info("validator not signing yet: reading peers' copies of the last blocks' seals",
-                         head=head, check_heights=self.gate.check_heights)
-            return
-        opened = self.gate.synced(head, peer_answered=peer_answered, alone=alone, sealed_recently=sealed)
-        if opened:
-            self._start_signing(starting=starting)
-        elif self.is_validator and (self.gate.state != "await-sync" or starting):
-            # Loud on purpose: a validator that does not vote is a validator the chain lacks.
-            log.warning("validator not signing: double-sign protection after a start without safety state",
-                        reason=self.gate.reason, safety_file=str(self.safety.path))
-
-    def _sealed_recently(self) -> bool:
-        """Whether our key sealed or proposed one of the last ``double_sign_check_height``
-        finalised blocks in our own copy (verified when stored, so the key is enough)."""
-        me = self.identity.public_key
-        for height in self.gate.window(self.core.tip.height):
-            stored = self.store.block_by_height(height)
-            if stored is None:
-                continue
-            block = Block.decode(stored.block)
-            if block.header.proposer == me or any(key == me for key, _ in block.seals):
-                return True
-        return False
-
-    def _start_signing(self, *, starting: bool = False) -> None:
+    # -- the signing gate (node/consensus/gate.py, gate_watch.py) --------------------
+    def _start_signing(self, starting: bool = False) -> None:
         """The gate opened: record from where our signatures are tracked, and
         rebuild the core with our key on the current tip (at a height boundary:
         right after a finalised block, or before the core started)."""
@@ -347,26 +325,6 @@ class ConsensusService:
             log.info("signing key ready should this node be voted in", reason=self.gate.reason, from_height=tip + 1)
         if not starting:
             self._apply(self.core.start(now_ms()))
-
-    async def _learn_head_for_gate(self) -> None:
-        """Without safety state: keep asking peers for blocks until one answers
-        (only then is the head known), then read the validator peers' copies of
-        the last blocks for the gate's seal check (:meth:`BlockSync.copies`)."""
-        pause = 0.0 if self.sync.peer_answered else GATE_SYNC_INTERVAL_S  # synced at start: read the copies now
-        while self.gate.state == "await-sync":
-            await trio.sleep(pause)
-            pause = GATE_SYNC_INTERVAL_S
-            answered = await self.sync.sweep()
-            me, head = self.identity.public_key, self.core.tip.height
-            alone = self.core.validators.keys == (me,)
-            window = self.gate.window(head)
-            if (answered and self.gate.wants_copies(head, alone=alone)
-                    and any(me in self.app.validator_set_at(h) for h in window)):
-                # Blocks the sweep delivered may still wait in the inbox: the window then
-                # starts lower, so more heights are checked (BlockSync.copies reads on past it).
-                others = [key for key in self.core.validators.keys if key != me]
-                self.gate.copies_read(me, await self.sync.copies(window.start, heights=len(window), validators=others))
-            self._post("gate-synced", answered)
 
     # -- the actor ----------------------------------------------------------------
     def _post(self, kind: str, payload: Any = None) -> None:
@@ -384,7 +342,7 @@ class ConsensusService:
         elif kind == "tick":
             self._apply(self.core.tick(now))
         elif kind == "gate-synced":
-            self._gate_synced(bool(payload))
+            self.gate_watch.synced(bool(payload))
         elif kind == "txs":
             self._apply([])
 
@@ -447,7 +405,7 @@ class ConsensusService:
             elif isinstance(output, NeedProposal):
                 self._propose(output)
             elif isinstance(output, Finalized):
-                self._commit(output.block)
+                self.commits.commit(output.block)
                 finalized = True
             elif isinstance(output, NeedSync):
                 self.sync.request(output)
@@ -477,34 +435,6 @@ class ConsensusService:
             return False
         return self.app.accepts_proposal(header, txs)
 
-    def _commit(self, block: Block) -> None:
-        header = block.header
-        self.store.append_block(
-            height=header.height, block_hash=block.hash, parent_hash=header.parent_hash,
-            timestamp_ms=header.timestamp_ms, proposer=header.proposer, block=block.encode(),
-            txs=list(block.transactions),
-        )
-        self.app.apply_final_block(block)
-        hashes = block.tx_hashes
-        self.mempool.on_commit(header.height, block.transactions, hashes)
-        summary = BlockSummary(header.height, block.hash, header.round, block.commit_round,
-                               header.timestamp_ms, len(block.transactions), header.proposer)
-        self.recent.append(summary)
-        for digest in hashes if self._committed else ():
-            waiter = self._committed.pop(digest, None)
-            if waiter is not None:
-                waiter.set()
-        for callback in self.on_finalized:
-            callback(block)
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(summary)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                # A subscriber that cannot keep up is dropped: closing its channel ends its
-                # forwarding task (and frees its stream) instead of leaving it waiting forever.
-                self._subscribers.remove(channel)
-                channel.close()
-
     # -- inbound protocols ------------------------------------------------------------
     async def _handle_ibft(self, stream: Any) -> None:
         framed = FramedStream(stream, self.max_frame)
@@ -530,20 +460,3 @@ class ConsensusService:
             self._txs_posted = True  # wake the actor, which owns the core
             self._post("txs")
         return admission
-
-    def commit_event(self, tx_hash_: bytes) -> trio.Event:
-        """An event set when ``tx_hash_`` is finalised."""
-        event = self._committed.get(tx_hash_)
-        if event is None:
-            event = self._committed[tx_hash_] = trio.Event()
-        return event
-
-    def forget_waiter(self, tx_hash_: bytes) -> None:
-        event = self._committed.get(tx_hash_)
-        if event is not None and not event.is_set():
-            self._committed.pop(tx_hash_, None)
-
-    def subscribe(self) -> trio.MemoryReceiveChannel[BlockSummary]:
-        send, receive = trio.open_memory_channel[BlockSummary](256)
-        self._subscribers.append(send)
-        return receive

@@ -14,7 +14,7 @@ import duckdb
 from node.app.decisions import scheduler_keys, unattested_decisions
 from node.base.codec import hash_tagged
 from node.base.keys import Identity
-from node.consensus.service import BlockSummary
+from node.consensus.commits import BlockSummary
 from node.roles.issuer import NodeIssuer
 from node.roles.scheduler import (
     ATTEST_FALLBACK_BLOCKS,
