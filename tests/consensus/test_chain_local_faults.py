@@ -83,7 +83,8 @@ def test_safety_save_on_a_full_disk_refuses_and_leaves_the_old_state(tmp_path):
         store.save(SafetyState(height=3, round=0, step=1, signed_payload=b"p"))
         fill(disk)
         with pytest.raises(SafetyWriteError) as info:
-            store.save(SafetyState(height=3, round=0, step=2, signed_payload=b"q" * 100))
+            # more than the free room of the page the file already has: the append needs a new block
+            store.save(SafetyState(height=3, round=0, step=2, signed_payload=b"q" * 8192))
         message = str(info.value)
         assert str(disk) in message and "No space left on device" in message and "stopped voting" in message
         assert info.value.exit_code == EXIT_DATA_DIR
