@@ -107,9 +107,9 @@ class ChainApplication:
         if cached is not None:
             return list(cached)
         carried: dict[bytes, Receipt] = {}
-        refused = self.refused_attestations(decoded, height)
-        for index, tx in enumerate(decoded):
-            receipts = self._carried(tx)
+        carried_by = [self._carried(tx) for tx in decoded]  # parsed (signatures checked) once here
+        refused = self._refused_attestations(decoded, carried_by, height)
+        for index, receipts in enumerate(carried_by):
             if index in refused or misdated_receipt(receipts, height) is not None:
                 continue
             for receipt in receipts:
@@ -137,8 +137,13 @@ class ChainApplication:
         block's). Reads only; nothing is written. Empty when the rule
         ``attest_once`` is 0 at ``height`` (a chain started before it: the
         state refuses no batch for its attestations, and the log keeps them)."""
+        return self._refused_attestations(txs, [self._carried(tx) for tx in txs], height)
+
+    def _refused_attestations(self, txs: Sequence[Transaction], carried_by: Sequence[Sequence[Receipt]],
+                              height: int) -> set[int]:
+        """:meth:`refused_attestations`, given each transaction's carried receipts."""
         batches = [i for i, tx in enumerate(txs) if tx.type == RECEIPTS_BATCH]
-        attesting = {i for i in batches if attests(carried_receipts(txs[i]))}
+        attesting = {i for i in batches if attests(carried_by[i])}
         if not attesting:
             return set()
         if self.state.next_height() != height:  # the check would read another state than the block's
@@ -153,14 +158,17 @@ class ChainApplication:
         entry = STATE_TX_TYPES[RECEIPTS_BATCH]
         ctx = BlockContext.start(height, bytes(32), 0, bytes(64))  # thrown away: only the working state matters
         refused: set[int] = set()
+        parsed: list[tuple[int, Any]] = []
         for i in batches:
-            tx = txs[i]
             try:
-                payload = parse_payload(tx, rules)
+                parsed.append((i, parse_payload(txs[i], rules)))
             except PayloadError:
                 refused.add(i)
-                continue
-            ws.prefetch([entry.reads(tx, payload)])
+        # Every batch's rows in one read, as the state machine reads a block's (a row a batch
+        # adds or changes is in the working state's memory, which wins over the stored one).
+        ws.prefetch([entry.reads(txs[i], payload) for i, payload in parsed])
+        for i, payload in parsed:
+            tx = txs[i]
             carried = entry.carries(payload) if entry.carries else ()
             if misdated_receipt(carried, height) is not None or entry.check(ws, tx, payload) is not None:
                 refused.add(i)

@@ -25,6 +25,16 @@ keys through the primary-key index (leaves are written contiguously from 0:
 leaf ``n - 1`` present and leaf ``n`` absent means exactly ``n``); a failed
 probe falls back to a count. So an instance is exact after a rollback too;
 another instance appending to the same database would go unseen (one writer).
+
+Asking whether ids are in the log (:meth:`ReceiptLog.present`, once per block,
+mostly for ids that are not) would scan the table: DuckDB does not look the
+BLOB ``receipt_id`` up through its index (measured: ~0.5 ms per lookup, 3 ms
+for a block's ids, on a 50k-leaf log, growing with it). So an instance also
+keeps a fixed-size Bloom filter of every id it counted at open or appended:
+a superset of the log (an append rolled back leaves its bits set), so an id
+it misses is certainly not in the log, and only its hits are asked of the
+table. Answers stay exact (what this connection sees); the filter only saves
+queries.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from node.receipts.envelope import Receipt
 _LEVEL_SHIFT = 56
 _MAX_LEAVES = 1 << _LEVEL_SHIFT
 _LOOKUP_CHUNK = 1000
+_FILTER_LOAD_CHUNK = 100_000  # leaves read per query when an instance fills its id filter at open
 
 _SCHEMA = (
     f"""
@@ -112,6 +123,11 @@ class ReceiptLog:
         for statement in _SCHEMA:
             conn.execute(statement)
         self._size = _count(conn)
+        self._filter = _IdFilter()
+        for start in range(0, self._size, _FILTER_LOAD_CHUNK):  # every leaf, in chunks (bounded memory)
+            self._filter.add_all(bytes(row[0]) for row in conn.execute(
+                "SELECT receipt_id FROM receipt_log_nodes WHERE node >= ? AND node < ?",
+                [start, min(start + _FILTER_LOAD_CHUNK, _MAX_LEAVES)]).fetchall())
         # True from an append until a probe finds its rows committed (see the
         # module docstring); at open too, as the caller may be inside a transaction.
         self._unconfirmed = True
@@ -164,8 +180,10 @@ class ReceiptLog:
 
     def index_of(self, receipt_id: bytes) -> int | None:
         """Position of a receipt id in the log, or None if it is not there."""
+        if not self._filter.may_hold(_check_id(receipt_id)):
+            return None
         row = self._conn.execute(
-            "SELECT node FROM receipt_log_nodes WHERE receipt_id = ?", [_check_id(receipt_id)]
+            "SELECT node FROM receipt_log_nodes WHERE receipt_id = ?", [receipt_id]
         ).fetchone()
         return None if row is None else int(row[0])
 
@@ -231,7 +249,7 @@ class ReceiptLog:
     def present(self, receipt_ids: Sequence[bytes]) -> set[bytes]:
         """Which of ``receipt_ids`` are in the log (one query per thousand ids)."""
         found: set[bytes] = set()
-        ids = [_check_id(rid) for rid in receipt_ids]
+        ids = [rid for rid in (_check_id(rid) for rid in receipt_ids) if self._filter.may_hold(rid)]
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
             rows = self._conn.execute(
@@ -251,6 +269,7 @@ class ReceiptLog:
         formed, new_frontier = append_subtrees(size, frontier, [leaf_hash(rid) for rid in ids])
         leaf_ids = iter(ids)  # formed lists each leaf before the nodes it completes
         self._unconfirmed = True  # set first: a failed insert aborts the caller's transaction
+        self._filter.add_all(ids)  # before the insert too: the filter must stay a superset
         self._conn.execute(
             "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",
             [
@@ -315,6 +334,35 @@ class ReceiptLog:
         if len(found) != len(set(coords)):
             raise LogError(f"size {size} is beyond the log")
         return found
+
+
+class _IdFilter:
+    """A Bloom filter of receipt ids: ``may_hold`` is True for every id added
+    (and, rarely, for others). Fixed size: 2**24 bits (2 MiB), three probes
+    taken from the id's own bytes (an id is a SHA-256 digest); false
+    positives stay below 0.5% up to a million leaves, 0.002% at 50k. A
+    false positive costs one query, never a wrong answer."""
+
+    _BITS = 1 << 24
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self._BITS // 8)
+
+    @classmethod
+    def _positions(cls, receipt_id: bytes) -> tuple[int, int, int]:
+        mask = cls._BITS - 1
+        return (int.from_bytes(receipt_id[0:4], "big") & mask, int.from_bytes(receipt_id[4:8], "big") & mask,
+                int.from_bytes(receipt_id[8:12], "big") & mask)
+
+    def add_all(self, receipt_ids: Iterable[bytes]) -> None:
+        bits = self._bits
+        for receipt_id in receipt_ids:
+            for position in self._positions(receipt_id):
+                bits[position >> 3] |= 1 << (position & 7)
+
+    def may_hold(self, receipt_id: bytes) -> bool:
+        bits = self._bits
+        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(receipt_id))
 
 
 def _count(conn: duckdb.DuckDBPyConnection) -> int:
