@@ -14,6 +14,7 @@ deterministic, so one issuer produces one envelope per body).
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -165,13 +166,26 @@ def decode_receipt(envelope: bytes) -> Receipt:
     return Receipt(envelope, receipt_id(envelope), body, body_bytes, signature)
 
 
+# Ids of envelopes whose signature checked out. A node checks the same envelope
+# when the mempool admits its transaction, when the block is validated, when its
+# attestation is judged and when the state applies it; the id is a hash of the
+# whole envelope (signature included), so a remembered id means the very same
+# bytes, and the same answer. Bounded: oldest forgotten first (32 bytes each).
+SIGNATURE_CACHE_SIZE = 16_384
+_SIGNATURE_CHECKED: OrderedDict[bytes, None] = OrderedDict()
+
+
 def verify_receipt(envelope: bytes, *, issuer_key: bytes | None = None) -> Receipt:
     """Fully verify an envelope: everything :func:`decode_receipt` checks,
     then the issuer's signature, then (if given) that ``issuer_key`` signed
     it. Returns the receipt; raises ReceiptError with a :class:`Reason`."""
     receipt = decode_receipt(envelope)
-    if not verify(receipt.issuer_key, RECEIPT_SIGN_TAG, receipt.body_bytes, receipt.signature):
-        raise ReceiptError(Reason.BAD_SIGNATURE, "signature is not the issuer's over the body", "sig")
+    if receipt.id not in _SIGNATURE_CHECKED:
+        if not verify(receipt.issuer_key, RECEIPT_SIGN_TAG, receipt.body_bytes, receipt.signature):
+            raise ReceiptError(Reason.BAD_SIGNATURE, "signature is not the issuer's over the body", "sig")
+        _SIGNATURE_CHECKED[receipt.id] = None
+        if len(_SIGNATURE_CHECKED) > SIGNATURE_CACHE_SIZE:
+            _SIGNATURE_CHECKED.popitem(last=False)
     if issuer_key is not None and receipt.issuer_key != issuer_key:
         raise ReceiptError(
             Reason.UNEXPECTED_ISSUER, f"signed by {receipt.issuer_node}, not the expected key", "issuer.key"

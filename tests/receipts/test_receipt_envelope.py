@@ -156,6 +156,22 @@ def test_signature_failures() -> None:
     assert error.reason == Reason.UNEXPECTED_ISSUER
 
 
+def test_a_remembered_signature_check_answers_only_for_the_same_bytes() -> None:
+    """verify_receipt remembers envelopes whose signature checked out (a node sees
+    each several times): a good envelope verifies again, the same body under a bad
+    signature is still refused, and the expected-issuer check still runs."""
+    receipt = build("data.store", prev=digest("remembered"))
+    assert verify_receipt(receipt.envelope).id == verify_receipt(receipt.envelope).id == receipt.id
+    body = dict(receipt.body)
+    forged = sign_body(body, identity=NODE_B)  # same body, another key's signature
+    assert failure(forged).reason == Reason.BAD_SIGNATURE
+    flipped = bytearray(receipt.envelope)
+    at = bytes(flipped).index(receipt.signature) + 5
+    flipped[at] ^= 0x01
+    assert failure(bytes(flipped)).reason == Reason.BAD_SIGNATURE
+    assert failure(receipt.envelope, issuer_key=NODE_B.public_key).reason == Reason.UNEXPECTED_ISSUER
+
+
 def test_encoding_failures() -> None:
     receipt = build("job.exec")
     outer = codec.decode(receipt.envelope)
