@@ -40,7 +40,8 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from node.app.model import BlockContext, ReceiptBody
-from node.app.working import DecisionRow, WorkingState
+from node.app.state_rows import DecisionRow
+from node.app.working import WorkingState
 from node.base.codec import decode, encode, hash_tagged, to_hex
 from node.receipts.envelope import Receipt
 

@@ -58,8 +58,9 @@ from node.app.payloads import GovPropose, GovVote
 from node.app.policy import NODE_ROLES_ADMITTED, Governance, votes_needed
 from node.app.rule_changes import SET_RULE, SET_RULE_FIELDS, SET_RULE_OPTIONAL
 from node.app.rules import ChainRules
+from node.app.state_rows import NodeRow
 from node.app.validator_sets import ADD_VALIDATOR, REMOVE_VALIDATOR, VALIDATOR_CHANGES, validator_json
-from node.app.working import NodeRow, Reads, WorkingState
+from node.app.working import Reads, WorkingState
 from node.base.codec import decode, encode, to_hex
 from node.base.keys import peer_id_from_public_key
 from node.consensus.tx import Transaction

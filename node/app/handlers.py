@@ -39,7 +39,8 @@ from node.app.payloads import (
     NodeRegister,
     ReceiptsBatch,
 )
-from node.app.working import AssignmentRow, JobRow, NodeRow, Reads, ResultRow, WorkingState
+from node.app.state_rows import AssignmentRow, JobRow, NodeRow, ResultRow
+from node.app.working import Reads, WorkingState
 from node.base.codec import encode, to_hex
 from node.base.keys import peer_id_from_public_key
 from node.consensus.tx import Transaction

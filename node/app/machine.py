@@ -56,9 +56,10 @@ from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rule_changes import RuleSchedule
 from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.state_hints import StateHints
 from node.app.txtypes import STATE_TX_TYPES, Payload, misdated_receipt, parse_payload, reads_of
 from node.app.validator_sets import ValidatorHistory
-from node.app.working import StateHints, WorkingState
+from node.app.working import WorkingState
 from node.base.codec import to_hex
 from node.base.db import transaction
 from node.consensus.block import SEED_SIZE, Block

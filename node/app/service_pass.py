@@ -46,7 +46,8 @@ from node.app.model import (
 from node.app.rules import ChainRules
 from node.app.scheduler import Candidate, rank_nodes
 from node.app.services import run_job_id
-from node.app.working import JobRow, PlacementRow, ServiceRow, WorkingState
+from node.app.state_rows import JobRow, PlacementRow, ServiceRow
+from node.app.working import WorkingState
 from node.base.codec import decode, encode
 
 PLACEMENT_KIND = "service.placement"

@@ -26,7 +26,8 @@ from node.app.lifecycle import finish_job
 from node.app.model import ACTIVE_STATES, CANCELLED, SERVICE_ACTIVE, SERVICE_STOPPED, BlockContext
 from node.app.payloads import ServiceDeploy, ServiceScale, ServiceStop
 from node.app.rules import ChainRules
-from node.app.working import Reads, ServiceRow, WorkingState
+from node.app.state_rows import ServiceRow
+from node.app.working import Reads, WorkingState
 from node.base.codec import encode, hash_tagged
 from node.cage.job import INPUT_NAME
 from node.consensus.tx import PayloadError, Transaction

@@ -5,9 +5,9 @@ applying transactions one SQL statement at a time costs tens of
 milliseconds per transaction. Instead, a block's transactions are parsed
 first, every row they can touch is loaded in a few bulk queries
 (:meth:`WorkingState.prefetch`), the transitions run on these Python
-objects, and :meth:`WorkingState.flush` writes the changed rows back with
-one upsert per table. A job is loaded whole: its row with its assignments
-and results.
+objects (node/app/state_rows.py), and :meth:`WorkingState.flush` writes
+the new and changed rows back in bulk (node/app/row_writes.py). A job is
+loaded whole: its row with its assignments and results.
 
 Everything happens inside the block's DuckDB transaction; the objects are
 thrown away with the block, so a rollback leaves nothing stale behind.
@@ -15,15 +15,33 @@ thrown away with the block, so a rollback leaves nothing stale behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
 from node.app.model import PENDING
 from node.app.policy import OPEN_GOVERNANCE, Governance
+from node.app.row_writes import Stored, insert, upsert, write_rows
 from node.app.rules import DEFAULT_RULES, ChainRules
+from node.app.state_hints import StateHints, assignment_expiry
+from node.app.state_rows import (
+    JOB_COLUMNS,
+    SERVICE_COLUMNS,
+    AssignmentRow,
+    DecisionRow,
+    JobRow,
+    NodeRow,
+    PlacementRow,
+    ResultRow,
+    ServiceRow,
+    bytes_row,
+    columns,
+    row_values,
+)
+
+_NO_HINTS = StateHints()  # the default: knows nothing about the committed state
 
 
 @dataclass(frozen=True)
@@ -38,184 +56,20 @@ class Reads:
     decisions: tuple[bytes, ...] = ()  # scheduler decisions by id (node/app/decisions.py)
 
 
-@dataclass
-class NodeRow:
-    node_key: bytes
-    peer_id: str
-    moniker: str
-    roles: str  # comma-joined, sorted
-    capacity: int
-    registered_height: int
-    updated_height: int
-    delivered: int
-    missed: int
-    last_missed_height: int | None  # last missed deadline, or last job.decline for a local fault
-    declined: int = 0  # assignments it declined (job.decline)
-
-
-@dataclass
-class AssignmentRow:
-    job_id: bytes
-    node_key: bytes
-    attempt: int
-    assigned_height: int
-    deadline: int
-    status: str
-    note: str | None = None  # why the node declined it ("<reason>: <detail>"), or missed it for want of an ack
-    acked_height: int | None = None  # the block of its job.ack (or of its result or decline)
-    ack_deadline: int | None = None  # unacknowledged at this height, it is missed (None: no ack required)
-
-
-@dataclass
-class ResultRow:
-    job_id: bytes
-    node_key: bytes
-    height: int
-    tx_hash: bytes
-    receipt_id: bytes
-    result: bytes
-    witness: bytes
-    exit: int
-    error: str | None = None  # what the node reported when the job failed (its claim, not checked)
-
-
-@dataclass
-class JobRow:
-    job_id: bytes
-    seq: int
-    tenant: bytes
-    type: str
-    inputs: bytes  # CBOR {input name: digest}
-    params: bytes  # CBOR map
-    replication: int
-    deadline_blocks: int
-    state: str
-    reason: str | None
-    attempt: int
-    submitted_height: int
-    scheduled_height: int | None = None
-    schedule_block: bytes | None = None
-    seed: bytes | None = None
-    clock: int | None = None
-    finished_height: int | None = None
-    service_id: bytes | None = None  # the service a run belongs to (None: a plain job.submit job)
-    run: int | None = None  # the run number within its service (1, 2, 3...)
-    policy: str = "processing"  # the DockLock policy name the assignees run it under
-    # Not columns: the job's rows in state_assignments / state_results, by node key.
-    assignments: dict[bytes, AssignmentRow] = field(default_factory=dict, compare=False)
-    results: dict[bytes, ResultRow] = field(default_factory=dict, compare=False)
-
-
-@dataclass
-class DecisionRow:
-    decision_id: bytes
-    kind: str  # job.schedule | job.verdict | service.placement
-    subject: bytes
-    height: int  # the block that first implied it
-    fields: bytes  # the receipt's kind fields, canonical CBOR
-    attested: bytes | None  # the receipt that attested it (None: not yet)
-
-
-@dataclass
-class PlacementRow:
-    service_id: bytes
-    slot: int  # 0, 1, 2...: the placement's order
-    node_key: bytes
-    since_height: int  # the block that placed the node in this slot
-
-
-@dataclass
-class ServiceRow:
-    service_id: bytes
-    tenant: bytes
-    name: str
-    type: str
-    inputs: bytes  # CBOR {input name: dataset name}
-    params: bytes  # CBOR map
-    replicas: int
-    policy: str
-    on_new_version: bool
-    every_blocks: int | None
-    deadline_blocks: int
-    state: str  # active | stopped
-    deployed_height: int
-    updated_height: int
-    runs: int  # runs started (the last run's number)
-    last_inputs: bytes | None  # CBOR {input name: digest} of the last run
-    verified_job: bytes | None = None
-    verified_run: int | None = None
-    verified_height: int | None = None
-    # Not a column: the rows in state_service_placements, in slot order.
-    placements: list[PlacementRow] = field(default_factory=list, compare=False)
-
-
-_PRIMARY_KEYS = {
-    "state_services": ("service_id",),
-    "state_nodes": ("node_key",),
-    "state_jobs": ("job_id",),
-    "state_assignments": ("job_id", "node_key"),
-    "state_results": ("job_id", "node_key"),
-    "state_decisions": ("decision_id",),
-}
-_UNIQUE_COLUMNS = {"state_jobs": ("seq",)}  # UNIQUE besides the primary key
-_JOB_COLUMNS = tuple(f.name for f in fields(JobRow) if f.name not in ("assignments", "results"))
-
-
-_SERVICE_COLUMNS = tuple(f.name for f in fields(ServiceRow) if f.name != "placements")
-
-
-def _columns(row_type: type) -> tuple[str, ...]:
-    if row_type is JobRow:
-        return _JOB_COLUMNS
-    if row_type is ServiceRow:
-        return _SERVICE_COLUMNS
-    return tuple(f.name for f in fields(row_type))
-
-
-def _bytes_row(values: Sequence[Any]) -> list[Any]:
-    # DuckDB may hand BLOBs back as bytearray or memoryview.
-    return [bytes(v) if isinstance(v, (bytearray, memoryview)) else v for v in values]
-
-
-def _values(row: Any) -> tuple[Any, ...]:
-    if isinstance(row, (JobRow, ServiceRow)):
-        return tuple(getattr(row, name) for name in _columns(type(row)))
-    return astuple(row)
-
-
-@dataclass(frozen=True)
-class StateHints:
-    """What the committed state is known NOT to hold, so a block may skip a
-    per-block query that would find nothing (an idle chain then applies a block
-    without reading the job tables). Bounds only: the state a block leaves is
-    the same with or without them. Kept in memory by the state machine, carried
-    from one committed block to the next; the default knows nothing."""
-
-    expiry_floor: int | None = None  # no pending assignment expires (deadline, unacked ack_deadline) below it
-    open_slots: bool = True  # an active job may have open slots
-    active_services: bool = True  # a service may be active
-    proposal_floor: int | None = None  # no pending governance proposal expires below it
-
-
-def assignment_expiry(a: AssignmentRow) -> int:
-    """The height at which a pending assignment is missed unless it delivers (or acknowledges) first."""
-    return a.deadline if a.ack_deadline is None or a.acked_height is not None else min(a.deadline, a.ack_deadline)
-
-
 class WorkingState:
     """Cached state rows of one block (or one pre-screened transaction)."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, governance: Governance = OPEN_GOVERNANCE,
                  validators: tuple[bytes, ...] | None = None, height: int = 0, *,
                  rules: ChainRules = DEFAULT_RULES, genesis_rules: ChainRules | None = None,
-                 hints: StateHints = StateHints()) -> None:
+                 hints: StateHints = _NO_HINTS) -> None:
         self.conn = conn
         self.hints = hints  # of the committed state this block starts from
         # expire_deadlines ran: no assignment pending before this block and not due in it expires below this
         self.expiry_floor_after: int | None = None
         self.open_slots_after: bool | None = None  # schedule_jobs ran: whether a job keeps open slots
         # (table, key) -> the row's values as the table holds them (read, or written by flush)
-        self._stored: dict[tuple[str, Any], tuple[Any, ...]] = {}
+        self._stored: Stored = {}
         self.height = height  # the block being applied (for a pre-screen: the next block)
         self.governance = governance  # genesis validators and admission policies (node/app/governance.py)
         # The validators of the block being applied (the state's set, node/app/validator_sets.py):
@@ -283,8 +137,8 @@ class WorkingState:
             self._decisions[decision.decision_id] = decision
 
     def _stored_decisions(self, ids: list[bytes]) -> list[DecisionRow]:
-        return [DecisionRow(*_bytes_row(row)) for row in self.conn.execute(
-            f"SELECT {', '.join(_columns(DecisionRow))} FROM state_decisions WHERE decision_id IN (SELECT unnest(?))",
+        return [DecisionRow(*bytes_row(row)) for row in self.conn.execute(
+            f"SELECT {', '.join(columns(DecisionRow))} FROM state_decisions WHERE decision_id IN (SELECT unnest(?))",
             [ids]).fetchall()]
 
     def _load_datasets(self, keys: set[tuple[bytes, bytes]]) -> None:
@@ -333,23 +187,23 @@ class WorkingState:
         for job_id in wanted:
             self._jobs[job_id] = None
         rows = self.conn.execute(
-            f"SELECT {', '.join(_JOB_COLUMNS)} FROM state_jobs WHERE job_id IN (SELECT unnest(?))", [wanted]
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM state_jobs WHERE job_id IN (SELECT unnest(?))", [wanted]
         ).fetchall()
         for row in rows:
-            job = JobRow(*_bytes_row(row))
+            job = JobRow(*bytes_row(row))
             self._jobs[job.job_id] = job
-            self._stored[("state_jobs", job.job_id)] = _values(job)
+            self._stored[("state_jobs", job.job_id)] = row_values(job)
         for table, row_type, attr in (
             ("state_assignments", AssignmentRow, "assignments"),
             ("state_results", ResultRow, "results"),
         ):
             for row in self.conn.execute(
-                f"SELECT {', '.join(_columns(row_type))} FROM {table} WHERE job_id IN (SELECT unnest(?))",
+                f"SELECT {', '.join(columns(row_type))} FROM {table} WHERE job_id IN (SELECT unnest(?))",
                 [wanted],
             ).fetchall():
-                child = row_type(*_bytes_row(row))
+                child = row_type(*bytes_row(row))
                 getattr(self._jobs[child.job_id], attr)[child.node_key] = child
-                self._stored[(table, (child.job_id, child.node_key))] = _values(child)
+                self._stored[(table, (child.job_id, child.node_key))] = row_values(child)
 
     # -- reading and changing ----------------------------------------------------
     def job(self, job_id: bytes) -> JobRow | None:
@@ -381,10 +235,10 @@ class WorkingState:
         """Every registered node, by key."""
         if self._nodes is None:
             self._nodes = {}
-            for row in self.conn.execute(f"SELECT {', '.join(_columns(NodeRow))} FROM state_nodes").fetchall():
-                node = NodeRow(*_bytes_row(row))
+            for row in self.conn.execute(f"SELECT {', '.join(columns(NodeRow))} FROM state_nodes").fetchall():
+                node = NodeRow(*bytes_row(row))
                 self._nodes[node.node_key] = node
-                self._stored[("state_nodes", node.node_key)] = _values(node)
+                self._stored[("state_nodes", node.node_key)] = row_values(node)
         return self._nodes
 
     def touch_node(self, node: NodeRow) -> None:
@@ -413,20 +267,20 @@ class WorkingState:
         return version
 
     def _load_services(self, where: str, args: list[Any]) -> None:
-        rows = self.conn.execute(f"SELECT {', '.join(_SERVICE_COLUMNS)} FROM state_services WHERE {where}",
+        rows = self.conn.execute(f"SELECT {', '.join(SERVICE_COLUMNS)} FROM state_services WHERE {where}",
                                  args).fetchall()
-        fresh = [ServiceRow(*_bytes_row(row)) for row in rows]
+        fresh = [ServiceRow(*bytes_row(row)) for row in rows]
         fresh = [service for service in fresh if service.service_id not in self._services]  # memory wins
         if not fresh:
             return
         for service in fresh:
             self._services[service.service_id] = service
         for row in self.conn.execute(
-            f"SELECT {', '.join(_columns(PlacementRow))} FROM state_service_placements "
+            f"SELECT {', '.join(columns(PlacementRow))} FROM state_service_placements "
             "WHERE service_id IN (SELECT unnest(?)) ORDER BY service_id, slot",
             [sorted(service.service_id for service in fresh)],
         ).fetchall():
-            placement = PlacementRow(*_bytes_row(row))
+            placement = PlacementRow(*bytes_row(row))
             self._services[placement.service_id].placements.append(placement)
 
     def services_of(self, tenant: bytes) -> list[ServiceRow]:
@@ -521,51 +375,29 @@ class WorkingState:
         """Write every changed row back (inside the caller's transaction)."""
         nodes = [self.nodes()[k] for k in sorted(self._dirty_nodes)]
         jobs = [job for job in (self._jobs[k] for k in sorted(self._dirty_jobs)) if job is not None]  # dirty: loaded
-        self._write_rows("state_nodes", _columns(NodeRow), [(n.node_key, n) for n in nodes])
-        self._write_rows("state_jobs", _JOB_COLUMNS, [(j.job_id, j) for j in jobs])
-        self._write_rows("state_assignments", _columns(AssignmentRow),
-                         [((j.job_id, key), a) for j in jobs for key, a in sorted(j.assignments.items())])
-        self._write_rows("state_results", _columns(ResultRow),
-                         [((j.job_id, key), r) for j in jobs for key, r in sorted(j.results.items())])
+        write_rows(self.conn, self._stored, "state_nodes", columns(NodeRow), [(n.node_key, n) for n in nodes])
+        write_rows(self.conn, self._stored, "state_jobs", JOB_COLUMNS, [(j.job_id, j) for j in jobs])
+        write_rows(self.conn, self._stored, "state_assignments", columns(AssignmentRow),
+                   [((j.job_id, key), a) for j in jobs for key, a in sorted(j.assignments.items())])
+        write_rows(self.conn, self._stored, "state_results", columns(ResultRow),
+                   [((j.job_id, key), r) for j in jobs for key, r in sorted(j.results.items())])
         services = [self._services[k] for k in sorted(self._dirty_services)]
-        _upsert(self.conn, "state_services", _SERVICE_COLUMNS, [_values(s) for s in services])
+        upsert(self.conn, "state_services", SERVICE_COLUMNS, [row_values(s) for s in services])
         if services:  # placements are rewritten whole (slots shift when a node leaves)
             self.conn.execute("DELETE FROM state_service_placements WHERE service_id IN (SELECT unnest(?))",
                               [[s.service_id for s in services]])
-            _insert(self.conn, "state_service_placements", [_values(p) for s in services for p in s.placements])
+            insert(self.conn, "state_service_placements", [row_values(p) for s in services for p in s.placements])
         if self._unchecked_decisions:
             self._check_added_decisions(set(self._unchecked_decisions))
-        _upsert(self.conn, "state_decisions", _columns(DecisionRow),
-                [_values(self._decisions[k]) for k in sorted(self._dirty_decisions)])
+        upsert(self.conn, "state_decisions", columns(DecisionRow),
+               [row_values(self._decisions[k]) for k in sorted(self._dirty_decisions)])
         for table, rows in self._inserts.items():
-            _insert(self.conn, table, rows)
+            insert(self.conn, table, rows)
             rows.clear()
         self._dirty_decisions.clear()
         self._dirty_nodes.clear()
         self._dirty_jobs.clear()
         self._dirty_services.clear()
-
-    def _write_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, Any]]) -> None:
-        """Write ``(key, row)`` pairs back: rows new to the table inserted, rows read
-        from it updated only if they changed (DuckDB CPU for a few rows: insert ~1 ms,
-        update ~2 ms, upsert ~4-6 ms; writing unchanged rows back cost an upsert each)."""
-        new: list[tuple[Any, ...]] = []
-        changed: list[tuple[Any, ...]] = []
-        moved: list[tuple[Any, ...]] = []
-        fixed = [columns.index(name) for name in _UNIQUE_COLUMNS.get(table, ())]
-        for key, row in rows:
-            values = _values(row)
-            stored = self._stored.get((table, key))
-            if stored is None:
-                new.append(values)
-            elif stored != values:
-                # An UPDATE of a row known to be there costs less than an upsert; one that
-                # would change a UNIQUE column (never done today) goes the general way.
-                (moved if any(stored[i] != values[i] for i in fixed) else changed).append(values)
-            self._stored[(table, key)] = values
-        _write(self.conn, f"INSERT INTO {table} ({', '.join(columns)})", new)
-        _update(self.conn, table, columns, changed)
-        _upsert(self.conn, table, columns, moved)
 
     def hints_after(self, proposal_floor: int | None) -> StateHints:
         """The hints of the state this block leaves (after :meth:`flush`)."""
@@ -580,36 +412,3 @@ class WorkingState:
             active_services=active if self._active_services_loaded else self.hints.active_services or active,
             proposal_floor=proposal_floor,
         )
-
-
-def _upsert(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    keys = _PRIMARY_KEYS[table]
-    updates = ", ".join(f"{name} = excluded.{name}" for name in columns if name not in keys)
-    _write(conn, f"INSERT INTO {table} ({', '.join(columns)})", rows,
-           f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}")
-
-
-def _update(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Rewrite rows that are in ``table`` (matched on the primary key), UNIQUE columns left as they are."""
-    if not rows:
-        return
-    keys, unique = _PRIMARY_KEYS[table], _UNIQUE_COLUMNS.get(table, ())
-    sets = ", ".join(f'"{name}" = v."{name}"' for name in columns if name not in keys and name not in unique)
-    match = " AND ".join(f'{table}."{name}" = v."{name}"' for name in keys)
-    values = ", ".join(f'unnest(?) AS "{name}"' for name in columns)
-    conn.execute(f"UPDATE {table} SET {sets} FROM (SELECT {values}) AS v WHERE {match}",
-                 [[row[i] for row in rows] for i in range(len(columns))])
-
-
-def _insert(conn: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
-    _write(conn, f"INSERT INTO {table}", rows)
-
-
-def _write(conn: duckdb.DuckDBPyConnection, head: str, rows: list[tuple], tail: str = "") -> None:
-    if not rows:
-        return
-    width = len(rows[0])
-    conn.execute(
-        f"{head} SELECT {', '.join(['unnest(?)'] * width)}{tail}",
-        [[row[i] for row in rows] for i in range(width)],
-    )

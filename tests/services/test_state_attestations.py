@@ -244,7 +244,8 @@ def test_an_old_state_schema_is_rebuilt_with_its_decisions_and_the_log_catches_u
 
 def test_a_decision_implied_again_keeps_its_first_height_and_attestation():
     """The working state adds a decision without a read; an earlier block's row wins, checked at flush or on read."""
-    from node.app.working import DecisionRow, WorkingState
+    from node.app.state_rows import DecisionRow
+    from node.app.working import WorkingState
 
     chain, body, height = scheduled_chain()
     receipt, tx = attest(chain, SCHED_A, body, height)

@@ -1,4 +1,4 @@
-"""The state machine's per-block hints (node/app/working.py StateHints) only skip
+"""The state machine's per-block hints (node/app/state_hints.py StateHints) only skip
 queries that would find nothing: a machine that uses them and one that starts
 every block knowing nothing reach the same state after every block."""
 
@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from node.app import DEFAULT_RULES, StateMachine
-from node.app.working import StateHints
+from node.app.state_hints import StateHints
 from tests.services.test_state_support import ALICE, NODES, Chain, block_seed, content_digest, random_scenario
 
 
