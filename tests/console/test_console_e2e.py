@@ -394,8 +394,11 @@ def test_a_job_submitted_with_the_cli_goes_to_verified_on_the_open_jobs_page(pag
     page.wait_for_selector(f"[data-testid=job-row][data-job='{job_id}'][data-state=verified]", timeout=WAIT_MS)
     assert page.evaluate("window.__sameDocument") is True  # no reload, no navigation
     seen = [state for job, state in page.evaluate("window.__seen") if job == job_id]
-    # drawn before it was verified (scheduled, a block earlier), then changed in place
-    assert seen[-1] == "verified" and len(seen) >= 2, f"the row's states on the page: {seen}"
+    # The row came live (it was not there when the page loaded) and ends verified. A job can
+    # now go from submitted to verified within one redraw of the list, so the states in
+    # between are not always drawn; a state changed in place is checked with scripted events
+    # in test_console_pages.py (test_a_job_event_changes_the_state_in_the_list_without_a_reload).
+    assert seen and seen[-1] == "verified", f"the row's states on the page: {seen}"
     screenshot(page, "jobs-live")
 
 
