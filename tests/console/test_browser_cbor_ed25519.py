@@ -6,11 +6,9 @@ accepts."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from verifier_browser import open_verifier_page
 
 from node.base import codec
 from node.base.keys import Identity
@@ -19,13 +17,6 @@ from node.base.keys import verify as nacl_verify
 # The browser takes a core: these tests run in the "processes" xdist group (tests/conftest.py), which
 # finds browser tests by the Playwright call in their text; here that call is in verifier_browser.py.
 pytestmark = pytest.mark.xdist_group("processes")
-
-
-@pytest.fixture(scope="module")
-def verifier_page() -> Iterator[Any]:
-    """One Chromium page for the module (verifier_browser.open_verifier_page)."""
-    with open_verifier_page() as page:
-        yield page
 
 
 _DECODE = """async (inputs) => {

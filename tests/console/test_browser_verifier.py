@@ -13,7 +13,6 @@ verifier_bundles.py's."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "receipts"))  # the receipts tests' shared builders
 
 from changing_chain import SHRUNK, ChangingChain, grow_changing_chain  # noqa: E402
-from verifier_browser import browser_outcomes, genesis_cbor, open_verifier_page, python_outcome  # noqa: E402
+from verifier_browser import browser_outcomes, genesis_cbor, python_outcome  # noqa: E402
 from verifier_bundles import (  # noqa: E402
     GENESIS,
     PROCESSING,
-    build_kinds_chain,
     changing_bundle,
     kinds_bundle,
     tampered_cases,
@@ -42,19 +40,6 @@ from node.receipts.verify import BundleVerifier, issuers_in, sealing_validators 
 # The browser takes a core: these tests run in the "processes" xdist group (tests/conftest.py), which
 # finds browser tests by the Playwright call in their text; here that call is in verifier_browser.py.
 pytestmark = pytest.mark.xdist_group("processes")
-
-
-@pytest.fixture(scope="module")
-def verifier_page() -> Iterator[Any]:
-    """One Chromium page for the module (verifier_browser.open_verifier_page)."""
-    with open_verifier_page() as page:
-        yield page
-
-
-@pytest.fixture(scope="module")
-def kinds_chain() -> DevChain:
-    """Three blocks, each with a receipt of every kind, the job.exec last (leaves 5, 11, 17)."""
-    return build_kinds_chain()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ node.receipts.verify.BundleVerifier does, in a real headless Chromium."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "receipts"))  # the
 
 from changing_chain import VALIDATORS  # noqa: E402
 from receipt_samples import VALID_FIELDS  # noqa: E402
-from verifier_browser import browser_outcomes, open_verifier_page, python_outcome  # noqa: E402
-from verifier_bundles import GENESIS, build_kinds_chain, digest, kinds_bundle  # noqa: E402
+from verifier_browser import browser_outcomes, python_outcome  # noqa: E402
+from verifier_bundles import GENESIS, digest, kinds_bundle  # noqa: E402
 
 from node.base import codec  # noqa: E402
 from node.base.keys import Identity  # noqa: E402
@@ -32,19 +31,6 @@ from node.receipts.verify import BundleVerifier  # noqa: E402
 # The browser takes a core: these tests run in the "processes" xdist group (tests/conftest.py), which
 # finds browser tests by the Playwright call in their text; here that call is in verifier_browser.py.
 pytestmark = pytest.mark.xdist_group("processes")
-
-
-@pytest.fixture(scope="module")
-def verifier_page() -> Iterator[Any]:
-    """One Chromium page for the module (verifier_browser.open_verifier_page)."""
-    with open_verifier_page() as page:
-        yield page
-
-
-@pytest.fixture(scope="module")
-def kinds_chain() -> DevChain:
-    """Three blocks, each with a receipt of every kind, the job.exec last (leaves 5, 11, 17)."""
-    return build_kinds_chain()
 
 
 def test_a_genesis_that_is_not_a_canonical_genesis_value_is_a_usage_error(verifier_page: Any, kinds_chain: DevChain) -> None:
