@@ -36,11 +36,10 @@ from node.app.model import (
 )
 from node.app.rules import ChainRules
 from node.app.scheduler import Candidate, choose_nodes
+from node.app.state_hints import NO_EXPIRY
 from node.app.state_rows import AssignmentRow, JobRow, NodeRow
 from node.app.working import WorkingState
 from node.base.codec import to_hex
-
-NO_EXPIRY = 2**63 - 1  # the expiry floor when nothing is pending (StateHints)
 
 
 def finish_job(ws: WorkingState, ctx: BlockContext, job: JobRow, state: str, reason: str | None) -> None:

@@ -56,7 +56,7 @@ from node.app.model import BlockContext, BlockEffects, Rejection
 from node.app.policy import OPEN_GOVERNANCE, Governance
 from node.app.rule_changes import RuleSchedule
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.state_hints import StateHints
+from node.app.state_hints import NO_EXPIRY, StateHints
 from node.app.txtypes import STATE_TX_TYPES, Payload, misdated_receipt, parse_payload, reads_of
 from node.app.validator_sets import ValidatorHistory
 from node.app.working import WorkingState
@@ -212,7 +212,7 @@ class StateMachine(queries.StateQueries):
     def may_have_assignments(self) -> bool:
         """False when the applied state is known to hold no pending assignment (a
         processing node then skips asking for its own on an idle chain's blocks)."""
-        return self._hints.expiry_floor != lifecycle.NO_EXPIRY
+        return self._hints.expiry_floor != NO_EXPIRY
 
     def _working_state(self, height: int, hints: StateHints | None = None) -> WorkingState:
         return WorkingState(self._conn, self.governance, self._validators.keys_at(height), height,
@@ -227,7 +227,7 @@ class StateMachine(queries.StateQueries):
         governance.expire_proposals(self._conn, height)
         row = self._conn.execute("SELECT min(expires_height) FROM state_proposals WHERE status = ?",
                                  [governance.PENDING]).fetchone()
-        return MAX_HEIGHT if row is None or row[0] is None else int(row[0])
+        return NO_EXPIRY if row is None or row[0] is None else int(row[0])
 
     def _parse(self, tx: Transaction, rules: ChainRules) -> tuple[Payload | None, str | None]:
         """(payload, None) for a valid state transaction under ``rules`` (those

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from node.app.state_rows import AssignmentRow
 
+NO_EXPIRY = 2**63 - 1  # a floor when nothing pending can expire (no assignment, no proposal)
+
 
 @dataclass(frozen=True)
 class StateHints:

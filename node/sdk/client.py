@@ -133,6 +133,8 @@ class AsyncClient(ServiceMethods):
 
     # -- transactions ---------------------------------------------------------------------
     def _connection(self) -> tuple[int, int]:
+        """Which connection to the node this is: what is learnt on one (the next
+        nonce, a subscription) is not assumed on the next."""
         return self.link.generation, id(self.rpc)
 
     async def _signed(self, tx_type: str, payload: Any, *, nonce: int | None = None) -> bytes:

@@ -99,6 +99,8 @@ class ServiceMethods:
 
         async def _submit(self, method: str, tx_type: str, payload: Any, *, timeout: float | None = None) -> Any: ...
 
+        def _connection(self) -> tuple[int, int]: ...
+
     async def prepare_service(self, name: str, *, job_type: str, inputs: Mapping[str, str] | str,
                               params: Mapping[str, Any] | None = None, replicas: int = 2, policy: str = "processing",
                               on_new_version: bool = True, every_blocks: int | None = None,
@@ -218,9 +220,9 @@ class ServiceMethods:
         try:
             # Once per connection: each chain_subscribe adds a stream of notifications,
             # and a client may wait for many jobs one after another.
-            if getattr(self, "_subscribed", None) != (self.link.generation, id(self.rpc)):
+            if getattr(self, "_subscribed", None) != self._connection():
                 await self.rpc.call("chain_subscribe")
-                self._subscribed = (self.link.generation, id(self.rpc))
+                self._subscribed = self._connection()
             notifications = self.rpc.notifications
         except RpcCallError:
             pass  # the node offers no subscription here: poll
