@@ -229,12 +229,18 @@ class ChainApplication:
 
     # -- finalised blocks ---------------------------------------------------------------
     def apply_final_block(self, block: Block) -> None:
-        """Append the block's receipts to the log, then apply it to the state machine."""
-        self._append_receipts(block)
+        """Apply the block to the state machine and append its receipts to the
+        log, in one DuckDB transaction (a COMMIT costs ~1.5 ms of CPU; and a
+        crash can no longer leave one without the other). Which receipts the
+        block logs is decided first, on the state before it (attestations)."""
+        new = self.receipts_in(block.transactions, block.height)
         effects = self.state.apply_block(
-            block.height, block.hash, block.header.timestamp_ms, [self.store.tx_cache.decode(t) for t in block.transactions],
-            seed=block.header.seed,
+            block.height, block.hash, block.header.timestamp_ms,
+            [self.store.tx_cache.decode(t) for t in block.transactions], seed=block.header.seed,
+            # Inside the state's transaction: a diverged log rolls the state back too.
+            on_applied=lambda _effects: self._log_receipts(block, new),
         )
+        self.receipts.committed()
         for callback in self.on_effects:
             callback(effects, block)
 
@@ -260,10 +266,16 @@ class ChainApplication:
         return sorted(found, key=lambda r: (r["height"], _LIFECYCLE.get(r["kind"], 9), r["index"]))
 
     def _append_receipts(self, block: Block) -> None:
+        """The block's receipts appended in a transaction of their own (catch-up
+        of a log left behind its state by an older node)."""
         new = self.receipts_in(block.transactions, block.height)
         with transaction(self.conn):
-            self.receipts.store(new)
-            head = self.receipts.append([r.id for r in new])
+            self._log_receipts(block, new)
+        self.receipts.committed()
+
+    def _log_receipts(self, block: Block, new: list[Receipt]) -> None:
+        self.receipts.store(new)
+        head = self.receipts.append([r.id for r in new])
         if (head.size, head.root) != (block.header.receipts_size, block.header.receipts_root):
             # The quorum sealed a head this node does not reproduce: its log
             # has diverged, and serving proofs from it would be wrong.

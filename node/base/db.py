@@ -145,7 +145,10 @@ def open_node_db(
 
 def _connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        conn = duckdb.connect(str(path), read_only=read_only)
+        # One thread: the node's statements are small point reads and writes,
+        # where waking a second worker costs more than it gives (a point query
+        # ~300 us of CPU with one thread, ~450 us with two; bench/duckdb_stmt.py).
+        conn = duckdb.connect(str(path), read_only=read_only, config={"threads": 1})
         # Touch the catalog so that a damaged file fails here rather than
         # half-way through the first store's setup.
         conn.execute("SELECT count(*) FROM duckdb_tables()").fetchone()

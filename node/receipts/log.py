@@ -25,6 +25,9 @@ keys through the primary-key index (leaves are written contiguously from 0:
 leaf ``n - 1`` present and leaf ``n`` absent means exactly ``n``); a failed
 probe falls back to a count. So an instance is exact after a rollback too;
 another instance appending to the same database would go unseen (one writer).
+A caller that owns the transaction says when it committed
+(:meth:`ReceiptLog.committed`), which spares the probe (a fresh cursor and
+a query, ~1.5 ms of CPU per block).
 
 Asking whether ids are in the log (:meth:`ReceiptLog.present`, once per block,
 mostly for ids that are not) would scan the table: DuckDB does not look the
@@ -141,6 +144,13 @@ class ReceiptLog:
         if self._unconfirmed:
             self._confirm()
         return self._size
+
+    def committed(self) -> None:
+        """The caller's transaction holding this instance's appends has
+        committed: the size in memory is the committed size. Call it only
+        after a successful COMMIT (after a rollback, say nothing: the next
+        read probes and recounts)."""
+        self._unconfirmed = False
 
     def _confirm(self) -> None:
         """Settle the size after an append: committed (then trusted until the

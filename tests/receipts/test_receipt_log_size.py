@@ -148,3 +148,45 @@ def test_the_same_size_reached_again_after_a_rollback_has_its_own_frontier() -> 
     check(log, conn, base + [rid(200), rid(201)])
     assert log.append([rid(202)]) == LogHead(6, merkle_root(base + [rid(200), rid(201), rid(202)]))
     check(log, conn, base + [rid(200), rid(201), rid(202)])
+
+
+class _Counting:
+    """A connection that counts the statements run through it (and its cursors)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, counter: list[int] | None = None) -> None:
+        self._conn, self.counter = conn, counter if counter is not None else [0]
+
+    def execute(self, *args: object) -> duckdb.DuckDBPyConnection:
+        self.counter[0] += 1
+        return self._conn.execute(*args)  # type: ignore[arg-type]
+
+    def cursor(self) -> _Counting:
+        return _Counting(self._conn.cursor(), self.counter)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def test_a_commit_the_caller_reports_spares_the_probe() -> None:
+    """After ``committed()`` the size is trusted without a query; without it
+    the next read still probes (and a rollback the caller does not report is
+    still found)."""
+    raw = duckdb.connect()
+    conn = _Counting(raw)
+    log = ReceiptLog(conn)  # type: ignore[arg-type]
+    with transaction(raw):
+        log.append([rid(0), rid(1)])
+    log.committed()
+    before = conn.counter[0]
+    assert log.size() == 2
+    assert conn.counter[0] == before  # no probe
+    with transaction(raw):
+        log.append([rid(2)])
+    before = conn.counter[0]
+    assert log.size() == 3
+    assert conn.counter[0] > before  # not reported: probed
+    with pytest.raises(RuntimeError):
+        with transaction(raw):
+            log.append([rid(3)])
+            raise RuntimeError("block refused")
+    check(log, raw, [rid(0), rid(1), rid(2)])
