@@ -43,6 +43,7 @@ from node.base.codec import to_hex
 from node.base.db import NodeDatabaseError, checkpoint_node_db, transaction, wal_size
 from node.base.errors import DataDirError, UserError
 from node.base.faults import data_dir_failure
+from node.consensus.recent_blocks import RecentBlocks
 from node.consensus.tx import Transaction, TxError
 from node.consensus.tx_caches import DecodedTxCache
 from node.consensus.tx_checks import next_nonces_after
@@ -173,6 +174,7 @@ class ChainStore:
                     "an empty one: the chain restarts from its genesis (or syncs from peers of this version)"
                 )
         self._head = self._load_head()
+        self._recent: RecentBlocks[StoredBlock] = RecentBlocks()  # committed blocks, newest (chain_block, sync)
         # Every sender's next nonce, in memory: the mempool asks on every
         # admission from a new sender, and a DuckDB point query (~0.5-1 ms)
         # costs more than the signature check. One entry per sender that ever
@@ -277,6 +279,8 @@ class ChainStore:
             raise type(fault)(f"{fault}; block {height} was not stored") from None
         self._head = ChainHead(height, block_hash)
         self._nonces.update(nonces)  # only once the transaction has committed
+        self._recent.add(StoredBlock(height, bytes(block_hash), bytes(parent_hash), timestamp_ms, bytes(proposer),
+                                     len(decoded), bytes(block)))
         if self._db_path is not None and wal_size(self._db_path) >= self.checkpoint_wal_bytes:
             self._checkpoint(height)
         return self._head
@@ -395,6 +399,9 @@ class ChainStore:
     def block_by_height(self, height: int) -> StoredBlock | None:
         if type(height) is not int or height < 0:
             return None
+        recent = self._recent.get(height)
+        if recent is not None:
+            return recent
         row = self._conn.execute(
             f"SELECT {_BLOCK_COLUMNS} FROM chain_blocks WHERE height = ?", (height,)
         ).fetchone()
