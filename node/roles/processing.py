@@ -95,7 +95,7 @@ import trio
 
 from node.app.chain_app import ChainApplication
 from node.app.jobtypes import job_type
-from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT, POLICY_UNAVAILABLE
+from node.app.model import INPUT_UNAVAILABLE, LOCAL_FAULT, POLICY_UNAVAILABLE, RUNNING, SCHEDULED
 from node.app.txtypes import JOB_ACK, MAX_ACK_JOBS
 from node.base.keys import Identity
 from node.cage.job import JobOutcome, JobSpec
@@ -120,6 +120,7 @@ MAX_DETAIL = 300  # the chain's bound on job.decline's detail and job.result's e
 ACK_AFTER_BLOCKS = 1
 MIN_ACK_BLOCKS_TO_WAIT = 4  # under a shorter ack_blocks rule every assignment is acknowledged at once
 DEFAULT_POLICY = "processing"  # the policy of a plain job (a job dict without "policy")
+RUN_STATES = (SCHEDULED, RUNNING)  # the job states in which an assignee runs its assignment
 
 # Outcome statuses that are a property of the job (see the module docstring).
 JOB_STATUSES = frozenset({"ok", "refused", "output_limit"})
@@ -240,6 +241,9 @@ class ProcessingService:
         self._tries: dict[tuple[str, int], int] = {}  # (job id, attempt) -> runs that could not run here
         self._acks_sent: dict[bytes, int] = {}  # job id -> finalized height when its job.ack was submitted
         self._first_seen: dict[bytes, int] = {}  # job id -> finalized height when it first waited for our ack
+        # job id -> what running it takes (StateQueries.jobs_to_run), for the pending assignments of
+        # jobs in a state it runs: read once per job, not on every block (see assigned_to_me).
+        self._run_fields: dict[bytes, dict[str, Any]] = {}
         self.completed = 0
         self.declined = 0
 
@@ -255,18 +259,48 @@ class ProcessingService:
         self._done &= pending
         self._tries = {key: count for key, count in self._tries.items() if key in pending}
         return [job for job in assigned
-                if job["state"] in ("scheduled", "running") and job["id"] not in self._running
+                if job["state"] in RUN_STATES and job["id"] not in self._running
                 and (job["id"], job["attempt"]) not in self._done]
+
+    def assigned_to_me(self) -> list[dict[str, Any]]:
+        """This node's pending assignments as :meth:`StateQueries.assignments_to_run`
+        lists them, from the assignments alone (``pending_runs_of``) and the
+        jobs' columns read only for jobs not held yet (``jobs_to_run``): one
+        cheaper statement on most blocks instead of a join.
+
+        What running a job takes (type, inputs, params, policy; seed and clock
+        fixed by the block that first scheduled it) never changes, and a job
+        with a pending assignment stays ``scheduled`` or ``running`` until it
+        ends (ending withdraws its pending assignments in the same block), so
+        only jobs found in those states are kept, and their ``state`` is the one
+        first read: it passes :meth:`pending_assignments` alike. A job in any
+        other state is read again on every block it stays pending."""
+        state = self.app.state
+        pending = state.pending_runs_of(self.key)
+        held = {job_id for job_id, _, _ in pending}
+        self._run_fields = {job_id: run for job_id, run in self._run_fields.items() if job_id in held}
+        fields = dict(self._run_fields)
+        missing = held - fields.keys()
+        if missing:
+            loaded = state.jobs_to_run(missing)
+            fields.update(loaded)
+            self._run_fields.update({job_id: run for job_id, run in loaded.items() if run["state"] in RUN_STATES})
+        return [{"id": job_id.hex(), "attempt": attempt, "wants_ack": wants_ack, **fields[job_id]}
+                for job_id, attempt, wants_ack in pending if job_id in fields]
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         blocks = self.chain.subscribe()
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for _ in blocks:
-                # One statement per block for both: a block adds work for a few jobs at most
+                # One read per block for both: a block adds work for a few jobs at most
                 # (none when the state holds no pending assignment at all).
                 state = self.app.state
-                assigned = state.assignments_to_run(self.key) if state.may_have_assignments() else []
+                if state.may_have_assignments():
+                    assigned = self.assigned_to_me()
+                else:
+                    assigned = []
+                    self._run_fields.clear()
                 self.acknowledge(assigned)
                 for job in self.pending_assignments(assigned):
                     if job["id"] not in self._running:  # a node holds a job once; stay safe if it did not
