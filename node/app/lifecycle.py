@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from node.app.decisions import record_decision
+from node.app.decisions import decision_id, record_decision
 from node.app.governance import schedulable_nodes
 from node.app.model import (
     ACTIVE_STATES,
@@ -83,10 +83,13 @@ def settle_if_complete(ws: WorkingState, ctx: BlockContext, job: JobRow) -> None
     # several; equal digests with differing exits fit neither, so none is emitted.
     if state == VERIFIED or (state == DISPUTED and len(digests) > 1):
         nodes = ws.nodes()
-        record_decision(ws, ctx, ReceiptBody("job.verdict", job.job_id, {
+        body = ReceiptBody("job.verdict", job.job_id, {
             "verdict": state,
             "results": [{"node": nodes[r.node_key].peer_id, "result": r.result} for r in results],
-        }))
+        })
+        record_decision(ws, ctx, body)
+        # A job gets one verdict (it is final after it): no earlier block recorded this one.
+        ws.new_decision(decision_id(body.kind, body.subject, body.fields))
 
 
 def unacknowledged_by(assignment: AssignmentRow, height: int) -> bool:
@@ -323,12 +326,15 @@ def _assign(ws: WorkingState, ctx: BlockContext, job: JobRow, nodes: list[bytes]
                                              ack_deadline=ack_deadline)
         ctx.effects.assignments.append(Assignment(job.job_id, key, peer_ids[key], job.attempt, deadline))
     ws.touch_job(job)
-    record_decision(ws, ctx, ReceiptBody("job.schedule", job.job_id, {
+    body = ReceiptBody("job.schedule", job.job_id, {
         "block": ctx.block_hash,
         "assignees": [peer_ids[key] for key in nodes],
         "seed": job.seed,
         "deadline": deadline,
-    }))
+    })
+    record_decision(ws, ctx, body)
+    # Its fields name this block (each block has its own hash): no earlier block recorded it.
+    ws.new_decision(decision_id(body.kind, body.subject, body.fields))
 
 
 def describe_job_ref(job_id: bytes) -> str:

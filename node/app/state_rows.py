@@ -148,3 +148,8 @@ def row_values(row: Any) -> tuple[Any, ...]:
     if isinstance(row, (JobRow, ServiceRow)):
         return tuple(getattr(row, name) for name in columns(type(row)))
     return astuple(row)
+
+
+def placement_values(service: ServiceRow) -> tuple[tuple[Any, ...], ...]:
+    """A service's placement rows' values, in slot order."""
+    return tuple(row_values(p) for p in service.placements)

@@ -10,7 +10,12 @@ the new and changed rows back in bulk (node/app/row_writes.py). A job is
 loaded whole: its row with its assignments and results.
 
 Everything happens inside the block's DuckDB transaction; the objects are
-thrown away with the block, so a rollback leaves nothing stale behind.
+thrown away with the block, so a rollback leaves nothing stale behind. What
+the next block may take from this one (:meth:`WorkingState.hints_after`:
+the height, the next job sequence number, the node rows, the active jobs
+whole) is built after the flush from the values the tables then hold
+(``_stored``: read, or written), never from the objects; the state machine
+keeps it only once the block's transaction committed.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import duckdb
 
 from node.app.model import PENDING
 from node.app.policy import OPEN_GOVERNANCE, Governance
-from node.app.row_writes import Stored, insert, upsert, write_rows
+from node.app.row_writes import Stored, insert, keys_in, write_rows
 from node.app.rules import DEFAULT_RULES, ChainRules
-from node.app.state_hints import StateHints, assignment_expiry
+from node.app.state_hints import KeptJob, StateHints, assignment_expiry, jobs_after, nodes_after, seq_after
 from node.app.state_rows import (
     JOB_COLUMNS,
     SERVICE_COLUMNS,
@@ -38,6 +43,7 @@ from node.app.state_rows import (
     ServiceRow,
     bytes_row,
     columns,
+    placement_values,
     row_values,
 )
 
@@ -90,6 +96,8 @@ class WorkingState:
         self._receipts: set[bytes] = set()  # known to be on chain
         self._receipts_checked: set[bytes] = set()
         self._next_seq: int | None = None
+        self._seq_before: int | None = None  # max(seq) + 1 before this block (None: not asked yet)
+        self._nodes_before: tuple[tuple[Any, ...], ...] | None = None  # state_nodes as read (None: not read)
         self._dirty_nodes: set[bytes] = set()
         self._dirty_jobs: set[bytes] = set()
         # Services (with their placements), by id; which tenants' and whether all
@@ -137,20 +145,22 @@ class WorkingState:
             self._decisions[decision.decision_id] = decision
 
     def _stored_decisions(self, ids: list[bytes]) -> list[DecisionRow]:
-        return [DecisionRow(*bytes_row(row)) for row in self.conn.execute(
-            f"SELECT {', '.join(columns(DecisionRow))} FROM state_decisions WHERE decision_id IN (SELECT unnest(?))",
-            [ids]).fetchall()]
+        where, args = keys_in("decision_id", ids)
+        found = [DecisionRow(*bytes_row(row)) for row in self.conn.execute(
+            f"SELECT {', '.join(columns(DecisionRow))} FROM state_decisions WHERE {where}", args).fetchall()]
+        for decision in found:
+            self._stored[("state_decisions", decision.decision_id)] = row_values(decision)
+        return found
 
     def _load_datasets(self, keys: set[tuple[bytes, bytes]]) -> None:
         keys -= self._datasets_checked
         if not keys:
             return
-        tenants = sorted({t for t, _ in keys})
-        digests = sorted({d for _, d in keys})
+        tenants, tenant_args = keys_in("tenant", sorted({t for t, _ in keys}))
+        digests, digest_args = keys_in("digest", sorted({d for _, d in keys}))
         for tenant, digest in self.conn.execute(
-            "SELECT DISTINCT tenant, digest FROM state_datasets "
-            "WHERE tenant IN (SELECT unnest(?)) AND digest IN (SELECT unnest(?))",
-            [tenants, digests],
+            f"SELECT DISTINCT tenant, digest FROM state_datasets WHERE {tenants} AND {digests}",
+            tenant_args + digest_args,
         ).fetchall():
             self._datasets.add((bytes(tenant), bytes(digest)))
         self._datasets_checked |= keys
@@ -160,10 +170,12 @@ class WorkingState:
         if not keys:
             return
         found: dict[tuple[bytes, str], tuple[int, bytes]] = {}
+        tenants, tenant_args = keys_in("tenant", sorted({t for t, _ in keys}))
+        names, name_args = keys_in("name", sorted({n for _, n in keys}))
         for tenant, name, version, digest in self.conn.execute(
             "SELECT tenant, name, max(version), arg_max(digest, version) FROM state_datasets "
-            "WHERE tenant IN (SELECT unnest(?)) AND name IN (SELECT unnest(?)) GROUP BY tenant, name",
-            [sorted({t for t, _ in keys}), sorted({n for _, n in keys})],
+            f"WHERE {tenants} AND {names} GROUP BY tenant, name",
+            tenant_args + name_args,
         ).fetchall():
             found[(bytes(tenant), name)] = (int(version), bytes(digest))
         for key in keys:  # the query's cross product may answer pairs nobody asked for
@@ -173,9 +185,8 @@ class WorkingState:
         ids -= self._receipts_checked
         if not ids:
             return
-        for (rid,) in self.conn.execute(
-            "SELECT receipt_id FROM state_receipts WHERE receipt_id IN (SELECT unnest(?))", [sorted(ids)]
-        ).fetchall():
+        where, args = keys_in("receipt_id", sorted(ids))
+        for (rid,) in self.conn.execute(f"SELECT receipt_id FROM state_receipts WHERE {where}", args).fetchall():
             self._receipts.add(bytes(rid))
         self._receipts_checked |= ids
 
@@ -184,26 +195,52 @@ class WorkingState:
         wanted = sorted(set(job_ids) - self._jobs.keys())
         if not wanted:
             return
+        kept = self.hints.jobs or {}
+        asked = []
         for job_id in wanted:
-            self._jobs[job_id] = None
-        rows = self.conn.execute(
-            f"SELECT {', '.join(JOB_COLUMNS)} FROM state_jobs WHERE job_id IN (SELECT unnest(?))", [wanted]
-        ).fetchall()
-        for row in rows:
+            entry = kept.get(job_id)
+            if entry is None:
+                self._jobs[job_id] = None
+                asked.append(job_id)
+            else:  # as the tables hold it (StateHints.jobs): new objects, this block changes them
+                self._load_kept_job(entry)
+        if not asked:
+            return
+        where, args = keys_in("job_id", asked)
+        found = []
+        for row in self.conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM state_jobs WHERE {where}", args).fetchall():
             job = JobRow(*bytes_row(row))
             self._jobs[job.job_id] = job
             self._stored[("state_jobs", job.job_id)] = row_values(job)
+            found.append(job.job_id)
+        if not found:  # e.g. a block of job.submit only: its new jobs' ids
+            return
+        # Assignments and results are written only with their job's row: a job not found has none.
+        where, args = keys_in("job_id", sorted(found))
         for table, row_type, attr in (
             ("state_assignments", AssignmentRow, "assignments"),
             ("state_results", ResultRow, "results"),
         ):
             for row in self.conn.execute(
-                f"SELECT {', '.join(columns(row_type))} FROM {table} WHERE job_id IN (SELECT unnest(?))",
-                [wanted],
+                f"SELECT {', '.join(columns(row_type))} FROM {table} WHERE {where}", args
             ).fetchall():
                 child = row_type(*bytes_row(row))
                 getattr(self._jobs[child.job_id], attr)[child.node_key] = child
                 self._stored[(table, (child.job_id, child.node_key))] = row_values(child)
+
+    def _load_kept_job(self, entry: KeptJob) -> None:
+        values, assignments, results = entry
+        job = JobRow(*values)
+        self._jobs[job.job_id] = job
+        self._stored[("state_jobs", job.job_id)] = values
+        for table, row_type, attr, rows in (
+            ("state_assignments", AssignmentRow, "assignments", assignments),
+            ("state_results", ResultRow, "results", results),
+        ):
+            for child_values in rows:
+                child = row_type(*child_values)
+                getattr(job, attr)[child.node_key] = child
+                self._stored[(table, (child.job_id, child.node_key))] = child_values
 
     # -- reading and changing ----------------------------------------------------
     def job(self, job_id: bytes) -> JobRow | None:
@@ -224,19 +261,34 @@ class WorkingState:
 
     def next_seq(self) -> int:
         if self._next_seq is None:
-            row = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM state_jobs").fetchone()
-            assert row is not None  # an aggregate always answers one row
-            self._next_seq = int(row[0])
+            self._next_seq = self._stored_next_seq()
         seq = self._next_seq
         self._next_seq += 1
         return seq
 
+    def _stored_next_seq(self) -> int:
+        """max(seq) + 1 of the jobs the table holds before this block's flush."""
+        if self._seq_before is None:
+            if self.hints.next_seq is not None:
+                self._seq_before = self.hints.next_seq
+            else:
+                row = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM state_jobs").fetchone()
+                assert row is not None  # an aggregate always answers one row
+                self._seq_before = int(row[0])
+        return self._seq_before
+
     def nodes(self) -> dict[bytes, NodeRow]:
         """Every registered node, by key."""
         if self._nodes is None:
+            if self.hints.nodes is not None:
+                rows = self.hints.nodes
+            else:
+                rows = tuple(tuple(bytes_row(row)) for row in self.conn.execute(
+                    f"SELECT {', '.join(columns(NodeRow))} FROM state_nodes ORDER BY node_key").fetchall())
+                self._nodes_before = rows
             self._nodes = {}
-            for row in self.conn.execute(f"SELECT {', '.join(columns(NodeRow))} FROM state_nodes").fetchall():
-                node = NodeRow(*bytes_row(row))
+            for values in rows:
+                node = NodeRow(*values)
                 self._nodes[node.node_key] = node
                 self._stored[("state_nodes", node.node_key)] = row_values(node)
         return self._nodes
@@ -275,13 +327,16 @@ class WorkingState:
             return
         for service in fresh:
             self._services[service.service_id] = service
+            self._stored[("state_services", service.service_id)] = row_values(service)
+        where, args = keys_in("service_id", sorted(service.service_id for service in fresh))
         for row in self.conn.execute(
             f"SELECT {', '.join(columns(PlacementRow))} FROM state_service_placements "
-            "WHERE service_id IN (SELECT unnest(?)) ORDER BY service_id, slot",
-            [sorted(service.service_id for service in fresh)],
+            f"WHERE {where} ORDER BY service_id, slot", args,
         ).fetchall():
             placement = PlacementRow(*bytes_row(row))
             self._services[placement.service_id].placements.append(placement)
+        for service in fresh:
+            self._stored[("state_service_placements", service.service_id)] = placement_values(service)
 
     def services_of(self, tenant: bytes) -> list[ServiceRow]:
         """Every service of ``tenant`` (active or stopped), by name."""
@@ -332,6 +387,13 @@ class WorkingState:
         self._load_decisions({decision_id})
         return self._decisions[decision_id]
 
+    def new_decision(self, decision_id: bytes) -> None:
+        """The caller knows that no earlier block recorded this decision (added
+        just before): whether one did is not asked. Were it wrong, the flush's
+        INSERT would fail on the primary key (the block rolls back), never
+        rewrite the stored decision."""
+        self._unchecked_decisions.discard(decision_id)
+
     def add_decision(self, decision: DecisionRow) -> None:
         """Record a decision this block implies. One already recorded (the same
         body implied again) keeps its first height and attestation; whether it
@@ -363,7 +425,12 @@ class WorkingState:
         the block until :meth:`flush` (a registration in the block counts from
         the next one, so the receipt log can be computed before the block applies)."""
         if self._schedulers is None:
-            rows = self.conn.execute("SELECT node_key, roles FROM state_nodes").fetchall()
+            if self.hints.nodes is not None:  # the rows before this block (node_key first, roles fourth)
+                rows = [(values[0], values[3]) for values in self.hints.nodes]
+            elif self._nodes_before is not None:
+                rows = [(values[0], values[3]) for values in self._nodes_before]
+            else:
+                rows = self.conn.execute("SELECT node_key, roles FROM state_nodes").fetchall()
             self._schedulers = frozenset(bytes(key) for key, roles in rows if "scheduler" in roles.split(","))
         return self._schedulers
 
@@ -382,15 +449,21 @@ class WorkingState:
         write_rows(self.conn, self._stored, "state_results", columns(ResultRow),
                    [((j.job_id, key), r) for j in jobs for key, r in sorted(j.results.items())])
         services = [self._services[k] for k in sorted(self._dirty_services)]
-        upsert(self.conn, "state_services", SERVICE_COLUMNS, [row_values(s) for s in services])
-        if services:  # placements are rewritten whole (slots shift when a node leaves)
-            self.conn.execute("DELETE FROM state_service_placements WHERE service_id IN (SELECT unnest(?))",
-                              [[s.service_id for s in services]])
-            insert(self.conn, "state_service_placements", [row_values(p) for s in services for p in s.placements])
+        write_rows(self.conn, self._stored, "state_services", SERVICE_COLUMNS, [(s.service_id, s) for s in services])
+        # A service's placements are rewritten whole (slots shift when a node leaves),
+        # unless they are those it was loaded with.
+        moved = [s for s in services
+                 if self._stored.get(("state_service_placements", s.service_id)) != placement_values(s)]
+        if moved:
+            where, args = keys_in("service_id", [s.service_id for s in moved])
+            self.conn.execute(f"DELETE FROM state_service_placements WHERE {where}", args)
+            insert(self.conn, "state_service_placements", [row_values(p) for s in moved for p in s.placements])
+            for s in moved:
+                self._stored[("state_service_placements", s.service_id)] = placement_values(s)
         if self._unchecked_decisions:
             self._check_added_decisions(set(self._unchecked_decisions))
-        upsert(self.conn, "state_decisions", columns(DecisionRow),
-               [row_values(self._decisions[k]) for k in sorted(self._dirty_decisions)])
+        write_rows(self.conn, self._stored, "state_decisions", columns(DecisionRow),
+                   [(k, self._decisions[k]) for k in sorted(self._dirty_decisions)])
         for table, rows in self._inserts.items():
             insert(self.conn, table, rows)
             rows.clear()
@@ -411,4 +484,11 @@ class WorkingState:
             open_slots=self.hints.open_slots if self.open_slots_after is None else self.open_slots_after,
             active_services=active if self._active_services_loaded else self.hints.active_services or active,
             proposal_floor=proposal_floor,
+            height=self.height,
+            next_seq=seq_after(self._seq_before if self._seq_before is not None else self.hints.next_seq,
+                               self._stored),
+            # Not read, so not written: as before the block (else every row read or written since).
+            nodes=self.hints.nodes if self._nodes is None else nodes_after(self._stored),
+            jobs=jobs_after(self.hints.jobs or {}, self._jobs.keys(),
+                            {job_id for job_id, job in self._jobs.items() if job is not None}, self._stored),
         )
