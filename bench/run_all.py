@@ -158,6 +158,12 @@ def jobs_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def duckdb_stmt_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/duckdb_stmt.py: the fixed CPU of a small statement, the node's (one thread) beside DuckDB's default (two)."""
+    one, two = doc["threads_1_us"], doc["threads_2_us"]
+    return [Row("duckdb_stmt", f"DuckDB {name}, threads=1", one[name], "us", two[name], "threads=2 us") for name in one]
+
+
 def scaling_rows(doc: dict[str, Any]) -> list[Row]:
     """bench/scaling.py (the IBFT simulator over a WAN model, virtual time): finality by validator count,
     beside the model's lower bound (three one-way delays over the median link)."""
@@ -220,6 +226,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "receipts": ("receipts.py", _rate_rows("receipts", {
         "bundle verify (headers cached)": (">= 2,000 bundles/s, one core", lambda rate: rate >= 2000)})),
     "mempool": ("mempool.py", _rate_rows("mempool", {})),  # the mempool issue set no figure to reach
+    "duckdb_stmt": ("duckdb_stmt.py", duckdb_stmt_rows),
     "consensus": ("consensus.py", consensus_rows),
     "scaling": ("scaling.py", scaling_rows),
     "jobs": ("jobs.py", jobs_rows),

@@ -27,6 +27,8 @@ EXPECTED = {
                  "bundle verify (cold)", "bundle build (DuckDB)"],
     "mempool": ["Ed25519 verify (PyNaCl, baseline)", "decode_tx", "mempool admit (new txs)", "mempool admit (signature cached)",
                 "mempool reject duplicate", "mempool reap", "mempool on_commit", "store append_block (DuckDB file)", "store tx_by_hash"],
+    "duckdb_stmt": ["DuckDB select 1, threads=1", "DuckDB point read by primary key, threads=1",
+                    "DuckDB one-row insert, committed, threads=1"],
     "consensus": ["committed tx/s, 4 validators", "validator CPU per committed tx",
                   *(f"CPU per committed tx, validator node{i}" for i in range(4)),
                   "finality p50, submit to commit (50 tx/s offered)", "finality p99 (50 tx/s offered)", "rounds per height"],
