@@ -45,7 +45,6 @@ from node.app.txtypes import (
     parse_payload,
     register_tx_types,
 )
-from node.app.working import WorkingState
 from node.base.db import transaction
 from node.consensus.app import Application, Commitment
 from node.consensus.block import Block, BlockHeader
@@ -153,8 +152,7 @@ class ChainApplication:
         rules = machine.rules_at(height)
         if not rules.attest_once:  # a chain without the rule: its log refuses no attestation batch
             return set()
-        ws = WorkingState(self.conn, machine.governance, machine.validator_keys_at(height), height,
-                          rules=rules, genesis_rules=machine.rules)
+        ws = machine.next_working_state()  # height is the next one (checked above)
         entry = STATE_TX_TYPES[RECEIPTS_BATCH]
         ctx = BlockContext.start(height, bytes(32), 0, bytes(64))  # thrown away: only the working state matters
         refused: set[int] = set()

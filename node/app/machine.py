@@ -220,6 +220,13 @@ class StateMachine(queries.StateQueries):
         processing node then skips asking for its own on an idle chain's blocks)."""
         return self._hints.expiry_floor != NO_EXPIRY
 
+    def next_working_state(self) -> WorkingState:
+        """A working state for reading the committed state as the next block
+        would (a pre-screen, a receipt check): thrown away, never flushed. It
+        carries the committed state's hints, which are exact for it (its height,
+        node rows and active jobs come from memory)."""
+        return self._working_state(self.next_height(), self._hints)
+
     def _working_state(self, height: int, hints: StateHints | None = None) -> WorkingState:
         return WorkingState(self._conn, self.governance, self._validators.keys_at(height), height,
                             rules=self.rules_at(height), genesis_rules=self.rules, hints=hints or StateHints())
@@ -277,7 +284,7 @@ class StateMachine(queries.StateQueries):
         payload, problem = self._parse(tx, self.rules_at(height))
         if payload is None:
             return problem
-        work = self._working_state(height)
+        work = self.next_working_state()
         work.prefetch([reads_of(tx, payload)])
         return STATE_TX_TYPES[tx.type].check(work, tx, payload)
 

@@ -154,3 +154,22 @@ def test_a_job_result_rolled_back_is_not_kept_and_the_job_is_read_as_committed()
     assert status is not None and status["state"] == "verified"
     assert job.hash not in (chain.machine._hints.jobs or {})  # final: no longer kept
     _assert_hints_exact(chain.machine, chain.conn, chain.height)
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_a_pre_screen_with_the_kept_answers_answers_as_one_without(seed: int) -> None:
+    """check_tx_against_state (the gateway's and mempool's pre-screen) reads the
+    committed state through the kept answers: it must refuse exactly what a
+    machine that forgets them refuses, before every block of a random history."""
+    chain = random_scenario(seed, blocks=35)
+    machine = StateMachine(duckdb.connect(":memory:"), rules=chain.machine.rules)
+    checked = 0
+    for height, digest, timestamp, txs in chain.blocks:
+        kept = machine._hints
+        with_hints = [machine.check_tx_against_state(tx) for tx in txs]
+        machine._hints = StateHints()
+        assert with_hints == [machine.check_tx_against_state(tx) for tx in txs], f"before block {height}"
+        machine._hints = kept
+        checked += len(txs)
+        machine.apply_block(height, digest, timestamp, txs, seed=block_seed(digest))
+    assert checked and machine._hints.jobs is not None
