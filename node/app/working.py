@@ -48,6 +48,7 @@ from node.app.state_rows import (
 )
 
 _NO_HINTS = StateHints()  # the default: knows nothing about the committed state
+_NODE_KEY, _NODE_ROLES = columns(NodeRow).index("node_key"), columns(NodeRow).index("roles")
 
 
 @dataclass(frozen=True)
@@ -425,10 +426,9 @@ class WorkingState:
         the block until :meth:`flush` (a registration in the block counts from
         the next one, so the receipt log can be computed before the block applies)."""
         if self._schedulers is None:
-            if self.hints.nodes is not None:  # the rows before this block (node_key first, roles fourth)
-                rows = [(values[0], values[3]) for values in self.hints.nodes]
-            elif self._nodes_before is not None:
-                rows = [(values[0], values[3]) for values in self._nodes_before]
+            before = self.hints.nodes if self.hints.nodes is not None else self._nodes_before  # rows before the block
+            if before is not None:
+                rows = [(values[_NODE_KEY], values[_NODE_ROLES]) for values in before]
             else:
                 rows = self.conn.execute("SELECT node_key, roles FROM state_nodes").fetchall()
             self._schedulers = frozenset(bytes(key) for key, roles in rows if "scheduler" in roles.split(","))

@@ -53,7 +53,9 @@ class NodeMetrics:
         self.budget_in_use = Gauge("metanode_budget_in_use", "Budgeted resources held (open_files, connections, pending_connections, streams...).", ["resource"], registry=r)
         self.budget_limit = Gauge("metanode_budget_limit", "Limit of each budgeted resource (node-wide).", ["resource"], registry=r)
         self.budget_refused = Gauge("metanode_budget_refused", "Reservations of each resource refused since start.", ["resource"], registry=r)
-        self._rpc_methods: set[str] = set()
+        # method -> its (calls, errors) counters: labels() takes a lock and builds a key on every
+        # call, and a batch of transactions is one call each.
+        self._rpc_methods: dict[str, tuple[Any, Any]] = {}
         self._job_states: set[str] = set()
 
     def on_block(self, height: int, round: int, finality_s: float) -> None:
@@ -85,14 +87,18 @@ class NodeMetrics:
 
     def on_rpc(self, method: str, ok: bool) -> None:
         """Count one answered call; past MAX_RPC_METHOD_LABELS distinct names, new ones count as "other"."""
-        if method not in self._rpc_methods:
+        counters = self._rpc_methods.get(method)
+        if counters is None:
             if len(self._rpc_methods) >= MAX_RPC_METHOD_LABELS:
                 method = OTHER_METHOD
-            else:
-                self._rpc_methods.add(method)
-        self.rpc_calls.labels(method=method).inc()
+            counters = self._rpc_methods.get(method)
+            if counters is None:
+                counters = (self.rpc_calls.labels(method=method), self.rpc_errors.labels(method=method))
+                self._rpc_methods[method] = counters
+        calls, errors = counters
+        calls.inc()
         if not ok:
-            self.rpc_errors.labels(method=method).inc()
+            errors.inc()
 
     def set_jobs(self, state_counts: Mapping[str, int]) -> None:
         """The current number of jobs in each state; states missing from ``state_counts`` drop to 0."""
