@@ -23,3 +23,13 @@ def test_calls_and_errors_by_method_with_bounded_labels() -> None:
     assert calls[OTHER_METHOD] == 6 and errors[OTHER_METHOD] == 6
     metrics.on_rpc("chain_head", True)  # a known method keeps its own label
     assert counts(metrics, "metanode_rpc_calls_total")["chain_head"] == 4
+
+
+
+def test_a_method_without_errors_exports_no_error_series() -> None:
+    metrics = NodeMetrics()
+    metrics.on_rpc("node_status", True)
+    assert counts(metrics, "metanode_rpc_calls_total") == {"node_status": 1}
+    assert counts(metrics, "metanode_rpc_errors_total") == {}
+    metrics.on_rpc("node_status", False)
+    assert counts(metrics, "metanode_rpc_errors_total") == {"node_status": 1}

@@ -53,9 +53,11 @@ class NodeMetrics:
         self.budget_in_use = Gauge("metanode_budget_in_use", "Budgeted resources held (open_files, connections, pending_connections, streams...).", ["resource"], registry=r)
         self.budget_limit = Gauge("metanode_budget_limit", "Limit of each budgeted resource (node-wide).", ["resource"], registry=r)
         self.budget_refused = Gauge("metanode_budget_refused", "Reservations of each resource refused since start.", ["resource"], registry=r)
-        # method -> its (calls, errors) counters: labels() takes a lock and builds a key on every
-        # call, and a batch of transactions is one call each.
-        self._rpc_methods: dict[str, tuple[Any, Any]] = {}
+        # method -> its labelled counter of calls (of errors: made at the method's first error, so a
+        # method without errors exports no error series): labels() takes a lock and builds a key
+        # on every call, and a batch of transactions is one call each.
+        self._rpc_methods: dict[str, Any] = {}
+        self._rpc_method_errors: dict[str, Any] = {}
         self._job_states: set[str] = set()
 
     def on_block(self, height: int, round: int, finality_s: float) -> None:
@@ -87,17 +89,18 @@ class NodeMetrics:
 
     def on_rpc(self, method: str, ok: bool) -> None:
         """Count one answered call; past MAX_RPC_METHOD_LABELS distinct names, new ones count as "other"."""
-        counters = self._rpc_methods.get(method)
-        if counters is None:
+        calls = self._rpc_methods.get(method)
+        if calls is None:
             if len(self._rpc_methods) >= MAX_RPC_METHOD_LABELS:
                 method = OTHER_METHOD
-            counters = self._rpc_methods.get(method)
-            if counters is None:
-                counters = (self.rpc_calls.labels(method=method), self.rpc_errors.labels(method=method))
-                self._rpc_methods[method] = counters
-        calls, errors = counters
+            calls = self._rpc_methods.get(method)
+            if calls is None:
+                calls = self._rpc_methods[method] = self.rpc_calls.labels(method=method)
         calls.inc()
         if not ok:
+            errors = self._rpc_method_errors.get(method)
+            if errors is None:
+                errors = self._rpc_method_errors[method] = self.rpc_errors.labels(method=method)
             errors.inc()
 
     def set_jobs(self, state_counts: Mapping[str, int]) -> None:
