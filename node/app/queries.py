@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from node.app.model import ACTIVE_STATES, JOB_STATES, PENDING
+from node.app.row_writes import keys_in
 from node.app.rules import DEFAULT_RULES, ChainRules
 from node.app.service_queries import ServiceQueries
 from node.base.codec import decode, to_hex
@@ -39,7 +40,7 @@ _JOB_COLUMNS = (
     "job_id, seq, tenant, type, inputs, params, replication, deadline_blocks, state, reason, attempt, "
     "submitted_height, scheduled_height, schedule_block, seed, clock, finished_height, service_id, run, policy"
 )
-_SERVICE_ID = 17  # its position in _JOB_COLUMNS
+_SERVICE_ID = [name.strip() for name in _JOB_COLUMNS.split(",")].index("service_id")
 _RUN_FIELDS = "type, inputs, params, seed, clock, policy"  # what running an assigned job takes (assignments_to_run)
 
 
@@ -258,8 +259,9 @@ class StateQueries(ServiceQueries):
         sids = {bytes(row[_SERVICE_ID]) for row in rows if row[_SERVICE_ID] is not None}
         names: dict[bytes, str] = {}
         if sids:
+            where, args = keys_in("service_id", sorted(sids))
             names = {bytes(sid): name for sid, name in self._conn.execute(
-                "SELECT service_id, name FROM state_services WHERE service_id IN (SELECT unnest(?))", [sorted(sids)]
+                f"SELECT service_id, name FROM state_services WHERE {where}", args
             ).fetchall()}
         return [_job_summary((*row[:_SERVICE_ID], None if row[_SERVICE_ID] is None else names.get(bytes(row[_SERVICE_ID])),
                               *row[_SERVICE_ID + 1:])) for row in rows]
@@ -295,9 +297,8 @@ class StateQueries(ServiceQueries):
         ids = sorted({_key(job_id, "job id") for job_id in job_ids})
         if not ids:
             return {}
-        rows = self._conn.execute(
-            f"SELECT job_id, state, {_RUN_FIELDS} FROM state_jobs WHERE job_id IN ({', '.join('?' * len(ids))})", ids
-        ).fetchall()
+        where, args = keys_in("job_id", ids)
+        rows = self._conn.execute(f"SELECT job_id, state, {_RUN_FIELDS} FROM state_jobs WHERE {where}", args).fetchall()
         return {bytes(job_id): {"state": state, **_run_fields(job_type, inputs, params, seed, clock, policy)}
                 for job_id, state, job_type, inputs, params, seed, clock, policy in rows}
 
