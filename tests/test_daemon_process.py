@@ -188,7 +188,7 @@ def test_a_chain_store_of_an_older_format_is_refused_naming_the_data_dir(tmp_pat
     from node.base.db import DB_FILENAME, open_node_db
     from node.base.keys import Identity
     from node.consensus.genesis import Genesis
-    from node.consensus.store import ChainStore
+    from node.consensus.store import SCHEMA_VERSION, ChainStore
 
     identity = Identity.from_label("test-node-a")
     genesis = tmp_path / "genesis.toml"
@@ -201,5 +201,5 @@ def test_a_chain_store_of_an_older_format_is_refused_naming_the_data_dir(tmp_pat
     done = run_cli("daemon", "start", "--config", str(cfg), timeout=60)
     assert done.returncode != 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert str(tmp_path / "data-a" / DB_FILENAME) in done.stderr and "schema version 1 is not 4" in done.stderr
+    assert str(tmp_path / "data-a" / DB_FILENAME) in done.stderr and f"schema version 1 is not {SCHEMA_VERSION}" in done.stderr
     assert f"move the data directory {tmp_path / 'data-a'} aside" in done.stderr

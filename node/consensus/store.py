@@ -13,13 +13,17 @@ at most the one being appended, never part of one. Once the write-ahead log
 passes ``checkpoint_wal_bytes`` an append checkpoints it, through
 :func:`node.base.db.checkpoint_node_db` (DuckDB's own automatic checkpoints,
 which a kill can leave torn, are off). A repeated
-transaction is refused by key: ``chain_txs.hash`` is the primary key, so the
-insert of the block's rows probes its index for each hash (no scan of the
-chain, and no query of its own when the block is good). Tables (all prefixed
+transaction is refused by the nonce rule, before anything is written (it
+carries a nonce its sender has already used), with no query when the block is
+good. Transactions are found by hash through :mod:`node.consensus.tx_index`
+(segments of at most 2^20 keys, so that a checkpoint never rewrites an index
+of the whole chain), the newest blocks' from memory; ``chain_txs`` and
+``chain_blocks`` have no key on a hash. Tables (all prefixed
 ``chain_``):
 
 * ``chain_blocks``  height, hash, parent_hash, timestamp_ms, proposer, tx_count, block
 * ``chain_txs``     hash, height, idx, sender, nonce, type, tx
+* ``chain_tx_keys_NNNNNN``  hash (primary key), height, idx: the hash index's segments
 * ``chain_head``    one row: height, hash
 * ``chain_meta``    key/value: schema version, chain id, genesis hash
 
@@ -43,10 +47,11 @@ from node.base.codec import to_hex
 from node.base.db import NodeDatabaseError, checkpoint_node_db, transaction, wal_size
 from node.base.errors import DataDirError, UserError
 from node.base.faults import data_dir_failure
-from node.consensus.recent_blocks import RecentBlocks
+from node.consensus.recent_blocks import RecentBlocks, RecentTxs
 from node.consensus.tx import Transaction, TxError
 from node.consensus.tx_caches import DecodedTxCache
 from node.consensus.tx_checks import next_nonces_after
+from node.consensus.tx_index import IndexWrite, TxKeyIndex, build_from_chain_txs
 
 # 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
 # version 1 lack it and no longer validate, so such a store is refused.
@@ -54,28 +59,39 @@ from node.consensus.tx_checks import next_nonces_after
 # changes and the VRF seed); blocks of version 2 lack them.
 # 4: no ``chain_nonces`` table (the next nonces are derived from ``chain_txs``
 # at open); a version 3 store is migrated by dropping it.
-SCHEMA_VERSION = 4
-_MIGRATES = {b"3": "DROP TABLE IF EXISTS chain_nonces"}
+# 5: transaction hashes indexed in segments (``chain_tx_keys_*``), no key on
+# a hash in ``chain_txs`` (it was the primary key) or ``chain_blocks`` (its hash
+# was UNIQUE); versions 3 and 4 are migrated by copying both tables into the
+# new shape and indexing the stored transactions.
+SCHEMA_VERSION = 5
 MAX_TIME = 2**63 - 1
 # DuckDB's own default checkpoint threshold: replaying at most this much log
 # on open takes well under a second.
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 
+_BLOCKS_SHAPE = """height UBIGINT PRIMARY KEY, hash BLOB NOT NULL, parent_hash BLOB NOT NULL,
+    timestamp_ms BIGINT NOT NULL, proposer BLOB NOT NULL, tx_count INTEGER NOT NULL, block BLOB NOT NULL"""
+_TXS_SHAPE = """hash BLOB NOT NULL, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
+    sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL"""
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS chain_meta (
         key VARCHAR PRIMARY KEY, value BLOB NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS chain_blocks (
-        height UBIGINT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, parent_hash BLOB NOT NULL,
-        timestamp_ms BIGINT NOT NULL, proposer BLOB NOT NULL, tx_count INTEGER NOT NULL,
-        block BLOB NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS chain_txs (
-        hash BLOB PRIMARY KEY, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
-        sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL)""",
+    f"CREATE TABLE IF NOT EXISTS chain_blocks ({_BLOCKS_SHAPE})",
+    f"CREATE TABLE IF NOT EXISTS chain_txs ({_TXS_SHAPE})",
     """CREATE TABLE IF NOT EXISTS chain_head (
         id INTEGER PRIMARY KEY CHECK (id = 0), height UBIGINT NOT NULL, hash BLOB NOT NULL)""",
 )
 
-_LOOKUP_BATCH = 1000  # hashes per duplicate lookup: below DuckDB's index_scan_max_count (2048)
+
+def _reshaped(table: str, shape: str, order: str) -> tuple[str, ...]:
+    """Statements that copy ``table`` into ``shape`` (same columns, other keys)."""
+    return (f"CREATE TABLE {table}_v5 ({shape})", f"INSERT INTO {table}_v5 SELECT * FROM {table} ORDER BY {order}",
+            f"DROP TABLE {table}", f"ALTER TABLE {table}_v5 RENAME TO {table}")
+
+
+# Same blocks, same meaning: migrated in place, in the opening transaction.
+_TO_V5 = (*_reshaped("chain_blocks", _BLOCKS_SHAPE, "height"), *_reshaped("chain_txs", _TXS_SHAPE, "height, idx"))
+_MIGRATES = {b"3": ("DROP TABLE IF EXISTS chain_nonces", *_TO_V5), b"4": _TO_V5}
 _BLOCK_COLUMNS = "height, hash, parent_hash, timestamp_ms, proposer, tx_count, block"
 
 
@@ -160,8 +176,10 @@ class ChainStore:
             version = self._meta("schema_version")
             if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
-            elif version in _MIGRATES:  # same blocks, same meaning: in place, in this transaction
-                conn.execute(_MIGRATES[version])
+            elif version in _MIGRATES:
+                for statement in _MIGRATES[version]:
+                    conn.execute(statement)
+                build_from_chain_txs(conn)
                 conn.execute("UPDATE chain_meta SET value = ? WHERE key = 'schema_version'",
                              (str(SCHEMA_VERSION).encode(),))
             elif version != str(SCHEMA_VERSION).encode():
@@ -174,7 +192,9 @@ class ChainStore:
                     "an empty one: the chain restarts from its genesis (or syncs from peers of this version)"
                 )
         self._head = self._load_head()
+        self._index = TxKeyIndex(conn)
         self._recent: RecentBlocks[StoredBlock] = RecentBlocks()  # committed blocks, newest (chain_block, sync)
+        self._recent_txs: RecentTxs[StoredTx] = RecentTxs()  # their transactions by hash (tx_get, tx_submit)
         # Every sender's next nonce, in memory: the mempool asks on every
         # admission from a new sender, and a DuckDB point query (~0.5-1 ms)
         # costs more than the signature check. One entry per sender that ever
@@ -236,8 +256,9 @@ class ChainStore:
         store); ``txs`` are the block's encoded transactions in block order,
         each with its sender's next nonce, none already stored. ``block`` is
         stored as given and never parsed. StoreError names the problem and
-        nothing is written: the checks run before the write, and the keys
-        (block hash, transaction hashes) are checked by the write itself,
+        nothing is written: the checks run before the write (a repeated
+        transaction fails the nonce check), and the keys (height, transaction
+        hashes in the index's newest segment) are checked by the write itself,
         whose DuckDB transaction is then rolled back whole.
         """
         head = self._head
@@ -254,6 +275,8 @@ class ChainStore:
                 f"block {height}: parent {to_hex(parent_hash)} is not "
                 f"{'the head' if head else 'the genesis'} {to_hex(want_parent)}"
             )
+        if block_hash == parent_hash:  # a repeat of an older block's hash needs a broken hash function
+            raise StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored (as its parent's)")
         if type(timestamp_ms) is not int or not 0 <= timestamp_ms <= MAX_TIME:
             raise StoreError(
                 f"block {height}: timestamp_ms {timestamp_ms!r} is not an integer in 0..2**63-1"
@@ -263,7 +286,7 @@ class ChainStore:
         decoded = self._decode_block_txs(height, txs)
         nonces = self._check_nonces(height, decoded)
         try:
-            self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded)
+            indexed = self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded)
         except duckdb.ConstraintException as exc:
             # A key already stored (rolled back: nothing was written). The
             # nonces make a repeated transaction fail earlier on a consistent
@@ -279,8 +302,11 @@ class ChainStore:
             raise type(fault)(f"{fault}; block {height} was not stored") from None
         self._head = ChainHead(height, block_hash)
         self._nonces.update(nonces)  # only once the transaction has committed
+        self._index.committed(indexed)
         self._recent.add(StoredBlock(height, bytes(block_hash), bytes(parent_hash), timestamp_ms, bytes(proposer),
                                      len(decoded), bytes(block)))
+        self._recent_txs.add_block(height, [StoredTx(tx.hash, height, index, tx.encoded)
+                                            for index, tx in enumerate(decoded)])
         if self._db_path is not None and wal_size(self._db_path) >= self.checkpoint_wal_bytes:
             self._checkpoint(height)
         return self._head
@@ -304,7 +330,7 @@ class ChainStore:
             raise type(fault)(f"{fault}; block {height} is stored, checkpointing it failed") from None
 
     def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
-                     block: bytes, decoded: list[Transaction]) -> None:
+                     block: bytes, decoded: list[Transaction]) -> IndexWrite | None:
         with transaction(self._conn) as conn:
             conn.execute(
                 f"INSERT INTO chain_blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -330,6 +356,7 @@ class ChainStore:
                                        (height, block_hash)).fetchone()
                 if updated is None or updated[0] != 1:
                     raise StoreError(f"block {height}: the chain store has lost its head row")
+            return self._index.write(conn, height, [tx.hash for tx in decoded])
 
     def _decode_block_txs(self, height: int, txs: Sequence[bytes]) -> list[Transaction]:
         decoded: list[Transaction] = []
@@ -356,20 +383,11 @@ class ChainStore:
         return StoreError(f"block {height}: refused by the chain store: {str(exc).splitlines()[0][:300]}")
 
     def _already_stored(self, hashes: Sequence[bytes]) -> tuple[bytes, int] | None:
-        """The first of ``hashes`` already in ``chain_txs`` and its block height,
-        or None: one query, answered from the primary key's index."""
-        if not hashes:
-            return None
-        # An IN list of parameters is what DuckDB answers with an index scan
-        # (up to its index_scan_max_count keys); larger lists are split.
-        for start in range(0, len(hashes), _LOOKUP_BATCH):
-            batch = list(hashes[start:start + _LOOKUP_BATCH])
-            row = self._conn.execute(
-                f"SELECT hash, height FROM chain_txs WHERE hash IN ({', '.join('?' * len(batch))}) "
-                "ORDER BY height, idx LIMIT 1", batch,
-            ).fetchone()
-            if row is not None:
-                return bytes(row[0]), int(row[1])
+        """The first of ``hashes`` already committed and its block height, or None."""
+        for digest in hashes:
+            found = self._index.find(digest)
+            if found is not None:
+                return bytes(digest), found[0]
         return None
 
     def _check_nonces(self, height: int, decoded: list[Transaction]) -> dict[bytes, int]:
@@ -446,13 +464,33 @@ class ChainStore:
         return [bytes(r[0]) for r in rows]
 
     def tx_by_hash(self, tx_hash_: bytes) -> StoredTx | None:
-        """A committed transaction with its block height and index."""
-        row = self._conn.execute(
-            "SELECT hash, height, idx, tx FROM chain_txs WHERE hash = ?", (bytes(tx_hash_),)
-        ).fetchone()
-        if row is None:
+        """A committed transaction with its block height and index: from
+        memory for the newest blocks, else through the hash index."""
+        digest = bytes(tx_hash_)
+        recent = self._recent_txs.get(digest)
+        if recent is not None:
+            return recent
+        found = self._index.find(digest)
+        if found is None:
             return None
-        return StoredTx(bytes(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+        row = self._conn.execute("SELECT tx FROM chain_txs WHERE height = ? AND idx = ?", found).fetchone()
+        if row is None:
+            raise StoreError(f"chain store is inconsistent: transaction {to_hex(digest)} is indexed at block "
+                             f"{found[0]} index {found[1]}, which holds none")
+        return StoredTx(digest, found[0], found[1], bytes(row[0]))
+
+    def committed_copy(self, raw: bytes) -> StoredTx | None:
+        """The stored copy of the encoded transaction ``raw`` if it is committed.
+        Only a transaction whose nonce its sender has already used can be, so
+        any other (a new submission, or bytes that are no transaction) is
+        answered with None and no query."""
+        try:
+            tx = self.tx_cache.decode(raw)
+        except TxError:
+            return None
+        if tx.nonce >= self._nonces.get(tx.sender, 0):
+            return None
+        return self.tx_by_hash(tx.hash)
 
     def next_nonce(self, sender: bytes) -> int:
         """The nonce the sender's next transaction must carry (0 if none committed).

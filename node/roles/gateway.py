@@ -34,6 +34,7 @@ from node.app.payloads import JobSubmit
 from node.app.txtypes import parse_payload
 from node.base.errors import ErrorCode
 from node.base.keys import Identity, public_key_from_peer_id
+from node.consensus.rpc import TX_HEX
 from node.consensus.service import ConsensusService
 from node.consensus.tx import Transaction, TxError, decode_tx
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
@@ -78,7 +79,7 @@ class Gateway:
 
     # -- RPC ------------------------------------------------------------------------------
     def register(self, registry: Registry) -> None:
-        tx_param = {"properties": {"tx": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 2 * 65536}}, "required": ["tx"]}
+        tx_param = {"properties": {"tx": TX_HEX}, "required": ["tx"]}
         job_param = {"properties": {"job_id": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}, "required": ["job_id"]}
         registry.register("analytics_submit", self._submit, tx_param, "Submit a job.submit transaction signed by the tenant (the caller).")
         registry.register("analytics_cancel", self._cancel, tx_param, "Submit a job.cancel transaction signed by the tenant.")

@@ -22,6 +22,7 @@ import trio
 
 from node.app.services import SERVICE_NAME, service_id
 from node.base.errors import ErrorCode
+from node.consensus.rpc import TX_HEX
 from node.p2p.jsonrpc import CallContext, Registry, RpcError
 from node.roles.artifacts import result_json
 
@@ -37,8 +38,7 @@ def register_service_rpcs(registry: Registry, gateway: Gateway) -> None:
     """Add the ``service_*`` methods to ``registry``, over ``gateway``'s tenant
     check, submit path, receipts and artifact fetcher."""
     rpc = _ServiceRpc(gateway)
-    tx_param = {"properties": {"tx": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 2 * 65536}},
-                "required": ["tx"]}
+    tx_param = {"properties": {"tx": TX_HEX}, "required": ["tx"]}
     name_param = {"properties": {"name": {"type": "string", "pattern": NAME_PATTERN}}, "required": ["name"]}
     registry.register("service_deploy", rpc.deploy, tx_param,
                       "Submit a service.deploy transaction signed by the tenant (the caller).")

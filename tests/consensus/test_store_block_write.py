@@ -1,7 +1,9 @@
 """The chain store's per-block write (issue 16). Schema 4: the next nonces
-come from the committed transactions (no chain_nonces table), a version 3
-store is migrated in place, and the nonces survive reopening exactly as the
-version 3 table held them. The head row is updated in place, not upserted."""
+come from the committed transactions (no chain_nonces table). Schema 5: no
+key on a hash (chain_txs.hash was the primary key, chain_blocks.hash
+UNIQUE). Stores of versions 3 and 4 are migrated in place, and the nonces
+survive reopening exactly as the version 3 table held them. The head row is
+updated in place, not upserted."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def test_nonces_are_derived_from_the_committed_transactions_on_reopen(tmp_path):
     append(store, [tx(ALICE, 2), tx(CAROL, 0)])
     expected = {ALICE.public_key: 3, BOB.public_key: 1, CAROL.public_key: 1}
     assert {k: store.next_nonce(k) for k in expected} == expected
-    assert "chain_nonces" not in tables(conn) and version(conn) == str(SCHEMA_VERSION).encode() == b"4"
+    assert "chain_nonces" not in tables(conn) and version(conn) == str(SCHEMA_VERSION).encode() == b"5"
     conn.close()
     conn = open_node_db(tmp_path)
     again = ChainStore(conn)
@@ -65,9 +67,40 @@ def test_nonces_are_derived_from_the_committed_transactions_on_reopen(tmp_path):
     conn.close()
 
 
+def hash_keys(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, list[str]]]:
+    rows = conn.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                        "WHERE table_name IN ('chain_blocks', 'chain_txs') AND constraint_type IN "
+                        "('PRIMARY KEY', 'UNIQUE')").fetchall()
+    return sorted((table, list(columns)) for table, columns in rows)
+
+
+VERSION_4_TABLES = {  # as version 4 created them
+    "chain_blocks": """height UBIGINT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, parent_hash BLOB NOT NULL,
+        timestamp_ms BIGINT NOT NULL, proposer BLOB NOT NULL, tx_count INTEGER NOT NULL, block BLOB NOT NULL""",
+    "chain_txs": """hash BLOB PRIMARY KEY, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
+        sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL""",
+}
+
+
+def make_version_4(conn: duckdb.DuckDBPyConnection) -> None:
+    """Turn a fresh store into what version 4 wrote: the same rows, with
+    chain_txs keyed by hash and chain_blocks.hash UNIQUE, and no hash index."""
+    for table, shape in VERSION_4_TABLES.items():
+        conn.execute(f"CREATE TABLE {table}_v4 ({shape})")
+        conn.execute(f"INSERT INTO {table}_v4 SELECT * FROM {table}")
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE {table}_v4 RENAME TO {table}")
+    for table in tables(conn):
+        if table.startswith("chain_tx_keys_"):  # version 5's hash index
+            conn.execute(f"DROP TABLE {table}")
+    conn.execute("UPDATE chain_meta SET value = '4'::BLOB WHERE key = 'schema_version'")
+    assert hash_keys(conn) == [("chain_blocks", ["hash"]), ("chain_blocks", ["height"]), ("chain_txs", ["hash"])]
+
+
 def make_version_3(conn: duckdb.DuckDBPyConnection) -> None:
-    """Turn a fresh version 4 store into what version 3 wrote: the same rows
+    """Turn a fresh store into what version 3 wrote: version 4's tables
     plus the chain_nonces table, filled as version 3 kept it."""
+    make_version_4(conn)
     conn.execute("CREATE TABLE chain_nonces (sender BLOB PRIMARY KEY, next_nonce UBIGINT NOT NULL)")
     conn.execute("INSERT INTO chain_nonces SELECT sender, max(nonce) + 1 FROM chain_txs GROUP BY sender")
     conn.execute("UPDATE chain_meta SET value = '3'::BLOB WHERE key = 'schema_version'")
@@ -83,9 +116,36 @@ def test_a_version_3_store_is_migrated_in_place_and_keeps_its_chain(tmp_path):
     conn.close()
     conn = open_node_db(tmp_path)
     migrated = ChainStore(conn)
-    assert "chain_nonces" not in tables(conn) and version(conn) == b"4"
+    assert "chain_nonces" not in tables(conn) and version(conn) == b"5"
+    assert hash_keys(conn) == [("chain_blocks", ["height"])]
     assert migrated.head() == head and migrated.block_txs(1) == [tx(ALICE, 0), tx(ALICE, 1)]
     assert migrated.next_nonce(ALICE.public_key) == 2 and migrated.next_nonce(BOB.public_key) == 1
+    append(migrated, [tx(ALICE, 2)])
+    conn.close()
+
+
+def test_a_version_4_store_is_migrated_in_place_and_keeps_its_chain(tmp_path):
+    """Version 4 keyed chain_txs by hash and chain_blocks.hash: the tables are
+    copied into version 5's shape, rows and order kept, in one transaction."""
+    conn = open_node_db(tmp_path)
+    store = ChainStore(conn)
+    append(store, [tx(ALICE, 0), tx(BOB, 0), tx(ALICE, 1)])
+    append(store, [tx(CAROL, 0)])
+    head, rows = store.head(), conn.execute("SELECT * FROM chain_txs ORDER BY height, idx").fetchall()
+    blocks = conn.execute("SELECT * FROM chain_blocks ORDER BY height").fetchall()
+    make_version_4(conn)
+    conn.close()
+    conn = open_node_db(tmp_path)
+    migrated = ChainStore(conn)
+    assert version(conn) == b"5" and hash_keys(conn) == [("chain_blocks", ["height"])]
+    assert conn.execute("SELECT hash, height, idx FROM chain_tx_keys_000000 ORDER BY height, idx").fetchall() == [
+        (row[0], row[1], row[2]) for row in rows]
+    assert conn.execute("SELECT * FROM chain_txs ORDER BY height, idx").fetchall() == rows
+    assert conn.execute("SELECT * FROM chain_blocks ORDER BY height").fetchall() == blocks
+    assert migrated.head() == head and migrated.next_nonce(ALICE.public_key) == 2
+    assert migrated.tx_by_hash(hash_tagged("metanode/tx/v1", tx(BOB, 0))).height == 1  # type: ignore[union-attr]
+    with pytest.raises(StoreError, match="is already in block 1"):
+        append(migrated, [tx(ALICE, 1)])
     append(migrated, [tx(ALICE, 2)])
     conn.close()
 
@@ -98,7 +158,7 @@ def test_a_version_2_store_is_refused_untouched(tmp_path):
     append(store, [tx(ALICE, 0)])
     make_version_3(conn)
     conn.execute("UPDATE chain_meta SET value = '2'::BLOB WHERE key = 'schema_version'")
-    with pytest.raises(StoreVersionError, match="schema version 2 is not 4"):
+    with pytest.raises(StoreVersionError, match="schema version 2 is not 5"):
         ChainStore(conn)
     assert "chain_nonces" in tables(conn) and version(conn) == b"2"
     conn.close()
@@ -107,8 +167,8 @@ def test_a_version_2_store_is_refused_untouched(tmp_path):
 def test_a_newer_store_is_refused_not_migrated(tmp_path):
     conn = open_node_db(tmp_path)
     ChainStore(conn)
-    conn.execute("UPDATE chain_meta SET value = '5'::BLOB WHERE key = 'schema_version'")
-    with pytest.raises(StoreVersionError, match="schema version 5 is not 4"):
+    conn.execute("UPDATE chain_meta SET value = '6'::BLOB WHERE key = 'schema_version'")
+    with pytest.raises(StoreVersionError, match="schema version 6 is not 5"):
         ChainStore(conn)
     conn.close()
 
