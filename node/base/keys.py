@@ -14,6 +14,7 @@ libp2p so that short CLI commands need not import the network stack.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tomllib
@@ -42,6 +43,11 @@ def _tagged(tag: str, message: bytes) -> bytes:
 
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer id (base58btc identity multihash) of an Ed25519 key."""
+    return _peer_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=4096)  # base58 is slow (~20 us) and the same few keys are asked every block
+def _peer_id(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
     proto = _LIBP2P_ED25519_PUBKEY_PREFIX + public_key
