@@ -249,9 +249,16 @@ class ChainApplication:
         arrival order (published receipts are batched), so the trace orders
         by the height each receipt refers to, then by lifecycle step."""
         response = hashlib.sha256(job_id).digest()
+        # The api.call's subject is the digest of the request, the job.submit
+        # transaction (the job id is its hash); the others' is the job id. One
+        # scan of the subjects, where reading every api.call's envelope grew
+        # with the log.
+        submitted = self.store.tx_by_hash(job_id)
+        subjects = [job_id] + ([hashlib.sha256(submitted.tx).digest()] if submitted is not None else [])
         rows = self.conn.execute(
-            "SELECT id, kind, issuer, height, subject, envelope FROM receipt_envelopes WHERE subject = ? OR kind = 'api.call'",
-            [job_id],
+            f"SELECT id, kind, issuer, height, subject, envelope FROM receipt_envelopes "
+            f"WHERE subject IN ({', '.join('?' * len(subjects))})",
+            subjects,
         ).fetchall()
         found = []
         for rid, kind, issuer, height, subject, envelope in rows:
