@@ -83,14 +83,15 @@ _SCHEMA = (
 )
 
 
-def _reshaped(table: str, shape: str, order: str) -> tuple[str, ...]:
-    """Statements that copy ``table`` into ``shape`` (same columns, other keys)."""
-    return (f"CREATE TABLE {table}_v5 ({shape})", f"INSERT INTO {table}_v5 SELECT * FROM {table} ORDER BY {order}",
+def _reshaped(table: str, shape: str) -> tuple[str, ...]:
+    """Statements that copy ``table`` into ``shape`` (same columns, other keys),
+    rows in the order they were appended (no sort: DuckDB keeps insertion order)."""
+    return (f"CREATE TABLE {table}_v5 ({shape})", f"INSERT INTO {table}_v5 SELECT * FROM {table}",
             f"DROP TABLE {table}", f"ALTER TABLE {table}_v5 RENAME TO {table}")
 
 
 # Same blocks, same meaning: migrated in place, in the opening transaction.
-_TO_V5 = (*_reshaped("chain_blocks", _BLOCKS_SHAPE, "height"), *_reshaped("chain_txs", _TXS_SHAPE, "height, idx"))
+_TO_V5 = (*_reshaped("chain_blocks", _BLOCKS_SHAPE), *_reshaped("chain_txs", _TXS_SHAPE))
 _MIGRATES = {b"3": ("DROP TABLE IF EXISTS chain_nonces", *_TO_V5), b"4": _TO_V5}
 _BLOCK_COLUMNS = "height, hash, parent_hash, timestamp_ms, proposer, tx_count, block"
 
