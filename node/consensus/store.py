@@ -37,7 +37,8 @@ the block's rows together.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,9 @@ class ChainStore:
             raise ValueError("checkpoint_wal_bytes must be > 0")
         self._conn = conn
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        # Told (seconds of wall time, log bytes moved) after each checkpoint: a
+        # checkpoint runs inside a block's append, so its time delays the block.
+        self.on_checkpoint: list[Callable[[float, int], None]] = []
         self.tx_cache = tx_cache if tx_cache is not None else DecodedTxCache()
         # Named in the error that stops the node when a write fails (disk full...).
         files = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
@@ -308,15 +312,19 @@ class ChainStore:
                                      len(decoded), bytes(block)))
         self._recent_txs.add_block(height, [StoredTx(tx.hash, height, index, tx.encoded)
                                             for index, tx in enumerate(decoded)])
-        if self._db_path is not None and wal_size(self._db_path) >= self.checkpoint_wal_bytes:
-            self._checkpoint(height)
+        if self._db_path is not None and (log_bytes := wal_size(self._db_path)) >= self.checkpoint_wal_bytes:
+            started = time.monotonic()
+            if self._checkpoint(height):
+                for listener in self.on_checkpoint:
+                    listener(time.monotonic() - started, log_bytes)
         return self._head
 
-    def _checkpoint(self, height: int) -> None:
+    def _checkpoint(self, height: int) -> bool:
+        """Whether the log was checkpointed (False: deferred to the next append)."""
         try:
             checkpoint_node_db(self._conn)
         except duckdb.TransactionException:
-            pass  # another cursor's transaction is open: the next append tries again
+            return False  # another cursor's transaction is open: the next append tries again
         except NodeDatabaseError as exc:
             # The guard copy could not be written (full or failing disk): the
             # same data-directory fault as a failing checkpoint, so the node
@@ -329,6 +337,7 @@ class ChainStore:
             if fault is None:
                 raise
             raise type(fault)(f"{fault}; block {height} is stored, checkpointing it failed") from None
+        return True
 
     def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
                      block: bytes, decoded: list[Transaction]) -> IndexWrite | None:

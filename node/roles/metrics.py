@@ -49,6 +49,10 @@ class NodeMetrics:
         self.jobs = Gauge("metanode_jobs", "Jobs by state.", ["state"], registry=r)
         self.cage_runs = Counter("metanode_cage_runs", "Cage runs by outcome.", ["status"], registry=r)
         self.cage_seconds = Histogram("metanode_cage_run_seconds", "Wall time of cage runs.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
+        self.checkpoint_seconds = Histogram(
+            "metanode_db_checkpoint_seconds", "Wall time of each checkpoint of the node database (it delays the block whose append ran it).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.checkpoint_log_bytes = Counter("metanode_db_checkpoint_log_bytes", "Bytes of write-ahead log moved into the database file by checkpoints.", registry=r)
         self.storage_bytes = Gauge("metanode_storage_bytes", "Bytes in the node's data directory (database and blobs).", registry=r)
         self.budget_in_use = Gauge("metanode_budget_in_use", "Budgeted resources held (open_files, connections, pending_connections, streams...).", ["resource"], registry=r)
         self.budget_limit = Gauge("metanode_budget_limit", "Limit of each budgeted resource (node-wide).", ["resource"], registry=r)
@@ -114,6 +118,10 @@ class NodeMetrics:
     def on_cage_run(self, seconds: float, status: str) -> None:
         self.cage_runs.labels(status=status).inc()
         self.cage_seconds.observe(max(0.0, seconds))
+
+    def on_checkpoint(self, seconds: float, log_bytes: int) -> None:
+        self.checkpoint_seconds.observe(max(0.0, seconds))
+        self.checkpoint_log_bytes.inc(max(0, log_bytes))
 
     def set_storage_bytes(self, n: int) -> None:
         self.storage_bytes.set(n)

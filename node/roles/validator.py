@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import duckdb
+import structlog
 
 from node.app.chain_app import ChainApplication
 from node.app.policy import Governance
@@ -30,6 +31,8 @@ from node.receipts.rpc import register_receipt_methods
 from node.roles.governance_rpc import register_governance_methods
 from node.roles.metrics import NodeMetrics
 from node.roles.role import RoleContext, Service
+
+log = structlog.get_logger("metanode.daemon")
 
 
 def open_chain(config: NodeConfig, identity: Identity, genesis: Genesis, host: object,
@@ -73,6 +76,16 @@ def record_block(metrics: NodeMetrics, block: Block) -> None:
     metrics.on_block(block.height, block.commit_round, finality_s)
 
 
+SLOW_CHECKPOINT_S = 1.0  # a block delayed this long by its append's checkpoint is worth a warning
+
+
+def record_checkpoint(metrics: NodeMetrics, seconds: float, log_bytes: int) -> None:
+    """A checkpoint of the node database in the metrics, and in the log when it held a block up."""
+    metrics.on_checkpoint(seconds, log_bytes)
+    if seconds >= SLOW_CHECKPOINT_S:
+        log.warning("a database checkpoint delayed a block", seconds=round(seconds, 3), log_mib=round(log_bytes / 2**20, 1))
+
+
 class ChainRole:
     """Follow the chain (every node with a genesis); vote on it (validators)."""
 
@@ -85,6 +98,7 @@ class ChainRole:
         chain, app, metrics = context.chain, context.app, context.metrics
         register_chain_methods(context.registry, chain)
         chain.on_finalized.append(lambda block: record_block(metrics, block))
+        chain.store.on_checkpoint.append(lambda seconds, log_bytes: record_checkpoint(metrics, seconds, log_bytes))
         register_receipt_methods(context.registry, app.receipts, chain.store, context.genesis, app)
         register_governance_methods(context.registry, app)
         return [Service("consensus", chain.run, lambda: {"height": chain.height, "validator": chain.is_validator, "signing": chain.signing})]

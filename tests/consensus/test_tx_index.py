@@ -109,3 +109,17 @@ def test_a_migrated_store_is_indexed_block_by_block() -> None:
     assert [index.find(bytes(h)) for h, _, _ in rows] == [(height, idx) for _, height, idx in rows]
     with pytest.raises(ValueError, match="already has segments"):
         build_from_chain_txs(conn, segment_keys=3)
+
+
+def test_the_store_reports_each_checkpoint_it_runs(tmp_path) -> None:
+    """A checkpoint runs inside an append and delays that block: the store
+    tells its listeners (the daemon's metrics) how long and how much log."""
+    conn = open_node_db(tmp_path)
+    store = ChainStore(conn, checkpoint_wal_bytes=64 * 1024)
+    seen: list[tuple[float, int]] = []
+    store.on_checkpoint.append(lambda seconds, log_bytes: seen.append((seconds, log_bytes)))
+    for nonce in range(40):
+        append(store, [tx(ALICE, nonce, size=4000), tx(BOB, nonce, size=4000)])
+    assert seen and all(seconds >= 0 and log_bytes >= 64 * 1024 for seconds, log_bytes in seen)
+    assert len(seen) < 40  # only when the log passed the threshold, not every append
+    conn.close()

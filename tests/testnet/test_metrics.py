@@ -45,6 +45,8 @@ async def test_scrape_matches_updates():
     m.on_cage_run(0.3, "ok")
     m.on_cage_run(1.7, "failed")
     m.set_storage_bytes(4096)
+    m.on_checkpoint(0.08, 16 << 20)
+    m.on_checkpoint(1.5, 17 << 20)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(m.serve, "127.0.0.1", 0)
         status, headers, body = await http_get(port, "/metrics")
@@ -68,6 +70,9 @@ async def test_scrape_matches_updates():
     assert s[("metanode_cage_runs_total", (("status", "ok"),))] == 1 and s[("metanode_cage_runs_total", (("status", "failed"),))] == 1
     assert s[("metanode_cage_run_seconds_sum", ())] == pytest.approx(2.0)
     assert s[("metanode_storage_bytes", ())] == 4096
+    assert s[("metanode_db_checkpoint_seconds_count", ())] == 2 and s[("metanode_db_checkpoint_seconds_sum", ())] == pytest.approx(1.58)
+    assert s[("metanode_db_checkpoint_seconds_bucket", (("le", "0.1"),))] == 1
+    assert s[("metanode_db_checkpoint_log_bytes_total", ())] == 33 << 20
 
 
 async def test_healthz_404_405_and_bad_requests():
@@ -146,3 +151,18 @@ async def test_head_of_healthz_and_a_silent_client_costs_only_its_connection():
         assert (await http_get(port, "/metrics"))[0] == 200  # others are served meanwhile
         await silent.aclose()
         nursery.cancel_scope.cancel()
+
+
+def test_a_slow_checkpoint_is_logged_and_every_one_counted():
+    from structlog.testing import capture_logs
+
+    from node.roles.validator import SLOW_CHECKPOINT_S, record_checkpoint
+
+    m = NodeMetrics()
+    with capture_logs() as logs:
+        record_checkpoint(m, SLOW_CHECKPOINT_S / 10, 16 << 20)
+        record_checkpoint(m, SLOW_CHECKPOINT_S * 2, 16 << 20)
+    s = samples(m.exposition().decode())
+    assert s[("metanode_db_checkpoint_seconds_count", ())] == 2
+    slow = [entry for entry in logs if entry["event"] == "a database checkpoint delayed a block"]
+    assert len(slow) == 1 and slow[0]["log_level"] == "warning" and slow[0]["seconds"] == SLOW_CHECKPOINT_S * 2
