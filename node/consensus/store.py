@@ -393,12 +393,8 @@ class ChainStore:
         return StoreError(f"block {height}: refused by the chain store: {str(exc).splitlines()[0][:300]}")
 
     def _already_stored(self, hashes: Sequence[bytes]) -> tuple[bytes, int] | None:
-        """The first of ``hashes`` already committed and its block height, or None."""
-        for digest in hashes:
-            found = self._index.find(digest)
-            if found is not None:
-                return bytes(digest), found[0]
-        return None
+        """The one of ``hashes`` committed first and its block height, or None."""
+        return self._index.first_found(hashes)
 
     def _check_nonces(self, height: int, decoded: list[Transaction]) -> dict[bytes, int]:
         expected: dict[bytes, int] = {}

@@ -175,6 +175,21 @@ def test_a_repeated_transaction_is_refused_by_its_nonce_after_a_reopen(conn):
     assert reopened.head().height == 2
 
 
+def test_a_repeated_transaction_is_refused_by_the_index_key_even_when_the_nonces_allow_it(conn):
+    """The backstop behind the nonces: the hash index's newest segment keys
+    the hash, so with nonces that lost the sender's entry the write is still
+    refused, named, and rolled back whole."""
+    store = ChainStore(conn)
+    repeated = tx(ALICE, 0)
+    append(store, [repeated])
+    store._nonces.clear()  # the fault: the sender's next nonce is gone
+    before = (store.head(), counts(conn))
+    with pytest.raises(StoreError, match=f"transaction {hash_tagged('metanode/tx/v1', repeated).hex()} "
+                                         "is already in block 1"):
+        append(store, [tx(BOB, 0), repeated])
+    assert (store.head(), counts(conn)) == before and store.block_by_height(2) is None
+
+
 def test_only_heights_and_the_index_segments_are_keys(conn):
     """Random keys make DuckDB rewrite a whole index at every checkpoint (a
     cost that grows with the chain): the blocks and transactions are keyed by

@@ -123,3 +123,16 @@ def test_the_store_reports_each_checkpoint_it_runs(tmp_path) -> None:
     assert seen and all(seconds >= 0 and log_bytes >= 64 * 1024 for seconds, log_bytes in seen)
     assert len(seen) < 40  # only when the log passed the threshold, not every append
     conn.close()
+
+
+def test_first_found_names_the_earliest_indexed_hash_across_segments() -> None:
+    conn = duckdb.connect(":memory:")
+    index = TxKeyIndex(conn, segment_keys=4)
+    assert index.first_found([digest(0)]) is None  # no segment yet
+    for height in range(1, 5):
+        write(index, conn, height, range(height * 10, height * 10 + 3))
+    assert index.segments == 4
+    assert index.first_found([digest(99), digest(41), digest(22), digest(31)]) == (digest(22), 2)
+    assert index.first_found([digest(99), digest(98)]) is None and index.first_found([]) is None
+    many = [digest(1000 + n) for n in range(2500)] + [digest(42)]  # past one IN list
+    assert index.first_found(many) == (digest(42), 4)
