@@ -129,7 +129,9 @@ def measure(stored: int, block_txs: int, rounds: int) -> dict[str, float]:
             if cache is not None:
                 cache.evict(hash_tagged("metanode/tx/v1", raw) for raw in txs)
         probe = [hash_tagged("probe", i.to_bytes(4, "big")) for i in range(block_txs)]
-        duplicate_check = getattr(store, "_already_stored", None)  # only on a refused block
+        # Only on a refused block: the hash index (schema 5), the primary key (schema 4), else the old scan.
+        index = getattr(store, "_index", None)
+        duplicate_check = index.first_found if index is not None else getattr(store, "_already_stored", None)
         checks: list[float] = []
         points: list[float] = []
         for _ in range(rounds):

@@ -387,14 +387,10 @@ class ChainStore:
         """Which key the refused write repeated, as a StoreError."""
         if self.block_by_hash(block_hash) is not None:
             return StoreError(f"block {height}: hash {to_hex(block_hash)} is already stored")
-        found = self._already_stored([tx.hash for tx in decoded])
+        found = self._index.first_found([tx.hash for tx in decoded])
         if found is not None:
             return StoreError(f"block {height}: transaction {to_hex(found[0])} is already in block {found[1]}")
         return StoreError(f"block {height}: refused by the chain store: {str(exc).splitlines()[0][:300]}")
-
-    def _already_stored(self, hashes: Sequence[bytes]) -> tuple[bytes, int] | None:
-        """The one of ``hashes`` committed first and its block height, or None."""
-        return self._index.first_found(hashes)
 
     def _check_nonces(self, height: int, decoded: list[Transaction]) -> dict[bytes, int]:
         expected: dict[bytes, int] = {}

@@ -79,7 +79,7 @@ class TxKeyIndex:
         if not hashes:
             return None
         segment, keys = (self._segments[-1], self._keys) if self._segments else (-1, 0)
-        if segment < 0 or (keys and keys + len(hashes) > self.segment_keys):
+        if _starts_segment(segment, keys, len(hashes), self.segment_keys):
             segment, keys = segment + 1, 0
             _create_segment(conn, segment)
         conn.execute(f"INSERT INTO {segment_table(segment)} SELECT unnest($1), $2, unnest($3)",
@@ -123,6 +123,14 @@ class TxKeyIndex:
         return f"SELECT height, idx FROM ({' UNION ALL '.join(parts)}) LIMIT 1"
 
 
+def _starts_segment(newest: int, keys: int, adding: int, segment_keys: int) -> bool:
+    """Whether a block of ``adding`` keys starts a new segment: there is none
+    yet, or it would overflow a non-empty newest one (``keys`` in segment
+    ``newest``; -1 for none). A block is never split, so one larger than a
+    segment fills a new one alone."""
+    return newest < 0 or (keys > 0 and keys + adding > segment_keys)
+
+
 def _create_segment(conn: duckdb.DuckDBPyConnection, number: int) -> None:
     conn.execute(f"CREATE TABLE {segment_table(number)} "
                  "(hash BLOB PRIMARY KEY, height UBIGINT NOT NULL, idx INTEGER NOT NULL)")
@@ -139,7 +147,7 @@ def build_from_chain_txs(conn: duckdb.DuckDBPyConnection, segment_keys: int = SE
     segment, keys, first, last = -1, 0, None, 0
     spans: list[tuple[int, int, int]] = []  # (segment, first height, last height)
     for height, count in blocks:
-        if segment < 0 or (keys and keys + count > segment_keys):
+        if _starts_segment(segment, keys, count, segment_keys):
             if first is not None:
                 spans.append((segment, first, last))
             segment, keys, first = segment + 1, 0, height
