@@ -256,18 +256,16 @@ class ChainApplication:
         submitted = self.store.tx_by_hash(job_id)
         subjects = [job_id] + ([hashlib.sha256(submitted.tx).digest()] if submitted is not None else [])
         rows = self.conn.execute(
-            f"SELECT id, kind, issuer, height, subject, envelope FROM receipt_envelopes "
-            f"WHERE subject IN ({', '.join('?' * len(subjects))})",
-            subjects,
+            f"SELECT leaf, id, kind, issuer, height, subject, envelope FROM receipt_envelopes "
+            f"WHERE subject IN ({', '.join('?' * len(subjects))}) AND leaf < ?",
+            [*subjects, self.receipts.size()],
         ).fetchall()
         found = []
-        for rid, kind, issuer, height, subject, envelope in rows:
+        for index, rid, kind, issuer, height, subject, envelope in rows:
             if kind == "api.call" and bytes(subject) != job_id:
                 if decode_receipt(bytes(envelope)).fields.get("response") != response:
                     continue
-            index = self.receipts.index_of(bytes(rid))
-            if index is not None:
-                found.append({"id": bytes(rid).hex(), "kind": kind, "issuer": issuer, "height": height, "index": index})
+            found.append({"id": bytes(rid).hex(), "kind": kind, "issuer": issuer, "height": height, "index": int(index)})
         return sorted(found, key=lambda r: (r["height"], _LIFECYCLE.get(r["kind"], 9), r["index"]))
 
     def _append_receipts(self, block: Block) -> None:
@@ -279,8 +277,7 @@ class ChainApplication:
         self.receipts.committed()
 
     def _log_receipts(self, block: Block, new: list[Receipt]) -> None:
-        self.receipts.store(new)
-        head = self.receipts.append([r.id for r in new])
+        head = self.receipts.append_receipts(new)
         if (head.size, head.root) != (block.header.receipts_size, block.header.receipts_root):
             # The quorum sealed a head this node does not reproduce: its log
             # has diverged, and serving proofs from it would be wrong.

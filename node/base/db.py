@@ -351,6 +351,27 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         raise
 
 
+def in_transaction(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a transaction is open on ``conn``: in autocommit mode each
+    statement is a transaction of its own, so two statements see two ids.
+    (A BEGIN that fails because one is open aborts it, so it cannot be the test.)"""
+    first = one_row(conn.execute("SELECT txid_current()"))[0]
+    return bool(one_row(conn.execute("SELECT txid_current()"))[0] == first)
+
+
+@contextmanager
+def atomic(conn: duckdb.DuckDBPyConnection) -> Iterator[bool]:
+    """Run the block atomically: in a transaction of its own (yields True, and
+    commits it), or inside the caller's if one is open (yields False: it then
+    commits or rolls back with the caller's). For a writer that serves both
+    autocommit callers and callers applying a block in one transaction."""
+    if in_transaction(conn):
+        yield False
+        return
+    with transaction(conn):
+        yield True
+
+
 def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
     # The original error matters more than a failed rollback (for example
     # after a failed COMMIT, which DuckDB has already rolled back).

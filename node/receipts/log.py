@@ -10,10 +10,11 @@ and a consistency proof each read O(log n) rows in a single query, and an
 append reads only the current frontier (at most 64 rows).
 
 The Merkle planning is pure (``node.base.merkle``); this class only
-reads and writes rows. Transactions belong to the caller. ``append`` and
-``store`` each write with exactly one statement, so in autocommit mode each write is atomic on its own, and
-inside the caller's transaction (a block being applied) it commits or rolls
-back with everything else. One writer per database.
+reads and writes rows, in the tables of :mod:`node.receipts.log_tables`
+(subtrees, envelopes by leaf, and receipt id -> leaf in key segments). An
+append is atomic: inside the caller's transaction (a block being applied) it
+commits or rolls back with everything else; in autocommit mode it runs a
+transaction of its own. One writer per database.
 
 The size is asked for several times per block, and counting the leaves reads
 the whole table, so an instance keeps it in memory: counted once at open,
@@ -30,10 +31,8 @@ A caller that owns the transaction says when it committed
 a query, ~1.5 ms of CPU per block).
 
 Asking whether ids are in the log (:meth:`ReceiptLog.present`, once per block,
-mostly for ids that are not) would scan the table: DuckDB does not look the
-BLOB ``receipt_id`` up through its index (measured: ~0.5 ms per lookup, 3 ms
-for a block's ids, on a 50k-leaf log, growing with it). So an instance also
-keeps a fixed-size Bloom filter of every id it counted at open or appended:
+mostly for ids that are not) costs a query over every key segment. So an
+instance also keeps a fixed-size Bloom filter of every id it counted at open or appended:
 a superset of the log (an append rolled back leaves its bits set), so an id
 it misses is certainly not in the log, and only its hits are asked of the
 table. Answers stay exact (what this connection sees); the filter only saves
@@ -48,7 +47,7 @@ from dataclasses import dataclass
 import duckdb
 
 from node.base.codec import to_hex
-from node.base.db import one_row
+from node.base.db import atomic, one_row
 from node.base.merkle import (
     Subtree,
     append_subtrees,
@@ -61,38 +60,26 @@ from node.base.merkle import (
     proof_subtrees,
 )
 from node.receipts.envelope import Receipt
+from node.receipts.log_tables import (
+    LEVEL_SHIFT,
+    MAX_LEAVES,
+    SEGMENT_LEAVES,
+    create_key_segment,
+    index_lookup_sql,
+    key_table,
+    open_tables,
+    present_sql,
+    segment_of,
+)
 
 # A subtree's row key packs (level, idx) into one BIGINT so that a proof's
 # rows come back through the primary-key index in one IN-list query
 # (measured: a composite key made DuckDB scan the table). Leaves (level 0)
 # have key == index. Logs are limited to 2**56 leaves.
-_LEVEL_SHIFT = 56
-_MAX_LEAVES = 1 << _LEVEL_SHIFT
+_LEVEL_SHIFT = LEVEL_SHIFT
+_MAX_LEAVES = MAX_LEAVES
 _LOOKUP_CHUNK = 1000
 _FILTER_LOAD_CHUNK = 100_000  # leaves read per query when an instance fills its id filter at open
-
-_SCHEMA = (
-    f"""
-    CREATE TABLE IF NOT EXISTS receipt_log_nodes (
-        node BIGINT PRIMARY KEY,
-        hash BLOB NOT NULL,
-        receipt_id BLOB UNIQUE,
-        level UTINYINT AS (node >> {_LEVEL_SHIFT}),
-        idx BIGINT AS (node & ((1::BIGINT << {_LEVEL_SHIFT}) - 1))
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS receipt_envelopes (
-        id BLOB PRIMARY KEY,
-        kind VARCHAR NOT NULL,
-        issuer VARCHAR NOT NULL,
-        height BIGINT NOT NULL,
-        subject BLOB NOT NULL,
-        prev BLOB,
-        envelope BLOB NOT NULL
-    )
-    """,
-)
 
 
 def _key(level: int, index: int) -> int:
@@ -121,10 +108,12 @@ class ReceiptLog:
         proof = log.inclusion_proof(log.index_of(rid), head.size)
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, segment_leaves: int = SEGMENT_LEAVES) -> None:
+        if segment_leaves <= 0:
+            raise ValueError("segment_leaves must be > 0")
         self._conn = conn
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        self.segment_leaves = segment_leaves
+        open_tables(conn, segment_leaves)
         self._size = _count(conn)
         self._filter = _IdFilter()
         for start in range(0, self._size, _FILTER_LOAD_CHUNK):  # every leaf, in chunks (bounded memory)
@@ -192,16 +181,18 @@ class ReceiptLog:
         """Position of a receipt id in the log, or None if it is not there."""
         if not self._filter.may_hold(_check_id(receipt_id)):
             return None
-        row = self._conn.execute(
-            "SELECT node FROM receipt_log_nodes WHERE receipt_id = ?", [receipt_id]
-        ).fetchone()
+        segments = self._segments()
+        if not segments:
+            return None
+        row = self._conn.execute(index_lookup_sql(segments), [receipt_id]).fetchone()
         return None if row is None else int(row[0])
 
     def envelope(self, receipt_id: bytes) -> bytes | None:
-        """The stored envelope of a receipt, or None."""
-        row = self._conn.execute(
-            "SELECT envelope FROM receipt_envelopes WHERE id = ?", [_check_id(receipt_id)]
-        ).fetchone()
+        """The stored envelope of a receipt in the log, or None."""
+        index = self.index_of(receipt_id)
+        if index is None:
+            return None
+        row = self._conn.execute("SELECT envelope FROM receipt_envelopes WHERE leaf = ?", [index]).fetchone()
         return None if row is None else bytes(row[0])
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
@@ -260,71 +251,74 @@ class ReceiptLog:
         """Which of ``receipt_ids`` are in the log (one query per thousand ids)."""
         found: set[bytes] = set()
         ids = [rid for rid in (_check_id(rid) for rid in receipt_ids) if self._filter.may_hold(rid)]
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
+        segments = self._segments() if ids else 0
+        for start in range(0, len(ids) if segments else 0, _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
-            rows = self._conn.execute(
-                f"SELECT receipt_id FROM receipt_log_nodes WHERE receipt_id IN ({_placeholders(len(chunk))})",
-                chunk,
-            ).fetchall()
-            found.update(bytes(row[0]) for row in rows)
+            found.update(bytes(row[0]) for row in self._conn.execute(present_sql(segments, len(chunk)), chunk).fetchall())
         return found
 
     def append(self, receipt_ids: Sequence[bytes]) -> LogHead:
         """Append a batch of receipt ids (one block's worth); returns the
         head after it. Rejects (LogError, nothing written) an id that is
         malformed, repeated in the batch, or already in the log."""
+        return self._append(receipt_ids, None)
+
+    def append_receipts(self, receipts: Sequence[Receipt]) -> LogHead:
+        """Append receipts: their ids as :meth:`append` does, and their
+        envelopes (which the caller should have verified) by leaf."""
+        receipts = list(receipts)
+        return self._append([r.id for r in receipts], receipts)
+
+    def _append(self, receipt_ids: Sequence[bytes], receipts: list[Receipt] | None) -> LogHead:
         ids, size, frontier = self._prepare(receipt_ids)
         if not ids:
             return LogHead(size, fold_subtrees(frontier))
         formed, new_frontier = append_subtrees(size, frontier, [leaf_hash(rid) for rid in ids])
         leaf_ids = iter(ids)  # formed lists each leaf before the nodes it completes
+        leaves = list(range(size, size + len(ids)))
         self._unconfirmed = True  # set first: a failed insert aborts the caller's transaction
         self._filter.add_all(ids)  # before the insert too: the filter must stay a superset
-        self._conn.execute(
-            "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",
-            [
-                [_key(n.level, n.index) for n in formed],
-                [n.hash for n in formed],
-                [next(leaf_ids) if n.level == 0 else None for n in formed],
-            ],
-        )
+        with atomic(self._conn) as own:
+            self._conn.execute(
+                "INSERT INTO receipt_log_nodes (node, hash, receipt_id) SELECT unnest(?), unnest(?), unnest(?)",
+                [
+                    [_key(n.level, n.index) for n in formed],
+                    [n.hash for n in formed],
+                    [next(leaf_ids) if n.level == 0 else None for n in formed],
+                ],
+            )
+            self._index_ids(ids, leaves)
+            if receipts is not None:
+                self._conn.execute(
+                    "INSERT INTO receipt_envelopes SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), "
+                    "unnest(?), unnest(?), unnest(?)",
+                    [leaves, ids, [r.kind for r in receipts], [r.issuer_node for r in receipts],
+                     [r.height for r in receipts], [r.subject for r in receipts], [r.prev for r in receipts],
+                     [r.envelope for r in receipts]],
+                )
+        self._unconfirmed = not own  # its own transaction has committed
         self._size = size + len(ids)
         self._frontier = (self._size, new_frontier)
         return LogHead(self._size, fold_subtrees(new_frontier))
 
-    def store(self, receipts: Iterable[Receipt]) -> None:
-        """Store receipt envelopes by id (already-stored ones are kept as is).
-        The receipts should have been verified by the caller."""
-        unique = {r.id: r for r in receipts}
-        if not unique:
-            return
-        rows = list(unique.values())
-        self._conn.execute(
-            "INSERT OR IGNORE INTO receipt_envelopes "
-            "SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
-            [
-                [r.id for r in rows],
-                [r.kind for r in rows],
-                [r.issuer_node for r in rows],
-                [r.height for r in rows],
-                [r.subject for r in rows],
-                [r.prev for r in rows],
-                [r.envelope for r in rows],
-            ],
-        )
-
-    def append_receipts(self, receipts: Sequence[Receipt]) -> LogHead:
-        """Store the envelopes, then append their ids. Run it inside the
-        caller's transaction to make both atomic; without one, a crash in
-        between leaves only stored envelopes, which is harmless."""
-        receipts = list(receipts)
-        ids = [r.id for r in receipts]
-        if len(set(ids)) != len(ids):
-            raise LogError("the batch repeats a receipt id")
-        self.store(receipts)
-        return self.append(ids)
+    def _index_ids(self, ids: list[bytes], leaves: list[int]) -> None:
+        """Each id -> its leaf, in the key segment the leaf falls in (a
+        batch across a segment boundary is one statement per segment)."""
+        start = 0
+        while start < len(ids):
+            segment = segment_of(leaves[start], self.segment_leaves)
+            end = min(len(ids), start + (segment + 1) * self.segment_leaves - leaves[start])
+            if leaves[start] == segment * self.segment_leaves:
+                create_key_segment(self._conn, segment)
+            self._conn.execute(f"INSERT INTO {key_table(segment)} SELECT unnest(?), unnest(?)",
+                               [ids[start:end], leaves[start:end]])
+            start = end
 
     # -- internals --------------------------------------------------------
+    def _segments(self) -> int:
+        """How many key segments the log's size spans."""
+        return -(-self.size() // self.segment_leaves)
+
     def _check_count(self, value: int, what: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise LogError(f"{what} must be a non-negative integer, got {value!r}")

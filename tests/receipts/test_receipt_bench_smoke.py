@@ -34,3 +34,15 @@ def test_bench_smoke_prints_the_table(capsys: pytest.CaptureFixture[str], monkey
     rows = dict(zip(names, out[2:]))
     for name in ("bundle verify (headers cached)", "bundle verify (cold)", "bundle build (DuckDB)"):
         assert "bundles" in rows[name]
+
+
+def test_checkpoint_bench_smoke_prints_both_figures() -> None:
+    """bench/receipt_log_checkpoint.py --smoke: the log's checkpoint beside the version 1 baseline."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH.parent / "receipt_log_checkpoint.py"), "--smoke", "--json"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads(done.stdout.splitlines()[-1])
+    assert doc["metric"] == "receipt_log_checkpoint" and doc["stored_receipts"] == 2000
+    assert doc["checkpoint_cpu_ms"] > 0 and doc["v1_checkpoint_cpu_ms"] > 0

@@ -30,7 +30,7 @@ def test_tables_are_prefixed_and_creation_is_idempotent(conn: duckdb.DuckDBPyCon
     ReceiptLog(conn).append([rid(0)])
     ReceiptLog(conn)  # second open keeps the data
     names = {row[0] for row in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    assert names == {"chain_blocks", "receipt_log_nodes", "receipt_envelopes"}
+    assert names == {"chain_blocks", "receipt_log_nodes", "receipt_envelopes", "receipt_keys_000000"}
     assert ReceiptLog(conn).size() == 1
 
 
@@ -151,9 +151,9 @@ def test_receipts_are_stored_by_id_and_queryable(conn: duckdb.DuckDBPyConnection
         "SELECT count(*) FROM receipt_envelopes e JOIN receipt_envelopes p ON e.prev = p.id AND e.issuer = p.issuer"
     ).fetchone()[0]
     assert chained == len(receipts) - 2  # all but each issuer's first
-    # Storing again is harmless; logging again is refused.
-    log.store(receipts)
+    # Logging again is refused, and writes nothing.
     with pytest.raises(LogError):
         log.append_receipts(receipts[:1])
     assert log.head() == head
+    assert conn.execute("SELECT count(*) FROM receipt_envelopes").fetchone()[0] == len(receipts)
     assert log.envelope(hashlib.sha256(b"absent").digest()) is None

@@ -77,7 +77,7 @@ def test_a_committed_transaction_keeps_the_size() -> None:
     conn = duckdb.connect()
     log = ReceiptLog(conn)
     with transaction(conn):
-        log.store([])
+        log.append_receipts([])
         log.append([rid(0), rid(1)])
     check(log, conn, [rid(0), rid(1)])
     with transaction(conn):  # a transaction that writes no receipts

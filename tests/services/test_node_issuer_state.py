@@ -154,7 +154,7 @@ def test_a_lost_file_is_refused_when_the_log_holds_this_keys_receipts(tmp_path: 
     memory = NodeIssuer(duckdb.connect(), KEY)
     receipt = memory.issue("api.call", height=1, subject=bytes(32), fields=FIELDS)
     conn = duckdb.connect(str(tmp_path / "node.duckdb"))
-    ReceiptLog(conn).store([receipt])
+    ReceiptLog(conn).append_receipts([receipt])
     conn.close()
     with pytest.raises(IssuerStateError, match="missing, but the receipt log holds"):
         open_issuer(tmp_path)
@@ -168,7 +168,7 @@ def test_a_stale_file_is_refused_when_the_log_holds_a_later_receipt(tmp_path: Pa
     issuer.issue("api.call", height=1, subject=bytes(32), fields=FIELDS)
     backup = (tmp_path / ISSUER_FILENAME).read_bytes()
     later = issuer.issue("api.call", height=2, subject=bytes(32), fields=FIELDS)
-    ReceiptLog(conn).store([later])
+    ReceiptLog(conn).append_receipts([later])
     conn.close()
     assert open_issuer(tmp_path).prev_id == later.id  # the newest file agrees with the log
     (tmp_path / ISSUER_FILENAME).write_bytes(backup)
