@@ -83,7 +83,7 @@ def run_path(blocks: list[list[bytes]], cache: DecodedTxCache) -> list[float]:
                             signatures=signatures, tx_cache=cache)
             app.receipts_in(reaped, height)  # propose / validate
             app.receipts_in(reaped, height + len(blocks))  # finalise (another key: not the memo's answer)
-            block = b"block-path" + height.to_bytes(8, "big")
+            block = b"block-path" + height.to_bytes(8, "big") + b"".join(reaped)
             store.append_block(height=height, block_hash=hash_tagged("bench/block", block), parent_hash=parent,
                                timestamp_ms=height, proposer=bytes(32), block=block, txs=reaped)
             parent = hash_tagged("bench/block", block)

@@ -61,9 +61,9 @@ def _fill(conn, stored: int, block_txs: int) -> None:  # type: ignore[no-untyped
         "SELECT range, unhex(sha256('block' || range::VARCHAR)), unhex(sha256('block' || (range - 1)::VARCHAR)), "
         "range, '\\x00'::BLOB, ?, 'block'::BLOB FROM range(1, ? + 1)", (block_txs, blocks))
     conn.execute(
-        "INSERT INTO chain_txs (hash, height, idx, sender, nonce, type, tx) "
+        "INSERT INTO chain_txs (hash, height, idx, sender, nonce, type, tx_offset, tx_length) "
         "SELECT unhex(sha256('tx' || range::VARCHAR)), range // ? + 1, range % ?, "
-        "unhex(sha256('s' || (range % 997)::VARCHAR)), range // 997, 'noop', repeat('\\xAB'::BLOB, 200) "
+        "unhex(sha256('s' || (range % 997)::VARCHAR)), range // 997, 'noop', 0, 5 "
         "FROM range(?)", (block_txs, block_txs, blocks * block_txs))
     build_from_chain_txs(conn)  # the hash index's segments, as appends would have written them
     top = conn.execute("SELECT height, hash FROM chain_blocks ORDER BY height DESC LIMIT 1").fetchone()
@@ -91,7 +91,8 @@ def _keyed_checkpoint_ms(conn, txs: list[bytes]) -> float:  # type: ignore[no-un
     of chain_txs keyed by hash, as schema 4 kept it: one index over the whole chain."""
     conn.execute("CREATE TABLE keyed_txs (hash BLOB PRIMARY KEY, height UBIGINT, idx INTEGER, sender BLOB, "
                  "nonce UBIGINT, type VARCHAR, tx BLOB)")
-    conn.execute("INSERT INTO keyed_txs SELECT * FROM chain_txs")
+    conn.execute("INSERT INTO keyed_txs SELECT hash, height, idx, sender, nonce, type, repeat('\\xAB'::BLOB, 200) "
+                 "FROM chain_txs")
     checkpoint_node_db(conn)
     conn.execute("INSERT INTO keyed_txs SELECT unnest($1), 0, 0, '\\x00'::BLOB, 0, 'noop', unnest($2)",
                  [[hash_tagged("keyed", raw) for raw in txs], txs])
@@ -119,7 +120,7 @@ def measure(stored: int, block_txs: int, rounds: int) -> dict[str, float]:
                     cache.decode(raw)
             head = store.head()
             assert head is not None
-            block = b"bench-block" + (head.height + 1).to_bytes(8, "big")
+            block = b"bench-block" + (head.height + 1).to_bytes(8, "big") + b"".join(txs)
             started = time.perf_counter()
             store.append_block(height=head.height + 1, block_hash=hash_tagged("bench/block", block),
                                parent_hash=head.hash, timestamp_ms=head.height + 1, proposer=bytes(32),

@@ -22,10 +22,15 @@ of the whole chain), the newest blocks' from memory; ``chain_txs`` and
 ``chain_``):
 
 * ``chain_blocks``  height, hash, parent_hash, timestamp_ms, proposer, tx_count, block
-* ``chain_txs``     hash, height, idx, sender, nonce, type, tx
+* ``chain_txs``     hash, height, idx, sender, nonce, type, tx_offset, tx_length
 * ``chain_tx_keys_NNNNNN``  hash (primary key), height, idx: the hash index's segments
 * ``chain_head``    one row: height, hash
 * ``chain_meta``    key/value: schema version, chain id, genesis hash
+
+A transaction's bytes are kept once, inside its block: ``tx_offset`` and
+``tx_length`` locate them in ``chain_blocks.block``. The store still does
+not parse blocks: it requires each transaction's bytes to appear in the
+block's bytes, in block order (as a block embeds them), and finds them there.
 
 Each sender's next nonce is not stored apart: it is one more than the
 sender's highest nonce in ``chain_txs`` (a sender's committed nonces run
@@ -46,67 +51,24 @@ import duckdb
 
 from node.base.codec import to_hex
 from node.base.db import NodeDatabaseError, checkpoint_node_db, transaction, wal_size
-from node.base.errors import DataDirError, UserError
+from node.base.errors import DataDirError
 from node.base.faults import data_dir_failure
 from node.consensus.recent_blocks import RecentBlocks, RecentTxs
+from node.consensus.store_schema import SCHEMA_VERSION, StoreError, StoreVersionError, open_schema
 from node.consensus.tx import Transaction, TxError
+from node.consensus.tx_bytes import cut, locate
 from node.consensus.tx_caches import DecodedTxCache
 from node.consensus.tx_checks import next_nonces_after
-from node.consensus.tx_index import IndexWrite, TxKeyIndex, build_from_chain_txs
+from node.consensus.tx_index import IndexWrite, TxKeyIndex
 
-# 2: block headers commit to the genesis hash (``genesis_hash``); blocks of
-# version 1 lack it and no longer validate, so such a store is refused.
-# 3: headers carry ``next_validators_hash`` and ``seed_proof`` (validator-set
-# changes and the VRF seed); blocks of version 2 lack them.
-# 4: no ``chain_nonces`` table (the next nonces are derived from ``chain_txs``
-# at open); a version 3 store is migrated by dropping it.
-# 5: transaction hashes indexed in segments (``chain_tx_keys_*``), no key on
-# a hash in ``chain_txs`` (it was the primary key) or ``chain_blocks`` (its hash
-# was UNIQUE); versions 3 and 4 are migrated by copying both tables into the
-# new shape and indexing the stored transactions.
-SCHEMA_VERSION = 5
+__all__ = ["SCHEMA_VERSION", "ChainHead", "ChainStore", "StoreError", "StoreVersionError", "StoredBlock", "StoredTx"]
+
 MAX_TIME = 2**63 - 1
 # DuckDB's own default checkpoint threshold: replaying at most this much log
 # on open takes well under a second.
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 
-_BLOCKS_SHAPE = """height UBIGINT PRIMARY KEY, hash BLOB NOT NULL, parent_hash BLOB NOT NULL,
-    timestamp_ms BIGINT NOT NULL, proposer BLOB NOT NULL, tx_count INTEGER NOT NULL, block BLOB NOT NULL"""
-_TXS_SHAPE = """hash BLOB NOT NULL, height UBIGINT NOT NULL, idx INTEGER NOT NULL,
-    sender BLOB NOT NULL, nonce UBIGINT NOT NULL, type VARCHAR NOT NULL, tx BLOB NOT NULL"""
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS chain_meta (
-        key VARCHAR PRIMARY KEY, value BLOB NOT NULL)""",
-    f"CREATE TABLE IF NOT EXISTS chain_blocks ({_BLOCKS_SHAPE})",
-    f"CREATE TABLE IF NOT EXISTS chain_txs ({_TXS_SHAPE})",
-    """CREATE TABLE IF NOT EXISTS chain_head (
-        id INTEGER PRIMARY KEY CHECK (id = 0), height UBIGINT NOT NULL, hash BLOB NOT NULL)""",
-)
-
-
-def _reshaped(table: str, shape: str) -> tuple[str, ...]:
-    """Statements that copy ``table`` into ``shape`` (same columns, other keys),
-    rows in the order they were appended (no sort: DuckDB keeps insertion order)."""
-    return (f"CREATE TABLE {table}_v5 ({shape})", f"INSERT INTO {table}_v5 SELECT * FROM {table}",
-            f"DROP TABLE {table}", f"ALTER TABLE {table}_v5 RENAME TO {table}")
-
-
-# Same blocks, same meaning: migrated in place, in the opening transaction.
-_TO_V5 = (*_reshaped("chain_blocks", _BLOCKS_SHAPE), *_reshaped("chain_txs", _TXS_SHAPE))
-_MIGRATES = {b"3": ("DROP TABLE IF EXISTS chain_nonces", *_TO_V5), b"4": _TO_V5}
 _BLOCK_COLUMNS = "height, hash, parent_hash, timestamp_ms, proposer, tx_count, block"
-
-
-class StoreError(Exception):
-    """A block cannot be appended (wrong height or parent, bad or repeated
-    transaction, out-of-order nonce) or the stored chain is inconsistent.
-    Nothing is written when it is raised."""
-
-
-class StoreVersionError(StoreError, UserError):
-    """The chain store was written by another metanode version whose chain
-    format this one cannot read. Reported as one line naming the database
-    file and what to do, never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -175,27 +137,7 @@ class ChainStore:
         self._db_path = Path(files[0][0]) if files and files[0][0] else None  # None: nothing to checkpoint
         self.first_height = first_height
         self.first_parent = first_parent
-        with transaction(conn):
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            version = self._meta("schema_version")
-            if version is None:
-                self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
-            elif version in _MIGRATES:
-                for statement in _MIGRATES[version]:
-                    conn.execute(statement)
-                build_from_chain_txs(conn)
-                conn.execute("UPDATE chain_meta SET value = ? WHERE key = 'schema_version'",
-                             (str(SCHEMA_VERSION).encode(),))
-            elif version != str(SCHEMA_VERSION).encode():
-                raise StoreVersionError(
-                    f"{self.db_file}: chain store schema version {version.decode(errors='replace')} is not "
-                    f"{SCHEMA_VERSION}; this data directory was written by another metanode version "
-                    "(block headers changed: from version 2 they commit to the genesis hash, from version 3 to "
-                    "the next validator set and a VRF seed, so older blocks no longer "
-                    f"validate); move the data directory {self._data_dir()} aside and start the node with "
-                    "an empty one: the chain restarts from its genesis (or syncs from peers of this version)"
-                )
+        open_schema(conn, self.db_file, self._data_dir())
         self._head = self._load_head()
         self._index = TxKeyIndex(conn)
         self._recent: RecentBlocks[StoredBlock] = RecentBlocks()  # committed blocks, newest (chain_block, sync)
@@ -290,8 +232,12 @@ class ChainStore:
             raise StoreError(f"block {height}: proposer and block must be bytes")
         decoded = self._decode_block_txs(height, txs)
         nonces = self._check_nonces(height, decoded)
+        offsets = locate(block, [tx.encoded for tx in decoded])
+        if offsets is None:
+            raise StoreError(f"block {height}: the block's bytes do not hold its transactions' bytes in order")
         try:
-            indexed = self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded)
+            indexed = self._write_block(height, block_hash, parent_hash, timestamp_ms, proposer, block, decoded,
+                                        offsets)
         except duckdb.ConstraintException as exc:
             # A key already stored (rolled back: nothing was written). The
             # nonces make a repeated transaction fail earlier on a consistent
@@ -340,7 +286,7 @@ class ChainStore:
         return True
 
     def _write_block(self, height: int, block_hash: bytes, parent_hash: bytes, timestamp_ms: int, proposer: bytes,
-                     block: bytes, decoded: list[Transaction]) -> IndexWrite | None:
+                     block: bytes, decoded: list[Transaction], offsets: list[int]) -> IndexWrite | None:
         with transaction(self._conn) as conn:
             conn.execute(
                 f"INSERT INTO chain_blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -350,11 +296,11 @@ class ChainStore:
                 # One statement for all rows: DuckDB's executemany is ~50x slower.
                 conn.execute(
                     "INSERT INTO chain_txs SELECT unnest($1), $2, unnest($3), unnest($4), "
-                    "unnest($5), unnest($6), unnest($7)",
+                    "unnest($5), unnest($6), unnest($7), unnest($8)",
                     [
                         [tx.hash for tx in decoded], height, list(range(len(decoded))),
                         [tx.sender for tx in decoded], [tx.nonce for tx in decoded],
-                        [tx.type for tx in decoded], [tx.encoded for tx in decoded],
+                        [tx.type for tx in decoded], offsets, [len(tx.encoded) for tx in decoded],
                     ],
                 )
             # The head row exists once a block is stored (checked at open): an
@@ -460,10 +406,13 @@ class ChainStore:
 
     def block_txs(self, height: int) -> list[bytes]:
         """The encoded transactions of block ``height`` in block order."""
-        rows = self._conn.execute(
-            "SELECT tx FROM chain_txs WHERE height = ? ORDER BY idx", (height,)
+        stored = self.block_by_height(height)
+        if stored is None or not stored.tx_count:
+            return []
+        places = self._conn.execute(
+            "SELECT tx_offset, tx_length FROM chain_txs WHERE height = ? ORDER BY idx", (height,)
         ).fetchall()
-        return [bytes(r[0]) for r in rows]
+        return cut(stored.block, places)
 
     def tx_by_hash(self, tx_hash_: bytes) -> StoredTx | None:
         """A committed transaction with its block height and index: from
@@ -475,11 +424,12 @@ class ChainStore:
         found = self._index.find(digest)
         if found is None:
             return None
-        row = self._conn.execute("SELECT tx FROM chain_txs WHERE height = ? AND idx = ?", found).fetchone()
+        row = self._conn.execute("SELECT b.block, t.tx_offset, t.tx_length FROM chain_txs t JOIN chain_blocks b "
+                                 "ON b.height = t.height WHERE t.height = ? AND t.idx = ?", found).fetchone()
         if row is None:
             raise StoreError(f"chain store is inconsistent: transaction {to_hex(digest)} is indexed at block "
                              f"{found[0]} index {found[1]}, which holds none")
-        return StoredTx(digest, found[0], found[1], bytes(row[0]))
+        return StoredTx(digest, found[0], found[1], cut(bytes(row[0]), [(row[1], row[2])])[0])
 
     def committed_copy(self, raw: bytes) -> StoredTx | None:
         """The stored copy of the encoded transaction ``raw`` if it is committed.

@@ -171,13 +171,18 @@ def _declined_at_limits(conn: duckdb.DuckDBPyConnection, heights: HeightRange, c
     if not {"chain_txs", "state_rejections"} <= _tables(conn):
         return []
     where, params = heights.where("t.height")
+    # A store of schema 5 or older (audited read-only, not migrated) still copies each tx's bytes.
+    copied = bool(conn.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'chain_txs' "
+                               "AND column_name = 'tx'").fetchone()[0])  # type: ignore[index]
+    place = "t.tx, 0, length(t.tx)" if copied else "b.block, t.tx_offset, t.tx_length"
     rows = conn.execute(
-        "SELECT t.hash, t.height, t.tx FROM chain_txs t WHERE t.type = 'job.decline' "
+        f"SELECT t.hash, t.height, {place} FROM chain_txs t JOIN chain_blocks b "
+        "ON b.height = t.height WHERE t.type = 'job.decline' "
         f"AND t.hash NOT IN (SELECT tx_hash FROM state_rejections){where} ORDER BY t.height, t.idx", params).fetchall()
     found = []
-    for tx_hash, height, raw in rows:
+    for tx_hash, height, block, offset, length in rows:
         try:
-            tx = decode_tx(bytes(raw))
+            tx = decode_tx(bytes(block)[offset:offset + length])
         except TxError:
             continue
         payload = tx.payload if isinstance(tx.payload, Mapping) else {}

@@ -161,7 +161,7 @@ def test_mempool_block_check_store_and_commit_share_one_decode():
     block = pool.reap(10**6, 100)
     check_block_txs(block, chain_id=CHAIN, registry=registry, committed_nonce=store.next_nonce, tx_cache=cache)
     store.append_block(height=1, block_hash=hash_tagged("b", b"1"), parent_hash=GENESIS, timestamp_ms=1,
-                       proposer=b"p", block=b"1", txs=block)
+                       proposer=b"p", block=b"1" + b"".join(block), txs=block)
     result = pool.on_commit(1, block)
     assert cache.misses == len(txs)  # admission decoded each once; nothing decoded again
     assert sorted(result.committed) == sorted(tx_hash(r) for r in txs)
@@ -189,7 +189,7 @@ def test_the_mempool_evicts_what_it_drops_as_stale():
     pool.add(pending.encoded)
     other = tx(ALICE, 0, payload={"other": True}).encoded  # takes the same nonce in a block
     store.append_block(height=1, block_hash=hash_tagged("b", b"1"), parent_hash=GENESIS, timestamp_ms=1,
-                       proposer=b"p", block=b"1", txs=[other])
+                       proposer=b"p", block=b"1" + other, txs=[other])
     assert pool.on_commit(1, [other]).dropped == [pending.hash]
     assert pending.hash not in cache and tx_hash(other) not in cache
 

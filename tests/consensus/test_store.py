@@ -123,6 +123,10 @@ def test_first_height_is_configurable(conn):
 def _bad_appends(store):
     head = store.head()
     good = block_fields(head.height + 1, head.hash, [tx(ALICE, 1)])
+
+    def holding(txs):  # the good block, holding other transactions
+        return good | {"txs": txs, "block": block_fields(head.height + 1, head.hash, txs)["block"]}
+
     return [
         (good | {"height": head.height + 2}, "does not follow the head"),
         (good | {"height": head.height}, "does not follow the head"),
@@ -133,12 +137,17 @@ def _bad_appends(store):
         (good | {"block_hash": head.hash}, "already stored"),
         (good | {"timestamp_ms": -1}, "timestamp_ms"),
         (good | {"proposer": "alice"}, "must be bytes"),
-        (good | {"txs": [b"\x00garbage"]}, "tx 0: transaction is not canonical CBOR"),
-        (good | {"txs": [tx(ALICE, 1), tx(ALICE, 1)]}, "appears twice"),
-        (good | {"txs": [tx(ALICE, 0)]}, "is already in block 1"),
-        (good | {"txs": [tx(ALICE, 2)]}, "is not the next nonce 1"),
-        (good | {"txs": [tx(BOB, 0), tx(BOB, 2)]}, "tx 1: nonce 2"),
-        (good | {"txs": [tx(ALICE, 1), tx(ALICE, 1, size=1)]}, "tx 1: nonce 1"),
+        (holding([b"\x00garbage"]), "tx 0: transaction is not canonical CBOR"),
+        (holding([tx(ALICE, 1), tx(ALICE, 1)]), "appears twice"),
+        (holding([tx(ALICE, 0)]), "is already in block 1"),
+        (holding([tx(ALICE, 2)]), "is not the next nonce 1"),
+        (holding([tx(BOB, 0), tx(BOB, 2)]), "tx 1: nonce 2"),
+        (holding([tx(ALICE, 1), tx(ALICE, 1, size=1)]), "tx 1: nonce 1"),
+        # The store keeps a transaction's bytes once, in its block: a block must hold them, in order.
+        (good | {"block": b"block without its transactions"}, "do not hold its transactions' bytes"),
+        (holding([tx(ALICE, 1), tx(ALICE, 2)]) | {"block": block_fields(head.height + 1, head.hash,
+                                                                            [tx(ALICE, 2), tx(ALICE, 1)])["block"]},
+         "do not hold its transactions' bytes in order"),
     ]
 
 

@@ -150,8 +150,10 @@ def test_a_trend_service_recomputes_moves_and_scales(tmp_path: Path) -> None:
         (silent,) = [a for a in job["assignments"] if a["peer_id"] == victim.identity.peer_id]
         assert silent["status"] == "missed" and silent["note"] == f"no acknowledgement by height {silent['ack_deadline']}"
 
-        # The service's runs are jobs with their receipts: the trace of the last one is whole.
-        trace = cli("analytics", "trace", "--job-id", third["job_id"])
-        assert "job.verdict" in trace and "job.exec" in trace
+        # The service's runs are jobs with their receipts: the trace of the last one is whole
+        # (the verdict's receipts are published in a block after the one that verified the run).
+        wait_until(lambda: all(kind in cli("analytics", "trace", "--job-id", third["job_id"])
+                               for kind in ("job.verdict", "job.exec")),
+                   30, interval=1, what="the verdict and execution receipts in the run's trace")
     finally:
         processes.down(directory)
