@@ -252,13 +252,14 @@ class ChainApplication:
         # The api.call's subject is the digest of the request, the job.submit
         # transaction (the job id is its hash); the others' is the job id. One
         # scan of the subjects, where reading every api.call's envelope grew
-        # with the log.
+        # with the log. An envelope is stored with its leaf, so each row is a
+        # logged receipt and carries its position.
         submitted = self.store.tx_by_hash(job_id)
         subjects = [job_id] + ([hashlib.sha256(submitted.tx).digest()] if submitted is not None else [])
         rows = self.conn.execute(
             f"SELECT leaf, id, kind, issuer, height, subject, envelope FROM receipt_envelopes "
-            f"WHERE subject IN ({', '.join('?' * len(subjects))}) AND leaf < ?",
-            [*subjects, self.receipts.size()],
+            f"WHERE subject IN ({', '.join('?' * len(subjects))})",
+            subjects,
         ).fetchall()
         found = []
         for index, rid, kind, issuer, height, subject, envelope in rows:

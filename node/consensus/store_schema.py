@@ -69,7 +69,6 @@ class StoreVersionError(StoreError, UserError):
     file and what to do, never a traceback."""
 
 
-
 def open_schema(conn: duckdb.DuckDBPyConnection, db_file: str, data_dir: str) -> None:
     """Create the tables if missing, or migrate an older version in place, in
     one transaction; raise StoreVersionError for a version this one cannot read
