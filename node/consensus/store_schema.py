@@ -69,6 +69,12 @@ class StoreVersionError(StoreError, UserError):
     file and what to do, never a traceback."""
 
 
+class StoreDamagedError(StoreError, UserError):
+    """The stored chain contradicts itself in a way an older version's
+    migration cannot carry over (a transaction its block does not hold).
+    Reported as one line naming the database file and what to do."""
+
+
 def open_schema(conn: duckdb.DuckDBPyConnection, db_file: str, data_dir: str) -> None:
     """Create the tables if missing, or migrate an older version in place, in
     one transaction; raise StoreVersionError for a version this one cannot read
@@ -88,7 +94,10 @@ def open_schema(conn: duckdb.DuckDBPyConnection, db_file: str, data_dir: str) ->
             try:
                 locate_stored_txs(conn, _TXS_SHAPE)
             except ValueError as exc:
-                raise StoreError(f"{db_file}: cannot migrate the chain store: {exc}") from None
+                raise StoreDamagedError(
+                    f"{db_file}: cannot migrate the chain store: {exc}; it is left unchanged: move the data "
+                    f"directory {data_dir} aside and start the node with an empty one (it syncs the chain from "
+                    "its peers)") from None
             conn.execute("UPDATE chain_meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION).encode(),))
         elif version != str(SCHEMA_VERSION).encode():

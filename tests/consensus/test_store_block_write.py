@@ -13,6 +13,7 @@ import pytest
 
 from node.base.codec import hash_tagged
 from node.base.db import open_node_db
+from node.base.errors import UserError
 from node.base.keys import Identity
 from node.consensus.store import SCHEMA_VERSION, ChainStore, StoreError, StoreVersionError
 from node.consensus.tx import sign_tx
@@ -208,8 +209,9 @@ def test_a_version_5_store_whose_block_lacks_a_transaction_is_refused_untouched(
     conn.execute("UPDATE chain_txs SET tx = ? WHERE height = 2", [tx(BOB, 0)])  # damaged: not in block 2
     conn.close()
     conn = open_node_db(tmp_path)
-    with pytest.raises(StoreError, match="block 2 does not hold the bytes of its transactions"):
+    with pytest.raises(StoreError, match="block 2 does not hold the bytes of its transactions") as refused:
         ChainStore(conn)
+    assert isinstance(refused.value, UserError) and "move the data directory" in str(refused.value)  # one line, no traceback
     assert version(conn) == b"5" and conn.execute("SELECT count(*) FROM chain_txs WHERE tx IS NOT NULL").fetchone() == (2,)
     conn.close()
 
