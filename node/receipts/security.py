@@ -174,7 +174,7 @@ def _declined_at_limits(conn: duckdb.DuckDBPyConnection, heights: HeightRange, c
     # A store of schema 5 or older (audited read-only, not migrated) still copies each tx's bytes.
     copied = bool(conn.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'chain_txs' "
                                "AND column_name = 'tx'").fetchone()[0])  # type: ignore[index]
-    place = "t.tx, 0, length(t.tx)" if copied else "b.block, t.tx_offset, t.tx_length"
+    place = "t.tx, 0, octet_length(t.tx)" if copied else "b.block, t.tx_offset, t.tx_length"
     rows = conn.execute(
         f"SELECT t.hash, t.height, {place} FROM chain_txs t JOIN chain_blocks b "
         "ON b.height = t.height WHERE t.type = 'job.decline' "

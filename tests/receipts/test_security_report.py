@@ -46,3 +46,39 @@ def test_times_are_iso_8601_or_epoch_seconds() -> None:
     assert parse_time("1767225600.5", "--until") == 1767225600500
     with pytest.raises(UserError, match="--until 'soon': expected an ISO 8601 time"):
         parse_time("soon", "--until")
+
+
+def test_limit_declines_are_read_from_their_blocks_and_from_a_store_not_yet_migrated() -> None:
+    """A job.decline's bytes are read where the chain store keeps them (its
+    block); an audit of a data directory a schema 5 node wrote (opened
+    read-only, so never migrated) reads them from chain_txs.tx."""
+    import duckdb
+
+    from node.base.keys import Identity
+    from node.consensus.store import ChainStore
+    from node.consensus.tx import sign_tx, tx_hash
+    from node.receipts.log import ReceiptLog
+    from node.receipts.security import _declined_at_limits
+    from tests.consensus.test_store_block_write import append, make_version_5
+
+    node = Identity.from_label("security-decliner")
+    job = bytes(range(32))
+    decline = sign_tx(node, chain_id="c", nonce=1, tx_type="job.decline",
+                      payload={"job": job, "reason": "limit", "detail": "memory_limit: 512 MB"}).encoded
+    own_error = sign_tx(node, chain_id="c", nonce=2, tx_type="job.decline",
+                        payload={"job": job, "reason": "error", "detail": "error: the job's own"}).encoded
+    conn = duckdb.connect()
+    store = ChainStore(conn)
+    append(store, [sign_tx(node, chain_id="c", nonce=0, tx_type="noop", payload={}).encoded, decline, own_error])
+    conn.execute("CREATE TABLE state_rejections (tx_hash BLOB)")
+    conn.execute("CREATE TABLE state_receipts (receipt_id BLOB, height BIGINT)")
+    ReceiptLog(conn)  # its tables: the finding cites the job's schedule receipts (none here)
+    cited: list[bytes] = []
+
+    def findings() -> list[tuple[str | None, int | None, str]]:
+        return [(f["tx"], f["height"], f["detail"]) for f in _declined_at_limits(conn, HeightRange(), lambda *a: cited.append(a))]
+
+    expected = [(tx_hash(decline).hex(), 1, "declined (limit): memory_limit: 512 MB")]
+    assert findings() == expected
+    make_version_5(conn)
+    assert findings() == expected
