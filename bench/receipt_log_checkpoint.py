@@ -35,7 +35,13 @@ from node.base.db import checkpoint_node_db, open_node_db, transaction  # noqa: 
 from node.base.keys import Identity  # noqa: E402
 from node.receipts.chain import ReceiptIssuer  # noqa: E402
 from node.receipts.log import ReceiptLog  # noqa: E402
-from node.receipts.log_tables import LEVEL_SHIFT, SEGMENT_LEAVES, create_key_segment, key_table  # noqa: E402
+from node.receipts.log_tables import (  # noqa: E402
+    LEVEL_SHIFT,
+    SEGMENT_LEAVES,
+    create_key_segment,
+    key_table,
+    segments_spanned,
+)
 
 _V1_SCHEMA = (
     f"""CREATE TABLE receipt_log_nodes (node BIGINT PRIMARY KEY, hash BLOB NOT NULL, receipt_id BLOB UNIQUE,
@@ -66,7 +72,7 @@ def _fill(conn: duckdb.DuckDBPyConnection, stored: int, layout: str) -> None:
         else:
             conn.execute("INSERT INTO receipt_envelopes SELECT leaf, id, 'job.exec', 'issuer', leaf, id, NULL, "
                          f"{envelope} FROM ids ORDER BY leaf")
-            for segment in range(-(-stored // SEGMENT_LEAVES)):
+            for segment in range(segments_spanned(stored, SEGMENT_LEAVES)):
                 create_key_segment(conn, segment)
                 conn.execute(f"INSERT INTO {key_table(segment)} SELECT id, leaf FROM ids WHERE leaf >= ? AND leaf < ? "
                              "ORDER BY leaf", [segment * SEGMENT_LEAVES, (segment + 1) * SEGMENT_LEAVES])

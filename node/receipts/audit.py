@@ -50,6 +50,7 @@ from node.base.verification import ReceiptError
 from node.consensus.block import Block, BlockError
 from node.receipts.api import jsonable
 from node.receipts.envelope import decode_receipt
+from node.receipts.log_tables import LEVEL_SHIFT
 
 FORMATS = ("json", "csv", "parquet")
 RECEIPTS_TABLE = "receipts"
@@ -57,7 +58,6 @@ MAX_SQL_BYTES = 64 * 1024
 _CHUNK = 2_000
 _COPY_OPTIONS = {"json": "FORMAT json", "csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet"}
 _LOG_TABLES = ("receipt_envelopes", "receipt_log_nodes")
-_LEVEL_SHIFT = 56  # as in node.receipts.log: leaves are the rows with node < 2**56
 
 _COLUMNS = (
     "log_index BIGINT, id VARCHAR, kind VARCHAR, issuer VARCHAR, issuer_key VARCHAR, height BIGINT, "
@@ -138,7 +138,7 @@ def stored_leaves(conn: duckdb.DuckDBPyConnection, start: int = 0, limit: int | 
     cursor = conn.cursor()
     cursor.execute(
         "SELECT n.node, e.envelope FROM receipt_log_nodes n JOIN receipt_envelopes e ON e.id = n.receipt_id "
-        f"WHERE n.node >= ? AND n.node < (1::BIGINT << {_LEVEL_SHIFT}) ORDER BY n.node"
+        f"WHERE n.node >= ? AND n.node < (1::BIGINT << {LEVEL_SHIFT}) ORDER BY n.node"
         + ("" if limit is None else f" LIMIT {int(limit)}"), [start]
     )
     while rows := cursor.fetchmany(_CHUNK):

@@ -70,20 +70,15 @@ from node.receipts.log_tables import (
     open_tables,
     present_sql,
     segment_of,
+    segments_spanned,
 )
 
-# A subtree's row key packs (level, idx) into one BIGINT so that a proof's
-# rows come back through the primary-key index in one IN-list query
-# (measured: a composite key made DuckDB scan the table). Leaves (level 0)
-# have key == index. Logs are limited to 2**56 leaves.
-_LEVEL_SHIFT = LEVEL_SHIFT
-_MAX_LEAVES = MAX_LEAVES
 _LOOKUP_CHUNK = 1000
 _FILTER_LOAD_CHUNK = 100_000  # leaves read per query when an instance fills its id filter at open
 
 
 def _key(level: int, index: int) -> int:
-    return (level << _LEVEL_SHIFT) | index
+    return (level << LEVEL_SHIFT) | index
 
 
 class LogError(ValueError):
@@ -119,7 +114,7 @@ class ReceiptLog:
         for start in range(0, self._size, _FILTER_LOAD_CHUNK):  # every leaf, in chunks (bounded memory)
             self._filter.add_all(bytes(row[0]) for row in conn.execute(
                 "SELECT receipt_id FROM receipt_log_nodes WHERE node >= ? AND node < ?",
-                [start, min(start + _FILTER_LOAD_CHUNK, _MAX_LEAVES)]).fetchall())
+                [start, min(start + _FILTER_LOAD_CHUNK, MAX_LEAVES)]).fetchall())
         # True from an append until a probe finds its rows committed (see the
         # module docstring); at open too, as the caller may be inside a transaction.
         self._unconfirmed = True
@@ -240,8 +235,8 @@ class ReceiptLog:
             self._frontier = (size, frontier)
         if not ids:
             return ids, size, frontier
-        if size + len(ids) > _MAX_LEAVES:
-            raise LogError(f"the log cannot hold more than {_MAX_LEAVES} receipts")
+        if size + len(ids) > MAX_LEAVES:
+            raise LogError(f"the log cannot hold more than {MAX_LEAVES} receipts")
         present = self.present(ids)
         if present:
             raise LogError(f"receipt {to_hex(min(present))} is already in the log")
@@ -317,7 +312,7 @@ class ReceiptLog:
     # -- internals --------------------------------------------------------
     def _segments(self) -> int:
         """How many key segments the log's size spans."""
-        return -(-self.size() // self.segment_leaves)
+        return segments_spanned(self.size(), self.segment_leaves)
 
     def _check_count(self, value: int, what: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -333,8 +328,8 @@ class ReceiptLog:
         rows = self._conn.execute(
             f"SELECT node, hash FROM receipt_log_nodes WHERE node IN ({_placeholders(len(keys))})", keys
         ).fetchall()
-        mask = _MAX_LEAVES - 1
-        found = {Subtree(key >> _LEVEL_SHIFT, key & mask): bytes(digest) for key, digest in rows}
+        mask = MAX_LEAVES - 1
+        found = {Subtree(key >> LEVEL_SHIFT, key & mask): bytes(digest) for key, digest in rows}
         if len(found) != len(set(coords)):
             raise LogError(f"size {size} is beyond the log")
         return found
@@ -371,7 +366,7 @@ class _IdFilter:
 
 def _count(conn: duckdb.DuckDBPyConnection) -> int:
     """The number of leaves, counted (reads the whole table)."""
-    return int(one_row(conn.execute("SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [_MAX_LEAVES]))[0])
+    return int(one_row(conn.execute("SELECT count(*) FROM receipt_log_nodes WHERE node < ?", [MAX_LEAVES]))[0])
 
 
 def _probe(conn: duckdb.DuckDBPyConnection, size: int) -> bool:
